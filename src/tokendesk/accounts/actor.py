@@ -1,0 +1,36 @@
+"""Who is calling, and what they may see."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokendesk.accounts.models import Role
+
+ADMIN_ROLES = frozenset({Role.TEAM_OWNER, Role.ORG_ADMIN, Role.SUPER_ADMIN})
+
+
+@dataclass(frozen=True)
+class Actor:
+    user_id: int
+    email: str
+    name: str
+    role: Role
+    # The organization this call acts in: the user's own, or the one a super admin chose.
+    organization_id: int
+    home_organization_id: int
+    team_id: int | None
+    owned_team_ids: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def is_super_admin(self) -> bool:
+        return self.role == Role.SUPER_ADMIN
+
+    @property
+    def is_org_admin(self) -> bool:
+        """Org admins and super admins: everything inside the active organization."""
+        return self.role in (Role.ORG_ADMIN, Role.SUPER_ADMIN)
+
+    @property
+    def is_admin(self) -> bool:
+        """May open the admin center (team owners included)."""
+        return self.role in ADMIN_ROLES

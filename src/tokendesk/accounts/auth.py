@@ -1,0 +1,92 @@
+"""Turning credentials (API key or session cookie) into an :class:`Actor`."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.models import ApiKey, Organization, Role, TeamOwner, User
+from tokendesk.accounts.security import hash_api_key
+from tokendesk.config import get_settings
+from tokendesk.db import utcnow
+from tokendesk.errors import NotFound
+
+SESSION_COOKIE = "tokendesk_session"
+SESSION_MAX_AGE = 14 * 24 * 3600
+
+
+def session_serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(get_settings().secret_key, salt="tokendesk-session")
+
+
+async def build_actor(
+    session: AsyncSession, user: User, *, organization_id: int | None = None
+) -> Actor:
+    owned = await session.scalars(select(TeamOwner.team_id).where(TeamOwner.user_id == user.id))
+    active_org = user.organization_id
+    if organization_id is not None and organization_id != user.organization_id:
+        if user.role != Role.SUPER_ADMIN:
+            raise NotFound(f"organization {organization_id} not found")
+        if await session.get(Organization, organization_id) is None:
+            raise NotFound(f"organization {organization_id} not found")
+        active_org = organization_id
+    return Actor(
+        user_id=user.id,
+        email=user.email,
+        name=user.name,
+        role=Role(user.role),
+        organization_id=active_org,
+        home_organization_id=user.organization_id,
+        team_id=user.team_id,
+        owned_team_ids=frozenset(owned.all()),
+    )
+
+
+def _parse_org(header: str | None) -> int | None:
+    if header is None or header == "":
+        return None
+    try:
+        return int(header)
+    except ValueError:
+        raise NotFound(f"organization {header!r} not found") from None
+
+
+async def actor_from_api_key(
+    session: AsyncSession, key: str, *, organization_header: str | None = None
+) -> Actor | None:
+    row = (
+        await session.execute(
+            select(User, ApiKey.id)
+            .join(ApiKey, ApiKey.user_id == User.id)
+            .where(
+                ApiKey.key_hash == hash_api_key(key),
+                ApiKey.revoked_at.is_(None),
+                User.is_active.is_(True),
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    user, key_id = row
+    await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
+    return await build_actor(session, user, organization_id=_parse_org(organization_header))
+
+
+async def actor_from_session_cookie(
+    session: AsyncSession, request: Request, *, organization_header: str | None = None
+) -> Actor | None:
+    raw = request.cookies.get(SESSION_COOKIE)
+    if not raw:
+        return None
+    try:
+        data = session_serializer().loads(raw, max_age=SESSION_MAX_AGE)
+    except BadSignature:
+        return None
+    user = await session.get(User, int(data.get("uid", 0)))
+    if user is None or not user.is_active or user.session_version != data.get("v"):
+        return None
+    org = _parse_org(organization_header) or data.get("org")
+    return await build_actor(session, user, organization_id=org)

@@ -1,0 +1,339 @@
+"""Organizations, teams, users and API keys: the rules.
+
+Services flush, never commit: the caller's unit of work owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.models import ApiKey, Organization, Role, Team, TeamOwner, User
+from tokendesk.accounts.security import hash_api_key, hash_password, new_api_key
+from tokendesk.audit import service as audit
+from tokendesk.db import utcnow
+from tokendesk.errors import Conflict, Forbidden, InvalidInput, NotFound
+from tokendesk.ledger import service as ledger
+from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
+from tokendesk.ledger.periods import is_valid_timezone
+
+
+def _check_timezone(name: str) -> None:
+    if not is_valid_timezone(name):
+        raise InvalidInput(f"timezone: unknown IANA time zone {name!r}", field="timezone")
+
+
+async def create_organization(
+    session: AsyncSession,
+    *,
+    name: str,
+    default_allocation: int = 100_000,
+    reset_day: int = 1,
+    timezone: str = "UTC",
+    max_request: int = 1_000_000,
+    pool: int | None = None,
+    low_balance_percent: int = 20,
+    actor_id: int | None = None,
+) -> Organization:
+    _check_timezone(timezone)
+    if not 1 <= reset_day <= 28:
+        raise InvalidInput("reset_day: must be between 1 and 28", field="reset_day")
+    if await session.scalar(select(Organization.id).where(Organization.name == name)):
+        raise Conflict(f"name: an organization named {name!r} already exists", field="name")
+    org = Organization(
+        name=name,
+        default_allocation=default_allocation,
+        reset_day=reset_day,
+        timezone=timezone,
+        max_request=max_request,
+        pool=pool,
+        low_balance_percent=low_balance_percent,
+        created_at=utcnow(),
+    )
+    session.add(org)
+    await session.flush()
+    await audit.record(
+        session,
+        organization_id=org.id,
+        actor_id=actor_id,
+        action="organization.created",
+        target_type="organization",
+        target_id=org.id,
+        details={"name": name},
+    )
+    return org
+
+
+async def get_organization(session: AsyncSession, organization_id: int) -> Organization:
+    org = await session.get(Organization, organization_id)
+    if org is None:
+        raise NotFound(f"organization {organization_id} not found")
+    return org
+
+
+async def organization_by_name(session: AsyncSession, name: str) -> Organization:
+    org = await session.scalar(select(Organization).where(Organization.name == name))
+    if org is None:
+        raise NotFound(f"organization {name!r} not found")
+    return org
+
+
+async def team_by_name(session: AsyncSession, *, organization_id: int, name: str) -> Team:
+    team = await session.scalar(
+        select(Team).where(Team.organization_id == organization_id, Team.name == name)
+    )
+    if team is None:
+        raise NotFound(f"team {name!r} not found")
+    return team
+
+
+async def user_by_email(session: AsyncSession, email: str) -> User:
+    user = await session.scalar(select(User).where(func.lower(User.email) == email.lower()))
+    if user is None:
+        raise NotFound(f"user {email!r} not found")
+    return user
+
+
+async def create_team(
+    session: AsyncSession,
+    *,
+    organization_id: int,
+    name: str,
+    default_allocation: int | None = None,
+    actor_id: int | None = None,
+) -> Team:
+    exists = await session.scalar(
+        select(Team.id).where(Team.organization_id == organization_id, Team.name == name)
+    )
+    if exists:
+        raise Conflict(f"name: a team named {name!r} already exists", field="name")
+    team = Team(
+        organization_id=organization_id,
+        name=name,
+        default_allocation=default_allocation,
+        created_at=utcnow(),
+    )
+    session.add(team)
+    await session.flush()
+    await audit.record(
+        session,
+        organization_id=organization_id,
+        actor_id=actor_id,
+        action="team.created",
+        target_type="team",
+        target_id=team.id,
+        details={"name": name, "default_allocation": default_allocation},
+    )
+    return team
+
+
+async def add_team_owner(
+    session: AsyncSession, *, team: Team, user: User, actor_id: int | None = None
+) -> None:
+    if user.organization_id != team.organization_id:
+        raise InvalidInput("owner: the user belongs to another organization", field="owner")
+    existing = await session.get(TeamOwner, (team.id, user.id))
+    if existing is not None:
+        return
+    session.add(TeamOwner(team_id=team.id, user_id=user.id))
+    # Owning a team makes a plain member a team owner; admins keep their higher role.
+    if user.role == Role.MEMBER:
+        user.role = Role.TEAM_OWNER.value
+    await session.flush()
+    await audit.record(
+        session,
+        organization_id=team.organization_id,
+        actor_id=actor_id,
+        action="team.owner_added",
+        target_type="team",
+        target_id=team.id,
+        details={"user_id": user.id, "email": user.email},
+    )
+
+
+async def remove_team_owner(
+    session: AsyncSession, *, team: Team, user: User, actor_id: int | None = None
+) -> None:
+    existing = await session.get(TeamOwner, (team.id, user.id))
+    if existing is None:
+        return
+    await session.delete(existing)
+    await session.flush()
+    await audit.record(
+        session,
+        organization_id=team.organization_id,
+        actor_id=actor_id,
+        action="team.owner_removed",
+        target_type="team",
+        target_id=team.id,
+        details={"user_id": user.id, "email": user.email},
+    )
+
+
+async def create_user(
+    session: AsyncSession,
+    *,
+    organization_id: int,
+    email: str,
+    name: str,
+    role: Role = Role.MEMBER,
+    team_id: int | None = None,
+    allocation_override: int | None = None,
+    password: str | None = None,
+    actor_id: int | None = None,
+    now: datetime | None = None,
+) -> User:
+    """Create a user and open their current period with the full allocation."""
+    org = await get_organization(session, organization_id)
+    team = None
+    if team_id is not None:
+        team = await session.get(Team, team_id)
+        if team is None or team.organization_id != organization_id:
+            raise InvalidInput(f"team_id: team {team_id} not found", field="team_id")
+    email = email.strip().lower()
+    if await session.scalar(select(User.id).where(func.lower(User.email) == email)):
+        raise Conflict(f"email: a user with email {email!r} already exists", field="email")
+    user = User(
+        organization_id=organization_id,
+        email=email,
+        name=name.strip(),
+        role=Role(role).value,
+        team_id=team_id,
+        allocation_override=allocation_override,
+        is_active=True,
+        password_hash=hash_password(password) if password else None,
+        session_version=1,
+        created_at=utcnow(),
+    )
+    session.add(user)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise Conflict(
+            f"email: a user with email {email!r} already exists", field="email"
+        ) from None
+    await ledger.open_balance(session, user=user, org=org, team=team, actor_id=actor_id, now=now)
+    await audit.record(
+        session,
+        organization_id=organization_id,
+        actor_id=actor_id,
+        action="user.created",
+        target_type="user",
+        target_id=user.id,
+        details={"email": email, "role": user.role, "team_id": team_id},
+    )
+    return user
+
+
+async def reapply_allocations(
+    session: AsyncSession,
+    *,
+    organization_id: int,
+    user_ids: Sequence[int] | None,
+    actor_id: int | None,
+    reason: str,
+) -> int:
+    """Bring current-period allocations in line with the rules after a change.
+
+    Each difference is an ``allocation_change`` ledger entry, so the change takes
+    effect at once; later periods pick the new value up at their reset.
+    """
+    org = await get_organization(session, organization_id)
+    await ledger.rollover_due(session, organization_id=organization_id, user_ids=user_ids)
+    target = ledger.allocation_expression(org.default_allocation)
+    query = (
+        select(Balance.user_id, Balance.period_start, Balance.allocation, target.label("target"))
+        .where(Balance.organization_id == organization_id)
+        .with_for_update()
+    )
+    if user_ids is not None:
+        if not user_ids:
+            return 0
+        query = query.where(Balance.user_id.in_(user_ids))
+    rows = [row for row in (await session.execute(query)).all() if row.allocation != row.target]
+    if not rows:
+        return 0
+    now = utcnow()
+    for row in rows:
+        await session.execute(
+            update(Balance)
+            .where(Balance.user_id == row.user_id)
+            .values(allocation=Balance.allocation + (row.target - row.allocation), updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    session.add_all(
+        LedgerEntry(
+            organization_id=organization_id,
+            user_id=row.user_id,
+            period_start=row.period_start,
+            kind=EntryKind.ALLOCATION_CHANGE.value,
+            amount=row.target - row.allocation,
+            actor_id=actor_id,
+            reason=reason,
+            created_at=now,
+        )
+        for row in rows
+    )
+    await session.flush()
+    session.expire_all()
+    for row in rows:
+        balance = await session.get(Balance, row.user_id)
+        if balance is not None:
+            from tokendesk.events.bus import emit
+
+            emit(session, ledger.balance_event(balance, cause="allocation_change"))
+    return len(rows)
+
+
+async def issue_api_key(
+    session: AsyncSession, *, user: User, name: str = "default", actor_id: int | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key; the plain key is returned once and never stored."""
+    key = new_api_key()
+    api_key = ApiKey(
+        user_id=user.id,
+        name=name,
+        prefix=key[:10],
+        key_hash=hash_api_key(key),
+        created_at=utcnow(),
+    )
+    session.add(api_key)
+    await session.flush()
+    await audit.record(
+        session,
+        organization_id=user.organization_id,
+        actor_id=actor_id if actor_id is not None else user.id,
+        action="api_key.created",
+        target_type="api_key",
+        target_id=api_key.id,
+        details={"user_id": user.id, "name": name},
+    )
+    return api_key, key
+
+
+def can_manage_user(actor: Actor, user: User) -> bool:
+    """Org admins manage everyone in their org; team owners the members of their teams."""
+    if actor.is_super_admin:
+        return user.organization_id == actor.organization_id
+    if user.organization_id != actor.organization_id:
+        return False
+    if actor.is_org_admin:
+        return True
+    return actor.role == Role.TEAM_OWNER and user.team_id in actor.owned_team_ids
+
+
+async def get_user_in_scope(session: AsyncSession, *, actor: Actor, user_id: int) -> User:
+    user = await session.get(User, user_id)
+    if user is None or not (user.id == actor.user_id or can_manage_user(actor, user)):
+        raise NotFound(f"user {user_id} not found")
+    return user
+
+
+def require_manager(actor: Actor, user: User) -> None:
+    if not can_manage_user(actor, user):
+        raise Forbidden("you may not manage this user")

@@ -1,0 +1,91 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from tokendesk import __version__
+from tokendesk.config import Settings, get_settings
+from tokendesk.db import configure_database, get_database, set_database
+from tokendesk.errors import AppError
+from tokendesk.ledger import scheduler
+
+log = logging.getLogger(__name__)
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for err in exc.errors():
+        field = _field_name(tuple(err.get("loc", ())))
+        message = str(err.get("msg", "invalid"))
+        if err.get("type") == "extra_forbidden":
+            message = "unknown field"
+        errors.append({"field": field, "message": message})
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return JSONResponse(status_code=422, content={"detail": summary, "errors": errors})
+
+
+async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    content: dict[str, Any] = {"detail": exc.message}
+    if exc.field:
+        content["errors"] = [{"field": exc.field, "message": exc.message}]
+    return JSONResponse(status_code=exc.status_code, content=content)
+
+
+def create_app(settings: Settings | None = None, *, manage_database: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        database = configure_database(settings.database_url) if manage_database else get_database()
+        task = None
+        if settings.scheduler_enabled:
+            task = asyncio.create_task(
+                scheduler.run_forever(database, interval=settings.scheduler_interval_seconds)
+            )
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if manage_database:
+                await database.dispose()
+                set_database(None)
+
+    app = FastAPI(
+        title="tokendesk",
+        version=__version__,
+        description="Monthly LLM token allowances, metering, increase requests and approvals.",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(AppError, _app_error)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        async with get_database().transaction(write=False) as session:
+            await session.execute(text("SELECT 1"))
+        return {"status": "ok", "version": __version__}
+
+    from tokendesk.routers import include_routers
+
+    include_routers(app)
+    return app

@@ -1,0 +1,170 @@
+"""Engines, the shared declarative ``Base`` and the unit of work.
+
+SQLite is a real deployment target: WAL, a busy timeout, and write transactions
+that begin IMMEDIATE so a read-then-write transaction waits for the lock instead
+of failing with "database is locked". Inside one process, writers also queue on
+an asyncio lock, which is fairer and cheaper than SQLite's sleeping busy handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger keys there must render as INTEGER.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite stores naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+AfterCommit = Callable[[], Any]
+
+
+class Database:
+    """Owns the engines and hands out transactions.
+
+    ``transaction(write=True)`` is the one unit-of-work helper used by HTTP
+    requests, the CLI and background jobs: it commits on success, rolls back on
+    error, then runs the after-commit callbacks (real-time events) only once the
+    data is durable.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        if self.is_sqlite:
+            self.write_engine = self._sqlite_engine(url, immediate=True, echo=echo)
+            self.read_engine = self._sqlite_engine(url, immediate=False, echo=echo)
+        else:
+            self.write_engine = create_async_engine(
+                url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True
+            )
+            self.read_engine = self.write_engine
+        self._write_sessions = async_sessionmaker(self.write_engine, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
+
+    @staticmethod
+    def _sqlite_engine(url: str, *, immediate: bool, echo: bool) -> AsyncEngine:
+        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        begin_sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not the driver, decide when a transaction begins.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql(begin_sql)
+
+        return engine
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *, write: bool = True) -> AsyncIterator[AsyncSession]:
+        lock = self._write_lock if write else None
+        if lock is not None:
+            await lock.acquire()
+        try:
+            maker = self._write_sessions if write else self._read_sessions
+            async with maker() as session:
+                session.info["after_commit"] = []
+                try:
+                    yield session
+                    await session.commit()
+                except BaseException:
+                    await session.rollback()
+                    raise
+        finally:
+            if lock is not None:
+                lock.release()
+        for callback in session.info["after_commit"]:
+            result = callback()
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def dispose(self) -> None:
+        await self.write_engine.dispose()
+        if self.read_engine is not self.write_engine:
+            await self.read_engine.dispose()
+
+
+def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
+    """Run ``callback`` once the session's transaction has committed (never on rollback)."""
+    session.info.setdefault("after_commit", []).append(callback)
+
+
+_database: Database | None = None
+
+
+def get_database() -> Database:
+    if _database is None:
+        raise RuntimeError("database not configured; call configure_database() first")
+    return _database
+
+
+def configure_database(url: str) -> Database:
+    global _database
+    _database = Database(url)
+    return _database
+
+
+def set_database(database: Database | None) -> None:
+    global _database
+    _database = database

@@ -1,0 +1,65 @@
+"""FastAPI dependencies shared by every domain: the request's transaction and the caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.auth import actor_from_api_key, actor_from_session_cookie
+from tokendesk.db import get_database
+from tokendesk.errors import Forbidden, Unauthorized
+
+
+async def _write_session() -> AsyncIterator[AsyncSession]:
+    # The request owns the transaction: commit when the endpoint returns, roll back on error.
+    async with get_database().transaction(write=True) as session:
+        yield session
+
+
+async def _read_session() -> AsyncIterator[AsyncSession]:
+    async with get_database().transaction(write=False) as session:
+        yield session
+
+
+DbSession = Annotated[AsyncSession, Depends(_write_session, scope="function")]
+ReadSession = Annotated[AsyncSession, Depends(_read_session, scope="function")]
+
+
+async def _current_actor(request: Request, session: DbSession) -> Actor:
+    org_header = request.headers.get("x-organization-id")
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    actor: Actor | None = None
+    if scheme.lower() == "bearer" and token:
+        actor = await actor_from_api_key(session, token.strip(), organization_header=org_header)
+        if actor is None:
+            raise Unauthorized("invalid or revoked API key")
+    else:
+        actor = await actor_from_session_cookie(session, request, organization_header=org_header)
+    if actor is None:
+        raise Unauthorized("authentication required: send 'Authorization: Bearer <api key>'")
+    request.state.actor = actor
+    return actor
+
+
+CurrentActor = Annotated[Actor, Depends(_current_actor)]
+
+
+async def _admin_actor(actor: CurrentActor) -> Actor:
+    if not actor.is_admin:
+        raise Forbidden("this needs a team owner, org admin or super admin")
+    return actor
+
+
+async def _org_admin_actor(actor: CurrentActor) -> Actor:
+    if not actor.is_org_admin:
+        raise Forbidden("this needs an org admin or super admin")
+    return actor
+
+
+AdminActor = Annotated[Actor, Depends(_admin_actor)]
+OrgAdminActor = Annotated[Actor, Depends(_org_admin_actor)]

@@ -1,0 +1,42 @@
+"""Domain errors: one base class, rendered by one handler."""
+
+from __future__ import annotations
+
+
+class AppError(Exception):
+    status_code = 400
+
+    def __init__(self, message: str, status_code: int | None = None, *, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class NotFound(AppError):
+    status_code = 404
+
+
+class Conflict(AppError):
+    """An invalid state transition or a duplicate."""
+
+    status_code = 409
+
+
+class Forbidden(AppError):
+    status_code = 403
+
+
+class Unauthorized(AppError):
+    status_code = 401
+
+
+class InsufficientTokens(AppError):
+    status_code = 402
+
+
+class InvalidInput(AppError):
+    """Bad input that passed schema validation but breaks a rule; names the field."""
+
+    status_code = 422

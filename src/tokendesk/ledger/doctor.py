@@ -1,0 +1,81 @@
+"""Recompute every cached balance from the ledger and report any difference."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokendesk.ledger.models import (
+    Balance,
+    EntryKind,
+    LedgerEntry,
+    Reservation,
+    ReservationStatus,
+)
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    user_id: int
+    column: str
+    cached: int
+    ledger: int
+
+
+def _sum_of(*kinds: EntryKind) -> ColumnElement[int]:
+    return func.coalesce(
+        func.sum(
+            case((LedgerEntry.kind.in_([k.value for k in kinds]), LedgerEntry.amount), else_=0)
+        ),
+        0,
+    )
+
+
+async def check_balances(session: AsyncSession) -> list[Mismatch]:
+    """Every balance column must equal the ledger for its current period.
+
+    ``reserved`` is not a ledger quantity; it must equal the open holds.
+    """
+    ledger_sums = (
+        select(
+            LedgerEntry.user_id,
+            _sum_of(EntryKind.ALLOCATION, EntryKind.ALLOCATION_CHANGE).label("allocation"),
+            _sum_of(EntryKind.GRANT).label("granted"),
+            _sum_of(EntryKind.ADJUSTMENT).label("adjusted"),
+            (-_sum_of(EntryKind.USAGE)).label("used"),
+        )
+        .join(
+            Balance,
+            and_(
+                Balance.user_id == LedgerEntry.user_id,
+                Balance.period_start == LedgerEntry.period_start,
+            ),
+        )
+        .group_by(LedgerEntry.user_id)
+    )
+    expected: dict[int, dict[str, int]] = defaultdict(
+        lambda: {"allocation": 0, "granted": 0, "adjusted": 0, "used": 0, "reserved": 0}
+    )
+    for row in await session.execute(ledger_sums):
+        expected[row.user_id].update(
+            allocation=int(row.allocation),
+            granted=int(row.granted),
+            adjusted=int(row.adjusted),
+            used=int(row.used),
+        )
+    holds = select(Reservation.user_id, func.sum(Reservation.amount)).where(
+        Reservation.status == ReservationStatus.HELD
+    )
+    for user_id, amount in await session.execute(holds.group_by(Reservation.user_id)):
+        expected[user_id]["reserved"] = int(amount)
+    mismatches: list[Mismatch] = []
+    for balance in await session.scalars(select(Balance).order_by(Balance.user_id)):
+        want = expected[balance.user_id]
+        for column, ledger_value in want.items():
+            cached = int(getattr(balance, column))
+            if cached != ledger_value:
+                mismatches.append(Mismatch(balance.user_id, column, cached, ledger_value))
+    return mismatches

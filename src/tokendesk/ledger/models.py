@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tokendesk.db import Base, BigIntPK, UTCDateTime, utcnow
+
+
+class EntryKind(enum.StrEnum):
+    ALLOCATION = "allocation"  # the period's allocation, written when a period starts
+    ALLOCATION_CHANGE = "allocation_change"  # difference when an allocation changes mid-period
+    GRANT = "grant"  # an approved token request
+    ADJUSTMENT = "adjustment"  # a manual correction by an admin
+    USAGE = "usage"  # tokens consumed (negative)
+
+
+class Balance(Base):
+    """Cached balance for the user's current period, kept equal to the ledger.
+
+    remaining = allocation + granted + adjusted - used - reserved
+    """
+
+    __tablename__ = "balances"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    allocation: Mapped[int] = mapped_column(BigInteger, default=0)
+    granted: Mapped[int] = mapped_column(BigInteger, default=0)
+    adjusted: Mapped[int] = mapped_column(BigInteger, default=0)
+    used: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def remaining(self) -> int:
+        return self.allocation + self.granted + self.adjusted - self.used - self.reserved
+
+
+class LedgerEntry(Base):
+    """Append-only record of every balance change."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (Index("ix_ledger_entries_user_period", "user_id", "period_start"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(32))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    actor_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    token_request_id: Mapped[int | None] = mapped_column(
+        ForeignKey("token_requests.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    usage_event_id: Mapped[int | None] = mapped_column(
+        ForeignKey("usage_events.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReservationStatus(enum.StrEnum):
+    HELD = "held"
+    SETTLED = "settled"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class Reservation(Base):
+    """A hold on tokens while an upstream call is in flight."""
+
+    __tablename__ = "reservations"
+    __table_args__ = (Index("ix_reservations_status_expires", "status", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default=ReservationStatus.HELD.value)
+    settled_amount: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,58 @@
+"""The in-server scheduler: resets ended periods and releases forgotten holds.
+
+Several server processes may run it at once; the conditional updates in the
+ledger service make each reset and each expiry happen exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from tokendesk.db import Database, utcnow
+from tokendesk.ledger import service as ledger
+from tokendesk.ledger.models import Balance
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TickResult:
+    reset: int
+    expired: int
+
+
+async def run_once(database: Database, *, now: datetime | None = None) -> TickResult:
+    now = now or utcnow()
+    async with database.transaction() as session:
+        reset = await ledger.rollover_due(session, now=now)
+        expired = await ledger.expire_holds(session, now=now)
+    if reset or expired:
+        log.info("scheduler: %d balances reset, %d holds expired", reset, expired)
+    return TickResult(reset=reset, expired=expired)
+
+
+async def _seconds_until_next_boundary(database: Database, interval: float) -> float:
+    async with database.transaction(write=False) as session:
+        nearest = await session.scalar(select(func.min(Balance.period_end)))
+    if nearest is None:
+        return interval
+    # Wake at the boundary itself, not up to `interval` late.
+    return max(0.05, min(interval, (nearest - utcnow()).total_seconds() + 0.05))
+
+
+async def run_forever(database: Database, *, interval: float) -> None:
+    while True:
+        try:
+            await run_once(database)
+            delay = await _seconds_until_next_boundary(database, interval)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("scheduler tick failed; retrying")
+            delay = interval
+        await asyncio.sleep(delay)

@@ -1,0 +1,389 @@
+"""Balances on an append-only ledger: periods, resets, credits and reservations.
+
+Every change to a balance is a ledger entry written in the same transaction as
+the cached ``balances`` row, so ``doctor`` can always prove the two agree.
+Concurrency is handled by conditional updates, never by read-modify-write.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokendesk.accounts.models import Organization, Team, User
+from tokendesk.db import utcnow
+from tokendesk.errors import InsufficientTokens, NotFound
+from tokendesk.events.bus import Event, emit
+from tokendesk.ledger.models import (
+    Balance,
+    EntryKind,
+    LedgerEntry,
+    Reservation,
+    ReservationStatus,
+)
+from tokendesk.ledger.periods import period_bounds
+
+# Which cached column each entry kind moves, and with which sign.
+KIND_COLUMN: dict[str, str] = {
+    EntryKind.ALLOCATION: "allocation",
+    EntryKind.ALLOCATION_CHANGE: "allocation",
+    EntryKind.GRANT: "granted",
+    EntryKind.ADJUSTMENT: "adjusted",
+}
+
+REMAINING = (
+    Balance.allocation + Balance.granted + Balance.adjusted - Balance.used - Balance.reserved
+)
+
+
+def resolve_allocation(user: User, team: Team | None, org: Organization) -> int:
+    """User override, else team default, else organization default."""
+    if user.allocation_override is not None:
+        return user.allocation_override
+    if team is not None and team.default_allocation is not None:
+        return team.default_allocation
+    return org.default_allocation
+
+
+def allocation_expression(org_default: int) -> Any:
+    """SQL form of :func:`resolve_allocation` for the balance row's user (set-based resets)."""
+    return (
+        select(func.coalesce(User.allocation_override, Team.default_allocation, org_default))
+        .select_from(User)
+        .outerjoin(Team, Team.id == User.team_id)
+        .where(User.id == Balance.user_id)
+        .scalar_subquery()
+    )
+
+
+def balance_event(balance: Balance, *, cause: str) -> Event:
+    return Event(
+        type="balance.changed",
+        organization_id=balance.organization_id,
+        user_id=balance.user_id,
+        data={"user_id": balance.user_id, "cause": cause, **balance_snapshot(balance)},
+    )
+
+
+def balance_snapshot(balance: Balance) -> dict[str, Any]:
+    return {
+        "allocation": balance.allocation,
+        "granted": balance.granted,
+        "adjusted": balance.adjusted,
+        "used": balance.used,
+        "reserved": balance.reserved,
+        "remaining": balance.remaining,
+        "period_start": balance.period_start.isoformat(),
+        "next_reset_at": balance.period_end.isoformat(),
+    }
+
+
+async def open_balance(
+    session: AsyncSession,
+    *,
+    user: User,
+    org: Organization,
+    team: Team | None,
+    actor_id: int | None,
+    now: datetime | None = None,
+) -> Balance:
+    """Start a new user's current period with the full allocation."""
+    now = now or utcnow()
+    start, end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
+    allocation = resolve_allocation(user, team, org)
+    balance = Balance(
+        user_id=user.id,
+        organization_id=org.id,
+        period_start=start,
+        period_end=end,
+        allocation=allocation,
+        granted=0,
+        adjusted=0,
+        used=0,
+        reserved=0,
+        updated_at=now,
+    )
+    session.add(balance)
+    session.add(
+        LedgerEntry(
+            organization_id=org.id,
+            user_id=user.id,
+            period_start=start,
+            kind=EntryKind.ALLOCATION.value,
+            amount=allocation,
+            actor_id=actor_id,
+            reason="period opened",
+            created_at=now,
+        )
+    )
+    await session.flush()
+    return balance
+
+
+async def rollover_due(
+    session: AsyncSession,
+    *,
+    now: datetime | None = None,
+    user_ids: Sequence[int] | None = None,
+    organization_id: int | None = None,
+) -> int:
+    """Move every balance whose period has ended into the current period.
+
+    The conditional ``UPDATE ... WHERE period_end <= now`` is what makes a reset
+    happen exactly once: a second process racing this one updates no rows,
+    so it writes no ledger entries either. Tokens granted or adjusted in the old
+    period end with it; held reservations carry over to the new one.
+    """
+    now = now or utcnow()
+    due = select(Balance.organization_id).where(Balance.period_end <= now).distinct()
+    if user_ids is not None:
+        if not user_ids:
+            return 0
+        due = due.where(Balance.user_id.in_(user_ids))
+    if organization_id is not None:
+        due = due.where(Balance.organization_id == organization_id)
+    org_ids = list((await session.scalars(due)).all())
+    total = 0
+    for org_id in org_ids:
+        org = await session.get(Organization, org_id)
+        if org is None:
+            continue
+        start, end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
+        stmt = (
+            update(Balance)
+            .where(Balance.organization_id == org_id, Balance.period_end <= now)
+            .values(
+                period_start=start,
+                period_end=end,
+                allocation=allocation_expression(org.default_allocation),
+                granted=0,
+                adjusted=0,
+                used=0,
+                updated_at=now,
+            )
+            .returning(Balance.user_id, Balance.allocation)
+            .execution_options(synchronize_session=False)
+        )
+        if user_ids is not None:
+            stmt = stmt.where(Balance.user_id.in_(user_ids))
+        rows = (await session.execute(stmt)).all()
+        if not rows:
+            continue
+        await session.execute(
+            insert(LedgerEntry),
+            [
+                {
+                    "organization_id": org_id,
+                    "user_id": user_id,
+                    "period_start": start,
+                    "kind": EntryKind.ALLOCATION.value,
+                    "amount": allocation,
+                    "actor_id": None,
+                    "reason": "monthly reset",
+                    "created_at": now,
+                }
+                for user_id, allocation in rows
+            ],
+        )
+        for user_id, allocation in rows:
+            emit(
+                session,
+                Event(
+                    type="period.reset",
+                    organization_id=org_id,
+                    user_id=user_id,
+                    data={
+                        "user_id": user_id,
+                        "allocation": allocation,
+                        "period_start": start.isoformat(),
+                        "next_reset_at": end.isoformat(),
+                    },
+                ),
+            )
+        total += len(rows)
+    # Objects already loaded in this session may now be stale.
+    if total:
+        session.expire_all()
+    return total
+
+
+async def get_balance(
+    session: AsyncSession, *, user_id: int, now: datetime | None = None
+) -> Balance:
+    """The user's balance for the current period, rolling it over first if it ended."""
+    now = now or utcnow()
+    balance = await session.get(Balance, user_id)
+    if balance is None:
+        raise NotFound(f"user {user_id} has no balance")
+    if balance.period_end <= now:
+        await rollover_due(session, now=now, user_ids=[user_id])
+        await session.refresh(balance)
+    return balance
+
+
+async def get_balances(
+    session: AsyncSession, *, user_ids: Iterable[int], now: datetime | None = None
+) -> dict[int, Balance]:
+    ids = list(set(user_ids))
+    if not ids:
+        return {}
+    now = now or utcnow()
+    await rollover_due(session, now=now, user_ids=ids)
+    rows = await session.scalars(select(Balance).where(Balance.user_id.in_(ids)))
+    return {row.user_id: row for row in rows}
+
+
+async def credit(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    kind: EntryKind,
+    amount: int,
+    actor_id: int | None,
+    reason: str | None,
+    token_request_id: int | None = None,
+    now: datetime | None = None,
+) -> Balance:
+    """Add ``amount`` (may be negative) of ``kind`` to the user's current period."""
+    now = now or utcnow()
+    balance = await get_balance(session, user_id=user_id, now=now)
+    column = getattr(Balance, KIND_COLUMN[kind])
+    await session.execute(
+        update(Balance)
+        .where(Balance.user_id == user_id)
+        .values({column: column + amount, Balance.updated_at: now})
+        .execution_options(synchronize_session=False)
+    )
+    session.add(
+        LedgerEntry(
+            organization_id=balance.organization_id,
+            user_id=user_id,
+            period_start=balance.period_start,
+            kind=kind.value,
+            amount=amount,
+            actor_id=actor_id,
+            reason=reason,
+            token_request_id=token_request_id,
+            created_at=now,
+        )
+    )
+    await session.flush()
+    await session.refresh(balance)
+    emit(session, balance_event(balance, cause=kind.value))
+    return balance
+
+
+async def reserve(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    amount: int,
+    ttl_seconds: int = 600,
+    now: datetime | None = None,
+) -> Reservation:
+    """Hold ``amount`` tokens, or refuse with 402 if fewer remain.
+
+    The check and the hold are one conditional UPDATE, so concurrent holds can
+    never together exceed the balance.
+    """
+    now = now or utcnow()
+    balance = await get_balance(session, user_id=user_id, now=now)
+    held = await session.execute(
+        update(Balance)
+        .where(Balance.user_id == user_id, amount <= REMAINING)
+        .values(reserved=Balance.reserved + amount, updated_at=now)
+        .returning(Balance.organization_id)
+        .execution_options(synchronize_session=False)
+    )
+    if held.first() is None:
+        await session.refresh(balance)
+        raise InsufficientTokens(
+            f"not enough tokens: {max(balance.remaining, 0)} left, {amount} needed; "
+            "ask for more with a token request"
+        )
+    reservation = Reservation(
+        organization_id=balance.organization_id,
+        user_id=user_id,
+        amount=amount,
+        status=ReservationStatus.HELD.value,
+        created_at=now,
+        expires_at=now + timedelta(seconds=ttl_seconds),
+    )
+    session.add(reservation)
+    await session.flush()
+    return reservation
+
+
+async def _close_hold(
+    session: AsyncSession, *, reservation_id: int, status: ReservationStatus, settled: int | None
+) -> Reservation:
+    closed = await session.execute(
+        update(Reservation)
+        .where(Reservation.id == reservation_id, Reservation.status == ReservationStatus.HELD)
+        .values(status=status.value, settled_amount=settled)
+        .returning(Reservation.user_id, Reservation.amount)
+        .execution_options(synchronize_session=False)
+    )
+    row = closed.first()
+    if row is None:
+        existing = await session.get(Reservation, reservation_id)
+        if existing is None:
+            raise NotFound(f"reservation {reservation_id} not found")
+        # Already settled, released or expired: the hold is gone, nothing to return.
+        return existing
+    user_id, amount = row
+    await session.execute(
+        update(Balance)
+        .where(Balance.user_id == user_id)
+        .values(reserved=Balance.reserved - amount, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    reservation = await session.get(Reservation, reservation_id)
+    assert reservation is not None
+    await session.refresh(reservation)
+    return reservation
+
+
+async def release(session: AsyncSession, *, reservation_id: int) -> Reservation:
+    """Give a hold back untouched (the upstream call failed before any output)."""
+    return await _close_hold(
+        session, reservation_id=reservation_id, status=ReservationStatus.RELEASED, settled=None
+    )
+
+
+async def settle(session: AsyncSession, *, reservation_id: int, actual: int) -> Reservation:
+    """Close a hold; the caller records ``actual`` as usage (see metering)."""
+    return await _close_hold(
+        session, reservation_id=reservation_id, status=ReservationStatus.SETTLED, settled=actual
+    )
+
+
+async def expire_holds(session: AsyncSession, *, now: datetime | None = None) -> int:
+    """Release holds nobody settled before they expired (a crashed or stuck call)."""
+    now = now or utcnow()
+    rows = (
+        await session.execute(
+            update(Reservation)
+            .where(Reservation.status == ReservationStatus.HELD, Reservation.expires_at <= now)
+            .values(status=ReservationStatus.EXPIRED.value)
+            .returning(Reservation.user_id, Reservation.amount)
+            .execution_options(synchronize_session=False)
+        )
+    ).all()
+    per_user: dict[int, int] = defaultdict(int)
+    for user_id, amount in rows:
+        per_user[user_id] += amount
+    if per_user:
+        for user_id, amount in per_user.items():
+            await session.execute(
+                update(Balance)
+                .where(Balance.user_id == user_id)
+                .values(reserved=Balance.reserved - amount, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    return len(rows)

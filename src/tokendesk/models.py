@@ -1,0 +1,27 @@
+"""Imports every ORM model so ``Base.metadata`` is complete (Alembic, tests)."""
+
+from tokendesk.accounts.models import ApiKey, Organization, Role, Team, TeamOwner, User
+from tokendesk.audit.models import AuditEntry
+from tokendesk.db import Base
+from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry, Reservation
+from tokendesk.metering.models import UsageDaily, UsageEvent
+from tokendesk.token_requests.models import RequestStatus, TokenRequest
+
+__all__ = [
+    "ApiKey",
+    "AuditEntry",
+    "Balance",
+    "Base",
+    "EntryKind",
+    "LedgerEntry",
+    "Organization",
+    "RequestStatus",
+    "Reservation",
+    "Role",
+    "Team",
+    "TeamOwner",
+    "TokenRequest",
+    "UsageDaily",
+    "UsageEvent",
+    "User",
+]

@@ -1,0 +1,130 @@
+"""Shared fixtures: every test runs on SQLite, and on PostgreSQL when it is reachable.
+
+Set TOKENDESK_TEST_DATABASE_URL to a PostgreSQL URL to add that backend; with
+TOKENDESK_REQUIRE_POSTGRES=1 (as in CI) an unreachable server fails the run
+instead of skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+import tokendesk.models as models
+from tests.factories import World, make_world
+from tokendesk.app import create_app
+from tokendesk.config import Settings
+from tokendesk.db import Database, set_database
+from tokendesk.events.bus import InProcessBus, set_bus
+from tokendesk.migrations.runner import upgrade
+
+PG_URL = os.environ.get("TOKENDESK_TEST_DATABASE_URL", "")
+REQUIRE_PG = os.environ.get("TOKENDESK_REQUIRE_POSTGRES") == "1"
+
+
+def _postgres_reachable(url: str) -> str | None:
+    import asyncpg
+
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(dsn, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _reset_postgres(url: str) -> None:
+    import asyncpg
+
+    async def reset() -> None:
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        finally:
+            await conn.close()
+
+    asyncio.run(reset())
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        path: Path = tmp_path_factory.mktemp("db") / "tokendesk.db"
+        url = f"sqlite+aiosqlite:///{path}"
+    else:
+        if not PG_URL:
+            if REQUIRE_PG:
+                pytest.fail("TOKENDESK_REQUIRE_POSTGRES=1 but TOKENDESK_TEST_DATABASE_URL is unset")
+            pytest.skip("PostgreSQL tests skipped: TOKENDESK_TEST_DATABASE_URL is not set")
+        problem = _postgres_reachable(PG_URL)
+        if problem:
+            if REQUIRE_PG:
+                pytest.fail(f"PostgreSQL at TOKENDESK_TEST_DATABASE_URL unreachable: {problem}")
+            pytest.skip(f"PostgreSQL unreachable ({problem})")
+        url = PG_URL
+        _reset_postgres(url)
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def backend(db_url: str) -> str:
+    return "sqlite" if db_url.startswith("sqlite") else "postgres"
+
+
+@pytest.fixture(scope="session")
+async def _session_database(db_url: str) -> AsyncIterator[Database]:
+    database = Database(db_url)
+    yield database
+    await database.dispose()
+
+
+async def _wipe(database: Database) -> None:
+    tables = [t.name for t in reversed(models.Base.metadata.sorted_tables)]
+    async with database.transaction() as session:
+        if database.is_sqlite:
+            for name in tables:
+                await session.execute(text(f"DELETE FROM {name}"))
+        else:
+            await session.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+async def database(_session_database: Database) -> AsyncIterator[Database]:
+    """A clean, migrated database for one test, installed as the app's database."""
+    await _wipe(_session_database)
+    set_database(_session_database)
+    bus = InProcessBus()
+    set_bus(bus)
+    yield _session_database
+    set_database(None)
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return Settings(database_url=db_url, demo=True, scheduler_enabled=False)
+
+
+@pytest.fixture
+async def client(database: Database, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, manage_database=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+@pytest.fixture
+async def world(database: Database) -> World:
+    """One organization with two teams, an admin, a team owner and members (see factories)."""
+    return await make_world(database)
