@@ -9,9 +9,11 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
-from tokendesk.accounts.auth import actor_from_api_key, actor_from_session_cookie
+from tokendesk.accounts.auth import actor_from_api_key, actor_from_session_cookie, csrf_ok
 from tokendesk.db import get_database
 from tokendesk.errors import Forbidden, Unauthorized
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 async def _write_session() -> AsyncIterator[AsyncSession]:
@@ -40,6 +42,13 @@ async def _current_actor(request: Request, session: DbSession) -> Actor:
             raise Unauthorized("invalid or revoked API key")
     else:
         actor = await actor_from_session_cookie(session, request, organization_header=org_header)
+        # A browser session authenticates automatically, so state changes need proof of intent.
+        if (
+            actor is not None
+            and request.method not in SAFE_METHODS
+            and not csrf_ok(request, request.headers.get("x-csrf-token"))
+        ):
+            raise Forbidden("missing or invalid CSRF token (send X-CSRF-Token)")
     if actor is None:
         raise Unauthorized("authentication required: send 'Authorization: Bearer <api key>'")
     request.state.actor = actor

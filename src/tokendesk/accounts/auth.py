@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
+from typing import Any
+
 from fastapi import Request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import select, update
@@ -75,15 +80,46 @@ async def actor_from_api_key(
     return await build_actor(session, user, organization_id=_parse_org(organization_header))
 
 
-async def actor_from_session_cookie(
-    session: AsyncSession, request: Request, *, organization_header: str | None = None
-) -> Actor | None:
+def csrf_token_for(session_id: str) -> str:
+    """The CSRF token bound to one login session (sent back in forms and X-CSRF-Token)."""
+    digest = hmac.new(
+        get_settings().secret_key.encode(), f"csrf:{session_id}".encode(), hashlib.sha256
+    )
+    return digest.hexdigest()
+
+
+def new_session_cookie(user: User, *, organization_id: int | None = None) -> tuple[str, str]:
+    """Return (cookie value, csrf token) for a fresh login session."""
+    session_id = secrets.token_urlsafe(16)
+    payload = {"uid": user.id, "v": user.session_version, "sid": session_id}
+    if organization_id is not None:
+        payload["org"] = organization_id
+    return session_serializer().dumps(payload), csrf_token_for(session_id)
+
+
+def read_session_cookie(request: Request) -> dict[str, Any] | None:
     raw = request.cookies.get(SESSION_COOKIE)
     if not raw:
         return None
     try:
         data = session_serializer().loads(raw, max_age=SESSION_MAX_AGE)
     except BadSignature:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def csrf_ok(request: Request, submitted: str | None) -> bool:
+    data = read_session_cookie(request)
+    if data is None or not submitted:
+        return False
+    return hmac.compare_digest(csrf_token_for(str(data.get("sid", ""))), submitted)
+
+
+async def actor_from_session_cookie(
+    session: AsyncSession, request: Request, *, organization_header: str | None = None
+) -> Actor | None:
+    data = read_session_cookie(request)
+    if data is None:
         return None
     user = await session.get(User, int(data.get("uid", 0)))
     if user is None or not user.is_active or user.session_version != data.get("v"):
