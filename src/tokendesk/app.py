@@ -17,6 +17,7 @@ from tokendesk import __version__
 from tokendesk.config import Settings, get_settings
 from tokendesk.db import configure_database, get_database, set_database
 from tokendesk.errors import AppError
+from tokendesk.events.bus import EventBus, InProcessBus, set_bus
 from tokendesk.ledger import scheduler
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,28 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=exc.status_code, content=content)
 
 
+def make_bus(settings: Settings) -> EventBus:
+    kind = settings.event_bus
+    if kind == "auto":
+        kind = "memory" if settings.is_sqlite else "postgres"
+    if kind == "postgres":
+        from tokendesk.events.pg_bus import PostgresBus
+
+        return PostgresBus(settings.database_url)
+    return InProcessBus()
+
+
 def create_app(settings: Settings | None = None, *, manage_database: bool = True) -> FastAPI:
     settings = settings or get_settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         database = configure_database(settings.database_url) if manage_database else get_database()
+        bus = None
+        if manage_database:
+            bus = make_bus(settings)
+            await bus.start()
+            set_bus(bus)
         task = None
         if settings.scheduler_enabled:
             task = asyncio.create_task(
@@ -66,6 +83,8 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if bus is not None:
+                await bus.stop()
             if manage_database:
                 await database.dispose()
                 set_database(None)

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     scheduler_interval_seconds: float = 30.0
     scheduler_enabled: bool = True
     log_level: str = "info"
+    # "auto": PostgreSQL LISTEN/NOTIFY on PostgreSQL (events cross processes), in-process on SQLite.
+    event_bus: str = "auto"
 
     def check_secret(self) -> None:
         """Refuse to serve with a guessable session secret outside demo mode."""

@@ -16,10 +16,15 @@ API_ROUTERS = [
     "tokendesk.token_requests.routes",
     "tokendesk.metering.routes",
     "tokendesk.audit.routes",
+    "tokendesk.chat.routes",
 ]
 # Mounted at the root: pages, the SSE stream and the OpenAI-compatible gateway.
 ROOT_ROUTERS = [
     "tokendesk.web.pages",
+    "tokendesk.events.routes",
+    "tokendesk.metering.gateway",
+    "tokendesk.web.chat",
+    "tokendesk.web.admin.routes",
 ]
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
