@@ -1,3 +1,46 @@
+"""HTTP surface of metering: other chat apps report usage here."""
+
+from __future__ import annotations
+
 from fastapi import APIRouter
 
-router = APIRouter()
+from tokendesk.deps import DbSession, OrgAdminActor
+from tokendesk.metering import service
+from tokendesk.metering.schemas import UsageBatchIn, UsageBatchOut, UsageResultOut
+
+router = APIRouter(tags=["usage"])
+
+
+@router.post("/usage", response_model=UsageBatchOut)
+async def report_usage(
+    body: UsageBatchIn, session: DbSession, actor: OrgAdminActor
+) -> UsageBatchOut:
+    """Record a batch of usage events (needs an org admin's key).
+
+    Each event names its user by ``user_email`` or ``user_id``. An event id the
+    organization already reported is not charged again: its first result comes
+    back with ``replayed: true``. The whole batch is checked first; one bad event
+    answers 422 naming it, and nothing is recorded.
+    """
+    user_ids = await service.resolve_users(
+        session,
+        organization_id=actor.organization_id,
+        refs=[(event.user_email, event.user_id) for event in body.events],
+    )
+    results = await service.record_usage(
+        session,
+        organization_id=actor.organization_id,
+        events=[
+            service.UsageInput(
+                event_id=event.event_id,
+                user_id=user_id,
+                model=event.model,
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                occurred_at=event.occurred_at,
+                source=event.source,
+            )
+            for event, user_id in zip(body.events, user_ids, strict=True)
+        ],
+    )
+    return UsageBatchOut(results=[UsageResultOut.model_validate(result) for result in results])

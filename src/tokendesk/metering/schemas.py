@@ -1,0 +1,50 @@
+"""Pydantic shapes of the usage API."""
+
+from __future__ import annotations
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from tokendesk.accounts.schemas import MAX_TOKENS, StrictModel
+
+MAX_BATCH = 1000
+
+
+class UsageEventIn(StrictModel):
+    event_id: str = Field(min_length=1, max_length=200, description="Unique per organization.")
+    user_email: str | None = Field(default=None, min_length=1, max_length=320)
+    # Runs even when absent, so that "neither given" is reported on this field.
+    user_id: int | None = Field(default=None, gt=0, strict=True, validate_default=True)
+    model: str = Field(min_length=1, max_length=200)
+    prompt_tokens: int = Field(ge=0, le=MAX_TOKENS, strict=True)
+    completion_tokens: int = Field(ge=0, le=MAX_TOKENS, strict=True)
+    occurred_at: AwareDatetime | None = Field(
+        default=None, description="When the call happened; default now."
+    )
+    source: str = Field(default="api", min_length=1, max_length=50)
+
+    @field_validator("user_id")
+    @classmethod
+    def _exactly_one_user(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if "user_email" not in info.data:
+            return value  # user_email itself failed and is reported already
+        if (value is None) == (info.data["user_email"] is None):
+            raise ValueError("give exactly one of user_email and user_id")
+        return value
+
+
+class UsageBatchIn(StrictModel):
+    events: list[UsageEventIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class UsageResultOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    event_id: str
+    user_id: int
+    total_tokens: int
+    remaining: int = Field(description="Balance right after this event; negative if overspent.")
+    replayed: bool = Field(description="True when the event id was already recorded.")
+
+
+class UsageBatchOut(BaseModel):
+    results: list[UsageResultOut]

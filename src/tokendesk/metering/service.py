@@ -1,0 +1,354 @@
+"""Usage metering: debit reported token usage from balances, exactly once per event id.
+
+A batch is recorded with a fixed handful of statements whatever its size: the
+balances are read (and locked on PostgreSQL) once, each event's resulting
+balance is computed in Python in batch order, and events, ledger entries,
+balances and daily rollups are each written with one set-based statement.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokendesk.db import utcnow
+from tokendesk.errors import InvalidInput, NotFound
+from tokendesk.events.bus import emit
+from tokendesk.ledger import service as ledger
+from tokendesk.ledger.models import Balance, Reservation
+from tokendesk.metering import repository as repo
+
+MAX_ID_LENGTH = 200
+MAX_SOURCE_LENGTH = 50
+# Clocks drift: a reporter slightly ahead of us is fine, an event from next week is a bug.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class UsageInput:
+    event_id: str
+    user_id: int
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    occurred_at: datetime | None = None  # default now
+    source: str = "api"
+    # Tokens to debit; default prompt + completion (a model weight may change it).
+    total_tokens: int | None = None
+
+    @property
+    def debit(self) -> int:
+        if self.total_tokens is not None:
+            return self.total_tokens
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class UsageResult:
+    event_id: str
+    usage_event_id: int
+    user_id: int
+    total_tokens: int
+    # The user's remaining balance right after this event (for a replay: the first result's).
+    remaining: int
+    replayed: bool
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check(index: int, usage: UsageInput, now: datetime) -> None:
+    """Raise InvalidInput naming ``events.<index>.<field>`` for the first bad field."""
+
+    def bad(field: str, message: str) -> InvalidInput:
+        name = f"events.{index}.{field}"
+        return InvalidInput(f"{name}: {message}", field=name)
+
+    if not isinstance(usage.event_id, str) or not 1 <= len(usage.event_id) <= MAX_ID_LENGTH:
+        raise bad("event_id", f"must be 1 to {MAX_ID_LENGTH} characters")
+    if not isinstance(usage.model, str) or not 1 <= len(usage.model) <= MAX_ID_LENGTH:
+        raise bad("model", f"must be 1 to {MAX_ID_LENGTH} characters")
+    if not isinstance(usage.source, str) or not 1 <= len(usage.source) <= MAX_SOURCE_LENGTH:
+        raise bad("source", f"must be 1 to {MAX_SOURCE_LENGTH} characters")
+    for field in ("prompt_tokens", "completion_tokens"):
+        if not _is_count(getattr(usage, field)):
+            raise bad(field, "must be a non-negative integer")
+    if usage.total_tokens is not None and not _is_count(usage.total_tokens):
+        raise bad("total_tokens", "must be a non-negative integer")
+    if usage.occurred_at is not None:
+        if usage.occurred_at.tzinfo is None:
+            raise bad("occurred_at", "must carry a time zone")
+        if usage.occurred_at > now + MAX_CLOCK_SKEW:
+            raise bad("occurred_at", "must not be more than 5 minutes in the future")
+
+
+@dataclass
+class _Plan:
+    """What a batch will write, computed before anything is written."""
+
+    # Index in the batch of each event's first occurrence, for events new to the database.
+    fresh: dict[str, int]
+    balance_after: dict[str, int]
+    used: dict[int, int]
+
+
+def _plan(events: Sequence[UsageInput], *, balances: dict[int, Balance], known: set[str]) -> _Plan:
+    """Charge each new event in batch order, per user, from the user's current remaining."""
+    remaining = {user_id: balance.remaining for user_id, balance in balances.items()}
+    plan = _Plan(fresh={}, balance_after={}, used=defaultdict(int))
+    for index, usage in enumerate(events):
+        if usage.event_id in known or usage.event_id in plan.fresh:
+            continue
+        plan.fresh[usage.event_id] = index
+        remaining[usage.user_id] -= usage.debit
+        plan.balance_after[usage.event_id] = remaining[usage.user_id]
+        plan.used[usage.user_id] += usage.debit
+    return plan
+
+
+async def _check_members(
+    session: AsyncSession, *, organization_id: int, events: Sequence[UsageInput]
+) -> dict[int, repo.Member]:
+    found = await repo.members(session, user_ids={usage.user_id for usage in events})
+    for index, usage in enumerate(events):
+        member = found.get(usage.user_id)
+        if member is None or member.organization_id != organization_id:
+            name = f"events.{index}.user_id"
+            raise InvalidInput(
+                f"{name}: user {usage.user_id} not found in this organization", field=name
+            )
+    return found
+
+
+async def record_usage(
+    session: AsyncSession,
+    *,
+    organization_id: int,
+    events: Sequence[UsageInput],
+    now: datetime | None = None,
+) -> list[UsageResult]:
+    """Debit each event's tokens from its user's current period, once per event id.
+
+    The whole batch is checked before anything is written. An event id already
+    stored for the organization, or repeated inside the batch, is a replay: it
+    charges nothing and returns the first result with ``replayed=True``. Usage
+    that takes a balance below zero is still recorded (it already happened), so
+    ``remaining`` may be negative.
+    """
+    if not events:
+        return []
+    now = now or utcnow()
+    for index, usage in enumerate(events):
+        _check(index, usage, now)
+    found = await _check_members(session, organization_id=organization_id, events=events)
+    stored = await repo.stored_events(
+        session,
+        organization_id=organization_id,
+        event_ids={usage.event_id for usage in events},
+    )
+    user_ids = {usage.user_id for usage in events if usage.event_id not in stored}
+    balances: dict[int, Balance] = {}
+    if user_ids:
+        await ledger.rollover_due(session, now=now, user_ids=list(user_ids))
+        balances = await repo.lock_balances(session, user_ids=user_ids)
+    plan = _plan(events, balances=balances, known=set(stored))
+    rows = [_event_row(organization_id, events[i], found, plan, now) for i in plan.fresh.values()]
+    inserted = await repo.insert_events(session, rows)
+    if len(inserted) < len(plan.fresh):
+        # A concurrent batch stored some of these ids between our read and our insert:
+        # they are replays after all, and the balances after them must be recomputed.
+        stored |= await repo.stored_events(
+            session,
+            organization_id=organization_id,
+            event_ids=plan.fresh.keys() - inserted.keys(),
+        )
+        planned = plan.balance_after
+        plan = _plan(events, balances=balances, known=set(stored))
+        await repo.fix_balance_after(
+            session,
+            {
+                inserted[event_id]: after
+                for event_id, after in plan.balance_after.items()
+                if planned[event_id] != after
+            },
+        )
+    await _write_effects(session, organization_id, events, found, balances, plan, inserted, now)
+    return _results(events, plan, inserted, stored)
+
+
+def _event_row(
+    organization_id: int,
+    usage: UsageInput,
+    found: dict[int, repo.Member],
+    plan: _Plan,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "organization_id": organization_id,
+        "event_id": usage.event_id,
+        "user_id": usage.user_id,
+        "team_id": found[usage.user_id].team_id,
+        "model": usage.model,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.debit,
+        "source": usage.source,
+        "occurred_at": usage.occurred_at or now,
+        "recorded_at": now,
+        "balance_after": plan.balance_after[usage.event_id],
+    }
+
+
+async def _write_effects(
+    session: AsyncSession,
+    organization_id: int,
+    events: Sequence[UsageInput],
+    found: dict[int, repo.Member],
+    balances: dict[int, Balance],
+    plan: _Plan,
+    inserted: dict[str, int],
+    now: datetime,
+) -> None:
+    """Ledger entries, balance cache, daily rollups and real-time events of the new events."""
+    entries: list[dict[str, Any]] = []
+    rollups: dict[tuple[date, int, str], dict[str, Any]] = {}
+    for event_id, index in plan.fresh.items():
+        usage = events[index]
+        entries.append(
+            {
+                "organization_id": organization_id,
+                "user_id": usage.user_id,
+                "period_start": balances[usage.user_id].period_start,
+                "amount": -usage.debit,
+                "usage_event_id": inserted[event_id],
+                "reason": f"{usage.model} via {usage.source}",
+                "created_at": now,
+            }
+        )
+        day = (usage.occurred_at or now).astimezone(UTC).date()
+        rollup = rollups.setdefault(
+            (day, usage.user_id, usage.model),
+            {
+                "organization_id": organization_id,
+                "day": day,
+                "user_id": usage.user_id,
+                "team_id": found[usage.user_id].team_id,
+                "model": usage.model,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "total_tokens": 0,
+                "calls": 0,
+            },
+        )
+        rollup["prompt_tokens"] += usage.prompt_tokens
+        rollup["completion_tokens"] += usage.completion_tokens
+        rollup["total_tokens"] += usage.debit
+        rollup["calls"] += 1
+    await repo.insert_usage_entries(session, entries)
+    changed = await repo.add_used(session, used=plan.used, now=now)
+    await repo.upsert_rollups(session, list(rollups.values()))
+    for balance in changed:
+        emit(session, ledger.balance_event(balance, cause="usage"))
+
+
+def _results(
+    events: Sequence[UsageInput],
+    plan: _Plan,
+    inserted: dict[str, int],
+    stored: dict[str, repo.StoredEvent],
+) -> list[UsageResult]:
+    results: list[UsageResult] = []
+    for index, usage in enumerate(events):
+        if plan.fresh.get(usage.event_id) == index:
+            results.append(
+                UsageResult(
+                    event_id=usage.event_id,
+                    usage_event_id=inserted[usage.event_id],
+                    user_id=usage.user_id,
+                    total_tokens=usage.debit,
+                    remaining=plan.balance_after[usage.event_id],
+                    replayed=False,
+                )
+            )
+        elif usage.event_id in plan.fresh:
+            first = events[plan.fresh[usage.event_id]]
+            results.append(
+                UsageResult(
+                    event_id=usage.event_id,
+                    usage_event_id=inserted[usage.event_id],
+                    user_id=first.user_id,
+                    total_tokens=first.debit,
+                    remaining=plan.balance_after[usage.event_id],
+                    replayed=True,
+                )
+            )
+        else:
+            earlier = stored[usage.event_id]
+            results.append(
+                UsageResult(
+                    event_id=usage.event_id,
+                    usage_event_id=earlier.id,
+                    user_id=earlier.user_id,
+                    total_tokens=earlier.total_tokens,
+                    remaining=earlier.balance_after,
+                    replayed=True,
+                )
+            )
+    return results
+
+
+async def settle_and_record(
+    session: AsyncSession, *, reservation_id: int, usage: UsageInput, organization_id: int
+) -> UsageResult:
+    """Close the gateway's hold and debit what the call actually used, in one transaction.
+
+    The actual amount may exceed the hold (a reply longer than estimated): it is
+    recorded all the same and shows as an overspend. Retrying with the same
+    event id is harmless: the hold is already closed and the usage replays.
+    """
+    reservation = await session.get(Reservation, reservation_id)
+    if reservation is None or reservation.organization_id != organization_id:
+        raise NotFound(f"reservation {reservation_id} not found")
+    if reservation.user_id != usage.user_id:
+        raise InvalidInput(
+            f"user_id: reservation {reservation_id} belongs to another user", field="user_id"
+        )
+    _check(0, usage, utcnow())
+    await ledger.settle(session, reservation_id=reservation_id, actual=usage.debit)
+    [result] = await record_usage(session, organization_id=organization_id, events=[usage])
+    return result
+
+
+async def resolve_users(
+    session: AsyncSession,
+    *,
+    organization_id: int,
+    refs: Sequence[tuple[str | None, int | None]],
+) -> list[int]:
+    """Turn each event's (user_email, user_id) into a user id of ``organization_id``.
+
+    Ids are passed through (record_usage checks them); every unknown email is
+    reported at once, each named by its place in the batch.
+    """
+    emails = {email.lower() for email, _ in refs if email is not None}
+    known = await repo.user_ids_by_email(session, organization_id=organization_id, emails=emails)
+    problems: list[str] = []
+    user_ids: list[int] = []
+    for index, (email, user_id) in enumerate(refs):
+        if email is None:
+            assert user_id is not None
+            user_ids.append(user_id)
+        elif email.lower() in known:
+            user_ids.append(known[email.lower()])
+        else:
+            problems.append(f"events.{index}.user_email: no user {email!r} in this organization")
+    if problems:
+        field = problems[0].split(":", 1)[0]
+        raise InvalidInput("; ".join(problems), field=field)
+    return user_ids

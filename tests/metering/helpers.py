@@ -1,0 +1,77 @@
+"""Shared helpers of the metering tests."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, date
+from typing import Any
+
+from sqlalchemy import select
+
+from tokendesk.db import Database
+from tokendesk.ledger.doctor import check_balances
+from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
+from tokendesk.metering.models import UsageDaily, UsageEvent
+from tokendesk.metering.service import UsageInput
+
+
+def usage(event_id: str, user_id: int, tokens: int = 100, **extra: Any) -> UsageInput:
+    """An event of ``tokens`` split 3:1 between prompt and completion."""
+    prompt = tokens * 3 // 4
+    return UsageInput(
+        event_id=event_id,
+        user_id=user_id,
+        model=extra.pop("model", "gpt-4o"),
+        prompt_tokens=prompt,
+        completion_tokens=tokens - prompt,
+        **extra,
+    )
+
+
+async def balance_of(database: Database, user_id: int) -> Balance:
+    async with database.transaction(write=False) as s:
+        balance = await s.get(Balance, user_id)
+        assert balance is not None
+        return balance
+
+
+async def usage_entries(database: Database, user_id: int) -> list[int]:
+    async with database.transaction(write=False) as s:
+        rows = await s.scalars(
+            select(LedgerEntry.amount)
+            .where(LedgerEntry.user_id == user_id, LedgerEntry.kind == EntryKind.USAGE.value)
+            .order_by(LedgerEntry.id)
+        )
+        return list(rows)
+
+
+async def assert_ledger_consistent(database: Database) -> None:
+    async with database.transaction(write=False) as s:
+        assert await check_balances(s) == []
+
+
+RollupKey = tuple[date, int, str]
+
+
+async def rollups_and_raw_sums(
+    database: Database,
+) -> tuple[dict[RollupKey, tuple[int, int, int, int]], dict[RollupKey, tuple[int, int, int, int]]]:
+    """(rollup rows, the same sums computed from raw events), keyed by (UTC day, user, model)."""
+    async with database.transaction(write=False) as s:
+        daily = {
+            (row.day, row.user_id, row.model): (
+                row.prompt_tokens,
+                row.completion_tokens,
+                row.total_tokens,
+                row.calls,
+            )
+            for row in await s.scalars(select(UsageDaily))
+        }
+        raw: dict[RollupKey, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        for event in await s.scalars(select(UsageEvent)):
+            sums = raw[(event.occurred_at.astimezone(UTC).date(), event.user_id, event.model)]
+            sums[0] += event.prompt_tokens
+            sums[1] += event.completion_tokens
+            sums[2] += event.total_tokens
+            sums[3] += 1
+    return daily, {key: (a, b, c, d) for key, (a, b, c, d) in raw.items()}
