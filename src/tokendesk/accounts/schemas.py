@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StrictInt, field_validator
+from pydantic_core import PydanticCustomError
 
 from tokendesk.accounts.models import Role
+from tokendesk.ledger.models import Balance
 
 MAX_TOKENS = 10**15  # far above any real allocation, well inside BigInteger
+AllocationSource = Literal["override", "team", "organization"]
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _not_null(value: object) -> object:
+    # In a PATCH, an absent field means "leave it"; an explicit null on a field that cannot
+    # be cleared is a mistake worth naming, not something to ignore silently.
+    if value is None:
+        raise PydanticCustomError("not_null", "must not be null")
+    return value
+
+
+def _clean_name(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        raise PydanticCustomError("blank", "must not be blank")
+    return value
 
 
 class Ref(BaseModel):
@@ -30,8 +50,12 @@ class OrganizationIn(StrictModel):
     pool: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
     low_balance_percent: int = Field(default=20, ge=0, le=100, strict=True)
 
+    _name = field_validator("name")(_clean_name)
+
 
 class OrganizationUpdate(StrictModel):
+    """Absent fields stay as they are; ``pool: null`` removes the pool."""
+
     name: str | None = Field(default=None, min_length=1, max_length=200)
     default_allocation: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
     reset_day: int | None = Field(default=None, ge=1, le=28, strict=True)
@@ -39,6 +63,16 @@ class OrganizationUpdate(StrictModel):
     max_request: int | None = Field(default=None, gt=0, le=MAX_TOKENS, strict=True)
     pool: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
     low_balance_percent: int | None = Field(default=None, ge=0, le=100, strict=True)
+
+    _required = field_validator(
+        "name",
+        "default_allocation",
+        "reset_day",
+        "timezone",
+        "max_request",
+        "low_balance_percent",
+    )(_not_null)
+    _name = field_validator("name")(_clean_name)
 
 
 class PoolOut(BaseModel):
@@ -66,11 +100,18 @@ class TeamIn(StrictModel):
     name: str = Field(min_length=1, max_length=200)
     default_allocation: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
 
+    _name = field_validator("name")(_clean_name)
+
 
 class TeamUpdate(StrictModel):
+    """``default_allocation: null`` removes the team default; ``owner_ids`` is the full new set."""
+
     name: str | None = Field(default=None, min_length=1, max_length=200)
     default_allocation: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
-    owner_ids: list[int] | None = None
+    owner_ids: list[StrictInt] | None = Field(default=None, max_length=100)
+
+    _required = field_validator("name", "owner_ids")(_not_null)
+    _name = field_validator("name")(_clean_name)
 
 
 class TeamOut(BaseModel):
@@ -85,26 +126,26 @@ class UserIn(StrictModel):
     email: EmailStr
     name: str = Field(min_length=1, max_length=200)
     role: Role = Role.MEMBER
-    team_id: int | None = None
+    team_id: int | None = Field(default=None, strict=True)
     allocation_override: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
     password: str | None = Field(default=None, min_length=8, max_length=200)
 
-    @field_validator("name")
-    @classmethod
-    def _strip(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be blank")
-        return value
+    _name = field_validator("name")(_clean_name)
 
 
 class UserUpdate(StrictModel):
+    """Absent fields stay as they are; ``team_id: null`` and ``allocation_override: null``
+    clear the team and the override."""
+
     name: str | None = Field(default=None, min_length=1, max_length=200)
     role: Role | None = None
-    team_id: int | None = None
+    team_id: int | None = Field(default=None, strict=True)
     allocation_override: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
-    is_active: bool | None = None
+    is_active: bool | None = Field(default=None, strict=True)
     password: str | None = Field(default=None, min_length=8, max_length=200)
+
+    _required = field_validator("name", "role", "is_active", "password")(_not_null)
+    _name = field_validator("name")(_clean_name)
 
 
 class BalanceOut(BaseModel):
@@ -117,6 +158,19 @@ class BalanceOut(BaseModel):
     period_start: datetime
     next_reset_at: datetime
 
+    @classmethod
+    def of(cls, balance: Balance) -> BalanceOut:
+        return cls(
+            allocation=balance.allocation,
+            granted=balance.granted,
+            adjusted=balance.adjusted,
+            used=balance.used,
+            reserved=balance.reserved,
+            remaining=balance.remaining,
+            period_start=balance.period_start,
+            next_reset_at=balance.period_end,
+        )
+
 
 class UserOut(BaseModel):
     id: int
@@ -125,7 +179,7 @@ class UserOut(BaseModel):
     role: Role
     team: Ref | None
     allocation_override: int | None
-    allocation_source: str  # "override" | "team" | "organization"
+    allocation_source: AllocationSource
     is_active: bool
     balance: BalanceOut
 
@@ -146,11 +200,13 @@ class AdjustmentIn(StrictModel):
     amount: int = Field(strict=True, ge=-MAX_TOKENS, le=MAX_TOKENS)
     note: str = Field(min_length=1, max_length=1000)
 
+    _note = field_validator("note")(_clean_name)
+
     @field_validator("amount")
     @classmethod
     def _nonzero(cls, value: int) -> int:
         if value == 0:
-            raise ValueError("must not be zero")
+            raise PydanticCustomError("nonzero", "must not be zero")
         return value
 
 
@@ -169,8 +225,12 @@ class LedgerEntryOut(BaseModel):
 class ApiKeyIn(StrictModel):
     name: str = Field(default="default", min_length=1, max_length=100)
 
+    _name = field_validator("name")(_clean_name)
+
 
 class ApiKeyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     name: str
     prefix: str

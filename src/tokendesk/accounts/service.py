@@ -1,5 +1,7 @@
-"""Organizations, teams, users and API keys: the rules.
+"""Organizations, teams, users and API keys: creation, allocation and scope rules.
 
+The administration built on these lives beside it, one module per object:
+``users``, ``teams``, ``organizations`` and ``api_keys``.
 Services flush, never commit: the caller's unit of work owns the transaction.
 """
 
@@ -337,3 +339,31 @@ async def get_user_in_scope(session: AsyncSession, *, actor: Actor, user_id: int
 def require_manager(actor: Actor, user: User) -> None:
     if not can_manage_user(actor, user):
         raise Forbidden("you may not manage this user")
+
+
+def require_org_admin(actor: Actor) -> None:
+    if not actor.is_org_admin:
+        raise Forbidden("this needs an org admin or super admin")
+
+
+def require_super_admin(actor: Actor) -> None:
+    if not actor.is_super_admin:
+        raise Forbidden("this needs a super admin")
+
+
+def require_outranks(actor: Actor, user: User) -> None:
+    """Team owners manage members of their teams, never an admin who happens to be in one;
+    only a super admin touches a super admin."""
+    if user.id == actor.user_id:
+        return
+    if user.role == Role.SUPER_ADMIN and not actor.is_super_admin:
+        raise Forbidden("only a super admin may manage a super admin")
+    if not actor.is_org_admin and user.role == Role.ORG_ADMIN:
+        raise Forbidden("only an org admin may manage an org admin")
+
+
+async def get_team_in_org(session: AsyncSession, *, organization_id: int, team_id: int) -> Team:
+    team = await session.get(Team, team_id)
+    if team is None or team.organization_id != organization_id:
+        raise NotFound(f"team {team_id} not found")
+    return team

@@ -1,0 +1,184 @@
+"""Organization settings, the monthly pool, and the super admin's list of organizations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokendesk.accounts import repository as repo
+from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.models import Organization
+from tokendesk.accounts.schemas import OrganizationIn, OrganizationUpdate
+from tokendesk.accounts.service import (
+    create_organization,
+    get_organization,
+    reapply_allocations,
+    require_org_admin,
+    require_super_admin,
+)
+from tokendesk.audit import service as audit
+from tokendesk.db import utcnow
+from tokendesk.errors import Conflict, Forbidden, InvalidInput
+from tokendesk.ledger import service as ledger
+from tokendesk.ledger.periods import is_valid_timezone, period_bounds
+
+SETTINGS = (
+    "name",
+    "default_allocation",
+    "reset_day",
+    "timezone",
+    "max_request",
+    "pool",
+    "low_balance_percent",
+)
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    pool: int
+    # Sum of this period's allocations of every user in the organization.
+    allocated: int
+    # Sum of this period's approved grants.
+    granted: int
+    # May go negative: allocations alone can exceed a pool set too low; that is shown, not hidden.
+    left: int
+
+
+@dataclass(frozen=True)
+class OrganizationView:
+    organization: Organization
+    period_start: datetime
+    next_reset_at: datetime
+    pool_usage: PoolUsage | None
+
+
+def _duplicate(name: str) -> Conflict:
+    return Conflict(f"name: an organization named {name!r} already exists", field="name")
+
+
+async def _views(
+    session: AsyncSession, orgs: Sequence[Organization], *, now: datetime
+) -> list[OrganizationView]:
+    figures = await repo.pool_figures(
+        session, organization_ids=[o.id for o in orgs if o.pool is not None]
+    )
+    views = []
+    for org in orgs:
+        start, end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
+        usage = None
+        if org.pool is not None:
+            allocated, granted = figures.get(org.id, (0, 0))
+            usage = PoolUsage(org.pool, allocated, granted, org.pool - allocated - granted)
+        views.append(OrganizationView(org, start, end, usage))
+    return views
+
+
+async def organization_view(
+    session: AsyncSession, *, organization_id: int, now: datetime | None = None
+) -> OrganizationView:
+    now = now or utcnow()
+    # Pool figures must describe the current period, so ended periods roll over first.
+    await ledger.rollover_due(session, now=now, organization_id=organization_id)
+    org = await get_organization(session, organization_id)
+    return (await _views(session, [org], now=now))[0]
+
+
+async def get_settings(
+    session: AsyncSession, *, actor: Actor, now: datetime | None = None
+) -> OrganizationView:
+    if not actor.is_admin:
+        raise Forbidden("this needs a team owner, org admin or super admin")
+    return await organization_view(session, organization_id=actor.organization_id, now=now)
+
+
+async def update_settings(
+    session: AsyncSession, *, actor: Actor, data: OrganizationUpdate, now: datetime | None = None
+) -> OrganizationView:
+    """Change the settings present in ``data``, effective for the current period.
+
+    A new default allocation re-applies to everyone it governs; a new reset day or
+    time zone moves the end of every current period to the new next reset (the
+    start stays, so this period is simply shorter or longer).
+    """
+    require_org_admin(actor)
+    now = now or utcnow()
+    fields = data.model_fields_set
+    if data.timezone is not None and not is_valid_timezone(data.timezone):
+        raise InvalidInput(f"timezone: unknown IANA time zone {data.timezone!r}", field="timezone")
+    # Periods that ended under the old settings close under them, before anything moves.
+    await ledger.rollover_due(session, now=now, organization_id=actor.organization_id)
+    org = await get_organization(session, actor.organization_id)
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    for name in SETTINGS:
+        if name in fields and getattr(data, name) != getattr(org, name):
+            before[name], after[name] = getattr(org, name), getattr(data, name)
+    if "name" in after:
+        taken = await session.scalar(
+            select(Organization.id).where(
+                Organization.name == after["name"], Organization.id != org.id
+            )
+        )
+        if taken is not None:
+            raise _duplicate(after["name"])
+    if not after:
+        return await organization_view(session, organization_id=org.id, now=now)
+
+    for name, value in after.items():
+        setattr(org, name, value)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise _duplicate(after["name"]) from None
+    org_id = org.id
+    details: dict[str, Any] = {"before": before, "after": after}
+    if "reset_day" in after or "timezone" in after:
+        _, end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
+        await repo.move_period_end(session, organization_id=org_id, end=end)
+        details["next_reset_at"] = end.isoformat()
+    await audit.record(
+        session,
+        organization_id=org_id,
+        actor_id=actor.user_id,
+        action="organization.updated",
+        target_type="organization",
+        target_id=org_id,
+        details=details,
+    )
+    if "default_allocation" in after:
+        await reapply_allocations(
+            session,
+            organization_id=org_id,
+            user_ids=None,
+            actor_id=actor.user_id,
+            reason="organization default changed",
+        )
+    session.expire_all()
+    return await organization_view(session, organization_id=org_id, now=now)
+
+
+async def list_organizations(
+    session: AsyncSession, *, actor: Actor, now: datetime | None = None
+) -> list[OrganizationView]:
+    require_super_admin(actor)
+    now = now or utcnow()
+    await ledger.rollover_due(session, now=now)
+    orgs = list(await session.scalars(select(Organization).order_by(Organization.name)))
+    return await _views(session, orgs, now=now)
+
+
+async def create_organization_as(
+    session: AsyncSession, *, actor: Actor, data: OrganizationIn
+) -> OrganizationView:
+    require_super_admin(actor)
+    try:
+        org = await create_organization(session, **data.model_dump(), actor_id=actor.user_id)
+    except IntegrityError:
+        raise _duplicate(data.name) from None
+    return await organization_view(session, organization_id=org.id)

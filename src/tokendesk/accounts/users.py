@@ -1,0 +1,262 @@
+"""Managing people: the caller's own profile, the user directory, edits and adjustments.
+
+Scope: org admins (and super admins in the organization they act in) manage
+everyone there; team owners manage the members of the teams they own; everyone
+may read their own record and ledger. Out-of-scope users answer 404.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokendesk.accounts import repository as repo
+from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.models import Organization, Role, Team, User
+from tokendesk.accounts.schemas import UserIn, UserUpdate
+from tokendesk.accounts.security import hash_password
+from tokendesk.accounts.service import (
+    create_user,
+    get_organization,
+    get_user_in_scope,
+    reapply_allocations,
+    require_manager,
+    require_outranks,
+)
+from tokendesk.audit import service as audit
+from tokendesk.db import utcnow
+from tokendesk.errors import Forbidden, InvalidInput, NotFound
+from tokendesk.ledger import service as ledger
+from tokendesk.ledger.models import Balance, EntryKind
+
+# What a person may change about themselves; allocation, team, role and the active
+# flag are someone else's call (nobody raises their own budget).
+SELF_EDITABLE = frozenset({"name", "password"})
+# What a team owner may change about a member of a team they own.
+TEAM_OWNER_EDITABLE = frozenset({"allocation_override", "team_id"})
+
+
+@dataclass(frozen=True)
+class Me:
+    user: User
+    organization: Organization
+    team: Team | None
+    balance: Balance
+
+
+async def me(session: AsyncSession, *, actor: Actor, now: datetime | None = None) -> Me:
+    """The caller with their current balance (rolled over first if its period ended)."""
+    balance = await ledger.get_balance(session, user_id=actor.user_id, now=now)
+    user = await session.get(User, actor.user_id)
+    if user is None:
+        raise NotFound(f"user {actor.user_id} not found")
+    organization = await get_organization(session, user.organization_id)
+    team = await session.get(Team, user.team_id) if user.team_id is not None else None
+    return Me(user=user, organization=organization, team=team, balance=balance)
+
+
+def _scope(actor: Actor) -> repo.UserFilter:
+    if actor.is_org_admin:
+        return repo.UserFilter(organization_id=actor.organization_id)
+    if actor.role == Role.TEAM_OWNER:
+        return repo.UserFilter(organization_id=actor.organization_id, team_ids=actor.owned_team_ids)
+    raise Forbidden("this needs a team owner, org admin or super admin")
+
+
+async def _page(
+    session: AsyncSession, f: repo.UserFilter, *, limit: int, offset: int, now: datetime
+) -> tuple[list[repo.UserRow], int]:
+    rows, total = await repo.user_page(session, f, limit=limit, offset=offset)
+    due = repo.due_user_ids(rows, now)
+    if due:
+        # Lazy reset: nobody should see a balance from a period that has ended.
+        await ledger.rollover_due(session, now=now, user_ids=due)
+        rows, total = await repo.user_page(session, f, limit=limit, offset=offset)
+    return rows, total
+
+
+async def list_users(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    q: str | None = None,
+    team_id: int | None = None,
+    role: Role | None = None,
+    active: bool | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    now: datetime | None = None,
+) -> tuple[list[repo.UserRow], int]:
+    scope = _scope(actor)
+    f = repo.UserFilter(
+        organization_id=scope.organization_id,
+        team_ids=scope.team_ids,
+        q=q,
+        team_id=team_id,
+        role=role,
+        active=active,
+    )
+    return await _page(session, f, limit=limit, offset=offset, now=now or utcnow())
+
+
+async def user_row(
+    session: AsyncSession, *, user_id: int, organization_id: int, now: datetime | None = None
+) -> repo.UserRow:
+    f = repo.UserFilter(organization_id=organization_id, user_ids=[user_id])
+    rows, _ = await _page(session, f, limit=1, offset=0, now=now or utcnow())
+    if not rows:
+        raise NotFound(f"user {user_id} not found")
+    return rows[0]
+
+
+async def get_user(session: AsyncSession, *, actor: Actor, user_id: int) -> repo.UserRow:
+    user = await get_user_in_scope(session, actor=actor, user_id=user_id)
+    return await user_row(session, user_id=user.id, organization_id=user.organization_id)
+
+
+async def create_user_as(session: AsyncSession, *, actor: Actor, data: UserIn) -> repo.UserRow:
+    """Org admins create anyone but super admins; team owners create plain members,
+    and only into a team they own, so the new person lands inside their scope."""
+    if data.role == Role.SUPER_ADMIN and not actor.is_super_admin:
+        raise Forbidden("role: only a super admin may create a super admin")
+    if not actor.is_org_admin:
+        if actor.role != Role.TEAM_OWNER:
+            raise Forbidden("this needs a team owner, org admin or super admin")
+        if data.role != Role.MEMBER:
+            raise Forbidden("role: team owners may only create members")
+        if data.team_id is None or data.team_id not in actor.owned_team_ids:
+            raise Forbidden("team_id: team owners may only add members to a team they own")
+    user = await create_user(
+        session,
+        organization_id=actor.organization_id,
+        email=str(data.email),
+        name=data.name,
+        role=data.role,
+        team_id=data.team_id,
+        allocation_override=data.allocation_override,
+        password=data.password,
+        actor_id=actor.user_id,
+    )
+    return await user_row(session, user_id=user.id, organization_id=actor.organization_id)
+
+
+def _check_update_allowed(actor: Actor, user: User, data: UserUpdate, fields: set[str]) -> None:
+    if user.id == actor.user_id:
+        if fields - SELF_EDITABLE:
+            names = ", ".join(sorted(fields - SELF_EDITABLE))
+            raise Forbidden(f"{names}: you may not change this about yourself")
+        return
+    require_manager(actor, user)
+    require_outranks(actor, user)
+    if not actor.is_org_admin:
+        if fields - TEAM_OWNER_EDITABLE:
+            names = ", ".join(sorted(fields - TEAM_OWNER_EDITABLE))
+            raise Forbidden(f"{names}: only an org admin may change this")
+        if "team_id" in fields and data.team_id not in actor.owned_team_ids:
+            raise Forbidden("team_id: team owners may only move members between teams they own")
+    if data.role == Role.SUPER_ADMIN and not actor.is_super_admin:
+        raise Forbidden("role: only a super admin may grant super_admin")
+
+
+async def update_user(
+    session: AsyncSession, *, actor: Actor, user_id: int, data: UserUpdate
+) -> repo.UserRow:
+    """Apply the fields present in ``data``; allocation-related changes take effect at once."""
+    user = await get_user_in_scope(session, actor=actor, user_id=user_id)
+    fields = set(data.model_fields_set)
+    _check_update_allowed(actor, user, data, fields)
+    if "team_id" in fields and data.team_id is not None:
+        team = await session.get(Team, data.team_id)
+        if team is None or team.organization_id != user.organization_id:
+            raise InvalidInput(f"team_id: team {data.team_id} not found", field="team_id")
+
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    for name in ("name", "role", "team_id", "allocation_override", "is_active"):
+        if name not in fields:
+            continue
+        old, new = getattr(user, name), getattr(data, name)
+        if isinstance(new, Role):
+            new = new.value
+        if old != new:
+            before[name], after[name] = old, new
+            setattr(user, name, new)
+    details: dict[str, Any] = {"before": before, "after": after}
+    if "password" in fields and data.password is not None:
+        user.password_hash = hash_password(data.password)
+        details["password_changed"] = True
+    if details.get("password_changed") or after.get("is_active") is False:
+        # Signed session cookies carry this number; bumping it ends every open session.
+        user.session_version = user.session_version + 1
+    if not before and "password_changed" not in details:
+        return await user_row(session, user_id=user.id, organization_id=user.organization_id)
+    if after.get("role") == Role.MEMBER.value:
+        dropped = await repo.drop_ownerships(session, user_id=user.id)
+        if dropped:
+            details["owned_teams_dropped"] = dropped
+    await session.flush()
+
+    uid, org_id = user.id, user.organization_id
+    reasons = [
+        label
+        for key, label in (("team_id", "team changed"), ("allocation_override", "override changed"))
+        if key in after
+    ]
+    if reasons:
+        await reapply_allocations(
+            session,
+            organization_id=org_id,
+            user_ids=[uid],
+            actor_id=actor.user_id,
+            reason="; ".join(reasons),
+        )
+    await audit.record(
+        session,
+        organization_id=org_id,
+        actor_id=actor.user_id,
+        action="user.updated",
+        target_type="user",
+        target_id=uid,
+        details=details,
+    )
+    return await user_row(session, user_id=uid, organization_id=org_id)
+
+
+async def adjust_balance(
+    session: AsyncSession, *, actor: Actor, user_id: int, amount: int, note: str
+) -> Balance:
+    """A manual correction of the current period, up or down, always with a note."""
+    user = await get_user_in_scope(session, actor=actor, user_id=user_id)
+    if user.id == actor.user_id:
+        raise Forbidden("you may not adjust your own balance")
+    require_manager(actor, user)
+    require_outranks(actor, user)
+    uid, org_id = user.id, user.organization_id
+    balance = await ledger.credit(
+        session,
+        user_id=uid,
+        kind=EntryKind.ADJUSTMENT,
+        amount=amount,
+        actor_id=actor.user_id,
+        reason=note,
+    )
+    await audit.record(
+        session,
+        organization_id=org_id,
+        actor_id=actor.user_id,
+        action="balance.adjusted",
+        target_type="user",
+        target_id=uid,
+        details={"amount": amount, "note": note, "remaining": balance.remaining},
+    )
+    return balance
+
+
+async def ledger_entries(
+    session: AsyncSession, *, actor: Actor, user_id: int, limit: int = 50, offset: int = 0
+) -> tuple[list[repo.LedgerRow], int]:
+    user = await get_user_in_scope(session, actor=actor, user_id=user_id)
+    return await repo.ledger_page(session, user_id=user.id, limit=limit, offset=offset)

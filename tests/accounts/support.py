@@ -1,0 +1,84 @@
+"""Helpers shared by the accounts, audit and allocation tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from tests.factories import Person
+from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.auth import build_actor
+from tokendesk.accounts.models import ApiKey, User
+from tokendesk.audit.models import AuditEntry
+from tokendesk.db import Database
+from tokendesk.ledger.doctor import check_balances
+from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
+
+API = "/api/v1"
+
+
+def acting_in(person: Person, organization_id: int) -> dict[str, str]:
+    """Headers for a super admin working in another organization."""
+    return {**person.headers, "X-Organization-Id": str(organization_id)}
+
+
+async def actor_of(
+    database: Database, person: Person, *, organization_id: int | None = None
+) -> Actor:
+    async with database.transaction(write=False) as s:
+        user = await s.get(User, person.id)
+        assert user is not None
+        return await build_actor(s, user, organization_id=organization_id)
+
+
+async def balance_of(database: Database, user_id: int) -> Balance:
+    async with database.transaction(write=False) as s:
+        balance = await s.get(Balance, user_id)
+        assert balance is not None
+        return balance
+
+
+async def entries_of(database: Database, user_id: int, kind: EntryKind) -> list[LedgerEntry]:
+    async with database.transaction(write=False) as s:
+        rows = await s.scalars(
+            select(LedgerEntry)
+            .where(LedgerEntry.user_id == user_id, LedgerEntry.kind == kind.value)
+            .order_by(LedgerEntry.id)
+        )
+        return list(rows.all())
+
+
+async def allocation_changes(database: Database, user_id: int) -> list[int]:
+    return [e.amount for e in await entries_of(database, user_id, EntryKind.ALLOCATION_CHANGE)]
+
+
+async def audit_rows(database: Database, action: str) -> list[AuditEntry]:
+    async with database.transaction(write=False) as s:
+        rows = await s.scalars(
+            select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id)
+        )
+        return list(rows.all())
+
+
+async def user_of(database: Database, user_id: int) -> User:
+    async with database.transaction(write=False) as s:
+        user = await s.get(User, user_id)
+        assert user is not None
+        return user
+
+
+async def key_id_of(database: Database, person: Person) -> int:
+    async with database.transaction(write=False) as s:
+        key_id = await s.scalar(select(ApiKey.id).where(ApiKey.user_id == person.id))
+        assert key_id is not None
+        return int(key_id)
+
+
+async def ledger_is_consistent(database: Database) -> bool:
+    async with database.transaction(write=False) as s:
+        return await check_balances(s) == []
+
+
+def error_fields(body: dict[str, Any]) -> list[str]:
+    return [e["field"] for e in body.get("errors", [])]
