@@ -14,15 +14,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
 from sqlalchemy import text
 
 import tokendesk.models as models
 from tests.factories import World, make_world
+from tokendesk.accounts import security
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database, set_database
 from tokendesk.events.bus import InProcessBus, set_bus
 from tokendesk.migrations.runner import upgrade
+
+# Tests create many users; production-strength argon2 parameters would only slow them down.
+security._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 PG_URL = os.environ.get("TOKENDESK_TEST_DATABASE_URL", "")
 REQUIRE_PG = os.environ.get("TOKENDESK_REQUIRE_POSTGRES") == "1"

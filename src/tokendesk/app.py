@@ -71,6 +71,9 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
             bus = make_bus(settings)
             await bus.start()
             set_bus(bus)
+        from tokendesk.metering.gateway import install
+
+        gateway = install(app, settings, database)
         task = None
         if settings.scheduler_enabled:
             task = asyncio.create_task(
@@ -83,6 +86,7 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await gateway.close()
             if bus is not None:
                 await bus.stop()
             if manage_database:
@@ -95,6 +99,7 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
         description="Monthly LLM token allowances, metering, increase requests and approvals.",
         lifespan=lifespan,
     )
+    app.state.settings = settings
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(AppError, _app_error)
 

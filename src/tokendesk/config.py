@@ -29,6 +29,18 @@ class Settings(BaseSettings):
     scheduler_interval_seconds: float = 30.0
     scheduler_enabled: bool = True
     log_level: str = "info"
+    # Upstream models: JSON list of {name, base_url, api_key?, weight?}, or a TOML file with
+    # [[models]] tables. With neither, the built-in "demo" model answers locally.
+    models: str | None = None
+    models_file: str | None = None
+    # Completion budget assumed when a request gives no max_tokens (the hold is refunded after).
+    gateway_default_max_tokens: int = 1024
+    upstream_timeout_seconds: float = 120.0
+    # Trusted-header mode (off unless set): a proxy authenticating with an org admin's key may
+    # name the end user in this header, e.g. X-OpenWebUI-User-Email.
+    trusted_user_header: str | None = None
+    # Seconds an API key lookup is cached on the gateway's hot path.
+    key_cache_seconds: float = 5.0
     # "auto": PostgreSQL LISTEN/NOTIFY on PostgreSQL (events cross processes), in-process on SQLite.
     event_bus: str = "auto"
 

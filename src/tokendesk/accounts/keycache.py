@@ -1,0 +1,86 @@
+"""A short-lived cache of API key owners for the gateway's hot path.
+
+A lookup costs a database round trip; at hundreds of calls per second per user
+that round trip is most of the overhead. Entries live a few seconds, so a
+revoked key or a deactivated user stops working within that time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokendesk.accounts.models import ApiKey, Role, User
+from tokendesk.accounts.security import hash_api_key
+
+
+@dataclass(frozen=True)
+class KeyOwner:
+    user_id: int
+    organization_id: int
+    role: Role
+    email: str
+
+
+class KeyCache:
+    def __init__(self, *, ttl_seconds: float, max_entries: int = 50_000) -> None:
+        self.ttl = ttl_seconds
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, KeyOwner | None]] = {}
+
+    def _get(self, cache_key: str) -> tuple[bool, KeyOwner | None]:
+        hit = self._entries.get(cache_key)
+        if hit is None or hit[0] < time.monotonic():
+            return False, None
+        return True, hit[1]
+
+    def _put(self, cache_key: str, owner: KeyOwner | None) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[cache_key] = (time.monotonic() + self.ttl, owner)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    async def owner_of_key(self, session: AsyncSession, key: str) -> KeyOwner | None:
+        key_hash = hash_api_key(key)
+        found, owner = self._get("k:" + key_hash)
+        if found:
+            return owner
+        row = (
+            await session.execute(
+                select(User.id, User.organization_id, User.role, User.email)
+                .join(ApiKey, ApiKey.user_id == User.id)
+                .where(
+                    ApiKey.key_hash == key_hash,
+                    ApiKey.revoked_at.is_(None),
+                    User.is_active.is_(True),
+                )
+            )
+        ).first()
+        owner = None if row is None else KeyOwner(row[0], row[1], Role(row[2]), row[3])
+        self._put("k:" + key_hash, owner)
+        return owner
+
+    async def user_by_email(
+        self, session: AsyncSession, *, organization_id: int, email: str
+    ) -> KeyOwner | None:
+        cache_key = f"e:{organization_id}:{email.lower()}"
+        found, owner = self._get(cache_key)
+        if found:
+            return owner
+        row = (
+            await session.execute(
+                select(User.id, User.organization_id, User.role, User.email).where(
+                    func.lower(User.email) == email.lower(),
+                    User.organization_id == organization_id,
+                    User.is_active.is_(True),
+                )
+            )
+        ).first()
+        owner = None if row is None else KeyOwner(row[0], row[1], Role(row[2]), row[3])
+        self._put(cache_key, owner)
+        return owner

@@ -1,0 +1,188 @@
+"""A small OpenAI-compatible upstream on 127.0.0.1 for tests and benchmarks.
+
+The requested model name picks the behaviour: ``fast`` (usage reported),
+``nousage`` (no usage anywhere), ``error`` (HTTP 500), ``slow`` (answers after
+``SLOW_SECONDS``), ``drop`` (streams a few chunks, then cuts the connection).
+It records the Authorization header of every call so tests can check what was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvicorn
+
+REPLY = "Hello from the fake upstream, one two three four five."
+SLOW_SECONDS = 1.0
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.authorizations: list[str | None] = []
+        self.bodies: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = dict(scope["headers"])
+        auth = headers.get(b"authorization")
+        self.authorizations.append(auth.decode() if auth else None)
+        if scope["path"].endswith("/models"):
+            await _json(send, 200, {"object": "list", "data": [{"id": "fast"}]})
+            return
+        request = json.loads(body or b"{}")
+        self.bodies.append(request)
+        model = request.get("model", "fast")
+        if model == "error":
+            await _json(send, 500, {"error": {"message": "upstream exploded", "type": "server"}})
+            return
+        if model == "slow":
+            await asyncio.sleep(SLOW_SECONDS)
+        usage = {"prompt_tokens": 11, "completion_tokens": 13, "total_tokens": 24}
+        if request.get("stream"):
+            await _stream(send, model, usage, request)
+            return
+        reply: dict[str, Any] = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": REPLY},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+        if model != "nousage":
+            reply["usage"] = usage
+        await _json(send, 200, reply)
+
+
+async def _json(send: Send, status: int, data: Any) -> None:
+    payload = json.dumps(data).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _stream(send: Send, model: str, usage: dict[str, int], request: dict[str, Any]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream")],
+        }
+    )
+    words = REPLY.split(" ")
+    for index, word in enumerate(words):
+        chunk = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
+        }
+        await send(
+            {
+                "type": "http.response.body",
+                "body": f"data: {json.dumps(chunk)}\n\n".encode(),
+                "more_body": True,
+            }
+        )
+        if model == "drop" and index == 2:
+            raise ConnectionResetError("fake upstream drops the stream")
+    wants_usage = (request.get("stream_options") or {}).get("include_usage")
+    if wants_usage and model != "nousage":
+        chunk = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
+        await send(
+            {
+                "type": "http.response.body",
+                "body": f"data: {json.dumps(chunk)}\n\n".encode(),
+                "more_body": True,
+            }
+        )
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningServer:
+    """Runs an ASGI app with uvicorn inside the current event loop."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> RunningServer:
+        self._task = asyncio.create_task(self.server.serve())
+        for _ in range(500):
+            if self.server.started:
+                return self
+            await asyncio.sleep(0.01)
+        raise RuntimeError("server did not start")
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await asyncio.wait_for(self._task, timeout=10)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="fake OpenAI-compatible upstream")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    uvicorn.run(
+        FakeUpstream(),
+        host="127.0.0.1",
+        port=args.port or free_port(),
+        log_level="warning",
+        access_log=False,
+    )

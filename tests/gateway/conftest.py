@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.fake_upstream import FakeUpstream, RunningServer
+from tokendesk.app import create_app
+from tokendesk.config import Settings
+from tokendesk.db import Database
+from tokendesk.metering.gateway import Gateway, get_gateway
+
+
+@dataclass
+class Harness:
+    http: httpx.AsyncClient
+    gateway: Gateway
+    upstream: FakeUpstream
+
+    async def settled(self) -> None:
+        await self.gateway.settler.drain()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[FakeUpstream, str]]:
+    fake = FakeUpstream()
+    async with RunningServer(fake) as server:
+        yield fake, server.url
+
+
+@pytest.fixture
+async def harness(
+    database: Database, db_url: str, upstream: tuple[FakeUpstream, str]
+) -> AsyncIterator[Harness]:
+    fake, url = upstream
+    models = [
+        {"name": name, "base_url": f"{url}/v1", "api_key": "sk-upstream-secret"}
+        for name in ("fast", "nousage", "error", "slow", "drop")
+    ]
+    models.append(
+        {"name": "heavy", "base_url": f"{url}/v1", "upstream_model": "fast", "weight": 2.5}
+    )
+    settings = Settings(
+        database_url=db_url,
+        demo=True,
+        scheduler_enabled=False,
+        models=json.dumps(models),
+        upstream_timeout_seconds=0.5,
+        gateway_default_max_tokens=100,
+    )
+    app = create_app(settings, manage_database=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        gateway = get_gateway(app)
+        yield Harness(http, gateway, fake)
+        await gateway.close()

@@ -1,0 +1,212 @@
+"""The metered gateway against a fake OpenAI-compatible upstream on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.factories import World
+from tests.gateway.conftest import Harness
+from tokendesk.db import Database
+from tokendesk.ledger import service as ledger
+from tokendesk.ledger.doctor import check_balances
+from tokendesk.ledger.models import Balance
+from tokendesk.metering.tokens import prompt_tokens, text_tokens
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+async def balance_of(database: Database, user_id: int) -> Balance:
+    async with database.transaction() as s:
+        return await ledger.get_balance(s, user_id=user_id)
+
+
+async def consistent(database: Database) -> None:
+    async with database.transaction(write=False) as s:
+        assert await check_balances(s) == []
+
+
+def body(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": MESSAGES, **extra}
+
+
+def sse_data(text: str) -> list[str]:
+    return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+
+
+class TestNonStreaming:
+    async def test_reported_usage_is_debited_exactly(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        before = await balance_of(database, world.alice.id)
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast"), headers=world.alice.headers
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"].startswith("Hello")
+        await harness.settled()
+        after = await balance_of(database, world.alice.id)
+        assert after.used - before.used == 24
+        assert after.reserved == 0
+        await consistent(database)
+
+    async def test_model_weight_multiplies_the_debit(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("heavy"), headers=world.alice.headers
+        )
+        assert r.status_code == 200, r.text
+        await harness.settled()
+        assert (await balance_of(database, world.alice.id)).used == 60  # 24 x 2.5
+
+    async def test_missing_usage_is_counted_from_the_delivered_text(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("nousage"), headers=world.alice.headers
+        )
+        assert r.status_code == 200
+        await harness.settled()
+        content = r.json()["choices"][0]["message"]["content"]
+        expected = prompt_tokens(MESSAGES) + text_tokens(content)
+        assert (await balance_of(database, world.alice.id)).used == expected
+
+    async def test_member_key_is_never_forwarded_upstream(
+        self, harness: Harness, world: World
+    ) -> None:
+        await harness.http.post(
+            "/v1/chat/completions", json=body("fast"), headers=world.alice.headers
+        )
+        assert harness.upstream.authorizations == ["Bearer sk-upstream-secret"]
+        assert harness.upstream.bodies[0].get("user") is None
+
+
+class TestFailures:
+    async def test_upstream_error_releases_the_hold_and_charges_nothing(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("error"), headers=world.alice.headers
+        )
+        assert r.status_code == 500
+        await harness.settled()
+        after = await balance_of(database, world.alice.id)
+        assert (after.used, after.reserved) == (0, 0)
+        await consistent(database)
+
+    async def test_upstream_timeout_releases_the_hold(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("slow"), headers=world.alice.headers
+        )
+        assert r.status_code == 502
+        assert r.json()["error"]["type"] == "upstream_error"
+        after = await balance_of(database, world.alice.id)
+        assert (after.used, after.reserved) == (0, 0)
+
+    async def test_stream_dropped_midway_charges_only_what_was_delivered(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("drop", stream=True), headers=world.alice.headers
+        )
+        chunks = [json.loads(d) for d in sse_data(r.text) if d != "[DONE]"]
+        delivered = "".join(
+            c["choices"][0]["delta"].get("content", "") for c in chunks if c.get("choices")
+        )
+        assert chunks[-1]["error"]["type"] == "upstream_error"
+        await harness.settled()
+        after = await balance_of(database, world.alice.id)
+        assert after.used == prompt_tokens(MESSAGES) + text_tokens(delivered)
+        assert after.reserved == 0
+        await consistent(database)
+
+    async def test_unknown_model_is_a_404_in_openai_shape(
+        self, harness: Harness, world: World
+    ) -> None:
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("nope"), headers=world.alice.headers
+        )
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "model_not_found"
+
+    async def test_bad_max_tokens_names_the_parameter(self, harness: Harness, world: World) -> None:
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast", max_tokens=-1), headers=world.alice.headers
+        )
+        assert r.status_code == 400
+        assert "max_tokens" in r.json()["error"]["message"]
+
+    async def test_bad_key_is_refused(self, harness: Harness, world: World) -> None:
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast"), headers={"Authorization": "Bearer td_wrong"}
+        )
+        assert r.status_code == 401
+
+
+class TestStreaming:
+    async def test_stream_with_usage_debits_the_reported_usage(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast", stream=True), headers=world.alice.headers
+        )
+        data = sse_data(r.text)
+        assert data[-1] == "[DONE]"
+        # The gateway asked for usage; the client did not, so the usage-only chunk is hidden.
+        assert all(json.loads(d).get("choices") for d in data[:-1])
+        assert harness.upstream.bodies[0]["stream_options"] == {"include_usage": True}
+        await harness.settled()
+        assert (await balance_of(database, world.alice.id)).used == 24
+
+    async def test_client_asking_for_usage_gets_the_usage_chunk(
+        self, harness: Harness, world: World
+    ) -> None:
+        r = await harness.http.post(
+            "/v1/chat/completions",
+            json=body("fast", stream=True, stream_options={"include_usage": True}),
+            headers=world.alice.headers,
+        )
+        usage = [
+            json.loads(d)["usage"] for d in sse_data(r.text)[:-1] if json.loads(d).get("usage")
+        ]
+        assert usage == [{"prompt_tokens": 11, "completion_tokens": 13, "total_tokens": 24}]
+
+    async def test_stream_without_usage_is_counted_from_delivered_text(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("nousage", stream=True), headers=world.alice.headers
+        )
+        delivered = "".join(
+            json.loads(d)["choices"][0]["delta"].get("content", "") for d in sse_data(r.text)[:-1]
+        )
+        await harness.settled()
+        used = (await balance_of(database, world.alice.id)).used
+        assert used == prompt_tokens(MESSAGES) + text_tokens(delivered)
+
+
+class TestBudget:
+    async def test_empty_balance_gets_429_insufficient_quota_with_the_way_out(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        # nora has 5,000 tokens; ask for a completion budget beyond that.
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast", max_tokens=6000), headers=world.nora.headers
+        )
+        assert r.status_code == 429
+        error = r.json()["error"]
+        assert error["type"] == "insufficient_quota"
+        assert "5000 left" in error["message"] and "token-requests" in error["message"]
+        assert harness.upstream.bodies == []
+        after = await balance_of(database, world.nora.id)
+        assert (after.used, after.reserved) == (0, 0)
+
+    async def test_demo_model_is_listed_only_without_upstreams(
+        self, harness: Harness, world: World
+    ) -> None:
+        r = await harness.http.get("/v1/models", headers=world.alice.headers)
+        names = [m["id"] for m in r.json()["data"]]
+        assert "demo" not in names and "fast" in names
