@@ -24,7 +24,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class FakeUpstream:
-    def __init__(self) -> None:
+    def __init__(self, *, slow_seconds: float = SLOW_SECONDS) -> None:
+        self.slow_seconds = slow_seconds
         self.authorizations: list[str | None] = []
         self.bodies: list[dict[str, Any]] = []
 
@@ -56,7 +57,7 @@ class FakeUpstream:
             await _json(send, 500, {"error": {"message": "upstream exploded", "type": "server"}})
             return
         if model == "slow":
-            await asyncio.sleep(SLOW_SECONDS)
+            await asyncio.sleep(self.slow_seconds)
         usage = {"prompt_tokens": 11, "completion_tokens": 13, "total_tokens": 24}
         if request.get("stream"):
             await _stream(send, model, usage, request)
