@@ -1,0 +1,245 @@
+"""Bulk approve or reject: one transaction, a handful of set-based statements.
+
+Each step handles every request at once (IN lists chunked for the drivers'
+parameter limits): one read to classify, one conditional UPDATE to decide, one
+to grant, one INSERT each for ledger entries and audit rows. Approving 10,000
+requests is therefore the same dozen statements as approving ten.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokendesk.accounts.actor import Actor
+from tokendesk.audit import service as audit
+from tokendesk.db import utcnow
+from tokendesk.errors import InvalidInput
+from tokendesk.events.bus import emit
+from tokendesk.ledger import service as ledger
+from tokendesk.ledger.models import Balance, EntryKind
+from tokendesk.token_requests import repository as repo
+from tokendesk.token_requests import service
+from tokendesk.token_requests.models import RequestStatus
+from tokendesk.token_requests.repository import AnyRow
+from tokendesk.token_requests.schemas import MAX_BULK_IDS, BulkOut, Skipped
+
+SKIP_REASONS = {
+    RequestStatus.APPROVED.value: "already approved",
+    RequestStatus.REJECTED.value: "already rejected",
+    RequestStatus.CANCELLED.value: "cancelled",
+}
+NOT_FOUND = "not found"
+OWN_REQUEST = "own request"
+ACTIONS = {"approve": RequestStatus.APPROVED, "reject": RequestStatus.REJECTED}
+
+
+def _check_ids(ids: Sequence[object]) -> list[int]:
+    if not 1 <= len(ids) <= MAX_BULK_IDS:
+        raise InvalidInput(f"ids: give between 1 and {MAX_BULK_IDS} ids", field="ids")
+    checked: list[int] = []
+    for value in ids:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InvalidInput("ids: every id must be a positive whole number", field="ids")
+        checked.append(value)
+    if len(set(checked)) != len(checked):
+        raise InvalidInput("ids: must not contain duplicates", field="ids")
+    return checked
+
+
+async def bulk(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    action: str,
+    ids: Sequence[int],
+    note: str | None = None,
+    now: datetime | None = None,
+) -> BulkOut:
+    """Decide every pending, in-scope request among ``ids``; report the rest as skipped.
+
+    With a pool, the whole batch must fit in what is left of it, or nothing is
+    decided. Requests decided concurrently by someone else are skipped, never
+    granted twice: the decision is a conditional UPDATE on ``status = 'pending'``.
+    """
+    if action not in ACTIONS:
+        raise InvalidInput("action: must be 'approve' or 'reject'", field="action")
+    to = ACTIONS[action]
+    ids = _check_ids(ids)
+    note = service.clean_text(note, field="note")
+    service.require_decider(actor)
+    now = now or utcnow()
+    org = await service.organization(session, actor.organization_id)
+    org_id, org_default, has_pool = org.id, org.default_allocation, org.pool is not None
+
+    found = {
+        row.id: row
+        for row in await repo.items_by_ids(
+            session,
+            scope=service.scope_for(actor),
+            ids=sorted(ids),
+            now=now,
+            org_default=org_default,
+        )
+    }
+    skipped: dict[int, str] = {}
+    candidates: list[AnyRow] = []
+    for request_id in ids:
+        row = found.get(request_id)
+        if row is None:
+            skipped[request_id] = NOT_FOUND
+        elif row.user_id == actor.user_id:
+            skipped[request_id] = OWN_REQUEST
+        elif row.status != RequestStatus.PENDING:
+            skipped[request_id] = SKIP_REASONS[row.status]
+        else:
+            candidates.append(row)
+
+    approving = to is RequestStatus.APPROVED
+    if approving and has_pool and candidates:
+        needed = sum(row.amount for row in candidates)
+        await service.check_pool(session, organization_id=org_id, needed=needed, now=now)
+
+    changed = await repo.transition(
+        session,
+        ids=[row.id for row in candidates],
+        to=to,
+        now=now,
+        decided_by_id=actor.user_id,
+        note=note,
+    )
+    decided = {row.id: row for row in changed}
+    raced = [row.id for row in candidates if row.id not in decided]
+    if raced:
+        current = await repo.statuses(session, ids=raced)
+        for request_id in raced:
+            skipped[request_id] = SKIP_REASONS.get(current.get(request_id, ""), NOT_FOUND)
+
+    balances: dict[int, Balance] = {}
+    if approving and changed:
+        balances = await _grant(session, actor=actor, changed=changed, note=note, now=now)
+
+    await audit.record_many(
+        session,
+        [
+            {
+                "organization_id": org_id,
+                "actor_id": actor.user_id,
+                "action": f"token_request.{to.value}",
+                "target_type": "token_request",
+                "target_id": row.id,
+                "details": {
+                    "note": note,
+                    "bulk": True,
+                    **(
+                        {"amount": row.approved_amount, "requested": found[row.id].amount}
+                        if approving
+                        else {}
+                    ),
+                },
+            }
+            for row in changed
+        ],
+    )
+    _emit(
+        session,
+        actor=actor,
+        to=to,
+        note=note,
+        now=now,
+        org_id=org_id,
+        found=found,
+        changed=changed,
+        balances=balances,
+    )
+    return BulkOut(
+        decided=[i for i in ids if i in decided],
+        skipped=[Skipped(id=i, reason=skipped[i]) for i in ids if i in skipped],
+    )
+
+
+async def _grant(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    changed: Sequence[AnyRow],
+    note: str | None,
+    now: datetime,
+) -> dict[int, Balance]:
+    """Credit every approved amount into its requester's current period."""
+    user_ids = sorted({row.user_id for row in changed})
+    for chunk in repo.chunked(user_ids):
+        await ledger.rollover_due(session, now=now, user_ids=list(chunk))
+    balance_rows = await repo.grant_approved(
+        session, request_ids=[row.id for row in changed], now=now
+    )
+    # Detached snapshots, only to describe the new balances in events.
+    balances = {row.user_id: Balance(**row._asdict()) for row in balance_rows}
+    await repo.insert_ledger_entries(
+        session,
+        [
+            {
+                "organization_id": balances[row.user_id].organization_id,
+                "user_id": row.user_id,
+                "period_start": balances[row.user_id].period_start,
+                "kind": EntryKind.GRANT.value,
+                "amount": row.approved_amount,
+                "actor_id": actor.user_id,
+                "reason": note or f"token request {row.id} approved",
+                "token_request_id": row.id,
+                "created_at": now,
+            }
+            for row in changed
+        ],
+    )
+    return balances
+
+
+def _emit(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    to: RequestStatus,
+    note: str | None,
+    now: datetime,
+    org_id: int,
+    found: dict[int, AnyRow],
+    changed: Sequence[AnyRow],
+    balances: dict[int, Balance],
+) -> None:
+    """One notice per requester, one balance update per credited user, and one
+    queue summary per team rather than thousands of queue events."""
+    by_team: dict[int | None, list[int]] = defaultdict(list)
+    for row in changed:
+        by_team[row.team_id].append(row.id)
+        balance = balances.get(row.user_id)
+        view = {
+            **found[row.id]._asdict(),
+            "status": to.value,
+            "approved_amount": row.approved_amount,
+            "decided_at": now,
+            "decided_by_id": actor.user_id,
+            "decider_name": actor.name,
+            "decision_note": note,
+        }
+        if balance is not None:
+            view["current_balance"] = balance.remaining
+        out = service.to_out(view)
+        emit(session, service.request_event(out, organization_id=org_id, change=to.value))
+        if balance is not None:
+            emit(session, ledger.balance_event(balance, cause=EntryKind.GRANT.value))
+    for team_id, request_ids in by_team.items():
+        emit(
+            session,
+            service.queue_event(
+                organization_id=org_id,
+                team_id=team_id,
+                change=to.value,
+                status=to.value,
+                request_ids=request_ids,
+                bulk=True,
+            ),
+        )

@@ -1,0 +1,359 @@
+"""All SQL for token requests: scoped reads, conditional transitions, set-based grants."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeAlias
+
+from sqlalchemy import ColumnElement, Row, Select, and_, case, func, insert, or_, select
+from sqlalchemy import update as sql_update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from tokendesk.accounts.models import Organization, Team, User
+from tokendesk.ledger import service as ledger
+from tokendesk.ledger.models import Balance, LedgerEntry
+from tokendesk.token_requests.models import RequestStatus, TokenRequest
+
+AnyRow: TypeAlias = Row[*tuple[Any, ...]]
+
+# Keeps every IN list well inside SQLite's and asyncpg's bound-parameter limits.
+CHUNK = 5_000
+
+# Aliases, so the allocation subquery below correlates only on the balance row.
+Requester = aliased(User, name="requester")
+RequestTeam = aliased(Team, name="request_team")
+Decider = aliased(User, name="decider")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which requests a caller may see: one organization, then everything in it,
+    or only the caller's own requests plus those of the listed teams."""
+
+    organization_id: int
+    everything: bool
+    user_id: int
+    team_ids: frozenset[int] = frozenset()
+
+
+def chunked(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def scope_clause(scope: Scope) -> ColumnElement[bool]:
+    in_org = TokenRequest.organization_id == scope.organization_id
+    if scope.everything:
+        return in_org
+    visible = TokenRequest.user_id == scope.user_id
+    if scope.team_ids:
+        visible = or_(visible, TokenRequest.team_id.in_(sorted(scope.team_ids)))
+    return and_(in_org, visible)
+
+
+def _current_balance(*, now: datetime, org_default: int) -> ColumnElement[int]:
+    # A balance whose period has ended has not been rolled over yet; show what
+    # the rollover will leave (the fresh allocation minus open holds), not stale numbers.
+    return case(
+        (Balance.user_id.is_(None), 0),
+        (Balance.period_end > now, ledger.REMAINING),
+        else_=ledger.allocation_expression(org_default) - Balance.reserved,
+    )
+
+
+def _items(*, now: datetime, org_default: int) -> Select[*tuple[Any, ...]]:
+    return (
+        select(
+            TokenRequest.id,
+            TokenRequest.organization_id,
+            TokenRequest.user_id,
+            TokenRequest.team_id,
+            TokenRequest.status,
+            TokenRequest.amount,
+            TokenRequest.approved_amount,
+            TokenRequest.reason,
+            TokenRequest.balance_at_request,
+            TokenRequest.created_at,
+            TokenRequest.decided_at,
+            TokenRequest.decided_by_id,
+            TokenRequest.decision_note,
+            Requester.name.label("user_name"),
+            Requester.email.label("user_email"),
+            RequestTeam.name.label("team_name"),
+            Decider.name.label("decider_name"),
+            _current_balance(now=now, org_default=org_default).label("current_balance"),
+        )
+        .join(Requester, Requester.id == TokenRequest.user_id)
+        .outerjoin(RequestTeam, RequestTeam.id == TokenRequest.team_id)
+        .outerjoin(Decider, Decider.id == TokenRequest.decided_by_id)
+        .outerjoin(Balance, Balance.user_id == TokenRequest.user_id)
+    )
+
+
+def _filters(
+    scope: Scope, *, status: str | None, team_id: int | None, q: str | None
+) -> list[ColumnElement[bool]]:
+    clauses = [scope_clause(scope)]
+    if status is not None:
+        clauses.append(TokenRequest.status == status)
+    if team_id is not None:
+        clauses.append(TokenRequest.team_id == team_id)
+    if q:
+        needle = q.lower()
+        clauses.append(
+            or_(
+                func.lower(Requester.name).contains(needle, autoescape=True),
+                func.lower(Requester.email).contains(needle, autoescape=True),
+            )
+        )
+    return clauses
+
+
+ORDERINGS: dict[str, tuple[ColumnElement[Any], ...]] = {
+    "created_at": (TokenRequest.created_at.asc(), TokenRequest.id.asc()),
+    "-created_at": (TokenRequest.created_at.desc(), TokenRequest.id.desc()),
+    "amount": (TokenRequest.amount.asc(), TokenRequest.id.asc()),
+    "-amount": (TokenRequest.amount.desc(), TokenRequest.id.desc()),
+}
+
+
+async def list_items(
+    session: AsyncSession,
+    *,
+    scope: Scope,
+    status: str | None,
+    team_id: int | None,
+    q: str | None,
+    sort: str,
+    limit: int,
+    offset: int,
+    now: datetime,
+    org_default: int,
+) -> Sequence[AnyRow]:
+    query = (
+        _items(now=now, org_default=org_default)
+        .where(*_filters(scope, status=status, team_id=team_id, q=q))
+        .order_by(*ORDERINGS[sort])
+        .limit(limit)
+        .offset(offset)
+    )
+    return (await session.execute(query)).all()
+
+
+async def count_items(
+    session: AsyncSession,
+    *,
+    scope: Scope,
+    status: str | None,
+    team_id: int | None,
+    q: str | None,
+) -> int:
+    query = select(func.count()).select_from(TokenRequest)
+    if q:
+        query = query.join(Requester, Requester.id == TokenRequest.user_id)
+    query = query.where(*_filters(scope, status=status, team_id=team_id, q=q))
+    return int(await session.scalar(query) or 0)
+
+
+async def status_counts(
+    session: AsyncSession, *, scope: Scope, team_id: int | None, q: str | None
+) -> dict[str, int]:
+    query = select(TokenRequest.status, func.count()).select_from(TokenRequest)
+    if q:
+        query = query.join(Requester, Requester.id == TokenRequest.user_id)
+    query = query.where(*_filters(scope, status=None, team_id=team_id, q=q)).group_by(
+        TokenRequest.status
+    )
+    return {status: int(count) for status, count in (await session.execute(query)).all()}
+
+
+async def get_item(
+    session: AsyncSession, *, scope: Scope, request_id: int, now: datetime, org_default: int
+) -> AnyRow | None:
+    query = _items(now=now, org_default=org_default).where(
+        TokenRequest.id == request_id, scope_clause(scope)
+    )
+    return (await session.execute(query)).first()
+
+
+async def items_by_ids(
+    session: AsyncSession,
+    *,
+    scope: Scope,
+    ids: Sequence[int],
+    now: datetime,
+    org_default: int,
+) -> list[AnyRow]:
+    """In-scope requests among ``ids``; ids the caller may not see are simply absent."""
+    rows: list[AnyRow] = []
+    for chunk in chunked(ids):
+        query = _items(now=now, org_default=org_default).where(
+            TokenRequest.id.in_(chunk), scope_clause(scope)
+        )
+        rows.extend((await session.execute(query)).all())
+    return rows
+
+
+async def pending_of_user(session: AsyncSession, *, user_id: int) -> AnyRow | None:
+    query = select(TokenRequest.id, TokenRequest.amount).where(
+        TokenRequest.user_id == user_id, TokenRequest.status == RequestStatus.PENDING
+    )
+    return (await session.execute(query)).first()
+
+
+async def statuses(session: AsyncSession, *, ids: Sequence[int]) -> dict[int, str]:
+    found: dict[int, str] = {}
+    for chunk in chunked(ids):
+        query = select(TokenRequest.id, TokenRequest.status).where(TokenRequest.id.in_(chunk))
+        found.update({row.id: row.status for row in (await session.execute(query)).all()})
+    return found
+
+
+async def insert_request(
+    session: AsyncSession,
+    *,
+    organization_id: int,
+    user_id: int,
+    team_id: int | None,
+    amount: int,
+    reason: str | None,
+    balance_at_request: int,
+    now: datetime,
+) -> int:
+    """Insert a pending request inside a savepoint, so a unique-index violation
+    (a concurrent second pending request) leaves the transaction usable."""
+    request = TokenRequest(
+        organization_id=organization_id,
+        user_id=user_id,
+        team_id=team_id,
+        amount=amount,
+        reason=reason,
+        status=RequestStatus.PENDING.value,
+        balance_at_request=balance_at_request,
+        created_at=now,
+    )
+    async with session.begin_nested():
+        session.add(request)
+        await session.flush()
+    return request.id
+
+
+async def transition(
+    session: AsyncSession,
+    *,
+    ids: Sequence[int],
+    to: RequestStatus,
+    now: datetime,
+    decided_by_id: int | None = None,
+    note: str | None = None,
+    approved_amount: int | None = None,
+    requester_id: int | None = None,
+) -> list[AnyRow]:
+    """Move pending requests to ``to``; only rows still pending change.
+
+    The ``status = 'pending'`` condition is what makes concurrent deciders
+    safe: of two transactions racing on one row, the second updates nothing.
+    An approval without ``approved_amount`` grants the requested amount.
+    """
+    values: dict[str, Any] = {"status": to.value}
+    if to is not RequestStatus.CANCELLED:
+        values.update(decided_at=now, decided_by_id=decided_by_id, decision_note=note)
+    if to is RequestStatus.APPROVED:
+        values["approved_amount"] = (
+            TokenRequest.amount if approved_amount is None else approved_amount
+        )
+    rows: list[AnyRow] = []
+    for chunk in chunked(sorted(ids)):
+        stmt = (
+            sql_update(TokenRequest)
+            .where(TokenRequest.id.in_(chunk), TokenRequest.status == RequestStatus.PENDING)
+            .values(values)
+            .returning(
+                TokenRequest.id,
+                TokenRequest.user_id,
+                TokenRequest.team_id,
+                TokenRequest.approved_amount,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if requester_id is not None:
+            stmt = stmt.where(TokenRequest.user_id == requester_id)
+        rows.extend((await session.execute(stmt)).all())
+    return rows
+
+
+async def grant_approved(
+    session: AsyncSession, *, request_ids: Sequence[int], now: datetime
+) -> list[AnyRow]:
+    """Add each approved request's amount to its requester's cached balance.
+
+    One UPDATE ... FROM per chunk; a user has at most one pending request, so
+    each balance row matches at most one request.
+    """
+    rows: list[AnyRow] = []
+    for chunk in chunked(request_ids):
+        stmt = (
+            sql_update(Balance)
+            .where(
+                Balance.user_id == TokenRequest.user_id,
+                TokenRequest.id.in_(chunk),
+            )
+            .values(granted=Balance.granted + TokenRequest.approved_amount, updated_at=now)
+            .returning(
+                Balance.user_id,
+                Balance.organization_id,
+                Balance.period_start,
+                Balance.period_end,
+                Balance.allocation,
+                Balance.granted,
+                Balance.adjusted,
+                Balance.used,
+                Balance.reserved,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        rows.extend((await session.execute(stmt)).all())
+    return rows
+
+
+async def insert_ledger_entries(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(LedgerEntry), list(rows))
+
+
+async def get_organization(
+    session: AsyncSession, *, organization_id: int, lock: bool = False
+) -> Organization | None:
+    """Load the organization; ``lock`` takes its row lock (PostgreSQL), which
+    serializes every pool-checked approval in the organization. SQLite write
+    transactions are serialized already, so the lock is a no-op there."""
+    query = select(Organization).where(Organization.id == organization_id)
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def pool_totals(
+    session: AsyncSession, *, organization_id: int, now: datetime, org_default: int
+) -> tuple[int, int]:
+    """(allocated, granted) across the organization's current periods.
+
+    Read from the cached balances, which ``doctor`` proves equal to the ledger;
+    a balance whose period ended counts with the allocation its rollover will
+    give it and without the grants that end with the old period.
+    """
+    current = Balance.period_end > now
+    query = select(
+        func.coalesce(
+            func.sum(
+                case((current, Balance.allocation), else_=ledger.allocation_expression(org_default))
+            ),
+            0,
+        ),
+        func.coalesce(func.sum(case((current, Balance.granted), else_=0)), 0),
+    ).where(Balance.organization_id == organization_id)
+    allocated, granted = (await session.execute(query)).one()
+    return int(allocated), int(granted)

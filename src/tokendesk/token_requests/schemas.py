@@ -1,0 +1,104 @@
+"""Pydantic shapes for token requests."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tokendesk.accounts.schemas import MAX_TOKENS, Ref
+from tokendesk.token_requests.models import RequestStatus
+
+MAX_TEXT = 1000
+MAX_BULK_IDS = 100_000
+
+Sort = Literal["created_at", "-created_at", "amount", "-amount"]
+BulkAction = Literal["approve", "reject"]
+
+# Strict, so 1.5, "10" and true are refused instead of coerced.
+Amount = Annotated[int, Field(strict=True, gt=0, le=MAX_TOKENS)]
+RequestId = Annotated[int, Field(strict=True, gt=0)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubmitIn(StrictModel):
+    amount: Amount
+    reason: Text | None = None
+
+
+class ApproveIn(StrictModel):
+    amount: Amount | None = Field(
+        default=None, description="Tokens to grant; the requested amount when left out."
+    )
+    note: Text | None = None
+
+
+class RejectIn(StrictModel):
+    note: Text | None = None
+
+
+class BulkIn(StrictModel):
+    action: BulkAction
+    ids: list[RequestId] = Field(min_length=1, max_length=MAX_BULK_IDS)
+    note: Text | None = None
+
+    @field_validator("ids")
+    @classmethod
+    def _unique(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("must not contain duplicates")
+        return value
+
+
+class UserRef(BaseModel):
+    id: int
+    name: str
+    email: str
+
+
+class TokenRequestOut(BaseModel):
+    id: int
+    status: RequestStatus
+    amount: int
+    approved_amount: int | None
+    reason: str | None
+    user: UserRef
+    team: Ref | None
+    balance_at_request: int
+    current_balance: int = Field(description="The requester's remaining tokens right now.")
+    created_at: datetime
+    decided_at: datetime | None
+    decided_by: Ref | None
+    decision_note: str | None
+
+
+class TokenRequestPage(BaseModel):
+    items: list[TokenRequestOut]
+    total: int
+
+
+class PendingCount(BaseModel):
+    count: int
+
+
+class StatusCounts(BaseModel):
+    pending: int = 0
+    approved: int = 0
+    rejected: int = 0
+    cancelled: int = 0
+    all: int = 0
+
+
+class Skipped(BaseModel):
+    id: int
+    reason: str
+
+
+class BulkOut(BaseModel):
+    decided: list[int]
+    skipped: list[Skipped]

@@ -1,0 +1,502 @@
+"""Token requests: submit, cancel, approve, reject, and the scoped queue.
+
+Scope is decided here, not in routes: members see their own requests, team
+owners also those of the teams they own, org and super admins everything in
+the active organization. What a caller may not see answers 404, like a missing
+request. Nobody decides their own request. Services flush, never commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.models import Organization, Role
+from tokendesk.accounts.schemas import Ref
+from tokendesk.audit import service as audit
+from tokendesk.db import utcnow
+from tokendesk.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound
+from tokendesk.events.bus import Event, emit
+from tokendesk.ledger import service as ledger
+from tokendesk.ledger.models import EntryKind
+from tokendesk.token_requests import repository as repo
+from tokendesk.token_requests.models import RequestStatus
+from tokendesk.token_requests.repository import Scope
+from tokendesk.token_requests.schemas import (
+    MAX_TEXT,
+    StatusCounts,
+    TokenRequestOut,
+    UserRef,
+)
+
+MAX_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """The organization's monthly pool and what the current periods already use of it."""
+
+    pool: int
+    allocated: int
+    granted: int
+    left: int
+
+
+# ---------------------------------------------------------------- rules
+
+
+def scope_for(actor: Actor) -> Scope:
+    if actor.is_org_admin:
+        return Scope(actor.organization_id, everything=True, user_id=actor.user_id)
+    teams = actor.owned_team_ids if actor.role == Role.TEAM_OWNER else frozenset()
+    return Scope(actor.organization_id, everything=False, user_id=actor.user_id, team_ids=teams)
+
+
+def require_decider(actor: Actor) -> None:
+    if not actor.is_admin:
+        raise Forbidden("only team owners and admins decide token requests")
+
+
+def check_amount(amount: object, *, org: Organization) -> int:
+    if type(amount) is not int or amount <= 0:
+        raise InvalidInput("amount: must be a positive whole number of tokens", field="amount")
+    if amount > org.max_request:
+        raise InvalidInput(f"amount: must be at most {org.max_request}", field="amount")
+    return amount
+
+
+def clean_text(value: str | None, *, field: str) -> str | None:
+    if value is None:
+        return None
+    if len(value) > MAX_TEXT:
+        raise InvalidInput(f"{field}: must be at most {MAX_TEXT} characters", field=field)
+    return value.strip() or None
+
+
+def not_pending(request_id: int, status: str | None) -> AppError:
+    if status is None:
+        return NotFound(f"token request {request_id} not found")
+    return Conflict(f"token request {request_id} is already {status}")
+
+
+def pool_exceeded(*, needed: int, left: int) -> Conflict:
+    return Conflict(
+        f"the organization's token pool has {max(left, 0)} tokens left this period; "
+        f"granting {needed} would exceed it"
+    )
+
+
+def to_out(row: Mapping[str, Any]) -> TokenRequestOut:
+    team = None
+    if row["team_id"] is not None and row["team_name"] is not None:
+        team = Ref(id=row["team_id"], name=row["team_name"])
+    decided_by = None
+    if row["decided_by_id"] is not None and row["decider_name"] is not None:
+        decided_by = Ref(id=row["decided_by_id"], name=row["decider_name"])
+    return TokenRequestOut(
+        id=row["id"],
+        status=RequestStatus(row["status"]),
+        amount=row["amount"],
+        approved_amount=row["approved_amount"],
+        reason=row["reason"],
+        user=UserRef(id=row["user_id"], name=row["user_name"], email=row["user_email"]),
+        team=team,
+        balance_at_request=row["balance_at_request"],
+        current_balance=int(row["current_balance"]),
+        created_at=row["created_at"],
+        decided_at=row["decided_at"],
+        decided_by=decided_by,
+        decision_note=row["decision_note"],
+    )
+
+
+def request_event(out: TokenRequestOut, *, organization_id: int, change: str) -> Event:
+    return Event(
+        type="request.updated",
+        audience="user",
+        user_id=out.user.id,
+        organization_id=organization_id,
+        data={"request": out.model_dump(mode="json"), "change": change},
+    )
+
+
+def queue_event(
+    *, organization_id: int, team_id: int | None, change: str, status: str, **data: Any
+) -> Event:
+    return Event(
+        type="queue.changed",
+        audience="admins",
+        organization_id=organization_id,
+        team_id=team_id,
+        data={"change": change, "status": status, **data},
+    )
+
+
+# ---------------------------------------------------------------- lookups
+
+
+async def organization(session: AsyncSession, organization_id: int) -> Organization:
+    org = await repo.get_organization(session, organization_id=organization_id)
+    if org is None:
+        raise NotFound(f"organization {organization_id} not found")
+    return org
+
+
+async def pool_usage(
+    session: AsyncSession, *, organization_id: int, now: datetime | None = None
+) -> PoolUsage | None:
+    """What is left of the organization's monthly pool; None when it has no pool.
+
+    ``left`` may be negative when allocations alone already exceed the pool.
+    """
+    org = await organization(session, organization_id)
+    if org.pool is None:
+        return None
+    pool = org.pool
+    allocated, granted = await repo.pool_totals(
+        session,
+        organization_id=organization_id,
+        now=now or utcnow(),
+        org_default=org.default_allocation,
+    )
+    return PoolUsage(
+        pool=pool, allocated=allocated, granted=granted, left=pool - allocated - granted
+    )
+
+
+async def check_pool(
+    session: AsyncSession, *, organization_id: int, needed: int, now: datetime
+) -> None:
+    """Refuse a grant the pool cannot cover, holding the organization's row lock
+    until commit so concurrent approvals are checked one after another."""
+    await repo.get_organization(session, organization_id=organization_id, lock=True)
+    usage = await pool_usage(session, organization_id=organization_id, now=now)
+    if usage is not None and needed > usage.left:
+        raise pool_exceeded(needed=needed, left=usage.left)
+
+
+async def _visible(
+    session: AsyncSession, *, actor: Actor, request_id: int, org_default: int, now: datetime
+) -> Mapping[str, Any]:
+    row = await repo.get_item(
+        session, scope=scope_for(actor), request_id=request_id, now=now, org_default=org_default
+    )
+    if row is None:
+        raise NotFound(f"token request {request_id} not found")
+    return row._asdict()
+
+
+async def _reload(
+    session: AsyncSession,
+    *,
+    organization_id: int,
+    request_id: int,
+    org_default: int,
+    now: datetime,
+) -> TokenRequestOut:
+    everything = Scope(organization_id, everything=True, user_id=0)
+    row = await repo.get_item(
+        session, scope=everything, request_id=request_id, now=now, org_default=org_default
+    )
+    assert row is not None, "a request written in this transaction must be readable"
+    return to_out(row._asdict())
+
+
+async def get(
+    session: AsyncSession, *, actor: Actor, request_id: int, now: datetime | None = None
+) -> TokenRequestOut:
+    org = await organization(session, actor.organization_id)
+    row = await _visible(
+        session,
+        actor=actor,
+        request_id=request_id,
+        org_default=org.default_allocation,
+        now=now or utcnow(),
+    )
+    return to_out(row)
+
+
+async def list_requests(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    status: str | None = None,
+    team_id: int | None = None,
+    q: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    sort: str = "created_at",
+    now: datetime | None = None,
+) -> tuple[list[TokenRequestOut], int]:
+    """One page of the caller's queue and the total; one query each, whatever the size."""
+    if status is not None and status not in RequestStatus._value2member_map_:
+        choices = ", ".join(s.value for s in RequestStatus)
+        raise InvalidInput(f"status: must be one of {choices}", field="status")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit: must be between 1 and {MAX_LIMIT}", field="limit")
+    if offset < 0:
+        raise InvalidInput("offset: must not be negative", field="offset")
+    if sort not in repo.ORDERINGS:
+        raise InvalidInput(f"sort: must be one of {', '.join(repo.ORDERINGS)}", field="sort")
+    q = (q or "").strip() or None
+    org = await organization(session, actor.organization_id)
+    scope = scope_for(actor)
+    rows = await repo.list_items(
+        session,
+        scope=scope,
+        status=status,
+        team_id=team_id,
+        q=q,
+        sort=sort,
+        limit=limit,
+        offset=offset,
+        now=now or utcnow(),
+        org_default=org.default_allocation,
+    )
+    total = await repo.count_items(session, scope=scope, status=status, team_id=team_id, q=q)
+    return [to_out(row._asdict()) for row in rows], total
+
+
+async def counts(
+    session: AsyncSession, *, actor: Actor, team_id: int | None = None, q: str | None = None
+) -> StatusCounts:
+    """Requests per status (the admin center's tabs), under the same filters as the list."""
+    q = (q or "").strip() or None
+    by_status = await repo.status_counts(session, scope=scope_for(actor), team_id=team_id, q=q)
+    return StatusCounts(**by_status, all=sum(by_status.values()))
+
+
+async def pending_count(session: AsyncSession, *, actor: Actor) -> int:
+    return await repo.count_items(
+        session, scope=scope_for(actor), status=RequestStatus.PENDING, team_id=None, q=None
+    )
+
+
+# ---------------------------------------------------------------- transitions
+
+
+async def submit(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    amount: int,
+    reason: str | None = None,
+    now: datetime | None = None,
+) -> TokenRequestOut:
+    """Ask for more tokens; one pending request per user."""
+    reason = clean_text(reason, field="reason")
+    org = await organization(session, actor.home_organization_id)
+    org_id, org_default = org.id, org.default_allocation
+    check_amount(amount, org=org)
+    if (pending := await repo.pending_of_user(session, user_id=actor.user_id)) is not None:
+        raise _already_pending(pending.id, pending.amount)
+    now = now or utcnow()
+    balance = await ledger.get_balance(session, user_id=actor.user_id, now=now)
+    try:
+        request_id = await repo.insert_request(
+            session,
+            organization_id=org_id,
+            user_id=actor.user_id,
+            team_id=actor.team_id,
+            amount=amount,
+            reason=reason,
+            balance_at_request=balance.remaining,
+            now=now,
+        )
+    except IntegrityError:
+        # A concurrent submit won the race the check above could not see.
+        pending = await repo.pending_of_user(session, user_id=actor.user_id)
+        if pending is None:
+            raise
+        raise _already_pending(pending.id, pending.amount) from None
+    await audit.record(
+        session,
+        organization_id=org_id,
+        actor_id=actor.user_id,
+        action="token_request.created",
+        target_type="token_request",
+        target_id=request_id,
+        details={"amount": amount, "reason": reason},
+    )
+    out = await _reload(
+        session, organization_id=org_id, request_id=request_id, org_default=org_default, now=now
+    )
+    _emit_change(session, out, organization_id=org_id, change="created")
+    return out
+
+
+def _already_pending(request_id: int, amount: int) -> Conflict:
+    return Conflict(
+        f"you already have a pending token request (#{request_id} for {amount} tokens); "
+        "cancel it or wait for a decision"
+    )
+
+
+def _emit_change(
+    session: AsyncSession, out: TokenRequestOut, *, organization_id: int, change: str
+) -> None:
+    emit(session, request_event(out, organization_id=organization_id, change=change))
+    emit(
+        session,
+        queue_event(
+            organization_id=organization_id,
+            team_id=out.team.id if out.team else None,
+            change=change,
+            status=out.status.value,
+            request_id=out.id,
+        ),
+    )
+
+
+async def cancel(
+    session: AsyncSession, *, actor: Actor, request_id: int, now: datetime | None = None
+) -> TokenRequestOut:
+    """The requester withdraws their own pending request."""
+    now = now or utcnow()
+    org = await organization(session, actor.organization_id)
+    org_id, org_default = org.id, org.default_allocation
+    row = await _visible(
+        session, actor=actor, request_id=request_id, org_default=org_default, now=now
+    )
+    if row["user_id"] != actor.user_id:
+        raise Forbidden("only the requester can cancel a token request")
+    changed = await repo.transition(
+        session,
+        ids=[request_id],
+        to=RequestStatus.CANCELLED,
+        now=now,
+        requester_id=actor.user_id,
+    )
+    if not changed:
+        current = await repo.statuses(session, ids=[request_id])
+        raise not_pending(request_id, current.get(request_id))
+    await audit.record(
+        session,
+        organization_id=org_id,
+        actor_id=actor.user_id,
+        action="token_request.cancelled",
+        target_type="token_request",
+        target_id=request_id,
+        details={"amount": row["amount"]},
+    )
+    out = await _reload(
+        session, organization_id=org_id, request_id=request_id, org_default=org_default, now=now
+    )
+    _emit_change(session, out, organization_id=org_id, change="cancelled")
+    return out
+
+
+async def approve(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    request_id: int,
+    amount: int | None = None,
+    note: str | None = None,
+    now: datetime | None = None,
+) -> TokenRequestOut:
+    """Grant the requested amount (or ``amount``) into the requester's current period."""
+    return await _decide(
+        session,
+        actor=actor,
+        request_id=request_id,
+        to=RequestStatus.APPROVED,
+        amount=amount,
+        note=note,
+        now=now,
+    )
+
+
+async def reject(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    request_id: int,
+    note: str | None = None,
+    now: datetime | None = None,
+) -> TokenRequestOut:
+    return await _decide(
+        session,
+        actor=actor,
+        request_id=request_id,
+        to=RequestStatus.REJECTED,
+        amount=None,
+        note=note,
+        now=now,
+    )
+
+
+async def _decide(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    request_id: int,
+    to: RequestStatus,
+    amount: int | None,
+    note: str | None,
+    now: datetime | None,
+) -> TokenRequestOut:
+    require_decider(actor)
+    note = clean_text(note, field="note")
+    now = now or utcnow()
+    org = await organization(session, actor.organization_id)
+    org_id, org_default, has_pool = org.id, org.default_allocation, org.pool is not None
+    if amount is not None:
+        check_amount(amount, org=org)
+    row = await _visible(
+        session, actor=actor, request_id=request_id, org_default=org_default, now=now
+    )
+    if row["user_id"] == actor.user_id:
+        raise Forbidden("you cannot decide your own request")
+    if row["status"] != RequestStatus.PENDING:
+        raise not_pending(request_id, row["status"])
+    approving = to is RequestStatus.APPROVED
+    grant = row["amount"] if amount is None else amount
+    if approving and has_pool:
+        await check_pool(session, organization_id=org_id, needed=grant, now=now)
+    changed = await repo.transition(
+        session,
+        ids=[request_id],
+        to=to,
+        now=now,
+        decided_by_id=actor.user_id,
+        note=note,
+        approved_amount=grant if approving else None,
+    )
+    if not changed:
+        # Another decider got there between our read and our update.
+        current = await repo.statuses(session, ids=[request_id])
+        raise not_pending(request_id, current.get(request_id))
+    details: dict[str, Any] = {"note": note}
+    if approving:
+        details.update(amount=grant, requested=row["amount"])
+        await ledger.credit(
+            session,
+            user_id=row["user_id"],
+            kind=EntryKind.GRANT,
+            amount=grant,
+            actor_id=actor.user_id,
+            reason=note or f"token request {request_id} approved",
+            token_request_id=request_id,
+            now=now,
+        )
+    await audit.record(
+        session,
+        organization_id=org_id,
+        actor_id=actor.user_id,
+        action=f"token_request.{to.value}",
+        target_type="token_request",
+        target_id=request_id,
+        details=details,
+    )
+    out = await _reload(
+        session, organization_id=org_id, request_id=request_id, org_default=org_default, now=now
+    )
+    _emit_change(session, out, organization_id=org_id, change=to.value)
+    return out

@@ -1,0 +1,89 @@
+"""Helpers shared by the token-request tests: actors, submissions, ledger checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from tests.factories import Person
+from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.auth import build_actor
+from tokendesk.accounts.models import User
+from tokendesk.audit.models import AuditEntry
+from tokendesk.db import Database
+from tokendesk.ledger.doctor import check_balances
+from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
+from tokendesk.token_requests import service
+from tokendesk.token_requests.schemas import TokenRequestOut
+
+
+async def actor_for(
+    database: Database, person: Person, *, organization_id: int | None = None
+) -> Actor:
+    async with database.transaction(write=False) as s:
+        user = await s.get(User, person.id)
+        assert user is not None
+        return await build_actor(s, user, organization_id=organization_id)
+
+
+async def submit(
+    database: Database, person: Person, amount: int = 1_000, reason: str | None = None
+) -> TokenRequestOut:
+    actor = await actor_for(database, person)
+    async with database.transaction() as s:
+        return await service.submit(s, actor=actor, amount=amount, reason=reason)
+
+
+async def decide(
+    database: Database, person: Person, request_id: int, action: str = "approve", **kwargs: Any
+) -> TokenRequestOut:
+    actor = await actor_for(database, person)
+    async with database.transaction() as s:
+        decider = getattr(service, action)
+        result: TokenRequestOut = await decider(s, actor=actor, request_id=request_id, **kwargs)
+        return result
+
+
+async def balance_of(database: Database, person: Person) -> Balance:
+    async with database.transaction(write=False) as s:
+        balance = await s.get(Balance, person.id)
+        assert balance is not None
+        return balance
+
+
+async def grants_for(database: Database, request_id: int) -> list[LedgerEntry]:
+    async with database.transaction(write=False) as s:
+        rows = await s.scalars(
+            select(LedgerEntry).where(
+                LedgerEntry.token_request_id == request_id,
+                LedgerEntry.kind == EntryKind.GRANT.value,
+            )
+        )
+        return list(rows)
+
+
+async def audit_actions(database: Database, request_id: int) -> list[str]:
+    async with database.transaction(write=False) as s:
+        rows = await s.scalars(
+            select(AuditEntry.action)
+            .where(
+                AuditEntry.target_type == "token_request",
+                AuditEntry.target_id == str(request_id),
+            )
+            .order_by(AuditEntry.id)
+        )
+        return list(rows)
+
+
+async def count_grants(database: Database) -> int:
+    async with database.transaction(write=False) as s:
+        total = await s.scalar(
+            select(func.count()).where(LedgerEntry.kind == EntryKind.GRANT.value)
+        )
+        return int(total or 0)
+
+
+async def assert_ledger_consistent(database: Database) -> None:
+    async with database.transaction(write=False) as s:
+        assert await check_balances(s) == []
