@@ -30,6 +30,7 @@ async def live(database: Database, db_url: str) -> AsyncIterator[tuple[str, Any]
     )
     async with RunningServer(app) as server:
         yield server.url, app
+    await get_gateway(app).close()
 
 
 async def next_event(lines: AsyncIterator[str]) -> tuple[str, dict[str, Any]]:
@@ -155,7 +156,7 @@ class TestConcurrentCalls:
                         for _ in range(20)
                     )
                 )
-                await get_gateway(app).settler.drain()
+                await get_gateway(app).close()
         codes = sorted(r.status_code for r in responses)
         assert codes.count(200) == 4 and codes.count(429) == 16, codes
         async with database.transaction() as s:

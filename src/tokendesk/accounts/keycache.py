@@ -45,6 +45,10 @@ class KeyCache:
     def clear(self) -> None:
         self._entries.clear()
 
+    def cached_owner(self, key: str) -> KeyOwner | None:
+        """The owner if a fresh positive entry exists; None means "look it up"."""
+        return self._get("k:" + hash_api_key(key))[1]
+
     async def owner_of_key(self, session: AsyncSession, key: str) -> KeyOwner | None:
         key_hash = hash_api_key(key)
         found, owner = self._get("k:" + key_hash)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -26,7 +26,7 @@ from tokendesk.config import Settings, get_settings
 from tokendesk.db import Database, get_database
 from tokendesk.errors import AppError, InsufficientTokens
 from tokendesk.metering import demo_model
-from tokendesk.metering.holds import Settlement, Settler, hold, release
+from tokendesk.metering.holds import HoldBatcher, Settlement, Settler, release
 from tokendesk.metering.model_config import ModelConfig, load_models
 from tokendesk.metering.service import UsageInput
 from tokendesk.metering.tokens import prompt_tokens, text_tokens, weighted
@@ -45,14 +45,28 @@ class Gateway:
         self.models = load_models(settings)
         self.keys = KeyCache(ttl_seconds=settings.key_cache_seconds)
         self.settler = Settler(database)
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.upstream_timeout_seconds, connect=10.0),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-        )
+        self.holds = HoldBatcher(database, ttl_seconds=settings.reservation_ttl_seconds)
+        self._client: aiohttp.ClientSession | None = None
+
+    @property
+    def client(self) -> aiohttp.ClientSession:
+        # Created lazily: aiohttp sessions belong to the running event loop.
+        if self._client is None or self._client.closed:
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=10.0,
+                    sock_read=self.settings.upstream_timeout_seconds,
+                ),
+                auto_decompress=True,
+            )
+        return self._client
 
     async def close(self) -> None:
         await self.settler.stop()
-        await self.client.aclose()
+        if self._client is not None:
+            await self._client.close()
 
 
 def get_gateway(app: FastAPI) -> Gateway:
@@ -84,6 +98,11 @@ class GatewayError(Exception):
 async def _caller(request: Request, gateway: Gateway) -> KeyOwner:
     authorization = request.headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip() and not gateway.settings.trusted_user_header:
+        # Hot path: a cached key needs no database work at all.
+        cached = gateway.keys.cached_owner(token.strip())
+        if cached is not None:
+            return cached
     async with gateway.database.transaction(write=False) as session:
         if scheme.lower() == "bearer" and token.strip():
             owner = await gateway.keys.owner_of_key(session, token.strip())
@@ -215,12 +234,10 @@ async def chat_completions(request: Request) -> Response:
     estimate_prompt = prompt_tokens(messages)
     budget = max_tokens or gateway.settings.gateway_default_max_tokens
     try:
-        hold_id = await hold(
-            gateway.database,
+        hold_id = await gateway.holds.hold(
             user_id=caller.user_id,
             organization_id=caller.organization_id,
             amount=weighted(estimate_prompt + budget, model.weight),
-            ttl_seconds=gateway.settings.reservation_ttl_seconds,
         )
     except InsufficientTokens as exc:
         return _insufficient(exc)
@@ -336,7 +353,7 @@ class _Call:
 
     # -- real upstreams ------------------------------------------------------------------
 
-    def _upstream_request(self, body: dict[str, Any], stream: bool) -> httpx.Request:
+    async def upstream(self, body: dict[str, Any], stream: bool) -> Response:
         payload = dict(body)
         payload["model"] = self.model.upstream_model or self.model.name
         payload.pop("user", None)
@@ -349,27 +366,25 @@ class _Call:
         if self.model.api_key:
             headers["authorization"] = f"Bearer {self.model.api_key}"
         url = self.model.base_url.rstrip("/") + "/chat/completions"
-        return self.gateway.client.build_request(
-            "POST", url, content=json.dumps(payload), headers=headers
-        )
-
-    async def upstream(self, body: dict[str, Any], stream: bool) -> Response:
         try:
-            response = await self.gateway.client.send(
-                self._upstream_request(body, stream), stream=True
+            response = await self.gateway.client.post(
+                url, data=json.dumps(payload), headers=headers
             )
-        except httpx.HTTPError as exc:
+        except UPSTREAM_ERRORS as exc:
             await self.release()
             return openai_error(
-                502, f"upstream unavailable: {type(exc).__name__}", type_="upstream_error"
+                502, f"upstream unavailable: {_describe(exc)}", type_="upstream_error"
             )
-        if response.status_code >= 400:
-            content = await response.aread()
-            await response.aclose()
+        if response.status >= 400:
+            try:
+                content = await response.read()
+            except UPSTREAM_ERRORS:
+                content = b""
+            response.release()
             await self.release()
             return Response(
                 content=content,
-                status_code=response.status_code,
+                status_code=response.status,
                 media_type=response.headers.get("content-type", "application/json"),
             )
         if not stream:
@@ -377,16 +392,14 @@ class _Call:
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return _event_stream(self._relay(response, wants_usage))
 
-    async def _whole(self, response: httpx.Response) -> Response:
+    async def _whole(self, response: aiohttp.ClientResponse) -> Response:
         try:
-            content = await response.aread()
-        except httpx.HTTPError as exc:
+            content = await response.read()
+        except UPSTREAM_ERRORS as exc:
             await self.release()
-            return openai_error(
-                502, f"upstream failed: {type(exc).__name__}", type_="upstream_error"
-            )
+            return openai_error(502, f"upstream failed: {_describe(exc)}", type_="upstream_error")
         finally:
-            await response.aclose()
+            response.release()
         try:
             data = json.loads(content)
         except ValueError:
@@ -400,11 +413,14 @@ class _Call:
         self.settle_delivered(data.get("usage"), delivered)
         return Response(content=content, media_type="application/json")
 
-    async def _relay(self, response: httpx.Response, wants_usage: bool) -> AsyncIterator[str]:
+    async def _relay(
+        self, response: aiohttp.ClientResponse, wants_usage: bool
+    ) -> AsyncIterator[str]:
         delivered: list[str] = []
         usage: Any = None
         try:
-            async for line in response.aiter_lines():
+            async for raw in response.content:
+                line = raw.decode("utf-8", "replace").strip()
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -424,17 +440,24 @@ class _Call:
                     if content:
                         delivered.append(content)
                 yield f"data: {data}\n\n"
-        except httpx.HTTPError as exc:
+        except UPSTREAM_ERRORS as exc:
             error = {
                 "error": {
-                    "message": f"upstream failed mid-stream: {type(exc).__name__}",
+                    "message": f"upstream failed mid-stream: {_describe(exc)}",
                     "type": "upstream_error",
                 }
             }
             yield _sse(error)
         finally:
             self.settle_delivered(usage, "".join(delivered))
-            await response.aclose()
+            response.release()
+
+
+UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+
+
+def _describe(exc: BaseException) -> str:
+    return "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
 
 
 def _sse(data: dict[str, Any]) -> str:

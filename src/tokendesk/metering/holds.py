@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import cast
 
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import Table, bindparam, case, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.db import Database, utcnow
+from tokendesk.errors import AppError
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance, Reservation, ReservationStatus
 from tokendesk.metering.service import UsageInput, record_usage
@@ -30,43 +31,127 @@ RESERVATIONS = cast(Table, Reservation.__table__)
 BALANCES = cast(Table, Balance.__table__)
 
 
-async def hold(
-    database: Database, *, user_id: int, organization_id: int, amount: int, ttl_seconds: int
-) -> int:
-    """Reserve ``amount`` tokens and return the hold's id, or raise InsufficientTokens (402)."""
+@dataclass(frozen=True)
+class HoldRequest:
+    user_id: int
+    organization_id: int
+    amount: int
+
+
+async def hold_many(
+    session: AsyncSession, requests: list[HoldRequest], *, ttl_seconds: int
+) -> list[int | AppError]:
+    """Hold tokens for many calls in a few statements; one result (id or error) per request.
+
+    Requests are summed per user, and one conditional UPDATE holds each user's
+    total only where the whole total fits. Users whose total does not fit (or
+    whose period has ended) go through the exact one-by-one path, which rolls
+    periods over and refuses precisely the calls that cannot be covered.
+    """
     now = utcnow()
-    async with database.transaction() as session:
-        held = await session.execute(
-            update(Balance)
-            .where(
-                Balance.user_id == user_id,
-                Balance.period_end > now,
-                amount <= ledger.REMAINING,
+    totals: dict[int, int] = defaultdict(int)
+    for request in requests:
+        totals[request.user_id] += request.amount
+    per_user = case(
+        *((Balance.user_id == user_id, amount) for user_id, amount in totals.items()),
+        else_=0,
+    )
+    held_users = set(
+        (
+            await session.scalars(
+                update(Balance)
+                .where(
+                    Balance.user_id.in_(list(totals)),
+                    Balance.period_end > now,
+                    per_user <= ledger.REMAINING,
+                )
+                .values(reserved=Balance.reserved + per_user, updated_at=now)
+                .returning(Balance.user_id)
+                .execution_options(synchronize_session=False)
             )
-            .values(reserved=Balance.reserved + amount, updated_at=now)
-            .returning(Balance.user_id)
-            .execution_options(synchronize_session=False)
+        ).all()
+    )
+    results: list[int | AppError] = [0] * len(requests)
+    fast = [i for i, r in enumerate(requests) if r.user_id in held_users]
+    if fast:
+        expires = now + timedelta(seconds=ttl_seconds)
+        ids = await session.scalars(
+            insert(Reservation).returning(Reservation.id, sort_by_parameter_order=True),
+            [
+                {
+                    "organization_id": requests[i].organization_id,
+                    "user_id": requests[i].user_id,
+                    "amount": requests[i].amount,
+                    "status": ReservationStatus.HELD.value,
+                    "created_at": now,
+                    "expires_at": expires,
+                }
+                for i in fast
+            ],
         )
-        if held.first() is None:
-            # Ended period or not enough tokens: the full path rolls over and explains.
-            reservation = await ledger.reserve(
-                session, user_id=user_id, amount=amount, ttl_seconds=ttl_seconds, now=now
-            )
-            return reservation.id
-        reservation_id = await session.scalar(
-            insert(Reservation)
-            .values(
-                organization_id=organization_id,
-                user_id=user_id,
-                amount=amount,
-                status=ReservationStatus.HELD.value,
-                created_at=now,
-                expires_at=now + timedelta(seconds=ttl_seconds),
-            )
-            .returning(Reservation.id)
-        )
-        assert reservation_id is not None
-        return reservation_id
+        for i, reservation_id in zip(fast, ids.all(), strict=True):
+            results[i] = reservation_id
+    for i, request in enumerate(requests):
+        if request.user_id in held_users:
+            continue
+        try:
+            async with session.begin_nested():
+                reservation = await ledger.reserve(
+                    session,
+                    user_id=request.user_id,
+                    amount=request.amount,
+                    ttl_seconds=ttl_seconds,
+                    now=now,
+                )
+            results[i] = reservation.id
+        except AppError as exc:
+            results[i] = exc
+    return results
+
+
+class HoldBatcher:
+    """Groups concurrent hold requests into one transaction (group commit).
+
+    Under load, calls arriving while a batch commits wait for the next batch,
+    so the database sees one short transaction per batch instead of one per call.
+    """
+
+    def __init__(self, database: Database, *, ttl_seconds: int, max_batch: int = 256) -> None:
+        self.database = database
+        self.ttl_seconds = ttl_seconds
+        self.max_batch = max_batch
+        self._waiting: list[tuple[HoldRequest, asyncio.Future[int]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def hold(self, *, user_id: int, organization_id: int, amount: int) -> int:
+        """The hold's id, or raises InsufficientTokens (402) like ledger.reserve."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append((HoldRequest(user_id, organization_id, amount), future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self._waiting:
+            batch = self._waiting[: self.max_batch]
+            del self._waiting[: self.max_batch]
+            try:
+                async with self.database.transaction() as session:
+                    results = await hold_many(
+                        session, [request for request, _ in batch], ttl_seconds=self.ttl_seconds
+                    )
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue  # the caller went away; the hold expires on schedule
+                if isinstance(result, AppError):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
 
 async def release(database: Database, *, reservation_id: int) -> None:
