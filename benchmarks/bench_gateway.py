@@ -17,16 +17,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (  # noqa: E402
-    machine,
+from benchmarks.common import (
     free_port,
+    machine,
     process,
     reset_postgres,
     sqlite_url,
     tokendesk_server,
     wait_ready,
 )
-from benchmarks.loadgen import LoadResult, build_request, run_load  # noqa: E402
+from benchmarks.loadgen import LoadResult, build_request, run_load
 
 BODY = json.dumps(
     {"model": "fast", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 50}

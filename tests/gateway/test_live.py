@@ -83,26 +83,26 @@ class TestEventStream:
         self, live: tuple[str, Any], world: World
     ) -> None:
         url, _ = live
-        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-            async with (
-                http.stream("GET", "/events", headers=world.alice.headers) as alice_stream,
-                http.stream("GET", "/events", headers=world.bob.headers) as bob_stream,
-            ):
-                alice_lines = alice_stream.aiter_lines()
-                bob_lines = bob_stream.aiter_lines()
-                assert (await next_event(alice_lines))[0] == "snapshot"
-                kind, snap = await next_event(bob_lines)
-                assert kind == "snapshot" and snap["user_id"] == world.bob.id
-                chat = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
-                r = await http.post("/v1/chat/completions", json=chat, headers=world.bob.headers)
-                assert r.status_code == 200
-                kind, data = await asyncio.wait_for(next_event(bob_lines), 5)
-                assert (kind, data["user_id"]) == ("balance.changed", world.bob.id)
-                assert data["used"] > 0
-                # Alice's next event is her own: bob's never reached her stream.
-                r = await http.post("/v1/chat/completions", json=chat, headers=world.alice.headers)
-                kind, data = await asyncio.wait_for(next_event(alice_lines), 5)
-                assert (kind, data["user_id"]) == ("balance.changed", world.alice.id)
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=10) as http,
+            http.stream("GET", "/events", headers=world.alice.headers) as alice_stream,
+            http.stream("GET", "/events", headers=world.bob.headers) as bob_stream,
+        ):
+            alice_lines = alice_stream.aiter_lines()
+            bob_lines = bob_stream.aiter_lines()
+            assert (await next_event(alice_lines))[0] == "snapshot"
+            kind, snap = await next_event(bob_lines)
+            assert kind == "snapshot" and snap["user_id"] == world.bob.id
+            chat = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+            r = await http.post("/v1/chat/completions", json=chat, headers=world.bob.headers)
+            assert r.status_code == 200
+            kind, data = await asyncio.wait_for(next_event(bob_lines), 5)
+            assert (kind, data["user_id"]) == ("balance.changed", world.bob.id)
+            assert data["used"] > 0
+            # Alice's next event is her own: bob's never reached her stream.
+            r = await http.post("/v1/chat/completions", json=chat, headers=world.alice.headers)
+            kind, data = await asyncio.wait_for(next_event(alice_lines), 5)
+            assert (kind, data["user_id"]) == ("balance.changed", world.alice.id)
 
     async def test_stream_needs_credentials(self, live: tuple[str, Any], world: World) -> None:
         url, _ = live
