@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -35,14 +34,12 @@ class Event:
     id: int = field(default=0)
 
 
-class Subscription(Protocol):
-    def __aiter__(self) -> AsyncIterator[Event]: ...
-
-
 class EventBus(Protocol):
     async def publish(self, events: list[Event]) -> None: ...
 
-    def subscribe(self) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[Event]]: ...
+    def subscribe(
+        self, *, user_id: int | None = None, admin_organization_id: int | None = None
+    ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[Event]]: ...
 
     async def start(self) -> None: ...
 
@@ -50,39 +47,72 @@ class EventBus(Protocol):
 
 
 class InProcessBus:
-    """Fan-out inside one process (the SQLite, single-process deployment)."""
+    """Fan-out inside one process (the SQLite, single-process deployment).
+
+    Subscribers say whose events they want (a user, the admin queue of an
+    organization, or everything), and each event is routed only to those
+    queues: delivering to one member of 1,000 connected clients wakes one stream.
+    """
 
     def __init__(self, *, queue_size: int = 1000) -> None:
-        self._subscribers: set[asyncio.Queue[Event]] = set()
+        self._everything: set[asyncio.Queue[Event]] = set()
+        self._by_user: dict[int, set[asyncio.Queue[Event]]] = {}
+        self._by_admin_org: dict[int, set[asyncio.Queue[Event]]] = {}
         self._queue_size = queue_size
-        self._ids = itertools.count(1)
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
-        self._subscribers.clear()
+        self._everything.clear()
+        self._by_user.clear()
+        self._by_admin_org.clear()
+
+    def _targets(self, event: Event) -> set[asyncio.Queue[Event]]:
+        targets = set(self._everything)
+        if event.audience == "user" and event.user_id is not None:
+            targets |= self._by_user.get(event.user_id, set())
+        elif event.audience == "admins" and event.organization_id is not None:
+            targets |= self._by_admin_org.get(event.organization_id, set())
+        return targets
 
     def deliver(self, event: Event) -> None:
-        for queue in list(self._subscribers):
+        for queue in self._targets(event):
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
                 # A stuck client must not hold up everyone else; it resyncs on reconnect.
-                self._subscribers.discard(queue)
+                self._discard(queue)
+
+    def _discard(self, queue: asyncio.Queue[Event]) -> None:
+        self._everything.discard(queue)
+        for index in (self._by_user, self._by_admin_org):
+            for key in [k for k, queues in index.items() if queue in queues]:
+                index[key].discard(queue)
+                if not index[key]:
+                    del index[key]
 
     async def publish(self, events: list[Event]) -> None:
         for event in events:
             self.deliver(event)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[Event]]:
+    async def subscribe(
+        self, *, user_id: int | None = None, admin_organization_id: int | None = None
+    ) -> AsyncIterator[asyncio.Queue[Event]]:
+        """Events for ``user_id`` and the admin queue of ``admin_organization_id``;
+        with neither, every event (tests and tools)."""
         queue: asyncio.Queue[Event] = asyncio.Queue(self._queue_size)
-        self._subscribers.add(queue)
+        if user_id is None and admin_organization_id is None:
+            self._everything.add(queue)
+        if user_id is not None:
+            self._by_user.setdefault(user_id, set()).add(queue)
+        if admin_organization_id is not None:
+            self._by_admin_org.setdefault(admin_organization_id, set()).add(queue)
         try:
             yield queue
         finally:
-            self._subscribers.discard(queue)
+            self._discard(queue)
 
 
 _bus: EventBus = InProcessBus()

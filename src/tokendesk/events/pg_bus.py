@@ -121,8 +121,12 @@ class PostgresBus:
             )
 
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[Event]]:
-        async with self._local.subscribe() as queue:
+    async def subscribe(
+        self, *, user_id: int | None = None, admin_organization_id: int | None = None
+    ) -> AsyncIterator[asyncio.Queue[Event]]:
+        async with self._local.subscribe(
+            user_id=user_id, admin_organization_id=admin_organization_id
+        ) as queue:
             yield queue
 
     async def stop(self) -> None:

@@ -39,7 +39,8 @@ async def events(actor: CurrentActor, session: DbSession) -> StreamingResponse:
     bus = get_bus()
 
     async def stream() -> AsyncIterator[str]:
-        async with bus.subscribe() as queue:
+        admin_org = actor.organization_id if actor.is_admin else None
+        async with bus.subscribe(user_id=actor.user_id, admin_organization_id=admin_org) as queue:
             yield "retry: 2000\n\n"
             yield _frame("snapshot", first)
             while True:
