@@ -1,0 +1,74 @@
+"""The active organization: the super admin's switcher, and the analytics placeholder."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from tokendesk.accounts import organizations
+from tokendesk.accounts.auth import SESSION_COOKIE, SESSION_MAX_AGE, new_session_cookie
+from tokendesk.accounts.models import User
+from tokendesk.deps import DbSession
+from tokendesk.web.admin.common import AdminPageActor, AdminRoute, admin_render, optional_int
+from tokendesk.web.pages import LoginRequired
+
+router = APIRouter(route_class=AdminRoute, include_in_schema=False)
+
+
+def _local_path(value: str) -> str:
+    if value.startswith("/admin") and not value.startswith("//"):
+        return value
+    return "/admin/requests"
+
+
+@router.post("/admin/organization", response_model=None)
+async def switch_organization(
+    request: Request,
+    session: DbSession,
+    actor: AdminPageActor,
+    organization_id: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/admin/requests",
+) -> Response:
+    """Re-issue the session cookie acting in another organization (super admins only).
+
+    The service refuses anyone else and any organization that does not exist.
+    """
+    views = await organizations.list_organizations(session, actor=actor)
+    wanted = optional_int(organization_id)
+    if wanted not in {view.organization.id for view in views}:
+        return RedirectResponse(_local_path(next), status_code=303)
+    user = await session.get(User, actor.user_id)
+    if user is None:
+        raise LoginRequired(request.url.path)
+    home = wanted == actor.home_organization_id
+    cookie, _ = new_session_cookie(user, organization_id=None if home else wanted)
+    # Object pages (a user, a team) belong to the old organization; land on the list instead.
+    target = _local_path(next)
+    parts = target.split("/")
+    if len(parts) > 3:
+        target = "/".join(parts[:3])
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        max_age=SESSION_MAX_AGE,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.get("/admin/analytics", response_class=HTMLResponse)
+async def analytics(request: Request, session: DbSession, actor: AdminPageActor) -> HTMLResponse:
+    return await admin_render(
+        request,
+        session,
+        actor,
+        "admin/analytics.html",
+        section="analytics",
+        page_title="Analytics",
+    )

@@ -1,0 +1,503 @@
+"""Token Requests: the live queue, row decisions and bulk decisions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from tokendesk.accounts import teams as teams_service
+from tokendesk.accounts.actor import Actor
+from tokendesk.deps import DbSession
+from tokendesk.errors import AppError, Conflict, NotFound
+from tokendesk.token_requests import bulk as bulk_service
+from tokendesk.token_requests import service as token_requests
+from tokendesk.token_requests.schemas import StatusCounts, TokenRequestOut
+from tokendesk.web.admin.common import (
+    PAGE_SIZE,
+    AdminPageActor,
+    AdminRoute,
+    admin_render,
+    field_errors,
+    optional_int,
+    query_string,
+    toast_response,
+    with_events,
+)
+from tokendesk.web.pages import render
+
+router = APIRouter(route_class=AdminRoute, include_in_schema=False)
+
+TABS = (("pending", "Pending"), ("approved", "Approved"), ("rejected", "Rejected"), ("all", "All"))
+SORTS = (
+    ("created_at", "Oldest first"),
+    ("-created_at", "Newest first"),
+    ("-amount", "Largest amount"),
+    ("amount", "Smallest amount"),
+)
+# What "select all matching" reads per service call; the service's own page limit.
+MATCHING_BATCH = token_requests.MAX_LIMIT
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """The queue as the admin is looking at it: tab, filters, sort and page."""
+
+    status: str = "pending"
+    q: str = ""
+    team_id: int | None = None
+    sort: str = "created_at"
+    page: int = 1
+
+    @classmethod
+    def parse(
+        cls,
+        status: str | None,
+        q: str | None,
+        team_id: str | None,
+        sort: str | None,
+        page: str | None,
+    ) -> QueueView:
+        # Links are shared and bookmarked: an unknown value falls back instead of failing.
+        tab = status if status in dict(TABS) else "pending"
+        default_sort = "created_at" if tab == "pending" else "-created_at"
+        page_number = optional_int(page) or 1
+        return cls(
+            status=tab,
+            q=(q or "").strip()[:200],
+            team_id=optional_int(team_id),
+            sort=sort if sort in dict(SORTS) else default_sort,
+            page=max(page_number, 1),
+        )
+
+    @property
+    def service_status(self) -> str | None:
+        return None if self.status == "all" else self.status
+
+    def params(self, **changes: Any) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "status": self.status,
+            "q": self.q,
+            "team_id": self.team_id,
+            "sort": self.sort,
+            "page": self.page if self.page > 1 else None,
+        }
+        values.update(changes)
+        return values
+
+    def url(self, path: str = "/admin/requests", **changes: Any) -> str:
+        query = query_string(**self.params(**changes))
+        return f"{path}?{query}" if query else path
+
+
+ViewQuery = Annotated[str | None, Query()]
+
+
+def _view(
+    status: str | None, q: str | None, team_id: str | None, sort: str | None, page: str | None
+) -> QueueView:
+    return QueueView.parse(status, q, team_id, sort, page)
+
+
+async def _queue_context(session: DbSession, actor: Actor, view: QueueView) -> dict[str, Any]:
+    items, total = await token_requests.list_requests(
+        session,
+        actor=actor,
+        status=view.service_status,
+        team_id=view.team_id,
+        q=view.q or None,
+        sort=view.sort,
+        limit=PAGE_SIZE,
+        offset=(view.page - 1) * PAGE_SIZE,
+    )
+    counts = await token_requests.counts(session, actor=actor, team_id=view.team_id, q=view.q)
+    pages = max(1, -(-total // PAGE_SIZE))
+    return {
+        "view": view,
+        "items": items,
+        "total": total,
+        "counts": counts,
+        "tabs": TABS,
+        "sorts": SORTS,
+        "pages": pages,
+        "first_index": (view.page - 1) * PAGE_SIZE + 1 if items else 0,
+        "last_index": (view.page - 1) * PAGE_SIZE + len(items),
+        "pending_count": await token_requests.pending_count(session, actor=actor),
+        "show_decided": view.status != "pending",
+    }
+
+
+@router.get("/admin", include_in_schema=False)
+async def admin_home(actor: AdminPageActor) -> RedirectResponse:
+    return RedirectResponse("/admin/requests", status_code=303)
+
+
+@router.get("/admin/requests", response_class=HTMLResponse)
+async def requests_page(
+    request: Request,
+    session: DbSession,
+    actor: AdminPageActor,
+    status: ViewQuery = None,
+    q: ViewQuery = None,
+    team_id: ViewQuery = None,
+    sort: ViewQuery = None,
+    page: ViewQuery = None,
+) -> HTMLResponse:
+    view = _view(status, q, team_id, sort, page)
+    context = await _queue_context(session, actor, view)
+    teams = await teams_service.list_teams(session, actor=actor)
+    if not actor.is_org_admin:
+        # Team owners filter among the teams they own; others would only ever be empty.
+        teams = [row for row in teams if row.team.id in actor.owned_team_ids]
+    return await admin_render(
+        request,
+        session,
+        actor,
+        "admin/requests/page.html",
+        section="requests",
+        page_title="Token Requests",
+        teams=teams,
+        **context,
+    )
+
+
+@router.get("/admin/requests/table", response_class=HTMLResponse)
+async def requests_table(
+    request: Request,
+    session: DbSession,
+    actor: AdminPageActor,
+    status: ViewQuery = None,
+    q: ViewQuery = None,
+    team_id: ViewQuery = None,
+    sort: ViewQuery = None,
+    page: ViewQuery = None,
+) -> HTMLResponse:
+    """The queue fragment, with the tab counts and the badge swapped out of band."""
+    view = _view(status, q, team_id, sort, page)
+    context = await _queue_context(session, actor, view)
+    org = await token_requests.organization(session, actor.organization_id)
+    response = render(request, "admin/requests/_table_response.html", tz=org.timezone, **context)
+    # Keep the address bar in step with the filters, so a reload shows the same view.
+    response.headers["HX-Replace-Url"] = view.url()
+    return response
+
+
+@router.get("/admin/badge", response_class=HTMLResponse)
+async def badge(request: Request, session: DbSession, actor: AdminPageActor) -> HTMLResponse:
+    count = await token_requests.pending_count(session, actor=actor)
+    return render(request, "admin/requests/_badge.html", pending_count=count)
+
+
+# ------------------------------------------------------------------ one request
+
+
+async def _dialog(
+    request: Request,
+    session: DbSession,
+    actor: Actor,
+    *,
+    action: str,
+    request_id: int,
+    status_code: int = 200,
+    amount: str | None = None,
+    note: str = "",
+    errors: dict[str, str] | None = None,
+) -> HTMLResponse:
+    org = await token_requests.organization(session, actor.organization_id)
+    try:
+        item: TokenRequestOut | None = await token_requests.get(
+            session, actor=actor, request_id=request_id
+        )
+    except NotFound as exc:
+        item, errors = None, {"": exc.message}
+    errors = dict(errors or {})
+    if item is not None and item.status.value != "pending" and "" not in errors:
+        errors[""] = _already_decided(item)
+    return render(
+        request,
+        "admin/requests/_decide_dialog.html",
+        status_code=status_code,
+        action=action,
+        request_id=request_id,
+        item=item,
+        amount=amount if amount is not None else (str(item.amount) if item else ""),
+        note=note,
+        errors=errors,
+        own=item is not None and item.user.id == actor.user_id,
+        max_request=org.max_request,
+        tz=org.timezone,
+    )
+
+
+def _already_decided(item: TokenRequestOut) -> str:
+    who = f" by {item.decided_by.name}" if item.decided_by else ""
+    return f"This request was already {item.status.value}{who}."
+
+
+def _conflict_message(exc: AppError, item: TokenRequestOut | None) -> str:
+    """The service's 409 says what state the request is in; add who decided it."""
+    if item is None or item.decided_by is None or item.decided_by.name in exc.message:
+        return exc.message
+    return f"{exc.message.rstrip('.')} by {item.decided_by.name}."
+
+
+@router.get("/admin/requests/{request_id}/{action}", response_class=HTMLResponse)
+async def decide_dialog(
+    request: Request, session: DbSession, actor: AdminPageActor, request_id: int, action: str
+) -> HTMLResponse:
+    if action not in ("approve", "reject"):
+        raise NotFound(f"no such action {action!r}")
+    return await _dialog(request, session, actor, action=action, request_id=request_id)
+
+
+def _parse_amount(raw: str | None) -> int | None:
+    """Blank means the requested amount; thousands separators are tolerated."""
+    text = (raw or "").strip().replace(",", "").replace("_", "").replace(" ", "")
+    if not text:
+        return None
+    if not text.lstrip("-").isdigit():
+        raise ValueError(text)
+    return int(text)
+
+
+@router.post("/admin/requests/{request_id}/approve", response_model=None)
+async def approve(
+    request: Request,
+    session: DbSession,
+    actor: AdminPageActor,
+    request_id: int,
+    amount: Annotated[str, Form()] = "",
+    note: Annotated[str, Form()] = "",
+) -> Response:
+    return await _decide(
+        request, session, actor, action="approve", request_id=request_id, raw=amount, note=note
+    )
+
+
+@router.post("/admin/requests/{request_id}/reject", response_model=None)
+async def reject(
+    request: Request,
+    session: DbSession,
+    actor: AdminPageActor,
+    request_id: int,
+    note: Annotated[str, Form()] = "",
+) -> Response:
+    return await _decide(
+        request, session, actor, action="reject", request_id=request_id, raw=None, note=note
+    )
+
+
+async def _decide(
+    request: Request,
+    session: DbSession,
+    actor: Actor,
+    *,
+    action: str,
+    request_id: int,
+    raw: str | None,
+    note: str,
+) -> Response:
+    def again(errors: dict[str, str], status_code: int) -> Any:
+        return _dialog(
+            request,
+            session,
+            actor,
+            action=action,
+            request_id=request_id,
+            status_code=status_code,
+            amount=raw,
+            note=note,
+            errors=errors,
+        )
+
+    try:
+        amount = _parse_amount(raw)
+    except ValueError:
+        return await again({"amount": "must be a whole number of tokens"}, 422)
+    try:
+        # A nested transaction, so a refused decision leaves the page's session usable.
+        async with session.begin_nested():
+            if action == "approve":
+                out = await token_requests.approve(
+                    session, actor=actor, request_id=request_id, amount=amount, note=note or None
+                )
+            else:
+                out = await token_requests.reject(
+                    session, actor=actor, request_id=request_id, note=note or None
+                )
+    except Conflict as exc:
+        item = await _current(session, actor, request_id)
+        return await again({"": _conflict_message(exc, item)}, 409)
+    except AppError as exc:
+        return await again(field_errors(exc), exc.status_code)
+    if action == "approve":
+        message = f"Approved {out.approved_amount or out.amount:,} tokens for {out.user.name}."
+    else:
+        message = f"Rejected the request from {out.user.name}."
+    return toast_response(message, refresh=True, close_dialog=True)
+
+
+async def _current(session: DbSession, actor: Actor, request_id: int) -> TokenRequestOut | None:
+    try:
+        return await token_requests.get(session, actor=actor, request_id=request_id)
+    except AppError:
+        return None
+
+
+# ------------------------------------------------------------------ bulk
+
+
+@dataclass(frozen=True)
+class Selection:
+    ids: list[int]
+    tokens: int
+    unavailable: int  # selected, but no longer pending (or out of reach)
+    own: int  # the caller's own requests, which nobody may decide
+
+
+def _parse_ids(raw: str) -> list[int]:
+    ids: list[int] = []
+    seen: set[int] = set()
+    for part in raw.replace(" ", "").split(","):
+        if part.isdigit() and int(part) > 0 and int(part) not in seen:
+            seen.add(int(part))
+            ids.append(int(part))
+    return ids
+
+
+async def _selected(session: DbSession, actor: Actor, ids: list[int]) -> Selection:
+    """The explicitly ticked rows (one page at most), as they are now."""
+    chosen: list[int] = []
+    tokens = unavailable = own = 0
+    for request_id in ids:
+        item = await _current(session, actor, request_id)
+        if item is None or item.status.value != "pending":
+            unavailable += 1
+        elif item.user.id == actor.user_id:
+            own += 1
+        else:
+            chosen.append(item.id)
+            tokens += item.amount
+    return Selection(chosen, tokens, unavailable, own)
+
+
+async def _matching(session: DbSession, actor: Actor, view: QueueView) -> Selection:
+    """Every pending request matching the filters, read in the service's largest pages."""
+    chosen: list[int] = []
+    tokens = own = 0
+    offset = 0
+    while True:
+        items, total = await token_requests.list_requests(
+            session,
+            actor=actor,
+            status="pending",
+            team_id=view.team_id,
+            q=view.q or None,
+            sort="created_at",
+            limit=MATCHING_BATCH,
+            offset=offset,
+        )
+        for item in items:
+            if item.user.id == actor.user_id:
+                own += 1
+            else:
+                chosen.append(item.id)
+                tokens += item.amount
+        offset += len(items)
+        if not items or offset >= total:
+            break
+    return Selection(chosen, tokens, 0, own)
+
+
+@router.get("/admin/requests/bulk", response_class=HTMLResponse)
+async def bulk_confirm(
+    request: Request,
+    session: DbSession,
+    actor: AdminPageActor,
+    action: ViewQuery = None,
+    ids: ViewQuery = None,
+    matching: ViewQuery = None,
+    q: ViewQuery = None,
+    team_id: ViewQuery = None,
+) -> HTMLResponse:
+    """The confirmation: how many requests and how many tokens, before anything happens."""
+    verb = action if action in ("approve", "reject") else "approve"
+    view = _view("pending", q, team_id, None, None)
+    if matching:
+        selection = await _matching(session, actor, view)
+    else:
+        selection = await _selected(session, actor, _parse_ids(ids or "")[: PAGE_SIZE * 2])
+    return render(
+        request,
+        "admin/requests/_bulk_confirm.html",
+        action=verb,
+        selection=selection,
+        matching=bool(matching),
+        view=view,
+        note="",
+        errors={},
+    )
+
+
+@router.post("/admin/requests/bulk", response_model=None)
+async def bulk_decide(
+    request: Request,
+    session: DbSession,
+    actor: AdminPageActor,
+    action: Annotated[str, Form()] = "",
+    ids: Annotated[str, Form()] = "",
+    note: Annotated[str, Form()] = "",
+) -> Response:
+    request_ids = _parse_ids(ids)
+    try:
+        async with session.begin_nested():
+            result = await bulk_service.bulk(
+                session, actor=actor, action=action, ids=request_ids, note=note or None
+            )
+    except AppError as exc:
+        errors = field_errors(exc)
+        if "ids" in errors or "action" in errors:
+            errors = {"": f"{'; '.join(errors.values())}"}
+        selection = await _selected(session, actor, request_ids[: PAGE_SIZE * 2])
+        if len(request_ids) > PAGE_SIZE * 2:
+            selection = Selection(request_ids, 0, 0, 0)
+        return render(
+            request,
+            "admin/requests/_bulk_confirm.html",
+            status_code=exc.status_code,
+            action=action if action in ("approve", "reject") else "approve",
+            selection=selection,
+            matching=len(request_ids) > PAGE_SIZE * 2,
+            view=QueueView(),
+            note=note,
+            errors=errors,
+        )
+    reasons: dict[str, list[int]] = {}
+    for skipped in result.skipped:
+        reasons.setdefault(skipped.reason, []).append(skipped.id)
+    response = render(
+        request,
+        "admin/requests/_bulk_summary.html",
+        action=action,
+        decided=len(result.decided),
+        skipped=len(result.skipped),
+        reasons=sorted(reasons.items(), key=lambda pair: -len(pair[1])),
+    )
+    verb = "Approved" if action == "approve" else "Rejected"
+    return with_events(
+        response,
+        toast=(f"{verb} {len(result.decided):,} requests.", "ok"),
+        refresh=True,
+        clear_selection=True,
+    )
+
+
+def tab_counts(counts: StatusCounts) -> dict[str, int]:
+    return {
+        "pending": counts.pending,
+        "approved": counts.approved,
+        "rejected": counts.rejected,
+        "all": counts.all,
+    }

@@ -1,0 +1,165 @@
+"""Organization settings, with a live preview of the next reset and the pool's figures."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokendesk.accounts import organizations
+from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.schemas import OrganizationUpdate
+from tokendesk.db import utcnow
+from tokendesk.deps import DbSession
+from tokendesk.errors import AppError
+from tokendesk.ledger.periods import is_valid_timezone, next_reset
+from tokendesk.web.admin.common import (
+    AdminPageActor,
+    AdminRoute,
+    admin_render,
+    optional_int,
+    with_events,
+)
+from tokendesk.web.admin.forms import FormError, build, errors_of, number
+from tokendesk.web.pages import render
+
+router = APIRouter(route_class=AdminRoute, include_in_schema=False)
+
+FIELDS = (
+    "name",
+    "default_allocation",
+    "reset_day",
+    "timezone",
+    "max_request",
+    "low_balance_percent",
+    "pool",
+)
+
+
+@lru_cache(maxsize=1)
+def timezone_names() -> list[str]:
+    from zoneinfo import available_timezones
+
+    return sorted(available_timezones())
+
+
+def _current_values(view: organizations.OrganizationView) -> dict[str, Any]:
+    org = view.organization
+    return {name: getattr(org, name) for name in FIELDS}
+
+
+async def _context(session: AsyncSession, actor: Actor) -> dict[str, Any]:
+    view = await organizations.get_settings(session, actor=actor)
+    return {
+        "view": view,
+        "org": view.organization,
+        "values": _current_values(view),
+        "errors": {},
+        "can_edit": actor.is_org_admin,
+        "timezones": timezone_names(),
+        "preview": _preview(view.organization.reset_day, view.organization.timezone),
+    }
+
+
+def _preview(reset_day: int | None, timezone: str | None) -> dict[str, Any]:
+    """The next reset under the given day and zone, by the ledger's own period rule."""
+    if reset_day is None or not 1 <= reset_day <= 28:
+        return {"error": "Pick a reset day between 1 and 28."}
+    if not timezone or not is_valid_timezone(timezone):
+        return {"error": f"Unknown time zone {timezone!r}." if timezone else "Pick a time zone."}
+    now = utcnow()
+    at: datetime = next_reset(now, reset_day=reset_day, timezone=timezone)
+    return {"at": at, "timezone": timezone, "days": max(0, (at - now).days)}
+
+
+@router.get("/admin/settings", response_class=HTMLResponse)
+async def settings_page(
+    request: Request, session: DbSession, actor: AdminPageActor
+) -> HTMLResponse:
+    return await admin_render(
+        request,
+        session,
+        actor,
+        "admin/settings.html",
+        section="settings",
+        page_title="Settings",
+        **await _context(session, actor),
+    )
+
+
+@router.get("/admin/settings/next-reset", response_class=HTMLResponse)
+async def next_reset_preview(
+    request: Request,
+    actor: AdminPageActor,
+    reset_day: Annotated[str | None, Query()] = None,
+    timezone: Annotated[str | None, Query()] = None,
+) -> HTMLResponse:
+    """The preview fragment, recomputed on the server as the form changes."""
+    preview = _preview(optional_int(reset_day), (timezone or "").strip())
+    return render(request, "admin/_reset_preview.html", preview=preview)
+
+
+@router.post("/admin/settings", response_model=None)
+async def save_settings(
+    request: Request,
+    session: DbSession,
+    actor: AdminPageActor,
+    name: Annotated[str, Form()] = "",
+    default_allocation: Annotated[str, Form()] = "",
+    reset_day: Annotated[str, Form()] = "",
+    timezone: Annotated[str, Form()] = "",
+    max_request: Annotated[str, Form()] = "",
+    low_balance_percent: Annotated[str, Form()] = "",
+    pool: Annotated[str, Form()] = "",
+) -> Response:
+    submitted: dict[str, Any] = {
+        "name": name.strip(),
+        "default_allocation": number(default_allocation),
+        "reset_day": number(reset_day),
+        "timezone": timezone.strip(),
+        "max_request": number(max_request),
+        "low_balance_percent": number(low_balance_percent),
+        # An empty pool field means "no pool", which the schema spells as null.
+        "pool": number(pool),
+    }
+    current = await organizations.get_settings(session, actor=actor)
+    changes = {
+        key: value
+        for key, value in submitted.items()
+        if value != getattr(current.organization, key)
+    }
+    try:
+        data = build(OrganizationUpdate, changes)
+        async with session.begin_nested():
+            await organizations.update_settings(session, actor=actor, data=data)
+    except (AppError, FormError) as exc:
+        context = await _context(session, actor)
+        raw = {
+            "name": name,
+            "default_allocation": default_allocation,
+            "reset_day": reset_day,
+            "timezone": timezone,
+            "max_request": max_request,
+            "low_balance_percent": low_balance_percent,
+            "pool": pool,
+        }
+        context.update(
+            values=raw,
+            errors=errors_of(exc),
+            preview=_preview(optional_int(reset_day), timezone.strip()),
+        )
+        return render(
+            request,
+            "admin/_settings_form.html",
+            status_code=exc.status_code if isinstance(exc, AppError) else 422,
+            **context,
+        )
+    context = await _context(session, actor)
+    message = "Settings saved." if changes else "Nothing to save: no setting changed."
+    return with_events(
+        render(request, "admin/_settings_form.html", **context), toast=(message, "ok")
+    )
