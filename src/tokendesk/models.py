@@ -2,6 +2,7 @@
 
 from tokendesk.accounts.models import ApiKey, Organization, Role, Team, TeamOwner, User
 from tokendesk.audit.models import AuditEntry
+from tokendesk.chat.models import Conversation, Message
 from tokendesk.db import Base
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry, Reservation
 from tokendesk.metering.models import UsageDaily, UsageEvent
@@ -12,8 +13,10 @@ __all__ = [
     "AuditEntry",
     "Balance",
     "Base",
+    "Conversation",
     "EntryKind",
     "LedgerEntry",
+    "Message",
     "Organization",
     "RequestStatus",
     "Reservation",

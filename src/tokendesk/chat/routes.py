@@ -1,3 +1,90 @@
-from fastapi import APIRouter
+"""``/api/v1/conversations``: a member's chat history (HTTP only; rules live in the service)."""
 
-router = APIRouter()
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from tokendesk.chat import service
+from tokendesk.chat.schemas import (
+    ConversationDetail,
+    ConversationIn,
+    ConversationOut,
+    ConversationPage,
+    ConversationUpdate,
+    MessageIn,
+    MessageOut,
+)
+from tokendesk.deps import CurrentActor, DbSession
+
+router = APIRouter(prefix="/conversations", tags=["conversations"])
+
+
+@router.get("", response_model=ConversationPage)
+async def list_conversations(
+    actor: CurrentActor,
+    session: DbSession,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ConversationPage:
+    items, total = await service.list_conversations(
+        session, actor=actor, limit=limit, offset=offset
+    )
+    return ConversationPage(
+        items=[ConversationOut.model_validate(item) for item in items], total=total
+    )
+
+
+@router.post("", response_model=ConversationOut, status_code=201)
+async def create_conversation(
+    body: ConversationIn, actor: CurrentActor, session: DbSession
+) -> ConversationOut:
+    conversation = await service.create_conversation(
+        session, actor=actor, title=body.title, model=body.model
+    )
+    return ConversationOut.model_validate(conversation)
+
+
+@router.get("/{conversation_id}", response_model=ConversationDetail)
+async def get_conversation(
+    conversation_id: int, actor: CurrentActor, session: DbSession
+) -> ConversationDetail:
+    found = await service.get_with_messages(session, actor=actor, conversation_id=conversation_id)
+    return ConversationDetail(
+        **ConversationOut.model_validate(found.conversation).model_dump(),
+        messages=[MessageOut.model_validate(m) for m in found.messages],
+    )
+
+
+@router.patch("/{conversation_id}", response_model=ConversationOut)
+async def update_conversation(
+    conversation_id: int, body: ConversationUpdate, actor: CurrentActor, session: DbSession
+) -> ConversationOut:
+    conversation = await service.update_conversation(
+        session, actor=actor, conversation_id=conversation_id, title=body.title, model=body.model
+    )
+    return ConversationOut.model_validate(conversation)
+
+
+@router.delete("/{conversation_id}", status_code=204)
+async def delete_conversation(
+    conversation_id: int, actor: CurrentActor, session: DbSession
+) -> Response:
+    await service.delete_conversation(session, actor=actor, conversation_id=conversation_id)
+    return Response(status_code=204)
+
+
+@router.post("/{conversation_id}/messages", response_model=MessageOut, status_code=201)
+async def add_message(
+    conversation_id: int, body: MessageIn, actor: CurrentActor, session: DbSession
+) -> MessageOut:
+    message = await service.add_message(
+        session,
+        actor=actor,
+        conversation_id=conversation_id,
+        role=body.role,
+        content=body.content,
+        tokens=body.tokens,
+    )
+    return MessageOut.model_validate(message)

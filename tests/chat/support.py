@@ -1,0 +1,25 @@
+"""Helpers for the chat tests: a browser-like login through the real login form."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from tests.factories import Person
+
+PASSWORD = "correct horse battery"
+CSRF_META = re.compile(r'<meta name="csrf-token" content="([0-9a-f]+)">')
+
+
+async def login(client: httpx.AsyncClient, person: Person) -> str:
+    """Sign ``person`` in on ``client`` (the cookie stays in its jar); return the CSRF token."""
+    response = await client.post(
+        "/login", data={"email": person.email, "password": PASSWORD, "next": "/chat"}
+    )
+    assert response.status_code == 303, response.text
+    page = await client.get("/chat")
+    assert page.status_code == 200, page.text
+    match = CSRF_META.search(page.text)
+    assert match is not None
+    return match.group(1)
