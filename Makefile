@@ -60,9 +60,10 @@ fmt: $(DEV_STAMP)
 	$(BIN)/ruff check --fix $(LINT_PATHS)
 	$(BIN)/ruff format $(LINT_PATHS)
 
-# Every top-level script in benchmarks/ except helpers (leading underscore).
+# Every benchmarks/bench_*.py script; the other modules there are shared helpers.
+# TOKENDESK_BENCH_PG_URL (a database the scripts may wipe) adds PostgreSQL figures.
 bench: $(DEV_STAMP)
-	@scripts=$$(ls benchmarks/[!_]*.py 2>/dev/null); \
+	@scripts=$$(ls benchmarks/bench_*.py 2>/dev/null); \
 	if [ -z "$$scripts" ]; then echo "no benchmarks in benchmarks/"; exit 0; fi; \
 	for script in $$scripts; do \
 		echo "== $$script"; \
