@@ -115,6 +115,10 @@ def _ledger_out(row: LedgerRow) -> LedgerEntryOut:
 
 @router.get("/me", response_model=MeOut, tags=["me"])
 async def read_me(session: DbSession, actor: CurrentActor) -> MeOut:
+    """The caller, their home organization and their balance for the current period.
+
+    A super admin acting in another organization still sees their own home here.
+    """
     me = await users.me(session, actor=actor)
     return MeOut(
         id=me.user.id,
@@ -156,6 +160,7 @@ async def revoke_my_key(key_id: int, session: DbSession, actor: CurrentActor) ->
 
 @router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["api keys"])
 async def revoke_key(key_id: int, session: DbSession, actor: AdminActor) -> Response:
+    """Revoke a key of anyone in the caller's scope; other keys answer 404."""
     await api_keys.revoke_key(session, actor=actor, key_id=key_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -189,6 +194,7 @@ async def list_users(
 
 @router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED, tags=["users"])
 async def create_user(data: UserIn, session: DbSession, actor: AdminActor) -> UserOut:
+    """Org admins create users; team owners create members, only into a team they own."""
     return _user_out(await users.create_user_as(session, actor=actor, data=data))
 
 
@@ -201,6 +207,12 @@ async def read_user(user_id: int, session: DbSession, actor: CurrentActor) -> Us
 async def update_user(
     user_id: int, data: UserUpdate, session: DbSession, actor: CurrentActor
 ) -> UserOut:
+    """Change only the fields sent; ``null`` clears ``team_id`` or ``allocation_override``.
+
+    Org admins change anything (granting super_admin takes a super admin); team owners
+    change the override and team of their members, within teams they own; everyone
+    changes their own name and password, never their own allocation, team or role.
+    """
     return _user_out(await users.update_user(session, actor=actor, user_id=user_id, data=data))
 
 
@@ -208,6 +220,7 @@ async def update_user(
 async def adjust_balance(
     user_id: int, data: AdjustmentIn, session: DbSession, actor: AdminActor
 ) -> BalanceOut:
+    """Correct the current period up or down, with a note; nobody adjusts their own."""
     balance = await users.adjust_balance(
         session, actor=actor, user_id=user_id, amount=data.amount, note=data.note
     )
@@ -261,6 +274,7 @@ async def update_team(
 
 @router.delete("/teams/{team_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["teams"])
 async def delete_team(team_id: int, session: DbSession, actor: OrgAdminActor) -> Response:
+    """Members become team-less and fall back to the organization default at once."""
     await teams.delete_team(session, actor=actor, team_id=team_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -277,6 +291,11 @@ async def read_organization(session: DbSession, actor: AdminActor) -> Organizati
 async def update_organization(
     data: OrganizationUpdate, session: DbSession, actor: OrgAdminActor
 ) -> OrganizationOut:
+    """Change only the fields sent; ``pool: null`` removes the pool.
+
+    A new reset day or time zone moves the end of every current period to the new
+    next reset; a new default allocation applies at once to everyone it governs.
+    """
     view = await organizations.update_settings(session, actor=actor, data=data)
     return _organization_out(view)
 
