@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -210,3 +211,48 @@ class TestBudget:
         r = await harness.http.get("/v1/models", headers=world.alice.headers)
         names = [m["id"] for m in r.json()["data"]]
         assert "demo" not in names and "fast" in names
+
+
+class TestKeyCache:
+    async def test_revoked_key_stops_working_on_the_gateway_at_once(
+        self, harness: Harness, world: World
+    ) -> None:
+        ok = await harness.http.post(
+            "/v1/chat/completions", json=body("fast"), headers=world.alice.headers
+        )
+        assert ok.status_code == 200  # the key is now cached
+        keys = await harness.http.get("/api/v1/me/api-keys", headers=world.alice.headers)
+        key_id = (
+            keys.json()[0]["id"] if isinstance(keys.json(), list) else keys.json()["items"][0]["id"]
+        )
+        revoked = await harness.http.delete(
+            f"/api/v1/me/api-keys/{key_id}", headers=world.alice.headers
+        )
+        assert revoked.status_code in (200, 204), revoked.text
+        for _ in range(100):  # the invalidation event is delivered after commit
+            refused = await harness.http.post(
+                "/v1/chat/completions", json=body("fast"), headers=world.alice.headers
+            )
+            if refused.status_code == 401:
+                break
+            await asyncio.sleep(0.01)
+        assert refused.status_code == 401
+
+    async def test_deactivated_user_is_refused_by_the_gateway(
+        self, harness: Harness, world: World
+    ) -> None:
+        await harness.http.post(
+            "/v1/chat/completions", json=body("fast"), headers=world.bob.headers
+        )
+        r = await harness.http.patch(
+            f"/api/v1/users/{world.bob.id}", json={"is_active": False}, headers=world.admin.headers
+        )
+        assert r.status_code == 200, r.text
+        for _ in range(100):
+            refused = await harness.http.post(
+                "/v1/chat/completions", json=body("fast"), headers=world.bob.headers
+            )
+            if refused.status_code == 401:
+                break
+            await asyncio.sleep(0.01)
+        assert refused.status_code == 401

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts import repository as repo
 from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.keycache import credentials_changed
 from tokendesk.accounts.models import ApiKey, User
 from tokendesk.accounts.service import (
     can_manage_user,
@@ -47,6 +48,7 @@ async def _revoke(session: AsyncSession, *, actor: Actor, key: ApiKey, owner: Us
     owner_id, org_id = owner.id, owner.organization_id
     if not await repo.revoke_api_key(session, key_id=key_id, now=utcnow()):
         raise Conflict(f"api key {key_id} is already revoked")
+    credentials_changed(session, user_id=owner_id)
     await audit.record(
         session,
         organization_id=org_id,

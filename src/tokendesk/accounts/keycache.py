@@ -88,3 +88,17 @@ class KeyCache:
         owner = None if row is None else KeyOwner(row[0], row[1], Role(row[2]), row[3])
         self._put(cache_key, owner)
         return owner
+
+
+CREDENTIALS_CHANGED = "credentials.changed"
+
+
+def credentials_changed(session: AsyncSession, *, user_id: int) -> None:
+    """Tell every server process (after commit) to forget cached key owners.
+
+    Sent when a key is revoked or a user is deactivated or changes role, so the
+    gateway's cache never lets a revoked key through longer than one event hop.
+    """
+    from tokendesk.events.bus import Event, emit
+
+    emit(session, Event(type=CREDENTIALS_CHANGED, data={"user_id": user_id}, audience="system"))

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts import repository as repo
 from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.keycache import credentials_changed
 from tokendesk.accounts.models import Organization, Role, Team, User
 from tokendesk.accounts.schemas import UserIn, UserUpdate
 from tokendesk.accounts.security import hash_password
@@ -191,6 +192,8 @@ async def update_user(
     if details.get("password_changed") or after.get("is_active") is False:
         # Signed session cookies carry this number; bumping it ends every open session.
         user.session_version = user.session_version + 1
+    if "is_active" in after or "role" in after:
+        credentials_changed(session, user_id=user.id)
     if not before and "password_changed" not in details:
         return await user_row(session, user_id=user.id, organization_id=user.organization_id)
     if after.get("role") == Role.MEMBER.value:

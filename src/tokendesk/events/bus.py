@@ -30,7 +30,8 @@ class Event:
     organization_id: int | None = None
     user_id: int | None = None
     team_id: int | None = None
-    audience: str = "user"  # "user" (the member named) or "admins" (the queue's viewers)
+    # "user" (the member named), "admins" (the queue's viewers) or "system" (server internals)
+    audience: str = "user"
     id: int = field(default=0)
 
 
@@ -38,7 +39,11 @@ class EventBus(Protocol):
     async def publish(self, events: list[Event]) -> None: ...
 
     def subscribe(
-        self, *, user_id: int | None = None, admin_organization_id: int | None = None
+        self,
+        *,
+        user_id: int | None = None,
+        admin_organization_id: int | None = None,
+        system: bool = False,
     ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[Event]]: ...
 
     async def start(self) -> None: ...
@@ -58,6 +63,7 @@ class InProcessBus:
         self._everything: set[asyncio.Queue[Event]] = set()
         self._by_user: dict[int, set[asyncio.Queue[Event]]] = {}
         self._by_admin_org: dict[int, set[asyncio.Queue[Event]]] = {}
+        self._system: set[asyncio.Queue[Event]] = set()
         self._queue_size = queue_size
 
     async def start(self) -> None:
@@ -67,6 +73,7 @@ class InProcessBus:
         self._everything.clear()
         self._by_user.clear()
         self._by_admin_org.clear()
+        self._system.clear()
 
     def _targets(self, event: Event) -> set[asyncio.Queue[Event]]:
         targets = set(self._everything)
@@ -74,6 +81,8 @@ class InProcessBus:
             targets |= self._by_user.get(event.user_id, set())
         elif event.audience == "admins" and event.organization_id is not None:
             targets |= self._by_admin_org.get(event.organization_id, set())
+        elif event.audience == "system":
+            targets |= self._system
         return targets
 
     def deliver(self, event: Event) -> None:
@@ -86,6 +95,7 @@ class InProcessBus:
 
     def _discard(self, queue: asyncio.Queue[Event]) -> None:
         self._everything.discard(queue)
+        self._system.discard(queue)
         for index in (self._by_user, self._by_admin_org):
             for key in [k for k, queues in index.items() if queue in queues]:
                 index[key].discard(queue)
@@ -98,12 +108,19 @@ class InProcessBus:
 
     @contextlib.asynccontextmanager
     async def subscribe(
-        self, *, user_id: int | None = None, admin_organization_id: int | None = None
+        self,
+        *,
+        user_id: int | None = None,
+        admin_organization_id: int | None = None,
+        system: bool = False,
     ) -> AsyncIterator[asyncio.Queue[Event]]:
         """Events for ``user_id`` and the admin queue of ``admin_organization_id``;
-        with neither, every event (tests and tools)."""
+        ``system`` events are for server internals (cache invalidation); with none
+        of these, every event (tests and tools)."""
         queue: asyncio.Queue[Event] = asyncio.Queue(self._queue_size)
-        if user_id is None and admin_organization_id is None:
+        if system:
+            self._system.add(queue)
+        elif user_id is None and admin_organization_id is None:
             self._everything.add(queue)
         if user_id is not None:
             self._by_user.setdefault(user_id, set()).add(queue)

@@ -122,10 +122,14 @@ class PostgresBus:
 
     @contextlib.asynccontextmanager
     async def subscribe(
-        self, *, user_id: int | None = None, admin_organization_id: int | None = None
+        self,
+        *,
+        user_id: int | None = None,
+        admin_organization_id: int | None = None,
+        system: bool = False,
     ) -> AsyncIterator[asyncio.Queue[Event]]:
         async with self._local.subscribe(
-            user_id=user_id, admin_organization_id=admin_organization_id
+            user_id=user_id, admin_organization_id=admin_organization_id, system=system
         ) as queue:
             yield queue
 

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokendesk.accounts.actor import Actor
 from tokendesk.events.bus import Event
 from tokendesk.ledger import service as ledger
+from tokendesk.token_requests import service as token_requests
 
 
 def visible_to(actor: Actor, event: Event) -> bool:
@@ -24,8 +25,6 @@ def visible_to(actor: Actor, event: Event) -> bool:
 
 async def snapshot(session: AsyncSession, *, actor: Actor) -> dict[str, Any]:
     """Everything a client needs to be correct after a (re)connect, so no event is ever 'lost'."""
-    from tokendesk.token_requests import service as token_requests
-
     balance = await ledger.get_balance(session, user_id=actor.user_id)
     data: dict[str, Any] = {"user_id": actor.user_id, "balance": ledger.balance_snapshot(balance)}
     if actor.is_admin:

@@ -8,6 +8,7 @@ settlement is queued for the background settler once the reply is on its way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -20,11 +21,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tokendesk.accounts.auth import actor_from_session_cookie, csrf_ok
-from tokendesk.accounts.keycache import KeyCache, KeyOwner
+from tokendesk.accounts.keycache import CREDENTIALS_CHANGED, KeyCache, KeyOwner
 from tokendesk.accounts.models import Role
 from tokendesk.config import Settings, get_settings
 from tokendesk.db import Database, get_database
 from tokendesk.errors import AppError, InsufficientTokens
+from tokendesk.events.bus import get_bus
 from tokendesk.metering import demo_model
 from tokendesk.metering.holds import HoldBatcher, Settlement, Settler, release
 from tokendesk.metering.model_config import ModelConfig, load_models
@@ -47,6 +49,19 @@ class Gateway:
         self.settler = Settler(database)
         self.holds = HoldBatcher(database, ttl_seconds=settings.reservation_ttl_seconds)
         self._client: aiohttp.ClientSession | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    def watch_credentials(self) -> None:
+        """Start (once) forgetting cached keys whenever credentials change anywhere."""
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._forget_on_change())
+
+    async def _forget_on_change(self) -> None:
+        async with get_bus().subscribe(system=True) as queue:
+            while True:
+                event = await queue.get()
+                if event.type == CREDENTIALS_CHANGED:
+                    self.keys.clear()
 
     @property
     def client(self) -> aiohttp.ClientSession:
@@ -65,6 +80,10 @@ class Gateway:
 
     async def close(self) -> None:
         await self.settler.stop()
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
         if self._client is not None:
             await self._client.close()
 
@@ -75,6 +94,7 @@ def get_gateway(app: FastAPI) -> Gateway:
         settings: Settings = getattr(app.state, "settings", None) or get_settings()
         gateway = Gateway(settings, get_database())
         app.state.gateway = gateway
+    gateway.watch_credentials()
     return gateway
 
 
