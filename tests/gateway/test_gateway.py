@@ -222,13 +222,11 @@ class TestKeyCache:
         )
         assert ok.status_code == 200  # the key is now cached
         keys = await harness.http.get("/api/v1/me/api-keys", headers=world.alice.headers)
-        key_id = (
-            keys.json()[0]["id"] if isinstance(keys.json(), list) else keys.json()["items"][0]["id"]
-        )
+        key_id = keys.json()[0]["id"]
         revoked = await harness.http.delete(
             f"/api/v1/me/api-keys/{key_id}", headers=world.alice.headers
         )
-        assert revoked.status_code in (200, 204), revoked.text
+        assert revoked.status_code == 204, revoked.text
         for _ in range(100):  # the invalidation event is delivered after commit
             refused = await harness.http.post(
                 "/v1/chat/completions", json=body("fast"), headers=world.alice.headers

@@ -129,7 +129,8 @@ class TestConcurrentCalls:
     async def test_concurrent_calls_never_hold_more_than_the_balance(
         self, database: Database, db_url: str, world: World
     ) -> None:
-        fake = FakeUpstream(slow_seconds=0.4)
+        # Slow enough that every hold is placed while the first calls are still in flight.
+        fake = FakeUpstream(slow_seconds=1.5)
         async with RunningServer(fake) as upstream:
             models = json.dumps([{"name": "slow", "base_url": f"{upstream.url}/v1"}])
             app = create_app(
