@@ -75,6 +75,8 @@ MEMBERS = {
     "rejected": ("rejected@e2e.example", None),
     "canceller": ("canceller@e2e.example", None),
     "empty": ("empty@e2e.example", 0),
+    # Some tokens, but fewer than any reply needs: the gateway refuses the call.
+    "tiny": ("tiny@e2e.example", 20),
 }
 
 
@@ -365,6 +367,23 @@ class TestTokenRequests:
         expect(error).to_have_text("You can ask for at most 500,000 tokens at a time.")
         expect(dialog.get_by_label("Amount (tokens)")).to_have_attribute("aria-invalid", "true")
         expect(dialog).to_be_visible()
+
+
+class TestRefusedForQuota:
+    def test_gateway_refusal_explains_and_offers_a_request(
+        self, page: Any, live_server: LiveServer
+    ) -> None:
+        sign_in(page, live_server, "tiny")
+        assert remaining(page) == 20
+        page.get_by_label("Message", exact=True).fill("Write a long essay about tides")
+        page.get_by_label("Message", exact=True).press("Enter")
+        error = page.locator(".msg-error")
+        expect(error).to_contain_text("Not enough tokens left for this reply (20 left)")
+        expect(page.locator(".msg-assistant")).to_have_count(0)
+        assert remaining(page) == 20
+        shoot(page, "quota-refused-desktop-1280x800")
+        error.get_by_role("button", name="Request more tokens").click()
+        expect(page.get_by_role("dialog", name="Request more tokens")).to_be_visible()
 
 
 class TestEmptyBalance:

@@ -107,6 +107,7 @@ async def _chat_page(
             messages = [MessageOut.model_validate(m) for m in found.messages]
     boot = {
         "user_id": actor.user_id,
+        "email": actor.email,
         "balance": balance,
         "low_balance_percent": org.low_balance_percent,
         "critical_percent": CRITICAL_PERCENT,

@@ -1,0 +1,300 @@
+/* The live token indicator, the low-balance banner, the pending request and the
+ * "Request more tokens" dialog, kept current by the /events stream.
+ */
+import { $, api, fmt, showFieldError, toast } from "./common.js";
+
+export function startBalance(boot) {
+  const state = {
+    balance: boot.balance,
+    lowPercent: boot.low_balance_percent,
+    criticalPercent: boot.critical_percent,
+    maxRequest: boot.max_request,
+    pending: boot.pending,
+  };
+  const listeners = [];
+  const dateFormat = (() => {
+    try {
+      return new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeZone: boot.timezone });
+    } catch (_) {
+      return new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
+    }
+  })();
+
+  // ---- token indicator (mirrors tokendesk.web.chat.indicator_for)
+
+  function levelOf(balance) {
+    const remaining = balance.remaining;
+    const total = Math.max(balance.allocation + balance.granted + balance.adjusted, 0);
+    const percent = total <= 0 ? 0 : Math.max(0, Math.min(100, Math.floor((remaining * 100) / total)));
+    let level = "ok";
+    if (remaining <= 0) level = "empty";
+    else if (total <= 0 || remaining * 100 <= total * state.criticalPercent) level = "critical";
+    else if (remaining * 100 < total * state.lowPercent) level = "low";
+    return { remaining, total, percent, level };
+  }
+
+  function renderBalance() {
+    // Everything on the page that shows the balance is redrawn from state.balance.
+    const b = state.balance;
+    const view = levelOf(b);
+    const indicator = $("indicator");
+    indicator.classList.remove("level-ok", "level-low", "level-critical", "level-empty");
+    indicator.classList.add("level-" + view.level);
+    $("ind-remaining").textContent = fmt.format(view.remaining);
+    $("ind-total").textContent = fmt.format(view.total);
+    $("ind-used").textContent = fmt.format(b.used);
+    const extra = b.granted + b.adjusted;
+    $("ind-extra").hidden = extra === 0;
+    $("ind-extra-amount").textContent = (extra > 0 ? "+" : "−") + fmt.format(Math.abs(extra));
+    const bar = $("ind-bar");
+    bar.setAttribute("aria-valuenow", String(view.percent));
+    bar.setAttribute(
+      "aria-valuetext",
+      `${fmt.format(view.remaining)} of ${fmt.format(view.total)} tokens left`
+    );
+    bar.querySelector(".meter-fill").style.width = view.percent + "%";
+    const resetAt = new Date(b.next_reset_at);
+    document.querySelectorAll("#ind-reset, .reset-date").forEach((node) => {
+      node.setAttribute("datetime", b.next_reset_at);
+      node.textContent = dateFormat.format(resetAt);
+    });
+    document.querySelectorAll(".js-remaining, #banner-remaining").forEach((node) => {
+      node.textContent = fmt.format(Math.max(view.remaining, 0));
+    });
+    $("low-banner").hidden = !(view.level === "low" || view.level === "critical");
+    const empty = view.level === "empty";
+    $("empty-notice").hidden = !empty;
+    for (const listener of listeners) listener();
+  }
+
+  function isEmpty() {
+    return state.balance.remaining <= 0;
+  }
+
+  function applyPeriodReset(data) {
+    // A new period: fresh allocation, grants and usage gone, open holds carried over.
+    const reserved = state.balance.reserved || 0;
+    state.balance = Object.assign({}, state.balance, {
+      allocation: data.allocation,
+      granted: 0,
+      adjusted: 0,
+      used: 0,
+      remaining: data.allocation - reserved,
+      period_start: data.period_start,
+      next_reset_at: data.next_reset_at,
+    });
+    renderBalance();
+  }
+
+  // ---- pending request
+
+  function renderPending() {
+    const pending = state.pending;
+    $("pending").hidden = !pending;
+    $("request-open").hidden = !!pending;
+    if (pending) $("pending-amount").textContent = fmt.format(pending.amount);
+    const offers = document.querySelectorAll("#empty-notice [data-open-request], #low-banner [data-open-request]");
+    offers.forEach((node) => {
+      node.hidden = !!pending;
+    });
+    $("banner-pending").hidden = !pending;
+  }
+
+  async function refreshPending() {
+    // After a reconnect the snapshot restores the balance; the pending request
+    // may also have been decided meanwhile, so ask for it again.
+    try {
+      // Admins see others' requests too: narrow to the caller by email, then by id.
+      const query = new URLSearchParams({ status: "pending", q: boot.email, limit: "50" });
+      const page = await api("GET", `/api/v1/token-requests?${query}`);
+      const mine = (page.items || []).find((r) => r.user && r.user.id === boot.user_id);
+      state.pending = mine ? { id: mine.id, amount: mine.amount } : null;
+      renderPending();
+    } catch (_) {
+      /* keep what we have; the next event corrects it */
+    }
+  }
+
+  function onRequestUpdated(data) {
+    const request = data.request || data;
+    if (!request || !request.user || request.user.id !== boot.user_id) return;
+    const change = data.change || request.status;
+    if (change === "created") {
+      state.pending = { id: request.id, amount: request.amount };
+    } else if (state.pending && state.pending.id === request.id) {
+      state.pending = null;
+    }
+    renderPending();
+    if (change === "approved") {
+      const granted = request.approved_amount ?? request.amount;
+      toast(`Approved: +${fmt.format(granted)} tokens`, request.decision_note || "", "ok");
+    } else if (change === "rejected") {
+      toast("Request rejected", request.decision_note || "No note was given.", "error");
+    }
+  }
+
+  $("pending-cancel").addEventListener("click", async () => {
+    if (!state.pending) return;
+    const button = $("pending-cancel");
+    button.disabled = true;
+    try {
+      await api("POST", `/api/v1/token-requests/${state.pending.id}/cancel`);
+      state.pending = null;
+      renderPending();
+      toast("Request cancelled", "", "");
+    } catch (error) {
+      toast("Could not cancel the request", error.message, "error");
+      if (error.status === 404 || error.status === 409) refreshPending();
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  // ---- request dialog
+
+  const dialog = $("request-dialog");
+  const amountInput = $("request-amount");
+  const reasonInput = $("request-reason");
+  let openedBy = null;
+
+  function markPreset() {
+    document.querySelectorAll(".preset").forEach((button) => {
+      button.setAttribute("aria-pressed", String(button.dataset.amount === amountInput.value));
+    });
+  }
+
+  function clearRequestErrors() {
+    showFieldError($("amount-error"), "");
+    showFieldError($("reason-error"), "");
+    showFieldError($("request-error"), "");
+    amountInput.removeAttribute("aria-invalid");
+    reasonInput.removeAttribute("aria-invalid");
+  }
+
+  function openRequestDialog(trigger) {
+    if (state.pending) return;
+    openedBy = trigger || null;
+    clearRequestErrors();
+    markPreset();
+    dialog.showModal();
+    amountInput.focus();
+    amountInput.select();
+  }
+
+  document.addEventListener("click", (event) => {
+    const trigger = event.target.closest("[data-open-request]");
+    if (trigger) openRequestDialog(trigger);
+  });
+  document.querySelectorAll(".preset").forEach((button) => {
+    button.addEventListener("click", () => {
+      amountInput.value = button.dataset.amount;
+      markPreset();
+      showFieldError($("amount-error"), "");
+    });
+  });
+  amountInput.addEventListener("input", markPreset);
+  reasonInput.addEventListener("input", () => {
+    $("reason-count").textContent = `${fmt.format(reasonInput.value.length)} / ${fmt.format(1000)}`;
+  });
+  $("request-close").addEventListener("click", () => dialog.close());
+  dialog.addEventListener("close", () => openedBy && openedBy.focus && openedBy.focus());
+
+  $("request-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearRequestErrors();
+    const raw = amountInput.value.trim();
+    const amount = Number(raw);
+    if (!/^\d+$/.test(raw) || amount <= 0) {
+      amountInput.setAttribute("aria-invalid", "true");
+      showFieldError($("amount-error"), "Enter a whole number of tokens greater than 0.");
+      amountInput.focus();
+      return;
+    }
+    if (amount > state.maxRequest) {
+      amountInput.setAttribute("aria-invalid", "true");
+      showFieldError($("amount-error"), `You can ask for at most ${fmt.format(state.maxRequest)} tokens at a time.`);
+      amountInput.focus();
+      return;
+    }
+    const submit = $("request-submit");
+    submit.disabled = true;
+    try {
+      const reason = reasonInput.value.trim();
+      const created = await api("POST", "/api/v1/token-requests", {
+        amount,
+        reason: reason || null,
+      });
+      state.pending = { id: created.id, amount: created.amount };
+      renderPending();
+      reasonInput.value = "";
+      $("reason-count").textContent = `0 / ${fmt.format(1000)}`;
+      openedBy = $("pending-cancel");
+      dialog.close();
+      toast("Request sent", `${fmt.format(created.amount)} tokens. You will see the decision here.`, "");
+    } catch (error) {
+      const errors = (error.body && error.body.errors) || [];
+      let placed = false;
+      for (const item of errors) {
+        const field = String(item.field || "").split(".").pop();
+        if (field === "amount") {
+          amountInput.setAttribute("aria-invalid", "true");
+          showFieldError($("amount-error"), item.message);
+          placed = true;
+        } else if (field === "reason") {
+          reasonInput.setAttribute("aria-invalid", "true");
+          showFieldError($("reason-error"), item.message);
+          placed = true;
+        }
+      }
+      if (!placed) showFieldError($("request-error"), error.message);
+      if (error.status === 409) refreshPending();
+    } finally {
+      submit.disabled = false;
+    }
+  });
+
+  // ---- live updates
+
+  function connect() {
+    if (!window.EventSource) return;
+    const source = new EventSource("/events");
+    let first = true;
+    source.addEventListener("snapshot", (event) => {
+      const data = JSON.parse(event.data);
+      // Lets people (and browser tests) tell a live page from one still connecting.
+      document.documentElement.dataset.events = "live";
+      if (data.balance) {
+        state.balance = data.balance;
+        renderBalance();
+      }
+      if (!first) refreshPending();
+      first = false;
+    });
+    source.addEventListener("balance.changed", (event) => {
+      const data = JSON.parse(event.data);
+      if (data.user_id !== undefined && data.user_id !== boot.user_id) return;
+      state.balance = Object.assign({}, state.balance, data);
+      renderBalance();
+    });
+    source.addEventListener("period.reset", (event) => {
+      const data = JSON.parse(event.data);
+      if (data.user_id !== undefined && data.user_id !== boot.user_id) return;
+      applyPeriodReset(data);
+    });
+    source.addEventListener("request.updated", (event) => onRequestUpdated(JSON.parse(event.data)));
+    // EventSource reconnects by itself; the fresh snapshot then makes everything right again.
+    source.addEventListener("error", () => {
+      document.documentElement.dataset.events = "reconnecting";
+    });
+  }
+
+  renderBalance();
+  renderPending();
+  connect();
+  return {
+    isEmpty,
+    remaining: () => state.balance.remaining,
+    hasPending: () => !!state.pending,
+    onChange: (listener) => listeners.push(listener),
+  };
+}
