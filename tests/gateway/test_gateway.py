@@ -6,12 +6,17 @@ import asyncio
 import json
 from typing import Any
 
+import httpx
+
 from tests.factories import World
 from tests.gateway.conftest import Harness
+from tokendesk.app import create_app
+from tokendesk.config import Settings
 from tokendesk.db import Database
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.doctor import check_balances
 from tokendesk.ledger.models import Balance
+from tokendesk.metering.gateway import get_gateway
 from tokendesk.metering.tokens import prompt_tokens, text_tokens
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
@@ -254,3 +259,32 @@ class TestKeyCache:
                 break
             await asyncio.sleep(0.01)
         assert refused.status_code == 401
+
+
+class TestTrustedHeader:
+    async def test_proxy_with_an_admin_key_may_name_the_member(
+        self, database: Database, db_url: str, world: World, upstream: tuple[Any, str]
+    ) -> None:
+        _, url = upstream
+        app = create_app(
+            Settings(
+                database_url=db_url,
+                demo=True,
+                scheduler_enabled=False,
+                models=json.dumps([{"name": "fast", "base_url": f"{url}/v1"}]),
+                trusted_user_header="X-OpenWebUI-User-Email",
+            ),
+            manage_database=False,
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            as_alice = {**world.admin.headers, "X-OpenWebUI-User-Email": world.alice.email}
+            r = await http.post("/v1/chat/completions", json=body("fast"), headers=as_alice)
+            assert r.status_code == 200, r.text
+            # A member's key cannot speak for someone else.
+            as_bob = {**world.alice.headers, "X-OpenWebUI-User-Email": world.bob.email}
+            refused = await http.post("/v1/chat/completions", json=body("fast"), headers=as_bob)
+            assert refused.status_code == 403
+            await get_gateway(app).close()
+        assert (await balance_of(database, world.alice.id)).used == 24
+        assert (await balance_of(database, world.admin.id)).used == 0
