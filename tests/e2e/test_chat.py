@@ -77,6 +77,7 @@ MEMBERS = {
     "empty": ("empty@e2e.example", 0),
     # Some tokens, but fewer than any reply needs: the gateway refuses the call.
     "tiny": ("tiny@e2e.example", 20),
+    "keyboard": ("keyboard@e2e.example", None),
 }
 
 
@@ -367,6 +368,38 @@ class TestTokenRequests:
         expect(error).to_have_text("You can ask for at most 500,000 tokens at a time.")
         expect(dialog.get_by_label("Amount (tokens)")).to_have_attribute("aria-invalid", "true")
         expect(dialog).to_be_visible()
+
+
+class TestKeyboard:
+    def test_request_and_cancel_without_a_mouse(self, page: Any, live_server: LiveServer) -> None:
+        sign_in(page, live_server, "keyboard")
+        expect(page.get_by_label("Message", exact=True)).to_be_focused()
+        opener = page.locator("#request-open")
+        opener.focus()
+        page.keyboard.press("Enter")
+        dialog = page.get_by_role("dialog", name="Request more tokens")
+        amount = dialog.get_by_label("Amount (tokens)")
+        expect(amount).to_be_focused()
+        page.keyboard.press("Escape")
+        expect(dialog).to_be_hidden()
+        expect(opener).to_be_focused()
+
+        page.keyboard.press("Enter")
+        page.keyboard.type("12345")
+        for _ in range(5):  # past the four presets to the reason
+            page.keyboard.press("Tab")
+        expect(dialog.get_by_label("Reason")).to_be_focused()
+        page.keyboard.type("Typed, not clicked")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")
+        expect(dialog.get_by_role("button", name="Send request")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.locator("#pending-text")).to_have_text("Request pending: 12,345 tokens")
+        cancel = page.get_by_role("button", name="Cancel pending request")
+        expect(cancel).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.locator("#pending")).to_be_hidden()
+        expect(opener).to_be_focused()
 
 
 class TestRefusedForQuota:

@@ -90,6 +90,7 @@ export function startBalance(boot) {
 
   function renderPending() {
     const pending = state.pending;
+    const hadFocus = $("pending").contains(document.activeElement);
     $("pending").hidden = !pending;
     $("request-open").hidden = !!pending;
     if (pending) $("pending-amount").textContent = fmt.format(pending.amount);
@@ -98,6 +99,8 @@ export function startBalance(boot) {
       node.hidden = !!pending;
     });
     $("banner-pending").hidden = !pending;
+    // A cancelled or decided request takes its Cancel button away: keep keyboard focus nearby.
+    if (!pending && hadFocus) $("request-open").focus();
   }
 
   async function refreshPending() {
@@ -141,6 +144,8 @@ export function startBalance(boot) {
       await api("POST", `/api/v1/token-requests/${state.pending.id}/cancel`);
       state.pending = null;
       renderPending();
+      // Disabling the button while waiting took focus away; put it where the user goes next.
+      $("request-open").focus();
       toast("Request cancelled", "", "");
     } catch (error) {
       toast("Could not cancel the request", error.message, "error");

@@ -1,7 +1,13 @@
 /* The API keys page: create a key (shown once, with a copy button), revoke with confirmation. */
 import { $, api, el, showFieldError } from "./common.js";
 
+const dates = new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
+
 export function startSettings() {
+  // Dates in the reader's own format, like the ones added below.
+  document.querySelectorAll("time[data-local-date]").forEach((node) => {
+    node.textContent = dates.format(new Date(node.getAttribute("datetime")));
+  });
   const form = $("key-form");
   const nameInput = $("key-name");
   const body = $("keys-body");
@@ -11,8 +17,7 @@ export function startSettings() {
     row.dataset.keyId = String(key.id);
     row.appendChild(el("td", "", key.name));
     row.appendChild(el("td", "mono", key.prefix + "…"));
-    const created = new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
-    row.appendChild(el("td", "", created.format(new Date(key.created_at))));
+    row.appendChild(el("td", "", dates.format(new Date(key.created_at))));
     row.appendChild(el("td", "", "never"));
     const status = el("td", "key-status");
     status.appendChild(el("span", "pill pill-approved", "active"));
