@@ -128,6 +128,16 @@ class TestChatPage:
         assert "does not exist or was deleted" in response.text
         assert "Secret plans" not in response.text
 
+    @pytest.mark.parametrize("path", ["/chat/abc", "/chat/999999"])
+    async def test_unknown_conversation_address_renders_the_page_with_404(
+        self, client: httpx.AsyncClient, world: World, path: str
+    ) -> None:
+        await login(client, world.alice)
+        response = await client.get(path)
+        assert response.status_code == 404
+        assert response.headers["content-type"].startswith("text/html")
+        assert "does not exist or was deleted" in response.text
+
     async def test_presets_stop_at_the_organizations_maximum(
         self, client: httpx.AsyncClient, world: World, database: Database
     ) -> None:

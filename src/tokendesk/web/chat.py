@@ -148,9 +148,11 @@ async def new_chat(request: Request, session: DbSession) -> HTMLResponse:
 
 
 @router.get("/chat/{conversation_id}", response_class=HTMLResponse)
-async def open_chat(request: Request, session: DbSession, conversation_id: int) -> HTMLResponse:
+async def open_chat(request: Request, session: DbSession, conversation_id: str) -> HTMLResponse:
     actor = await page_actor(request, session)
-    return await _chat_page(request, session, actor, conversation_id)
+    # A mistyped address gets the page's own "not found", not a JSON validation error.
+    wanted = int(conversation_id) if conversation_id.isdecimal() else 0
+    return await _chat_page(request, session, actor, wanted)
 
 
 @router.get("/settings", response_class=HTMLResponse)
