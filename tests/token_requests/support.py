@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
-from tests.factories import Person
+from tests.factories import Person, World
+from tokendesk.accounts import service as accounts
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import build_actor
 from tokendesk.accounts.models import User
@@ -87,3 +90,35 @@ async def count_grants(database: Database) -> int:
 async def assert_ledger_consistent(database: Database) -> None:
     async with database.transaction(write=False) as s:
         assert await check_balances(s) == []
+
+
+@contextmanager
+def counting_statements(database: Database) -> Iterator[list[str]]:
+    """Every SQL statement the write engine runs inside the block."""
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    engine = database.write_engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def members(database: Database, world: World, count: int, prefix: str) -> list[Person]:
+    """``count`` extra members of team Beta (no API keys)."""
+    people = []
+    async with database.transaction() as s:
+        for i in range(count):
+            user = await accounts.create_user(
+                s,
+                organization_id=world.org_id,
+                email=f"{prefix}{i}@example.com",
+                name=f"{prefix.capitalize()} {i}",
+                team_id=world.team_b,
+            )
+            people.append(Person(user.id, user.email, user.name, key=""))
+    return people

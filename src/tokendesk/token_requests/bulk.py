@@ -11,16 +11,17 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
+from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
-from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
 from tokendesk.errors import InvalidInput
-from tokendesk.events.bus import emit
+from tokendesk.events.bus import Event, emit
 from tokendesk.ledger import service as ledger
-from tokendesk.ledger.models import Balance, EntryKind
+from tokendesk.ledger.models import EntryKind
 from tokendesk.token_requests import repository as repo
 from tokendesk.token_requests import service
 from tokendesk.token_requests.models import RequestStatus
@@ -118,32 +119,20 @@ async def bulk(
         for request_id in raced:
             skipped[request_id] = SKIP_REASONS.get(current.get(request_id, ""), NOT_FOUND)
 
-    balances: dict[int, Balance] = {}
+    balances: dict[int, AnyRow] = {}
     if approving and changed:
         balances = await _grant(session, actor=actor, changed=changed, note=note, now=now)
 
-    await audit.record_many(
-        session,
-        [
-            {
-                "organization_id": org_id,
-                "actor_id": actor.user_id,
-                "action": f"token_request.{to.value}",
-                "target_type": "token_request",
-                "target_id": row.id,
-                "details": {
-                    "note": note,
-                    "bulk": True,
-                    **(
-                        {"amount": row.approved_amount, "requested": found[row.id].amount}
-                        if approving
-                        else {}
-                    ),
-                },
-            }
-            for row in changed
-        ],
-    )
+    if changed:
+        await repo.insert_decision_audit(
+            session,
+            request_ids=[row.id for row in changed],
+            organization_id=org_id,
+            actor_id=actor.user_id,
+            status=to,
+            note=note,
+            now=now,
+        )
     _emit(
         session,
         actor=actor,
@@ -168,34 +157,38 @@ async def _grant(
     changed: Sequence[AnyRow],
     note: str | None,
     now: datetime,
-) -> dict[int, Balance]:
+) -> dict[int, AnyRow]:
     """Credit every approved amount into its requester's current period."""
     user_ids = sorted({row.user_id for row in changed})
     for chunk in repo.chunked(user_ids):
         await ledger.rollover_due(session, now=now, user_ids=list(chunk))
-    balance_rows = await repo.grant_approved(
-        session, request_ids=[row.id for row in changed], now=now
+    request_ids = [row.id for row in changed]
+    balances = await repo.grant_approved(session, request_ids=request_ids, now=now)
+    await repo.insert_grant_entries(
+        session, request_ids=request_ids, actor_id=actor.user_id, note=note, now=now
     )
-    # Detached snapshots, only to describe the new balances in events.
-    balances = {row.user_id: Balance(**row._asdict()) for row in balance_rows}
-    await repo.insert_ledger_entries(
-        session,
-        [
-            {
-                "organization_id": balances[row.user_id].organization_id,
-                "user_id": row.user_id,
-                "period_start": balances[row.user_id].period_start,
-                "kind": EntryKind.GRANT.value,
-                "amount": row.approved_amount,
-                "actor_id": actor.user_id,
-                "reason": note or f"token request {row.id} approved",
-                "token_request_id": row.id,
-                "created_at": now,
-            }
-            for row in changed
-        ],
-    )
-    return balances
+    return {row.user_id: row for row in balances}
+
+
+def _balance_data(row: AnyRow, iso: dict[datetime, str]) -> dict[str, Any]:
+    """``ledger.balance_snapshot`` for a RETURNING row of ``repo.grant_approved``,
+    without building thousands of ORM objects."""
+    user_id, _, start, end, allocation, granted, adjusted, used, reserved = row
+    for moment in (start, end):
+        if moment not in iso:
+            iso[moment] = moment.isoformat()
+    return {
+        "user_id": user_id,
+        "cause": EntryKind.GRANT.value,
+        "allocation": allocation,
+        "granted": granted,
+        "adjusted": adjusted,
+        "used": used,
+        "reserved": reserved,
+        "remaining": allocation + granted + adjusted - used - reserved,
+        "period_start": iso[start],
+        "next_reset_at": iso[end],
+    }
 
 
 def _emit(
@@ -208,16 +201,18 @@ def _emit(
     org_id: int,
     found: dict[int, AnyRow],
     changed: Sequence[AnyRow],
-    balances: dict[int, Balance],
+    balances: dict[int, AnyRow],
 ) -> None:
     """One notice per requester, one balance update per credited user, and one
     queue summary per team rather than thousands of queue events."""
     by_team: dict[int | None, list[int]] = defaultdict(list)
+    views: list[dict[str, Any]] = []
+    # Row._asdict() per row costs more than everything else here; zip once-known keys.
+    fields = next(iter(found.values()))._fields if found else ()
     for row in changed:
         by_team[row.team_id].append(row.id)
-        balance = balances.get(row.user_id)
         view = {
-            **found[row.id]._asdict(),
+            **dict(zip(fields, found[row.id], strict=True)),
             "status": to.value,
             "approved_amount": row.approved_amount,
             "decided_at": now,
@@ -225,12 +220,34 @@ def _emit(
             "decider_name": actor.name,
             "decision_note": note,
         }
+        balance = balances.get(row.user_id)
         if balance is not None:
-            view["current_balance"] = balance.remaining
-        out = service.to_out(view)
-        emit(session, service.request_event(out, organization_id=org_id, change=to.value))
-        if balance is not None:
-            emit(session, ledger.balance_event(balance, cause=EntryKind.GRANT.value))
+            view["current_balance"] = (
+                balance.allocation
+                + balance.granted
+                + balance.adjusted
+                - (balance.used + balance.reserved)
+            )
+        views.append(service.request_view(view))
+    # One conversion for the whole batch, in the same JSON form the API returns.
+    for view in to_jsonable_python(views):
+        emit(
+            session,
+            service.request_event(
+                view, user_id=view["user"]["id"], organization_id=org_id, change=to.value
+            ),
+        )
+    iso: dict[datetime, str] = {}
+    for balance in balances.values():
+        emit(
+            session,
+            Event(
+                type="balance.changed",
+                organization_id=balance.organization_id,
+                user_id=balance.user_id,
+                data=_balance_data(balance, iso),
+            ),
+        )
     for team_id, request_ids in by_team.items():
         emit(
             session,

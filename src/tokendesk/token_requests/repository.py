@@ -7,14 +7,30 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from sqlalchemy import ColumnElement, Row, Select, and_, case, func, insert, or_, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Row,
+    Select,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from tokendesk.accounts.models import Organization, Team, User
+from tokendesk.audit.models import AuditEntry
+from tokendesk.db import UTCDateTime
 from tokendesk.ledger import service as ledger
-from tokendesk.ledger.models import Balance, LedgerEntry
+from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
 from tokendesk.token_requests.models import RequestStatus, TokenRequest
 
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
@@ -39,7 +55,8 @@ class Scope:
     team_ids: frozenset[int] = frozenset()
 
 
-def chunked(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+def chunked(values: Sequence[Any], size: int | None = None) -> Iterator[Sequence[Any]]:
+    size = size or CHUNK
     for start in range(0, len(values), size):
         yield values[start : start + size]
 
@@ -319,9 +336,100 @@ async def grant_approved(
     return rows
 
 
-async def insert_ledger_entries(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(LedgerEntry), list(rows))
+async def insert_grant_entries(
+    session: AsyncSession,
+    *,
+    request_ids: Sequence[int],
+    actor_id: int,
+    note: str | None,
+    now: datetime,
+) -> None:
+    """Write one GRANT ledger entry per approved request, straight from the rows
+    in the database (INSERT ... SELECT), into each requester's current period."""
+    reason: ColumnElement[str] = (
+        literal(note, String())
+        if note
+        else literal("token request ", String())
+        + cast(TokenRequest.id, String())
+        + literal(" approved", String())
+    )
+    columns = [
+        "organization_id",
+        "user_id",
+        "period_start",
+        "kind",
+        "amount",
+        "actor_id",
+        "reason",
+        "token_request_id",
+        "created_at",
+    ]
+    for chunk in chunked(request_ids):
+        source = (
+            select(
+                Balance.organization_id,
+                TokenRequest.user_id,
+                Balance.period_start,
+                literal(EntryKind.GRANT.value, String()),
+                TokenRequest.approved_amount,
+                literal(actor_id, BigInteger()),
+                reason,
+                TokenRequest.id,
+                literal(now, UTCDateTime()),
+            )
+            .select_from(TokenRequest)
+            .join(Balance, Balance.user_id == TokenRequest.user_id)
+            .where(TokenRequest.id.in_(chunk))
+        )
+        await session.execute(insert(LedgerEntry).from_select(columns, source))
+
+
+def _json_object(dialect: str, pairs: dict[str, Any]) -> ColumnElement[Any]:
+    build = func.json_build_object if dialect == "postgresql" else func.json_object
+    args: list[Any] = []
+    for key, value in pairs.items():
+        args.extend((literal(key, String()), value))
+    return build(*args)
+
+
+async def insert_decision_audit(
+    session: AsyncSession,
+    *,
+    request_ids: Sequence[int],
+    organization_id: int,
+    actor_id: int,
+    status: RequestStatus,
+    note: str | None,
+    now: datetime,
+) -> None:
+    """One audit row per bulk decision, built in the database (INSERT ... SELECT)
+    with the same details a single decision records, plus ``bulk: true``."""
+    dialect = session.get_bind().dialect.name
+    details: dict[str, Any] = {"note": literal(note, String())}
+    if status is RequestStatus.APPROVED:
+        details["amount"] = TokenRequest.approved_amount
+        details["requested"] = TokenRequest.amount
+    details["bulk"] = literal(True) if dialect == "postgresql" else func.json("true")
+    columns = [
+        "organization_id",
+        "actor_id",
+        "action",
+        "target_type",
+        "target_id",
+        "details",
+        "created_at",
+    ]
+    for chunk in chunked(request_ids):
+        source = select(
+            literal(organization_id, BigInteger()),
+            literal(actor_id, BigInteger()),
+            literal(f"token_request.{status.value}", String()),
+            literal("token_request", String()),
+            cast(TokenRequest.id, String()),
+            _json_object(dialect, details),
+            literal(now, UTCDateTime()),
+        ).where(TokenRequest.id.in_(chunk))
+        await session.execute(insert(AuditEntry).from_select(columns, source))
 
 
 async def get_organization(

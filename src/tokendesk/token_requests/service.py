@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.models import Organization, Role
-from tokendesk.accounts.schemas import Ref
 from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
 from tokendesk.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound
@@ -28,12 +27,7 @@ from tokendesk.ledger.models import EntryKind
 from tokendesk.token_requests import repository as repo
 from tokendesk.token_requests.models import RequestStatus
 from tokendesk.token_requests.repository import Scope
-from tokendesk.token_requests.schemas import (
-    MAX_TEXT,
-    StatusCounts,
-    TokenRequestOut,
-    UserRef,
-)
+from tokendesk.token_requests.schemas import MAX_TEXT, StatusCounts, TokenRequestOut
 
 MAX_LIMIT = 500
 
@@ -92,37 +86,45 @@ def pool_exceeded(*, needed: int, left: int) -> Conflict:
     )
 
 
-def to_out(row: Mapping[str, Any]) -> TokenRequestOut:
+def request_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A request row (see ``repository._items``) in the shape of :class:`TokenRequestOut`."""
     team = None
     if row["team_id"] is not None and row["team_name"] is not None:
-        team = Ref(id=row["team_id"], name=row["team_name"])
+        team = {"id": row["team_id"], "name": row["team_name"]}
     decided_by = None
     if row["decided_by_id"] is not None and row["decider_name"] is not None:
-        decided_by = Ref(id=row["decided_by_id"], name=row["decider_name"])
-    return TokenRequestOut(
-        id=row["id"],
-        status=RequestStatus(row["status"]),
-        amount=row["amount"],
-        approved_amount=row["approved_amount"],
-        reason=row["reason"],
-        user=UserRef(id=row["user_id"], name=row["user_name"], email=row["user_email"]),
-        team=team,
-        balance_at_request=row["balance_at_request"],
-        current_balance=int(row["current_balance"]),
-        created_at=row["created_at"],
-        decided_at=row["decided_at"],
-        decided_by=decided_by,
-        decision_note=row["decision_note"],
-    )
+        decided_by = {"id": row["decided_by_id"], "name": row["decider_name"]}
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "amount": row["amount"],
+        "approved_amount": row["approved_amount"],
+        "reason": row["reason"],
+        "user": {"id": row["user_id"], "name": row["user_name"], "email": row["user_email"]},
+        "team": team,
+        "balance_at_request": row["balance_at_request"],
+        "current_balance": int(row["current_balance"]),
+        "created_at": row["created_at"],
+        "decided_at": row["decided_at"],
+        "decided_by": decided_by,
+        "decision_note": row["decision_note"],
+    }
 
 
-def request_event(out: TokenRequestOut, *, organization_id: int, change: str) -> Event:
+def to_out(row: Mapping[str, Any]) -> TokenRequestOut:
+    return TokenRequestOut.model_validate(request_view(row))
+
+
+def request_event(
+    request: dict[str, Any], *, user_id: int, organization_id: int, change: str
+) -> Event:
+    """Tell the requester; ``request`` is the JSON form of :class:`TokenRequestOut`."""
     return Event(
         type="request.updated",
         audience="user",
-        user_id=out.user.id,
+        user_id=user_id,
         organization_id=organization_id,
-        data={"request": out.model_dump(mode="json"), "change": change},
+        data={"request": request, "change": change},
     )
 
 
@@ -341,7 +343,11 @@ def _already_pending(request_id: int, amount: int) -> Conflict:
 def _emit_change(
     session: AsyncSession, out: TokenRequestOut, *, organization_id: int, change: str
 ) -> None:
-    emit(session, request_event(out, organization_id=organization_id, change=change))
+    request = out.model_dump(mode="json")
+    emit(
+        session,
+        request_event(request, user_id=out.user.id, organization_id=organization_id, change=change),
+    )
     emit(
         session,
         queue_event(
