@@ -11,12 +11,14 @@ import os
 import re
 import secrets
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,7 @@ expect = sync_api.expect
 class LiveServer:
     url: str
     admin_key: str
+    database_file: Path
 
     def admin(self) -> httpx.Client:
         return httpx.Client(
@@ -78,6 +81,7 @@ MEMBERS = {
     # Some tokens, but fewer than any reply needs: the gateway refuses the call.
     "tiny": ("tiny@e2e.example", 20),
     "keyboard": ("keyboard@e2e.example", None),
+    "resetter": ("resetter@e2e.example", None),
 }
 
 
@@ -169,7 +173,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
             if time.monotonic() > deadline:
                 pytest.fail(f"server not healthy in 30 s:\n{(folder / 'server.log').read_text()}")
             time.sleep(0.1)
-        yield LiveServer(url=base, admin_key=admin_key)
+        yield LiveServer(url=base, admin_key=admin_key, database_file=folder / "tokendesk.db")
     finally:
         process.terminate()
         try:
@@ -368,6 +372,42 @@ class TestTokenRequests:
         expect(error).to_have_text("You can ask for at most 500,000 tokens at a time.")
         expect(dialog.get_by_label("Amount (tokens)")).to_have_attribute("aria-invalid", "true")
         expect(dialog).to_be_visible()
+
+
+def user_id(server: LiveServer, email: str) -> int:
+    with server.admin() as api:
+        response = api.get("/api/v1/users", params={"q": email})
+        response.raise_for_status()
+    (found,) = [u["id"] for u in response.json()["items"] if u["email"] == email]
+    return int(found)
+
+
+class TestMonthlyReset:
+    def test_reset_refills_the_indicator_without_reload(
+        self, page: Any, live_server: LiveServer
+    ) -> None:
+        sign_in(page, live_server, "resetter")
+        member = user_id(live_server, MEMBERS["resetter"][0])
+        with live_server.admin() as api:
+            response = api.post(
+                f"/api/v1/users/{member}/adjustments", json={"amount": 5_000, "note": "bonus"}
+            )
+            assert response.status_code in (200, 201), response.text
+        expect(page.locator("#ind-remaining")).to_have_text("55,000", timeout=2000)
+        expect(page.locator("#ind-extra")).to_have_text("· incl. +5,000 extra")
+        page.evaluate("window.__samePage = true")
+
+        # Let the period end now, as the calendar would, then have anything read the balance.
+        with sqlite3.connect(live_server.database_file) as db:
+            past = (datetime.now(UTC) - timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S.%f")
+            db.execute("UPDATE balances SET period_end = ? WHERE user_id = ?", (past, member))
+        with live_server.admin() as api:
+            assert api.get(f"/api/v1/users/{member}").status_code == 200
+
+        expect(page.locator("#ind-remaining")).to_have_text("50,000", timeout=2000)
+        expect(page.locator("#ind-total")).to_have_text("50,000")
+        expect(page.locator("#ind-extra")).to_be_hidden()
+        assert page.evaluate("window.__samePage") is True
 
 
 class TestKeyboard:
