@@ -9,7 +9,7 @@ from tests.factories import World, make_world, snapshot
 from tests.token_requests.support import assert_ledger_consistent, decide, submit
 from tokendesk.db import Database
 from tokendesk.errors import Conflict
-from tokendesk.token_requests import service
+from tokendesk.token_requests import pool
 
 URL = "/api/v1/token-requests"
 # Acme's allocations: admin 100,000 + owner, alice, amy 50,000 each + bob 100,000 + nora 5,000.
@@ -29,8 +29,8 @@ class TestPoolUsage:
         request = await submit(database, pooled.alice, amount=2_000)
         await decide(database, pooled.admin, request.id)
         async with database.transaction(write=False) as s:
-            usage = await service.pool_usage(s, organization_id=pooled.org_id)
-        assert usage == service.PoolUsage(
+            usage = await pool.pool_usage(s, organization_id=pooled.org_id)
+        assert usage == pool.PoolUsage(
             pool=ALLOCATED + 5_000, allocated=ALLOCATED, granted=2_000, left=3_000
         )
 
@@ -38,7 +38,7 @@ class TestPoolUsage:
         self, database: Database, world: World
     ) -> None:
         async with database.transaction(write=False) as s:
-            assert await service.pool_usage(s, organization_id=world.org_id) is None
+            assert await pool.pool_usage(s, organization_id=world.org_id) is None
 
 
 class TestApprovalWithinPool:

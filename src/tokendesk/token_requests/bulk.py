@@ -8,22 +8,17 @@ requests is therefore the same dozen statements as approving ten.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
-from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
 from tokendesk.db import utcnow
 from tokendesk.errors import InvalidInput
-from tokendesk.events.bus import Event, emit
 from tokendesk.ledger import service as ledger
-from tokendesk.ledger.models import EntryKind
+from tokendesk.token_requests import events, pool, service
 from tokendesk.token_requests import repository as repo
-from tokendesk.token_requests import service
 from tokendesk.token_requests.models import RequestStatus
 from tokendesk.token_requests.repository import AnyRow
 from tokendesk.token_requests.schemas import MAX_BULK_IDS, BulkOut, Skipped
@@ -102,7 +97,7 @@ async def bulk(
     approving = to is RequestStatus.APPROVED
     if approving and has_pool and candidates:
         needed = sum(row.amount for row in candidates)
-        await service.check_pool(session, organization_id=org_id, needed=needed, now=now)
+        await pool.check_pool(session, organization_id=org_id, needed=needed, now=now)
 
     changed = await repo.transition(
         session,
@@ -133,7 +128,7 @@ async def bulk(
             note=note,
             now=now,
         )
-    _emit(
+    events.emit_bulk(
         session,
         actor=actor,
         to=to,
@@ -168,95 +163,3 @@ async def _grant(
         session, request_ids=request_ids, actor_id=actor.user_id, note=note, now=now
     )
     return {row.user_id: row for row in balances}
-
-
-def _balance_data(row: AnyRow, iso: dict[datetime, str]) -> dict[str, Any]:
-    """``ledger.balance_snapshot`` for a RETURNING row of ``repo.grant_approved``,
-    without building thousands of ORM objects."""
-    user_id, _, start, end, allocation, granted, adjusted, used, reserved = row
-    for moment in (start, end):
-        if moment not in iso:
-            iso[moment] = moment.isoformat()
-    return {
-        "user_id": user_id,
-        "cause": EntryKind.GRANT.value,
-        "allocation": allocation,
-        "granted": granted,
-        "adjusted": adjusted,
-        "used": used,
-        "reserved": reserved,
-        "remaining": allocation + granted + adjusted - used - reserved,
-        "period_start": iso[start],
-        "next_reset_at": iso[end],
-    }
-
-
-def _emit(
-    session: AsyncSession,
-    *,
-    actor: Actor,
-    to: RequestStatus,
-    note: str | None,
-    now: datetime,
-    org_id: int,
-    found: dict[int, AnyRow],
-    changed: Sequence[AnyRow],
-    balances: dict[int, AnyRow],
-) -> None:
-    """One notice per requester, one balance update per credited user, and one
-    queue summary per team rather than thousands of queue events."""
-    by_team: dict[int | None, list[int]] = defaultdict(list)
-    views: list[dict[str, Any]] = []
-    # Row._asdict() per row costs more than everything else here; zip once-known keys.
-    fields = next(iter(found.values()))._fields if found else ()
-    for row in changed:
-        by_team[row.team_id].append(row.id)
-        view = {
-            **dict(zip(fields, found[row.id], strict=True)),
-            "status": to.value,
-            "approved_amount": row.approved_amount,
-            "decided_at": now,
-            "decided_by_id": actor.user_id,
-            "decider_name": actor.name,
-            "decision_note": note,
-        }
-        balance = balances.get(row.user_id)
-        if balance is not None:
-            view["current_balance"] = (
-                balance.allocation
-                + balance.granted
-                + balance.adjusted
-                - (balance.used + balance.reserved)
-            )
-        views.append(service.request_view(view))
-    # One conversion for the whole batch, in the same JSON form the API returns.
-    for view in to_jsonable_python(views):
-        emit(
-            session,
-            service.request_event(
-                view, user_id=view["user"]["id"], organization_id=org_id, change=to.value
-            ),
-        )
-    iso: dict[datetime, str] = {}
-    for balance in balances.values():
-        emit(
-            session,
-            Event(
-                type="balance.changed",
-                organization_id=balance.organization_id,
-                user_id=balance.user_id,
-                data=_balance_data(balance, iso),
-            ),
-        )
-    for team_id, request_ids in by_team.items():
-        emit(
-            session,
-            service.queue_event(
-                organization_id=org_id,
-                team_id=team_id,
-                change=to.value,
-                status=to.value,
-                request_ids=request_ids,
-                bulk=True,
-            ),
-        )

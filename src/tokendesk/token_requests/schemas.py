@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -102,3 +103,32 @@ class Skipped(BaseModel):
 class BulkOut(BaseModel):
     decided: list[int]
     skipped: list[Skipped]
+
+
+def request_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A joined request row (see ``repository``) in the shape of :class:`TokenRequestOut`."""
+    team = None
+    if row["team_id"] is not None and row["team_name"] is not None:
+        team = {"id": row["team_id"], "name": row["team_name"]}
+    decided_by = None
+    if row["decided_by_id"] is not None and row["decider_name"] is not None:
+        decided_by = {"id": row["decided_by_id"], "name": row["decider_name"]}
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "amount": row["amount"],
+        "approved_amount": row["approved_amount"],
+        "reason": row["reason"],
+        "user": {"id": row["user_id"], "name": row["user_name"], "email": row["user_email"]},
+        "team": team,
+        "balance_at_request": row["balance_at_request"],
+        "current_balance": int(row["current_balance"]),
+        "created_at": row["created_at"],
+        "decided_at": row["decided_at"],
+        "decided_by": decided_by,
+        "decision_note": row["decision_note"],
+    }
+
+
+def to_out(row: Mapping[str, Any]) -> TokenRequestOut:
+    return TokenRequestOut.model_validate(request_view(row))

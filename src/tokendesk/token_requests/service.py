@@ -9,7 +9,6 @@ request. Nobody decides their own request. Services flush, never commit.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,25 +20,15 @@ from tokendesk.accounts.models import Organization, Role
 from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
 from tokendesk.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound
-from tokendesk.events.bus import Event, emit
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import EntryKind
+from tokendesk.token_requests import events, pool
 from tokendesk.token_requests import repository as repo
 from tokendesk.token_requests.models import RequestStatus
 from tokendesk.token_requests.repository import Scope
-from tokendesk.token_requests.schemas import MAX_TEXT, StatusCounts, TokenRequestOut
+from tokendesk.token_requests.schemas import MAX_TEXT, StatusCounts, TokenRequestOut, to_out
 
 MAX_LIMIT = 500
-
-
-@dataclass(frozen=True)
-class PoolUsage:
-    """The organization's monthly pool and what the current periods already use of it."""
-
-    pool: int
-    allocated: int
-    granted: int
-    left: int
 
 
 # ---------------------------------------------------------------- rules
@@ -79,67 +68,6 @@ def not_pending(request_id: int, status: str | None) -> AppError:
     return Conflict(f"token request {request_id} is already {status}")
 
 
-def pool_exceeded(*, needed: int, left: int) -> Conflict:
-    return Conflict(
-        f"the organization's token pool has {max(left, 0)} tokens left this period; "
-        f"granting {needed} would exceed it"
-    )
-
-
-def request_view(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A request row (see ``repository._items``) in the shape of :class:`TokenRequestOut`."""
-    team = None
-    if row["team_id"] is not None and row["team_name"] is not None:
-        team = {"id": row["team_id"], "name": row["team_name"]}
-    decided_by = None
-    if row["decided_by_id"] is not None and row["decider_name"] is not None:
-        decided_by = {"id": row["decided_by_id"], "name": row["decider_name"]}
-    return {
-        "id": row["id"],
-        "status": row["status"],
-        "amount": row["amount"],
-        "approved_amount": row["approved_amount"],
-        "reason": row["reason"],
-        "user": {"id": row["user_id"], "name": row["user_name"], "email": row["user_email"]},
-        "team": team,
-        "balance_at_request": row["balance_at_request"],
-        "current_balance": int(row["current_balance"]),
-        "created_at": row["created_at"],
-        "decided_at": row["decided_at"],
-        "decided_by": decided_by,
-        "decision_note": row["decision_note"],
-    }
-
-
-def to_out(row: Mapping[str, Any]) -> TokenRequestOut:
-    return TokenRequestOut.model_validate(request_view(row))
-
-
-def request_event(
-    request: dict[str, Any], *, user_id: int, organization_id: int, change: str
-) -> Event:
-    """Tell the requester; ``request`` is the JSON form of :class:`TokenRequestOut`."""
-    return Event(
-        type="request.updated",
-        audience="user",
-        user_id=user_id,
-        organization_id=organization_id,
-        data={"request": request, "change": change},
-    )
-
-
-def queue_event(
-    *, organization_id: int, team_id: int | None, change: str, status: str, **data: Any
-) -> Event:
-    return Event(
-        type="queue.changed",
-        audience="admins",
-        organization_id=organization_id,
-        team_id=team_id,
-        data={"change": change, "status": status, **data},
-    )
-
-
 # ---------------------------------------------------------------- lookups
 
 
@@ -148,39 +76,6 @@ async def organization(session: AsyncSession, organization_id: int) -> Organizat
     if org is None:
         raise NotFound(f"organization {organization_id} not found")
     return org
-
-
-async def pool_usage(
-    session: AsyncSession, *, organization_id: int, now: datetime | None = None
-) -> PoolUsage | None:
-    """What is left of the organization's monthly pool; None when it has no pool.
-
-    ``left`` may be negative when allocations alone already exceed the pool.
-    """
-    org = await organization(session, organization_id)
-    if org.pool is None:
-        return None
-    pool = org.pool
-    allocated, granted = await repo.pool_totals(
-        session,
-        organization_id=organization_id,
-        now=now or utcnow(),
-        org_default=org.default_allocation,
-    )
-    return PoolUsage(
-        pool=pool, allocated=allocated, granted=granted, left=pool - allocated - granted
-    )
-
-
-async def check_pool(
-    session: AsyncSession, *, organization_id: int, needed: int, now: datetime
-) -> None:
-    """Refuse a grant the pool cannot cover, holding the organization's row lock
-    until commit so concurrent approvals are checked one after another."""
-    await repo.get_organization(session, organization_id=organization_id, lock=True)
-    usage = await pool_usage(session, organization_id=organization_id, now=now)
-    if usage is not None and needed > usage.left:
-        raise pool_exceeded(needed=needed, left=usage.left)
 
 
 async def _visible(
@@ -329,7 +224,7 @@ async def submit(
     out = await _reload(
         session, organization_id=org_id, request_id=request_id, org_default=org_default, now=now
     )
-    _emit_change(session, out, organization_id=org_id, change="created")
+    events.emit_change(session, out, organization_id=org_id, change="created")
     return out
 
 
@@ -337,26 +232,6 @@ def _already_pending(request_id: int, amount: int) -> Conflict:
     return Conflict(
         f"you already have a pending token request (#{request_id} for {amount} tokens); "
         "cancel it or wait for a decision"
-    )
-
-
-def _emit_change(
-    session: AsyncSession, out: TokenRequestOut, *, organization_id: int, change: str
-) -> None:
-    request = out.model_dump(mode="json")
-    emit(
-        session,
-        request_event(request, user_id=out.user.id, organization_id=organization_id, change=change),
-    )
-    emit(
-        session,
-        queue_event(
-            organization_id=organization_id,
-            team_id=out.team.id if out.team else None,
-            change=change,
-            status=out.status.value,
-            request_id=out.id,
-        ),
     )
 
 
@@ -394,7 +269,7 @@ async def cancel(
     out = await _reload(
         session, organization_id=org_id, request_id=request_id, org_default=org_default, now=now
     )
-    _emit_change(session, out, organization_id=org_id, change="cancelled")
+    events.emit_change(session, out, organization_id=org_id, change="cancelled")
     return out
 
 
@@ -465,7 +340,7 @@ async def _decide(
     approving = to is RequestStatus.APPROVED
     grant = row["amount"] if amount is None else amount
     if approving and has_pool:
-        await check_pool(session, organization_id=org_id, needed=grant, now=now)
+        await pool.check_pool(session, organization_id=org_id, needed=grant, now=now)
     changed = await repo.transition(
         session,
         ids=[request_id],
@@ -504,5 +379,5 @@ async def _decide(
     out = await _reload(
         session, organization_id=org_id, request_id=request_id, org_default=org_default, now=now
     )
-    _emit_change(session, out, organization_id=org_id, change=to.value)
+    events.emit_change(session, out, organization_id=org_id, change=to.value)
     return out
