@@ -1,0 +1,143 @@
+"""The chat app updating itself: token request decisions and monthly resets, no reload."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.e2e.chat_site import (
+    MEMBERS,
+    ChatSite,
+    chat_site,
+    chromium,
+    needs_chromium,
+    open_page,
+    pending_id,
+    remaining,
+    request_tokens,
+    shoot,
+    sign_in,
+    user_id,
+)
+
+pytestmark = [pytest.mark.e2e, needs_chromium]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatSite]:
+    with chat_site(tmp_path_factory.mktemp("chat")) as running_site:
+        yield running_site
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as instance:
+        yield instance
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    with open_page(browser) as tab:
+        yield tab
+
+
+class TestTokenRequests:
+    def test_approval_raises_the_indicator_live_and_says_so(
+        self, page: Page, site: ChatSite
+    ) -> None:
+        sign_in(page, site, "approved")
+        before = remaining(page)
+        request_tokens(page, "50,000", "Quarterly report drafting")
+        shoot(page, "request-pending-desktop-1280x800")
+        page.evaluate("window.__samePage = true")
+
+        request_id = pending_id(site, MEMBERS["approved"][0])
+        with site.admin() as api:
+            response = api.post(
+                f"/api/v1/token-requests/{request_id}/approve",
+                json={"amount": 40_000, "note": "Enjoy, and keep it brief"},
+            )
+            assert response.status_code == 200, response.text
+
+        expect(page.locator("#ind-remaining")).to_have_text(f"{before + 40_000:,}", timeout=2000)
+        toast = page.locator(".toast", has_text="Approved: +40,000 tokens")
+        expect(toast).to_be_visible(timeout=2000)
+        expect(toast).to_contain_text("Enjoy, and keep it brief")
+        expect(page.locator("#pending")).to_be_hidden()
+        expect(page.locator("#request-open")).to_be_visible()
+        assert page.evaluate("window.__samePage") is True
+        shoot(page, "request-approved-desktop-1280x800")
+
+    def test_rejection_shows_the_note_in_a_toast(self, page: Page, site: ChatSite) -> None:
+        sign_in(page, site, "rejected")
+        before = remaining(page)
+        request_tokens(page, "10,000", "Hackathon")
+        request_id = pending_id(site, MEMBERS["rejected"][0])
+        with site.admin() as api:
+            response = api.post(
+                f"/api/v1/token-requests/{request_id}/reject",
+                json={"note": "Budget freeze until July"},
+            )
+            assert response.status_code == 200, response.text
+
+        toast = page.locator(".toast", has_text="Request rejected")
+        expect(toast).to_be_visible(timeout=2000)
+        expect(toast).to_contain_text("Budget freeze until July")
+        expect(page.locator("#pending")).to_be_hidden()
+        assert remaining(page) == before
+
+    def test_pending_request_can_be_cancelled_from_the_header(
+        self, page: Page, site: ChatSite
+    ) -> None:
+        sign_in(page, site, "canceller")
+        request_tokens(page, "100,000", "")
+        page.get_by_role("button", name="Cancel pending request").click()
+        expect(page.locator("#pending")).to_be_hidden()
+        expect(page.locator("#request-open")).to_be_visible()
+        with site.admin() as api:
+            response = api.get("/api/v1/token-requests", params={"status": "cancelled"})
+        emails = [r["user"]["email"] for r in response.json()["items"]]
+        assert MEMBERS["canceller"][0] in emails
+
+    def test_amount_over_the_limit_is_refused_next_to_the_field(
+        self, page: Page, site: ChatSite
+    ) -> None:
+        sign_in(page, site, "canceller")
+        page.get_by_role("button", name="Request more tokens").first.click()
+        dialog = page.get_by_role("dialog", name="Request more tokens")
+        dialog.get_by_label("Amount (tokens)").fill("600000")
+        dialog.get_by_role("button", name="Send request").click()
+        error = dialog.locator("#amount-error")
+        expect(error).to_have_text("You can ask for at most 500,000 tokens at a time.")
+        expect(dialog.get_by_label("Amount (tokens)")).to_have_attribute("aria-invalid", "true")
+        expect(dialog).to_be_visible()
+
+
+class TestMonthlyReset:
+    def test_reset_refills_the_indicator_without_reload(self, page: Page, site: ChatSite) -> None:
+        sign_in(page, site, "resetter")
+        member = user_id(site, MEMBERS["resetter"][0])
+        with site.admin() as api:
+            response = api.post(
+                f"/api/v1/users/{member}/adjustments", json={"amount": 5_000, "note": "bonus"}
+            )
+            assert response.status_code in (200, 201), response.text
+        expect(page.locator("#ind-remaining")).to_have_text("55,000", timeout=2000)
+        expect(page.locator("#ind-extra")).to_have_text("· incl. +5,000 extra")
+        page.evaluate("window.__samePage = true")
+
+        # Let the period end now, as the calendar would, then have anything read the balance.
+        with sqlite3.connect(site.database_file) as db:
+            past = (datetime.now(UTC) - timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S.%f")
+            db.execute("UPDATE balances SET period_end = ? WHERE user_id = ?", (past, member))
+        with site.admin() as api:
+            assert api.get(f"/api/v1/users/{member}").status_code == 200
+
+        expect(page.locator("#ind-remaining")).to_have_text("50,000", timeout=2000)
+        expect(page.locator("#ind-total")).to_have_text("50,000")
+        expect(page.locator("#ind-extra")).to_be_hidden()
+        assert page.evaluate("window.__samePage") is True
