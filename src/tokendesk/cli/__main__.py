@@ -1,0 +1,5 @@
+"""``python -m tokendesk.cli``: the same CLI as the ``tokendesk`` script."""
+
+from tokendesk.cli import app
+
+app()

@@ -1,0 +1,208 @@
+"""Organizations, teams, users and API keys, named by name."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tokendesk.accounts import service as accounts
+from tokendesk.accounts.models import Role
+from tokendesk.accounts.schemas import OrganizationIn, TeamIn, UserIn
+from tokendesk.cli.common import fail, run, validated
+from tokendesk.db import Database
+
+org_app = typer.Typer(help="Organizations.", no_args_is_help=True)
+team_app = typer.Typer(help="Teams and their owners.", no_args_is_help=True)
+user_app = typer.Typer(help="Users.", no_args_is_help=True)
+apikey_app = typer.Typer(help="Personal API keys.", no_args_is_help=True)
+
+OrgName = Annotated[str, typer.Option("--org", help="Organization, by name.")]
+
+
+@org_app.command("create")
+def org_create(
+    name: Annotated[str, typer.Option(help="Unique organization name.")],
+    allocation: Annotated[
+        int, typer.Option(help="Default monthly allocation in tokens for every user.")
+    ] = 100_000,
+    reset_day: Annotated[
+        int, typer.Option(help="Day of the month (1-28) on which balances reset.")
+    ] = 1,
+    timezone: Annotated[
+        str, typer.Option(help="IANA time zone the reset day is counted in, e.g. Europe/Berlin.")
+    ] = "UTC",
+    max_request: Annotated[
+        int, typer.Option(help="Largest amount one token request may ask for.")
+    ] = 1_000_000,
+    pool: Annotated[
+        int | None,
+        typer.Option(help="Monthly ceiling on allocations plus grants. Default: no pool."),
+    ] = None,
+) -> None:
+    """Create an organization."""
+    data = validated(
+        OrganizationIn,
+        {
+            "name": "--name",
+            "default_allocation": "--allocation",
+            "reset_day": "--reset-day",
+            "timezone": "--timezone",
+            "max_request": "--max-request",
+            "pool": "--pool",
+        },
+        {
+            "name": name,
+            "default_allocation": allocation,
+            "reset_day": reset_day,
+            "timezone": timezone,
+            "max_request": max_request,
+            "pool": pool,
+        },
+    )
+
+    async def work(database: Database) -> int:
+        async with database.transaction() as session:
+            org = await accounts.create_organization(
+                session,
+                name=data.name,
+                default_allocation=data.default_allocation,
+                reset_day=data.reset_day,
+                timezone=data.timezone,
+                max_request=data.max_request,
+                pool=data.pool,
+            )
+            return org.id
+
+    org_id = run(work)
+    typer.echo(f"created organization {data.name!r} (id {org_id})")
+
+
+@team_app.command("create")
+def team_create(
+    org: OrgName,
+    name: Annotated[str, typer.Option(help="Team name, unique within the organization.")],
+    allocation: Annotated[
+        int | None,
+        typer.Option(help="Default monthly allocation for the team's members. Default: none."),
+    ] = None,
+) -> None:
+    """Create a team in an organization."""
+    data = validated(
+        TeamIn,
+        {"name": "--name", "default_allocation": "--allocation"},
+        {"name": name, "default_allocation": allocation},
+    )
+
+    async def work(database: Database) -> int:
+        async with database.transaction() as session:
+            organization = await accounts.organization_by_name(session, org)
+            team = await accounts.create_team(
+                session,
+                organization_id=organization.id,
+                name=data.name,
+                default_allocation=data.default_allocation,
+            )
+            return team.id
+
+    team_id = run(work)
+    typer.echo(f"created team {data.name!r} (id {team_id}) in {org!r}")
+
+
+@team_app.command("add-owner")
+def team_add_owner(
+    org: OrgName,
+    team: Annotated[str, typer.Option(help="Team, by name.")],
+    email: Annotated[str, typer.Option(help="Email of the user who becomes an owner.")],
+) -> None:
+    """Make a user an owner of a team (a member becomes a team owner)."""
+
+    async def work(database: Database) -> None:
+        async with database.transaction() as session:
+            organization = await accounts.organization_by_name(session, org)
+            found = await accounts.team_by_name(session, organization_id=organization.id, name=team)
+            user = await accounts.user_by_email(session, email)
+            await accounts.add_team_owner(session, team=found, user=user)
+
+    run(work)
+    typer.echo(f"{email} now owns team {team!r} in {org!r}")
+
+
+@user_app.command("create")
+def user_create(
+    org: OrgName,
+    email: Annotated[str, typer.Option(help="Email address, unique across organizations.")],
+    name: Annotated[str, typer.Option(help="Display name.")],
+    role: Annotated[
+        Role,
+        typer.Option(
+            help="member, team_owner (decides for the teams they own; see `team add-owner`), "
+            "org_admin or super_admin."
+        ),
+    ],
+    team: Annotated[str | None, typer.Option(help="Team to join, by name. Default: none.")] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(help="Password for the web sign-in (8+ characters). Default: API key only."),
+    ] = None,
+    allocation: Annotated[
+        int | None,
+        typer.Option(help="Personal monthly allocation, overriding team and org defaults."),
+    ] = None,
+) -> None:
+    """Create a user; their current period opens with the full allocation."""
+    data = validated(
+        UserIn,
+        {"allocation_override": "--allocation"},
+        {
+            "email": email,
+            "name": name,
+            "role": role,
+            "password": password,
+            "allocation_override": allocation,
+        },
+    )
+
+    async def work(database: Database) -> int:
+        async with database.transaction() as session:
+            organization = await accounts.organization_by_name(session, org)
+            team_id = None
+            if team is not None:
+                found = await accounts.team_by_name(
+                    session, organization_id=organization.id, name=team
+                )
+                team_id = found.id
+            user = await accounts.create_user(
+                session,
+                organization_id=organization.id,
+                email=data.email,
+                name=data.name,
+                role=data.role,
+                team_id=team_id,
+                allocation_override=data.allocation_override,
+                password=data.password,
+            )
+            return user.id
+
+    user_id = run(work)
+    typer.echo(f"created {data.role.value} {data.email} (id {user_id}) in {org!r}")
+
+
+@apikey_app.command("create")
+def apikey_create(
+    email: Annotated[str, typer.Option(help="Email of the user the key acts as.")],
+    name: Annotated[str, typer.Option(help="Label that tells this key apart.")] = "default",
+) -> None:
+    """Issue an API key; it is printed once, alone on the last line of output."""
+    if not name.strip():
+        fail("--name: must not be blank")
+
+    async def work(database: Database) -> str:
+        async with database.transaction() as session:
+            user = await accounts.user_by_email(session, email)
+            _, key = await accounts.issue_api_key(session, user=user, name=name.strip())
+            return key
+
+    key = run(work)
+    typer.echo(f"API key {name.strip()!r} for {email} (shown once; store it now):")
+    typer.echo(key)

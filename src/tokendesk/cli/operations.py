@@ -1,0 +1,144 @@
+"""Running tokendesk: serve, migrate, seed the demo, reset and check the ledger."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from sqlalchemy import func, select
+
+from tokendesk.accounts.models import User
+from tokendesk.cli.common import fail, load_settings, run, shown_url, upgrade
+from tokendesk.db import Database
+from tokendesk.ledger import scheduler
+from tokendesk.ledger.doctor import Mismatch, check_balances
+from tokendesk.ledger.models import Balance
+from tokendesk.migrations import runner
+
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+reset_app = typer.Typer(help="Monthly resets and expired holds.", no_args_is_help=True)
+
+
+async def _schema_lag(database: Database) -> tuple[str | None, str | None]:
+    """The database's migration revision and the one this code needs."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(runner.alembic_config(database.url)).get_current_head()
+    async with database.write_engine.connect() as conn:
+        current = await conn.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
+    return current, head
+
+
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind. Default: TOKENDESK_HOST (127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on. Default: TOKENDESK_PORT (8000).")
+    ] = None,
+    reload: Annotated[
+        bool,
+        typer.Option("--reload/--no-reload", help="Restart on code changes (development only)."),
+    ] = False,
+) -> None:
+    """Serve the web app, API and gateway with uvicorn (runs the scheduler in-process)."""
+    import uvicorn
+
+    settings = load_settings()
+    try:
+        settings.check_secret()
+    except SystemExit as exc:
+        fail(str(exc.code))
+    current, head = run(_schema_lag)
+    if current != head:
+        fail(
+            f"the database schema is at revision {current or 'none'} but this version needs "
+            f"{head}; run `tokendesk db upgrade` first"
+        )
+    uvicorn.run(
+        "tokendesk.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        reload=reload,
+        log_level=settings.log_level,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every pending migration (the migrations ship inside the package)."""
+    url = load_settings().database_url
+    upgrade(url)
+    typer.echo(f"database {shown_url(url)} is at the latest schema")
+
+
+def demo() -> None:
+    """Migrate, then seed the demo organizations, users, usage and requests (only once)."""
+    from tokendesk.demo import DEMO_ORGANIZATION, DEMO_PASSWORD, seed_demo
+
+    upgrade(load_settings().database_url)
+    info = run(seed_demo)
+    if info.created:
+        typer.echo(f"Seeded demo data: {', '.join(info.organizations)}.")
+    else:
+        typer.echo(f"Demo organization {DEMO_ORGANIZATION!r} already exists; nothing seeded.")
+    typer.echo(f'Every demo user signs in with the password "{DEMO_PASSWORD}".\n')
+    rows = [("EMAIL", "ROLE", "ORGANIZATION", "TEAM", "PASSWORD")]
+    rows += [
+        (login.email, login.role, login.organization, login.team or "-", DEMO_PASSWORD)
+        for login in info.logins
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        typer.echo(line.rstrip())
+    typer.echo("")
+    keys = [(login.email, login.api_key) for login in info.logins if login.api_key]
+    if keys:
+        typer.echo('API keys (shown once; send as "Authorization: Bearer <key>"):')
+        width = max(len(email) for email, _ in keys)
+        for email, key in keys:
+            typer.echo(f"  {email.ljust(width)}  {key}")
+    else:
+        typer.echo(
+            "API keys are shown only when they are created; "
+            "issue one with `tokendesk apikey create --email EMAIL`."
+        )
+
+
+@reset_app.command("run")
+def reset_run() -> None:
+    """Reset every balance whose period has ended and release expired holds, once."""
+    result = run(scheduler.run_once)
+    typer.echo(f"{result.reset} balances reset, {result.expired} holds expired")
+
+
+def doctor() -> None:
+    """Recompute every cached balance from the ledger; exit 1 on any mismatch."""
+
+    async def check(database: Database) -> tuple[list[Mismatch], int, dict[int, str]]:
+        async with database.transaction(write=False) as session:
+            mismatches = await check_balances(session)
+            total = await session.scalar(select(func.count()).select_from(Balance)) or 0
+            ids = {m.user_id for m in mismatches}
+            emails = dict(
+                (await session.execute(select(User.id, User.email).where(User.id.in_(ids)))).all()
+            )
+        return mismatches, total, emails
+
+    mismatches, total, emails = run(check)
+    if not mismatches:
+        typer.echo(f"all {total} balances match the ledger")
+        return
+    for m in mismatches:
+        typer.echo(
+            f"user {m.user_id} <{emails.get(m.user_id, '?')}>: {m.column} is {m.cached} "
+            f"in the balance row but {m.ledger} by the ledger"
+        )
+    users = len({m.user_id for m in mismatches})
+    typer.echo(f"{users} of {total} balances disagree with the ledger", err=True)
+    raise typer.Exit(1)
