@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Organization, Team, User
 from tokendesk.db import utcnow
-from tokendesk.errors import InsufficientTokens, NotFound
+from tokendesk.errors import InsufficientTokens, InvalidInput, NotFound
 from tokendesk.events.bus import Event, emit
 from tokendesk.ledger.models import (
     Balance,
@@ -61,7 +61,32 @@ def allocation_expression(org_default: int) -> Any:
     )
 
 
-def balance_event(balance: Balance, *, cause: str) -> Event:
+class BalanceView(Protocol):
+    """What events need of a balance: an ORM row, or a plain row read by a bulk query."""
+
+    @property
+    def user_id(self) -> int: ...
+    @property
+    def organization_id(self) -> int: ...
+    @property
+    def period_start(self) -> datetime: ...
+    @property
+    def period_end(self) -> datetime: ...
+    @property
+    def allocation(self) -> int: ...
+    @property
+    def granted(self) -> int: ...
+    @property
+    def adjusted(self) -> int: ...
+    @property
+    def used(self) -> int: ...
+    @property
+    def reserved(self) -> int: ...
+    @property
+    def remaining(self) -> int: ...
+
+
+def balance_event(balance: BalanceView, *, cause: str) -> Event:
     return Event(
         type="balance.changed",
         organization_id=balance.organization_id,
@@ -70,7 +95,7 @@ def balance_event(balance: Balance, *, cause: str) -> Event:
     )
 
 
-def balance_snapshot(balance: Balance) -> dict[str, Any]:
+def balance_snapshot(balance: BalanceView) -> dict[str, Any]:
     return {
         "allocation": balance.allocation,
         "granted": balance.granted,
@@ -291,6 +316,9 @@ async def reserve(
     The check and the hold are one conditional UPDATE, so concurrent holds can
     never together exceed the balance.
     """
+    if amount <= 0:
+        # A non-positive hold would raise the balance instead of holding any of it.
+        raise InvalidInput(f"amount: must be positive, got {amount}", field="amount")
     now = now or utcnow()
     balance = await get_balance(session, user_id=user_id, now=now)
     held = await session.execute(
@@ -358,6 +386,8 @@ async def release(session: AsyncSession, *, reservation_id: int) -> Reservation:
 
 async def settle(session: AsyncSession, *, reservation_id: int, actual: int) -> Reservation:
     """Close a hold; the caller records ``actual`` as usage (see metering)."""
+    if actual < 0:
+        raise InvalidInput(f"actual: must not be negative, got {actual}", field="actual")
     return await _close_hold(
         session, reservation_id=reservation_id, status=ReservationStatus.SETTLED, settled=actual
     )

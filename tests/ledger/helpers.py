@@ -1,0 +1,38 @@
+"""Shared helpers of the ledger tests."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from tokendesk.db import Database
+from tokendesk.ledger.doctor import check_balances
+from tokendesk.ledger.models import Balance, LedgerEntry
+
+
+async def balance_of(database: Database, user_id: int) -> Balance:
+    async with database.transaction(write=False) as s:
+        balance = await s.get(Balance, user_id)
+        assert balance is not None
+        return balance
+
+
+async def entries(database: Database, user_id: int) -> list[tuple[str, int, str | None]]:
+    """(kind, amount, reason) of the user's ledger entries, oldest first."""
+    async with database.transaction(write=False) as s:
+        rows = await s.execute(
+            select(LedgerEntry.kind, LedgerEntry.amount, LedgerEntry.reason)
+            .where(LedgerEntry.user_id == user_id)
+            .order_by(LedgerEntry.id)
+        )
+        return [(kind, amount, reason) for kind, amount, reason in rows]
+
+
+async def count_entries(database: Database, **where: object) -> int:
+    async with database.transaction(write=False) as s:
+        query = select(func.count()).select_from(LedgerEntry).filter_by(**where)
+        return int(await s.scalar(query) or 0)
+
+
+async def assert_ledger_consistent(database: Database) -> None:
+    async with database.transaction(write=False) as s:
+        assert await check_balances(s) == []
