@@ -8,7 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from tests.factories import Person
+from tests.factories import Person, World
+from tokendesk.accounts import service as accounts
+from tokendesk.accounts.auth import build_actor
+from tokendesk.db import Database
+from tokendesk.token_requests import service as token_requests
 
 PASSWORD = "correct horse battery"
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([0-9a-f]+)">')
@@ -63,3 +67,47 @@ async def login(client: httpx.AsyncClient) -> AsyncIterator[LoginFactory]:
     yield log_in
     for http in opened:
         await http.aclose()
+
+
+async def members_with_requests(
+    database: Database,
+    world: World,
+    count: int,
+    *,
+    team_id: int | None,
+    amount: int = 1_000,
+    prefix: str = "member",
+) -> list[int]:
+    """``count`` new members of ``team_id``, each with one pending request; their ids in order."""
+    ids: list[int] = []
+    async with database.transaction() as session:
+        for index in range(count):
+            user = await accounts.create_user(
+                session,
+                organization_id=world.org_id,
+                email=f"{prefix}{index:03d}@example.com",
+                name=f"{prefix.capitalize()} {index:03d}",
+                team_id=team_id,
+            )
+            actor = await build_actor(session, user)
+            request = await token_requests.submit(
+                session, actor=actor, amount=amount + index, reason=f"reason {index}"
+            )
+            ids.append(request.id)
+    return ids
+
+
+async def submit(client: httpx.AsyncClient, person: Person, amount: int, reason: str = "") -> int:
+    response = await client.post(
+        "/api/v1/token-requests",
+        json={"amount": amount, "reason": reason or None},
+        headers=person.headers,
+    )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+async def remaining(client: httpx.AsyncClient, person: Person) -> int:
+    response = await client.get("/api/v1/me", headers=person.headers)
+    assert response.status_code == 200, response.text
+    return int(response.json()["balance"]["remaining"])

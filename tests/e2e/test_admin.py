@@ -1,0 +1,487 @@
+"""The admin center in a real browser against a real server.
+
+One server process (uvicorn, SQLite) serves the module; every scenario uses its
+own requesters so the scenarios do not depend on each other's leftovers. The
+last test runs two server processes on one PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.web_admin.live_server import LiveServer, running
+from tokendesk.accounts import service as accounts
+from tokendesk.accounts.auth import build_actor
+from tokendesk.accounts.models import Role, TeamOwner
+from tokendesk.db import Database
+from tokendesk.ledger.periods import next_reset
+from tokendesk.migrations.runner import upgrade
+from tokendesk.token_requests import service as token_requests
+from tokendesk.web.templating import local_datetime
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "admin"
+PASSWORD = "admin-e2e-password"
+LAPTOP = {"width": 1280, "height": 800}
+LIVE_TIMEOUT_MS = 10_000
+BULK_SIZE = 30
+# More than one page (50 rows), for "select all N matching".
+CROWD_SIZE = 55
+# With more than a page waiting, a fresh request shows at the top of this view.
+NEWEST_FIRST = "/admin/requests?sort=-created_at"
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="browser tests need Debian's Chromium at /usr/bin/chromium "
+        "(apt-get install chromium)",
+    ),
+]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+expect = sync_api.expect
+
+# handle: (name, role, team); everyone signs in with PASSWORD and has an API key.
+PEOPLE: dict[str, tuple[str, Role, str | None]] = {
+    "admin": ("Ada Admin", Role.ORG_ADMIN, None),
+    "admin2": ("Basil Admin", Role.ORG_ADMIN, None),
+    "owner": ("Olive Owner", Role.TEAM_OWNER, "Alpha"),
+    "alice": ("Alice Alpha", Role.MEMBER, "Alpha"),
+    "amy": ("Amy Alpha", Role.MEMBER, "Alpha"),
+    "ana": ("Ana Alpha", Role.MEMBER, "Alpha"),
+    "bob": ("Bob Beta", Role.MEMBER, "Beta"),
+    "bea": ("Bea Beta", Role.MEMBER, "Beta"),
+    "kai": ("Kai Beta", Role.MEMBER, "Beta"),
+}
+
+
+@dataclass
+class Site:
+    server: LiveServer
+    keys: dict[str, str] = field(default_factory=dict)
+    organization: str = "Acme"
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def email(self, handle: str) -> str:
+        return f"{handle}@acme.example"
+
+    def api(self, handle: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {self.keys[handle]}"},
+            timeout=10,
+        )
+
+    def submit(self, handle: str, amount: int, reason: str = "more please") -> int:
+        with self.api(handle) as api:
+            response = api.post("/api/v1/token-requests", json={"amount": amount, "reason": reason})
+        assert response.status_code == 201, response.text
+        return int(response.json()["id"])
+
+    def me(self, handle: str) -> dict[str, Any]:
+        with self.api(handle) as api:
+            response = api.get("/api/v1/me")
+        response.raise_for_status()
+        return dict(response.json())
+
+
+async def _seed(url: str) -> dict[str, str]:
+    """Acme with teams Alpha (owned by ``owner``), Beta, Bulk (30 pending requests)
+    and Crowd (55 pending requests)."""
+    database = Database(url)
+    keys: dict[str, str] = {}
+    try:
+        async with database.transaction() as s:
+            org = await accounts.create_organization(
+                s, name="Acme", default_allocation=100_000, max_request=500_000
+            )
+            teams = {
+                name: await accounts.create_team(s, organization_id=org.id, name=name)
+                for name in ("Alpha", "Beta", "Bulk", "Crowd")
+            }
+            for handle, (name, role, team) in PEOPLE.items():
+                user = await accounts.create_user(
+                    s,
+                    organization_id=org.id,
+                    email=f"{handle}@acme.example",
+                    name=name,
+                    role=role,
+                    team_id=teams[team].id if team else None,
+                    password=PASSWORD,
+                )
+                _, keys[handle] = await accounts.issue_api_key(s, user=user, name="e2e")
+                if handle == "owner":
+                    s.add(TeamOwner(team_id=teams["Alpha"].id, user_id=user.id))
+            for team, size in (("Bulk", BULK_SIZE), ("Crowd", CROWD_SIZE)):
+                for index in range(size):
+                    user = await accounts.create_user(
+                        s,
+                        organization_id=org.id,
+                        email=f"{team.lower()}{index:02d}@acme.example",
+                        name=f"{team} Member {index:02d}",
+                        team_id=teams[team].id,
+                    )
+                    await token_requests.submit(
+                        s,
+                        actor=await build_actor(s, user),
+                        amount=1_000 + index,
+                        reason="quarter-end batch",
+                    )
+    finally:
+        await database.dispose()
+    return keys
+
+
+def _prepare(url: str) -> dict[str, str]:
+    # Playwright's sync API runs an event loop in the test thread; give asyncio its own.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(upgrade, url).result()
+        return pool.submit(asyncio.run, _seed(url)).result()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    folder = tmp_path_factory.mktemp("admin-e2e")
+    url = f"sqlite+aiosqlite:///{folder / 'tokendesk.db'}"
+    keys = _prepare(url)
+    with running(url, log_path=folder / "server.log", secret=secrets.token_urlsafe(32)) as server:
+        yield Site(server=server, keys=keys)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+class Contexts:
+    """Browser contexts for one test; each fails the test on a JavaScript error."""
+
+    def __init__(self, browser: Any) -> None:
+        self.browser = browser
+        self.opened: list[Any] = []
+        self.errors: list[str] = []
+
+    def page(self) -> Any:
+        context = self.browser.new_context(viewport=LAPTOP)
+        self.opened.append(context)
+        page = context.new_page()
+        page.set_default_timeout(LIVE_TIMEOUT_MS)
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        return page
+
+    def close(self) -> None:
+        for context in self.opened:
+            context.close()
+
+
+@pytest.fixture
+def contexts(browser: Any) -> Iterator[Contexts]:
+    opened = Contexts(browser)
+    yield opened
+    opened.close()
+    assert opened.errors == [], f"JavaScript errors on the page: {opened.errors}"
+
+
+def sign_in(page: Any, base_url: str, email: str, path: str = NEWEST_FIRST) -> None:
+    page.goto(f"{base_url}/login?next={quote(path)}")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(re.escape(f"{base_url}{path.split('?')[0]}")))
+
+
+def wait_live(page: Any) -> None:
+    # Set once the event stream's snapshot has arrived: from now on nothing is missed.
+    expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+
+
+def badge(page: Any) -> int:
+    return int(page.locator("#pending-badge").get_attribute("data-count") or 0)
+
+
+def shoot(page: Any, name: str, *, full_page: bool = True) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    if full_page:
+        # A scrolled page would capture the sticky sidebar halfway down.
+        page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page, animations="disabled")
+
+
+class TestLiveQueue:
+    def test_a_new_request_appears_with_the_badge_without_reload(
+        self, site: Site, contexts: Contexts
+    ) -> None:
+        page = contexts.page()
+        sign_in(page, site.url, site.email("admin"))
+        wait_live(page)
+        before = badge(page)
+        request_id = site.submit("alice", 12_000, "Customer interviews to summarise")
+        row = page.locator(f"#request-{request_id}")
+        expect(row).to_be_visible()
+        expect(row).to_contain_text("alice@acme.example")
+        expect(row).to_contain_text("12,000")
+        expect(page.locator("#pending-badge")).to_have_text(str(before + 1))
+        expect(page.locator('[data-tab="pending"] .tab-count')).to_have_text(str(before + 1))
+        shoot(page, "requests-pending")
+
+    def test_approving_with_an_edited_amount_reaches_the_members_balance(
+        self, site: Site, contexts: Contexts
+    ) -> None:
+        request_id = site.submit("amy", 20_000, "Translating the onboarding guide")
+        before = site.me("amy")["balance"]["remaining"]
+        page = contexts.page()
+        sign_in(page, site.url, site.email("admin"))
+        page.locator(f"#approve-{request_id}").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_be_visible()
+        amount = dialog.get_by_label("Tokens to grant")
+        expect(amount).to_have_value("20000")
+        amount.fill("12000")
+        dialog.get_by_label("Note to Amy Alpha").fill("12k now, more next month")
+        shoot(page, "approve-dialog", full_page=False)
+        dialog.get_by_role("button", name="Approve").click()
+        expect(dialog).to_be_hidden()
+        expect(page.locator("#toasts")).to_contain_text("Approved 12,000 tokens for Amy Alpha.")
+        expect(page.locator(f"#request-{request_id}")).to_have_count(0)
+        assert site.me("amy")["balance"]["remaining"] == before + 12_000
+
+    def test_select_all_then_bulk_reject_thirty_requests(
+        self, site: Site, contexts: Contexts
+    ) -> None:
+        page = contexts.page()
+        sign_in(page, site.url, site.email("admin"))
+        page.get_by_label("Team").select_option(label="Bulk")
+        expect(page.locator("#queue .row-select")).to_have_count(BULK_SIZE)
+        page.get_by_label("Select every pending request on this page").check()
+        total = sum(1_000 + index for index in range(BULK_SIZE))
+        expect(page.locator("#bulk-summary")).to_have_text(
+            f"{BULK_SIZE} requests selected · {total:,} tokens"
+        )
+        page.get_by_role("button", name="Reject selected").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog.get_by_role("heading")).to_have_text(f"Reject {BULK_SIZE} requests?")
+        expect(dialog.locator("#bulk-statement")).to_contain_text(f"{total:,} tokens")
+        dialog.get_by_label("Note to everyone").fill("Budget freeze until the next reset")
+        shoot(page, "bulk-confirm", full_page=False)
+        dialog.get_by_role("button", name=f"Reject {BULK_SIZE}").click()
+        expect(dialog.get_by_role("heading")).to_have_text(f"Rejected {BULK_SIZE} requests")
+        expect(dialog).to_contain_text("Nothing was skipped.")
+        shoot(page, "bulk-summary", full_page=False)
+        dialog.get_by_role("button", name="Done").click()
+        expect(page.locator("#queue .row-select")).to_have_count(0)
+        expect(page.locator("#bulk-bar")).to_be_hidden()
+        page.goto(f"{site.url}/admin/requests?status=rejected")
+        expect(page.locator('[data-tab="rejected"] .tab-count')).to_have_text(str(BULK_SIZE))
+        shoot(page, "requests-rejected")
+
+    def test_select_all_offers_every_matching_request_beyond_the_page(
+        self, site: Site, contexts: Contexts
+    ) -> None:
+        page = contexts.page()
+        sign_in(page, site.url, site.email("admin"))
+        page.get_by_label("Team").select_option(label="Crowd")
+        expect(page.locator("#queue .row-select")).to_have_count(50)
+        page.get_by_label("Select every pending request on this page").check()
+        offer = page.locator("#select-matching")
+        expect(offer).to_have_text(f"Select all {CROWD_SIZE} matching")
+        offer.click()
+        expect(page.locator("#bulk-summary")).to_have_text(
+            f"All {CROWD_SIZE} pending requests matching these filters are selected."
+        )
+        page.get_by_role("button", name="Approve selected").click()
+        dialog = page.get_by_role("dialog")
+        total = sum(1_000 + index for index in range(CROWD_SIZE))
+        expect(dialog.get_by_role("heading")).to_have_text(f"Approve {CROWD_SIZE} requests?")
+        expect(dialog.locator("#bulk-statement")).to_contain_text(f"{total:,} tokens")
+        dialog.get_by_role("button", name="Cancel").click()
+        expect(dialog).to_be_hidden()
+        # Unticking one row narrows the selection back to the ticked rows.
+        page.locator("#queue .row-select").first.uncheck()
+        expect(page.locator("#bulk-summary")).to_contain_text("49 requests selected")
+
+    def test_two_admins_approve_the_same_request_and_one_is_told(
+        self, site: Site, contexts: Contexts
+    ) -> None:
+        request_id = site.submit("bob", 5_000, "Load-testing the new endpoint")
+        first, second = contexts.page(), contexts.page()
+        sign_in(first, site.url, site.email("admin"))
+        sign_in(second, site.url, site.email("admin2"))
+        wait_live(second)
+        second.locator(f"#approve-{request_id}").click()
+        second_dialog = second.get_by_role("dialog")
+        second_dialog.get_by_label("Note to Bob Beta").fill("typed while someone else decides")
+        first.locator(f"#approve-{request_id}").click()
+        first.get_by_role("dialog").get_by_role("button", name="Approve").click()
+        expect(first.locator("#toasts")).to_contain_text("Approved 5,000 tokens for Bob Beta.")
+        # The decided row leaves the second admin's queue live; the open dialog stays as it was.
+        expect(second.locator(f"#request-{request_id}")).to_have_count(0)
+        expect(second_dialog.get_by_label("Note to Bob Beta")).to_have_value(
+            "typed while someone else decides"
+        )
+        second_dialog.get_by_role("button", name="Approve").click()
+        expect(second_dialog.get_by_role("alert")).to_contain_text("already approved by Ada Admin")
+        shoot(second, "already-decided", full_page=False)
+        with site.api("admin") as api:
+            decided = api.get(f"/api/v1/token-requests/{request_id}").json()
+        assert decided["status"] == "approved" and decided["decided_by"]["name"] == "Ada Admin"
+
+    def test_team_owner_sees_only_their_team(self, site: Site, contexts: Contexts) -> None:
+        mine = site.submit("ana", 3_000, "Alpha work")
+        other = site.submit("bea", 4_000, "Beta work")
+        page = contexts.page()
+        sign_in(page, site.url, site.email("owner"))
+        wait_live(page)
+        expect(page.locator(f"#request-{mine}")).to_be_visible()
+        expect(page.locator(f"#request-{other}")).to_have_count(0)
+        teams = page.locator("#queue tbody tr td:nth-child(3)").all_inner_texts()
+        assert teams and set(teams) == {"Alpha"}
+        expect(page.get_by_label("Team").locator("option")).to_have_text(["All teams", "Alpha"])
+        shoot(page, "requests-team-owner")
+
+    def test_keyboard_opens_and_closes_a_decision(self, site: Site, contexts: Contexts) -> None:
+        request_id = site.submit("kai", 1_500, "Keyboard check")
+        page = contexts.page()
+        sign_in(page, site.url, site.email("admin"))
+        button = page.locator(f"#reject-{request_id}")
+        button.focus()
+        page.keyboard.press("Enter")
+        dialog = page.get_by_role("dialog")
+        expect(dialog.get_by_label("Note to Kai Beta")).to_be_focused()
+        page.keyboard.press("Escape")
+        expect(dialog).to_be_hidden()
+        expect(button).to_be_focused()
+
+
+class TestPages:
+    def test_every_admin_page_fits_a_laptop_screen(self, site: Site, contexts: Contexts) -> None:
+        page = contexts.page()
+        sign_in(page, site.url, site.email("admin"))
+        with site.api("admin") as api:
+            alice = api.get("/api/v1/users", params={"q": "alice"}).json()["items"][0]["id"]
+            alpha = next(t["id"] for t in api.get("/api/v1/teams").json() if t["name"] == "Alpha")
+        pages = {
+            "requests-all": "/admin/requests?status=all",
+            "users": "/admin/users",
+            "user-detail": f"/admin/users/{alice}",
+            "teams": "/admin/teams",
+            "team-detail": f"/admin/teams/{alpha}",
+            "settings": "/admin/settings",
+            "audit": "/admin/audit",
+            "analytics": "/admin/analytics",
+        }
+        for name, path in pages.items():
+            page.goto(f"{site.url}{path}")
+            expect(page.locator("#active-organization")).to_have_text("Acme")
+            wide = page.evaluate("document.documentElement.scrollWidth > window.innerWidth")
+            assert not wide, f"{path} scrolls sideways at {LAPTOP['width']} px"
+            shoot(page, name)
+        page.get_by_role("link", name="Users", exact=True).click()
+        page.get_by_role("button", name="+ New user").click()
+        expect(page.get_by_role("dialog").get_by_label("Email")).to_be_focused()
+        shoot(page, "new-user-dialog", full_page=False)
+
+
+class TestSettings:
+    def test_a_settings_change_shows_the_new_next_reset_date(
+        self, site: Site, contexts: Contexts
+    ) -> None:
+        page = contexts.page()
+        sign_in(page, site.url, site.email("admin"), "/admin/settings")
+        expected = next_reset(datetime.now(UTC), reset_day=17, timezone="Asia/Tokyo")
+        shown = local_datetime(expected, "Asia/Tokyo")
+        page.get_by_label("Time zone").fill("Asia/Tokyo")
+        page.get_by_label("Reset day of the month").select_option("17")
+        expect(page.locator("#next-reset-date")).to_have_text(shown)
+        expect(page.locator("#current-next-reset")).not_to_have_text(shown)
+        page.get_by_role("button", name="Save settings").click()
+        expect(page.locator("#toasts")).to_contain_text("Settings saved.")
+        expect(page.locator("#current-next-reset")).to_have_text(shown)
+        shoot(page, "settings-saved")
+        reset_at = datetime.fromisoformat(site.me("alice")["balance"]["next_reset_at"])
+        assert reset_at == expected
+
+
+class TestTwoServers:
+    def test_a_request_through_one_process_appears_live_in_the_other(
+        self, tmp_path_factory: pytest.TempPathFactory, browser: Any, contexts: Contexts
+    ) -> None:
+        base = os.environ.get("TOKENDESK_TEST_DATABASE_URL", "")
+        if not base.startswith("postgresql"):
+            pytest.skip("needs PostgreSQL: TOKENDESK_TEST_DATABASE_URL is not set")
+        folder = tmp_path_factory.mktemp("admin-e2e-pg")
+        with own_postgres_database(base, "admin_e2e") as url:
+            keys = _prepare(url)
+            secret = secrets.token_urlsafe(32)
+            with (
+                running(url, log_path=folder / "a.log", secret=secret) as process_a,
+                running(url, log_path=folder / "b.log", secret=secret) as process_b,
+            ):
+                page = contexts.page()
+                sign_in(page, process_b.url, "admin@acme.example")
+                wait_live(page)
+                before = badge(page)
+                site_a = Site(server=process_a, keys=keys)
+                request_id = site_a.submit("alice", 7_777, "through process A")
+                expect(page.locator(f"#request-{request_id}")).to_contain_text("7,777")
+                expect(page.locator("#pending-badge")).to_have_text(str(before + 1))
+                # Close the event stream before the servers stop, so they stop at once.
+                page.close()
+
+
+@contextlib.contextmanager
+def own_postgres_database(url: str, suffix: str) -> Iterator[str]:
+    """A scratch database next to the test database, created and dropped around a test."""
+    prefix, _, name = url.rpartition("/")
+    scratch = f"{name.split('?')[0]}_{suffix}"
+    maintenance = f"{prefix}/postgres".replace("postgresql+asyncpg://", "postgresql://")
+
+    async def execute(sql: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(maintenance)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def run(sql: str) -> None:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, execute(sql)).result()
+
+    run(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+    run(f'CREATE DATABASE "{scratch}"')
+    try:
+        yield f"{prefix}/{scratch}"
+    finally:
+        run(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
