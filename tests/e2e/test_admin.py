@@ -7,30 +7,27 @@ last test runs two server processes on one PostgreSQL database.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import re
 import secrets
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import pytest
 
-from tests.web_admin.live_server import LiveServer, running
-from tokendesk.accounts import service as accounts
-from tokendesk.accounts.auth import build_actor
-from tokendesk.accounts.models import Role, TeamOwner
-from tokendesk.db import Database
+from tests.web_admin.acme_site import (
+    BULK_SIZE,
+    CROWD_SIZE,
+    PASSWORD,
+    Site,
+    own_postgres_database,
+    prepare,
+)
+from tests.web_admin.live_server import running
 from tokendesk.ledger.periods import next_reset
-from tokendesk.migrations.runner import upgrade
-from tokendesk.token_requests import service as token_requests
 from tokendesk.web.templating import local_datetime
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -45,12 +42,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "admin"
-PASSWORD = "admin-e2e-password"
 LAPTOP = {"width": 1280, "height": 800}
 LIVE_TIMEOUT_MS = 10_000
-BULK_SIZE = 30
-# More than one page (50 rows), for "select all N matching".
-CROWD_SIZE = 55
 # With more than a page waiting, a fresh request shows at the top of this view.
 NEWEST_FIRST = "/admin/requests?sort=-created_at"
 
@@ -66,112 +59,12 @@ pytestmark = [
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 expect = sync_api.expect
 
-# handle: (name, role, team); everyone signs in with PASSWORD and has an API key.
-PEOPLE: dict[str, tuple[str, Role, str | None]] = {
-    "admin": ("Ada Admin", Role.ORG_ADMIN, None),
-    "admin2": ("Basil Admin", Role.ORG_ADMIN, None),
-    "owner": ("Olive Owner", Role.TEAM_OWNER, "Alpha"),
-    "alice": ("Alice Alpha", Role.MEMBER, "Alpha"),
-    "amy": ("Amy Alpha", Role.MEMBER, "Alpha"),
-    "ana": ("Ana Alpha", Role.MEMBER, "Alpha"),
-    "bob": ("Bob Beta", Role.MEMBER, "Beta"),
-    "bea": ("Bea Beta", Role.MEMBER, "Beta"),
-    "kai": ("Kai Beta", Role.MEMBER, "Beta"),
-}
-
-
-@dataclass
-class Site:
-    server: LiveServer
-    keys: dict[str, str] = field(default_factory=dict)
-    organization: str = "Acme"
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def email(self, handle: str) -> str:
-        return f"{handle}@acme.example"
-
-    def api(self, handle: str) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {self.keys[handle]}"},
-            timeout=10,
-        )
-
-    def submit(self, handle: str, amount: int, reason: str = "more please") -> int:
-        with self.api(handle) as api:
-            response = api.post("/api/v1/token-requests", json={"amount": amount, "reason": reason})
-        assert response.status_code == 201, response.text
-        return int(response.json()["id"])
-
-    def me(self, handle: str) -> dict[str, Any]:
-        with self.api(handle) as api:
-            response = api.get("/api/v1/me")
-        response.raise_for_status()
-        return dict(response.json())
-
-
-async def _seed(url: str) -> dict[str, str]:
-    """Acme with teams Alpha (owned by ``owner``), Beta, Bulk (30 pending requests)
-    and Crowd (55 pending requests)."""
-    database = Database(url)
-    keys: dict[str, str] = {}
-    try:
-        async with database.transaction() as s:
-            org = await accounts.create_organization(
-                s, name="Acme", default_allocation=100_000, max_request=500_000
-            )
-            teams = {
-                name: await accounts.create_team(s, organization_id=org.id, name=name)
-                for name in ("Alpha", "Beta", "Bulk", "Crowd")
-            }
-            for handle, (name, role, team) in PEOPLE.items():
-                user = await accounts.create_user(
-                    s,
-                    organization_id=org.id,
-                    email=f"{handle}@acme.example",
-                    name=name,
-                    role=role,
-                    team_id=teams[team].id if team else None,
-                    password=PASSWORD,
-                )
-                _, keys[handle] = await accounts.issue_api_key(s, user=user, name="e2e")
-                if handle == "owner":
-                    s.add(TeamOwner(team_id=teams["Alpha"].id, user_id=user.id))
-            for team, size in (("Bulk", BULK_SIZE), ("Crowd", CROWD_SIZE)):
-                for index in range(size):
-                    user = await accounts.create_user(
-                        s,
-                        organization_id=org.id,
-                        email=f"{team.lower()}{index:02d}@acme.example",
-                        name=f"{team} Member {index:02d}",
-                        team_id=teams[team].id,
-                    )
-                    await token_requests.submit(
-                        s,
-                        actor=await build_actor(s, user),
-                        amount=1_000 + index,
-                        reason="quarter-end batch",
-                    )
-    finally:
-        await database.dispose()
-    return keys
-
-
-def _prepare(url: str) -> dict[str, str]:
-    # Playwright's sync API runs an event loop in the test thread; give asyncio its own.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(upgrade, url).result()
-        return pool.submit(asyncio.run, _seed(url)).result()
-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     folder = tmp_path_factory.mktemp("admin-e2e")
     url = f"sqlite+aiosqlite:///{folder / 'tokendesk.db'}"
-    keys = _prepare(url)
+    keys = prepare(url)
     with running(url, log_path=folder / "server.log", secret=secrets.token_urlsafe(32)) as server:
         yield Site(server=server, keys=keys)
 
@@ -267,6 +160,11 @@ class TestLiveQueue:
         expect(dialog).to_be_visible()
         amount = dialog.get_by_label("Tokens to grant")
         expect(amount).to_have_value("20000")
+        amount.fill("900000")
+        dialog.get_by_role("button", name="Approve").click()
+        # The service's own message, next to the field it names; nothing was decided.
+        expect(dialog.locator("#decide-amount-error")).to_have_text("must be at most 500000")
+        expect(amount).to_have_attribute("aria-invalid", "true")
         amount.fill("12000")
         dialog.get_by_label("Note to Amy Alpha").fill("12k now, more next month")
         shoot(page, "approve-dialog", full_page=False)
@@ -441,7 +339,7 @@ class TestTwoServers:
             pytest.skip("needs PostgreSQL: TOKENDESK_TEST_DATABASE_URL is not set")
         folder = tmp_path_factory.mktemp("admin-e2e-pg")
         with own_postgres_database(base, "admin_e2e") as url:
-            keys = _prepare(url)
+            keys = prepare(url)
             secret = secrets.token_urlsafe(32)
             with (
                 running(url, log_path=folder / "a.log", secret=secret) as process_a,
@@ -457,31 +355,3 @@ class TestTwoServers:
                 expect(page.locator("#pending-badge")).to_have_text(str(before + 1))
                 # Close the event stream before the servers stop, so they stop at once.
                 page.close()
-
-
-@contextlib.contextmanager
-def own_postgres_database(url: str, suffix: str) -> Iterator[str]:
-    """A scratch database next to the test database, created and dropped around a test."""
-    prefix, _, name = url.rpartition("/")
-    scratch = f"{name.split('?')[0]}_{suffix}"
-    maintenance = f"{prefix}/postgres".replace("postgresql+asyncpg://", "postgresql://")
-
-    async def execute(sql: str) -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(maintenance)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    def run(sql: str) -> None:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(asyncio.run, execute(sql)).result()
-
-    run(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
-    run(f'CREATE DATABASE "{scratch}"')
-    try:
-        yield f"{prefix}/{scratch}"
-    finally:
-        run(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -111,3 +112,28 @@ async def remaining(client: httpx.AsyncClient, person: Person) -> int:
     response = await client.get("/api/v1/me", headers=person.headers)
     assert response.status_code == 200, response.text
     return int(response.json()["balance"]["remaining"])
+
+
+ROW = re.compile(r'<tr id="request-(\d+)"')
+
+
+def rows(html: str) -> list[int]:
+    return [int(found) for found in ROW.findall(html)]
+
+
+def tab_count(html: str, tab: str) -> int:
+    match = re.search(
+        rf'data-tab="{tab}"[^>]*>\s*\w+ <span class="tab-count" data-count="(\d+)"', html
+    )
+    assert match, f"tab {tab} not found"
+    return int(match.group(1))
+
+
+def badge(html: str) -> int:
+    match = re.search(r'id="pending-badge"[^>]*data-count="(\d+)"', html)
+    assert match, "badge not found"
+    return int(match.group(1))
+
+
+def triggers(response: httpx.Response) -> dict[str, object]:
+    return dict(json.loads(response.headers.get("HX-Trigger", "{}")))

@@ -1,4 +1,4 @@
-"""Token Requests: the live queue, row decisions and bulk decisions."""
+"""Token Requests: the live queue, its fragments and one-request decisions (bulk: bulk.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from tokendesk.accounts import teams as teams_service
 from tokendesk.accounts.actor import Actor
-from tokendesk.db import utcnow
 from tokendesk.deps import DbSession
 from tokendesk.errors import AppError, Conflict, NotFound
-from tokendesk.token_requests import bulk as bulk_service
-from tokendesk.token_requests import repository as token_requests_repo
 from tokendesk.token_requests import service as token_requests
-from tokendesk.token_requests.models import RequestStatus
-from tokendesk.token_requests.schemas import MAX_BULK_IDS, StatusCounts, TokenRequestOut
+from tokendesk.token_requests.schemas import TokenRequestOut
 from tokendesk.web.admin.common import (
     PAGE_SIZE,
     AdminPageActor,
@@ -27,7 +23,6 @@ from tokendesk.web.admin.common import (
     optional_int,
     query_string,
     toast_response,
-    with_events,
 )
 from tokendesk.web.pages import render
 
@@ -103,7 +98,7 @@ class QueueView:
 ViewQuery = Annotated[str | None, Query()]
 
 
-def _view(
+def parse_view(
     status: str | None, q: str | None, team_id: str | None, sort: str | None, page: str | None
 ) -> QueueView:
     return QueueView.parse(status, q, team_id, sort, page)
@@ -153,7 +148,7 @@ async def requests_page(
     sort: ViewQuery = None,
     page: ViewQuery = None,
 ) -> HTMLResponse:
-    view = _view(status, q, team_id, sort, page)
+    view = parse_view(status, q, team_id, sort, page)
     context = await _queue_context(session, actor, view)
     teams = await teams_service.list_teams(session, actor=actor)
     if not actor.is_org_admin:
@@ -183,7 +178,7 @@ async def requests_table(
     page: ViewQuery = None,
 ) -> HTMLResponse:
     """The queue fragment, with the tab counts and the badge swapped out of band."""
-    view = _view(status, q, team_id, sort, page)
+    view = parse_view(status, q, team_id, sort, page)
     context = await _queue_context(session, actor, view)
     org = await token_requests.organization(session, actor.organization_id)
     response = render(request, "admin/requests/_table_response.html", tz=org.timezone, **context)
@@ -337,7 +332,7 @@ async def _decide(
                     session, actor=actor, request_id=request_id, note=note or None
                 )
     except Conflict as exc:
-        item = await _current(session, actor, request_id)
+        item = await current_request(session, actor, request_id)
         return await again({"": _conflict_message(exc, item)}, 409)
     except AppError as exc:
         return await again(field_errors(exc), exc.status_code)
@@ -348,167 +343,10 @@ async def _decide(
     return toast_response(message, refresh=True, close_dialog=True)
 
 
-async def _current(session: DbSession, actor: Actor, request_id: int) -> TokenRequestOut | None:
+async def current_request(
+    session: DbSession, actor: Actor, request_id: int
+) -> TokenRequestOut | None:
     try:
         return await token_requests.get(session, actor=actor, request_id=request_id)
     except AppError:
         return None
-
-
-# ------------------------------------------------------------------ bulk
-
-
-@dataclass(frozen=True)
-class Selection:
-    ids: list[int]
-    tokens: int
-    unavailable: int  # selected, but no longer pending (or out of reach)
-    own: int  # the caller's own requests, which nobody may decide
-
-
-def _parse_ids(raw: str) -> list[int]:
-    ids: list[int] = []
-    seen: set[int] = set()
-    for part in raw.replace(" ", "").split(","):
-        if part.isdigit() and int(part) > 0 and int(part) not in seen:
-            seen.add(int(part))
-            ids.append(int(part))
-    return ids
-
-
-async def _selected(session: DbSession, actor: Actor, ids: list[int]) -> Selection:
-    """The explicitly ticked rows (one page at most), as they are now."""
-    chosen: list[int] = []
-    tokens = unavailable = own = 0
-    for request_id in ids:
-        item = await _current(session, actor, request_id)
-        if item is None or item.status.value != "pending":
-            unavailable += 1
-        elif item.user.id == actor.user_id:
-            own += 1
-        else:
-            chosen.append(item.id)
-            tokens += item.amount
-    return Selection(chosen, tokens, unavailable, own)
-
-
-async def _matching(session: DbSession, actor: Actor, view: QueueView) -> Selection:
-    """Every pending request matching the filters, in the caller's scope.
-
-    One read through the queue's own query and the service's scope rule: paging
-    through the service 500 rows at a time costs several times as much for a
-    queue of 10,000, and this is the path a morning's bulk approval takes.
-    """
-    org = await token_requests.organization(session, actor.organization_id)
-    rows = await token_requests_repo.list_items(
-        session,
-        scope=token_requests.scope_for(actor),
-        status=RequestStatus.PENDING.value,
-        team_id=view.team_id,
-        q=view.q or None,
-        sort="created_at",
-        limit=MAX_BULK_IDS,
-        offset=0,
-        now=utcnow(),
-        org_default=org.default_allocation,
-    )
-    chosen: list[int] = []
-    tokens = own = 0
-    for row in rows:
-        if row.user_id == actor.user_id:
-            own += 1
-        else:
-            chosen.append(row.id)
-            tokens += row.amount
-    return Selection(chosen, tokens, 0, own)
-
-
-@router.get("/admin/requests/bulk", response_class=HTMLResponse)
-async def bulk_confirm(
-    request: Request,
-    session: DbSession,
-    actor: AdminPageActor,
-    action: ViewQuery = None,
-    ids: ViewQuery = None,
-    matching: ViewQuery = None,
-    q: ViewQuery = None,
-    team_id: ViewQuery = None,
-) -> HTMLResponse:
-    """The confirmation: how many requests and how many tokens, before anything happens."""
-    verb = action if action in ("approve", "reject") else "approve"
-    view = _view("pending", q, team_id, None, None)
-    if matching:
-        selection = await _matching(session, actor, view)
-    else:
-        selection = await _selected(session, actor, _parse_ids(ids or "")[: PAGE_SIZE * 2])
-    return render(
-        request,
-        "admin/requests/_bulk_confirm.html",
-        action=verb,
-        selection=selection,
-        matching=bool(matching),
-        view=view,
-        note="",
-        errors={},
-    )
-
-
-@router.post("/admin/requests/bulk", response_model=None)
-async def bulk_decide(
-    request: Request,
-    session: DbSession,
-    actor: AdminPageActor,
-    action: Annotated[str, Form()] = "",
-    ids: Annotated[str, Form()] = "",
-    note: Annotated[str, Form()] = "",
-) -> Response:
-    request_ids = _parse_ids(ids)
-    try:
-        async with session.begin_nested():
-            result = await bulk_service.bulk(
-                session, actor=actor, action=action, ids=request_ids, note=note or None
-            )
-    except AppError as exc:
-        # Only the note is a field on this form; anything else is about the selection.
-        errors = field_errors(exc) if exc.field == "note" else {"": exc.message}
-        selection = await _selected(session, actor, request_ids[: PAGE_SIZE * 2])
-        if len(request_ids) > PAGE_SIZE * 2:
-            selection = Selection(request_ids, 0, 0, 0)
-        return render(
-            request,
-            "admin/requests/_bulk_confirm.html",
-            status_code=exc.status_code,
-            action=action if action in ("approve", "reject") else "approve",
-            selection=selection,
-            matching=len(request_ids) > PAGE_SIZE * 2,
-            view=QueueView(),
-            note=note,
-            errors=errors,
-        )
-    reasons: dict[str, list[int]] = {}
-    for skipped in result.skipped:
-        reasons.setdefault(skipped.reason, []).append(skipped.id)
-    response = render(
-        request,
-        "admin/requests/_bulk_summary.html",
-        action=action,
-        decided=len(result.decided),
-        skipped=len(result.skipped),
-        reasons=sorted(reasons.items(), key=lambda pair: -len(pair[1])),
-    )
-    verb = "Approved" if action == "approve" else "Rejected"
-    return with_events(
-        response,
-        toast=(f"{verb} {len(result.decided):,} requests.", "ok"),
-        refresh=True,
-        clear_selection=True,
-    )
-
-
-def tab_counts(counts: StatusCounts) -> dict[str, int]:
-    return {
-        "pending": counts.pending,
-        "approved": counts.approved,
-        "rejected": counts.rejected,
-        "all": counts.all,
-    }

@@ -11,6 +11,7 @@ from fastapi import APIRouter
 
 from tokendesk.web.admin import (
     audit,
+    bulk,
     organization,
     requests,
     settings,
@@ -19,5 +20,5 @@ from tokendesk.web.admin import (
 )
 
 router = APIRouter(include_in_schema=False)
-for section in (requests, users, teams, settings, audit, organization):
+for section in (requests, bulk, users, teams, settings, audit, organization):
     router.include_router(section.router)
