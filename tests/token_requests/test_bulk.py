@@ -197,21 +197,22 @@ class TestBulkApprove:
         assert counts[1] <= 12
         await assert_ledger_consistent(database)
 
-    async def test_batches_beyond_one_chunk_are_split_and_all_decided(
+    async def test_requesters_are_rolled_over_in_chunks_and_all_granted(
         self, database: Database, world: World, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setattr(repo, "CHUNK", 2)
         people = await members(database, world, 5, "chunk")
-        ids = [
-            (await submit(database, person, amount=100 + i)).id for i, person in enumerate(people)
-        ]
+        ids = [(await submit(database, p, amount=100 + i)).id for i, p in enumerate(people)]
         actor = await actor_for(database, world.admin)
+        later = utcnow() + timedelta(days=40)
         async with database.transaction() as s:
-            out = await bulk.bulk(s, actor=actor, action="approve", ids=[*ids, 999_999])
+            out = await bulk.bulk(s, actor=actor, action="approve", ids=[*ids, 999_999], now=later)
         assert out.decided == ids
         for i, (person, request_id) in enumerate(zip(people, ids, strict=True)):
-            assert (await balance_of(database, person)).granted == 100 + i
-            assert len(await grants_for(database, request_id)) == 1
+            balance = await balance_of(database, person)
+            assert (balance.granted, balance.period_end > later) == (100 + i, True)
+            [grant] = await grants_for(database, request_id)
+            assert grant.period_start == balance.period_start
         await assert_ledger_consistent(database)
 
 

@@ -1,9 +1,10 @@
 """Bulk approve or reject: one transaction, a handful of set-based statements.
 
-Each step handles every request at once (IN lists chunked for the drivers'
-parameter limits): one read to classify, one conditional UPDATE to decide, one
-to grant, one INSERT each for ledger entries and audit rows. Approving 10,000
-requests is therefore the same dozen statements as approving ten.
+Each step handles every request at once, the ids travelling as one bound
+parameter (see ``repository.among``): one read to classify, one conditional
+UPDATE to decide, one UPDATE to grant, one INSERT ... SELECT each for ledger
+entries and audit rows. Approving 10,000 requests is the same handful of
+statements as approving ten.
 """
 
 from __future__ import annotations

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     ColumnElement,
     Row,
     Select,
     String,
     and_,
+    any_,
+    bindparam,
     case,
     cast,
     func,
@@ -35,7 +39,7 @@ from tokendesk.token_requests.models import RequestStatus, TokenRequest
 
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
 
-# Keeps every IN list well inside SQLite's and asyncpg's bound-parameter limits.
+# Keeps IN lists of plain values (ledger rollovers) inside the drivers' parameter limits.
 CHUNK = 5_000
 
 # Aliases, so the allocation subquery below correlates only on the balance row.
@@ -59,6 +63,16 @@ def chunked(values: Sequence[Any], size: int | None = None) -> Iterator[Sequence
     size = size or CHUNK
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+def among(session: AsyncSession, column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
+    """``column IN ids`` with all ids in one bound parameter: an array on PostgreSQL,
+    a JSON list on SQLite. Nothing is rendered per id and no driver limit on the
+    number of parameters applies, so 100,000 ids are still one short statement."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(BigInteger())))
+    listed = func.json_each(bindparam(None, json.dumps(list(ids)), type_=String()))
+    return column.in_(select(listed.table_valued("value").c.value))
 
 
 def scope_clause(scope: Scope) -> ColumnElement[bool]:
@@ -205,13 +219,10 @@ async def items_by_ids(
     org_default: int,
 ) -> list[AnyRow]:
     """In-scope requests among ``ids``; ids the caller may not see are simply absent."""
-    rows: list[AnyRow] = []
-    for chunk in chunked(ids):
-        query = _items(now=now, org_default=org_default).where(
-            TokenRequest.id.in_(chunk), scope_clause(scope)
-        )
-        rows.extend((await session.execute(query)).all())
-    return rows
+    query = _items(now=now, org_default=org_default).where(
+        among(session, TokenRequest.id, ids), scope_clause(scope)
+    )
+    return list((await session.execute(query)).all())
 
 
 async def pending_of_user(session: AsyncSession, *, user_id: int) -> AnyRow | None:
@@ -222,11 +233,8 @@ async def pending_of_user(session: AsyncSession, *, user_id: int) -> AnyRow | No
 
 
 async def statuses(session: AsyncSession, *, ids: Sequence[int]) -> dict[int, str]:
-    found: dict[int, str] = {}
-    for chunk in chunked(ids):
-        query = select(TokenRequest.id, TokenRequest.status).where(TokenRequest.id.in_(chunk))
-        found.update({row.id: row.status for row in (await session.execute(query)).all()})
-    return found
+    query = select(TokenRequest.id, TokenRequest.status).where(among(session, TokenRequest.id, ids))
+    return {row.id: row.status for row in (await session.execute(query)).all()}
 
 
 async def insert_request(
@@ -282,24 +290,21 @@ async def transition(
         values["approved_amount"] = (
             TokenRequest.amount if approved_amount is None else approved_amount
         )
-    rows: list[AnyRow] = []
-    for chunk in chunked(sorted(ids)):
-        stmt = (
-            sql_update(TokenRequest)
-            .where(TokenRequest.id.in_(chunk), TokenRequest.status == RequestStatus.PENDING)
-            .values(values)
-            .returning(
-                TokenRequest.id,
-                TokenRequest.user_id,
-                TokenRequest.team_id,
-                TokenRequest.approved_amount,
-            )
-            .execution_options(synchronize_session=False)
+    stmt = (
+        sql_update(TokenRequest)
+        .where(among(session, TokenRequest.id, ids), TokenRequest.status == RequestStatus.PENDING)
+        .values(values)
+        .returning(
+            TokenRequest.id,
+            TokenRequest.user_id,
+            TokenRequest.team_id,
+            TokenRequest.approved_amount,
         )
-        if requester_id is not None:
-            stmt = stmt.where(TokenRequest.user_id == requester_id)
-        rows.extend((await session.execute(stmt)).all())
-    return rows
+        .execution_options(synchronize_session=False)
+    )
+    if requester_id is not None:
+        stmt = stmt.where(TokenRequest.user_id == requester_id)
+    return list((await session.execute(stmt)).all())
 
 
 async def grant_approved(
@@ -307,33 +312,30 @@ async def grant_approved(
 ) -> list[AnyRow]:
     """Add each approved request's amount to its requester's cached balance.
 
-    One UPDATE ... FROM per chunk; a user has at most one pending request, so
-    each balance row matches at most one request.
+    One UPDATE ... FROM; a user has at most one pending request, so each
+    balance row matches at most one request.
     """
-    rows: list[AnyRow] = []
-    for chunk in chunked(request_ids):
-        stmt = (
-            sql_update(Balance)
-            .where(
-                Balance.user_id == TokenRequest.user_id,
-                TokenRequest.id.in_(chunk),
-            )
-            .values(granted=Balance.granted + TokenRequest.approved_amount, updated_at=now)
-            .returning(
-                Balance.user_id,
-                Balance.organization_id,
-                Balance.period_start,
-                Balance.period_end,
-                Balance.allocation,
-                Balance.granted,
-                Balance.adjusted,
-                Balance.used,
-                Balance.reserved,
-            )
-            .execution_options(synchronize_session=False)
+    stmt = (
+        sql_update(Balance)
+        .where(
+            Balance.user_id == TokenRequest.user_id,
+            among(session, TokenRequest.id, request_ids),
         )
-        rows.extend((await session.execute(stmt)).all())
-    return rows
+        .values(granted=Balance.granted + TokenRequest.approved_amount, updated_at=now)
+        .returning(
+            Balance.user_id,
+            Balance.organization_id,
+            Balance.period_start,
+            Balance.period_end,
+            Balance.allocation,
+            Balance.granted,
+            Balance.adjusted,
+            Balance.used,
+            Balance.reserved,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return list((await session.execute(stmt)).all())
 
 
 async def insert_grant_entries(
@@ -364,24 +366,23 @@ async def insert_grant_entries(
         "token_request_id",
         "created_at",
     ]
-    for chunk in chunked(request_ids):
-        source = (
-            select(
-                Balance.organization_id,
-                TokenRequest.user_id,
-                Balance.period_start,
-                literal(EntryKind.GRANT.value, String()),
-                TokenRequest.approved_amount,
-                literal(actor_id, BigInteger()),
-                reason,
-                TokenRequest.id,
-                literal(now, UTCDateTime()),
-            )
-            .select_from(TokenRequest)
-            .join(Balance, Balance.user_id == TokenRequest.user_id)
-            .where(TokenRequest.id.in_(chunk))
+    source = (
+        select(
+            Balance.organization_id,
+            TokenRequest.user_id,
+            Balance.period_start,
+            literal(EntryKind.GRANT.value, String()),
+            TokenRequest.approved_amount,
+            literal(actor_id, BigInteger()),
+            reason,
+            TokenRequest.id,
+            literal(now, UTCDateTime()),
         )
-        await session.execute(insert(LedgerEntry).from_select(columns, source))
+        .select_from(TokenRequest)
+        .join(Balance, Balance.user_id == TokenRequest.user_id)
+        .where(among(session, TokenRequest.id, request_ids))
+    )
+    await session.execute(insert(LedgerEntry).from_select(columns, source))
 
 
 def _json_object(dialect: str, pairs: dict[str, Any]) -> ColumnElement[Any]:
@@ -419,17 +420,16 @@ async def insert_decision_audit(
         "details",
         "created_at",
     ]
-    for chunk in chunked(request_ids):
-        source = select(
-            literal(organization_id, BigInteger()),
-            literal(actor_id, BigInteger()),
-            literal(f"token_request.{status.value}", String()),
-            literal("token_request", String()),
-            cast(TokenRequest.id, String()),
-            _json_object(dialect, details),
-            literal(now, UTCDateTime()),
-        ).where(TokenRequest.id.in_(chunk))
-        await session.execute(insert(AuditEntry).from_select(columns, source))
+    source = select(
+        literal(organization_id, BigInteger()),
+        literal(actor_id, BigInteger()),
+        literal(f"token_request.{status.value}", String()),
+        literal("token_request", String()),
+        cast(TokenRequest.id, String()),
+        _json_object(dialect, details),
+        literal(now, UTCDateTime()),
+    ).where(among(session, TokenRequest.id, request_ids))
+    await session.execute(insert(AuditEntry).from_select(columns, source))
 
 
 async def get_organization(
