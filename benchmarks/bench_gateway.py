@@ -142,7 +142,7 @@ async def main() -> None:
     out = await measure("SQLite", sqlite_url(), args)
     pg = os.environ.get("TOKENDESK_BENCH_PG_URL")
     if pg:
-        reset_postgres(pg)
+        await reset_postgres(pg)
         out += await measure("PostgreSQL", pg, args)
     print("\n".join(out))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import platform
 import signal
@@ -43,15 +42,13 @@ def sqlite_url() -> str:
     return f"sqlite+aiosqlite:///{folder}/bench.db"
 
 
-def reset_postgres(url: str) -> None:
+async def reset_postgres(url: str) -> None:
+    """Wipe the benchmark database's public schema (never point this at real data)."""
     import asyncpg
 
-    async def reset() -> None:
-        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-        await conn.close()
-
-    asyncio.run(reset())
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    await conn.close()
 
 
 def wait_ready(url: str, timeout: float = 30.0) -> None:
