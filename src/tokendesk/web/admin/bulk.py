@@ -44,13 +44,13 @@ class Selection:
 
 
 def _parse_ids(raw: str) -> list[int]:
-    ids: list[int] = []
-    seen: set[int] = set()
-    for part in raw.replace(" ", "").split(","):
-        if part.isdigit() and int(part) > 0 and int(part) not in seen:
-            seen.add(int(part))
-            ids.append(int(part))
-    return ids
+    """'3,1,3,x' -> [3, 1]: the form's comma-separated ids, in order, once each."""
+    ids: dict[int, None] = {}
+    for part in raw.split(","):
+        part = part.strip()
+        if part.isdigit() and int(part) > 0:
+            ids.setdefault(int(part), None)
+    return list(ids)
 
 
 async def _selected(session: DbSession, actor: Actor, ids: list[int]) -> Selection:

@@ -1,17 +1,17 @@
-"""The active organization: the super admin's switcher, and the analytics placeholder."""
+"""The active organization: the super admin's switcher."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 
 from tokendesk.accounts import organizations
 from tokendesk.accounts.auth import SESSION_COOKIE, SESSION_MAX_AGE, new_session_cookie
 from tokendesk.accounts.models import User
 from tokendesk.deps import DbSession
-from tokendesk.web.admin.common import AdminPageActor, AdminRoute, admin_render, optional_int
+from tokendesk.web.admin.common import AdminPageActor, AdminRoute, optional_int
 from tokendesk.web.pages import LoginRequired
 
 router = APIRouter(route_class=AdminRoute, include_in_schema=False)
@@ -60,15 +60,3 @@ async def switch_organization(
         path="/",
     )
     return response
-
-
-@router.get("/admin/analytics", response_class=HTMLResponse)
-async def analytics(request: Request, session: DbSession, actor: AdminPageActor) -> HTMLResponse:
-    return await admin_render(
-        request,
-        session,
-        actor,
-        "admin/analytics.html",
-        section="analytics",
-        page_title="Analytics",
-    )

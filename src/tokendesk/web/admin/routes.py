@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tokendesk.web.admin import (
+    analytics,
     audit,
     bulk,
     organization,
@@ -20,5 +21,5 @@ from tokendesk.web.admin import (
 )
 
 router = APIRouter(include_in_schema=False)
-for section in (requests, bulk, users, teams, settings, audit, organization):
+for section in (requests, bulk, users, teams, analytics, settings, audit, organization):
     router.include_router(section.router)

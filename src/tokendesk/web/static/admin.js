@@ -290,13 +290,12 @@
     document.body.addEventListener("admin:clear-selection", clearSelection);
     document.body.addEventListener("admin:refresh", scheduleRefresh);
 
-    if (queue()) {
-      applySelection();
-      // Balances move without queue events (usage, resets): refresh now and then.
-      setInterval(() => {
-        if (document.visibilityState === "visible") scheduleRefresh();
-      }, BALANCE_REFRESH_MS);
-    }
+    if (queue()) applySelection();
+    // Balances move without queue events (usage, resets), and an event can be lost
+    // (a dropped connection between snapshot and replay): re-read now and then.
+    setInterval(() => {
+      if (document.visibilityState === "visible") scheduleRefresh();
+    }, BALANCE_REFRESH_MS);
     connect();
   });
 })();
