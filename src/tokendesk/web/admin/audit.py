@@ -82,7 +82,9 @@ def describe(details: dict[str, Any] | None) -> str:
     for key, value in (details or {}).items():
         if value is None or value == {} or value == []:
             continue
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        elif isinstance(value, int):
             value = f"{value:,}"
         parts.append(f"{key.replace('_', ' ')}: {value}")
     return " · ".join(parts)
