@@ -51,27 +51,42 @@ async def assert_ledger_consistent(database: Database) -> None:
 
 
 RollupKey = tuple[date, int, str]
+Sums = tuple[int, int, int, int]
 
 
 async def rollups_and_raw_sums(
     database: Database,
-) -> tuple[dict[RollupKey, tuple[int, int, int, int]], dict[RollupKey, tuple[int, int, int, int]]]:
-    """(rollup rows, the same sums computed from raw events), keyed by (UTC day, user, model)."""
+) -> tuple[dict[RollupKey, Sums], dict[RollupKey, Sums]]:
+    """(rollup sums, the same sums computed from raw events), keyed by (day, user, model).
+
+    Rows of one user in several teams are added up. Acme keeps UTC, so its days are UTC days.
+    """
+
+    def add(into: dict[RollupKey, list[int]], key: RollupKey, *values: int) -> None:
+        into[key] = [a + b for a, b in zip(into[key], values, strict=True)]
+
+    daily: dict[RollupKey, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    raw: dict[RollupKey, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     async with database.transaction(write=False) as s:
-        daily = {
-            (row.day, row.user_id, row.model): (
+        for row in await s.scalars(select(UsageDaily)):
+            add(
+                daily,
+                (row.day, row.user_id, row.model),
                 row.prompt_tokens,
                 row.completion_tokens,
                 row.total_tokens,
                 row.calls,
             )
-            for row in await s.scalars(select(UsageDaily))
-        }
-        raw: dict[RollupKey, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         for event in await s.scalars(select(UsageEvent)):
-            sums = raw[(event.occurred_at.astimezone(UTC).date(), event.user_id, event.model)]
-            sums[0] += event.prompt_tokens
-            sums[1] += event.completion_tokens
-            sums[2] += event.total_tokens
-            sums[3] += 1
-    return daily, {key: (a, b, c, d) for key, (a, b, c, d) in raw.items()}
+            add(
+                raw,
+                (event.occurred_at.astimezone(UTC).date(), event.user_id, event.model),
+                event.prompt_tokens,
+                event.completion_tokens,
+                event.total_tokens,
+                1,
+            )
+    return (
+        {key: (a, b, c, d) for key, (a, b, c, d) in daily.items()},
+        {key: (a, b, c, d) for key, (a, b, c, d) in raw.items()},
+    )

@@ -136,8 +136,9 @@ class TestRecordUsage:
         finally:
             event.remove(engine, "before_cursor_execute", count)
 
-        # users, stored ids, due periods, balances, events, ledger, used, rollups (+ BEGIN).
-        assert len(statements) <= 10, statements
+        # balances, events, ledger, used (+ BEGIN); rollups: events read back, per user,
+        # team and model day, series (created on first use), running totals.
+        assert len(statements) <= 12, statements
         async with database.transaction(write=False) as s:
             assert await s.scalar(select(func.count()).select_from(UsageEvent)) == 300
         await assert_ledger_consistent(database)
@@ -197,6 +198,8 @@ class TestReplays:
 
         assert [(r.replayed, r.remaining) for r in results] == [(True, 49_000), (False, 48_990)]
         assert await usage_entries(database, world.alice.id) == [-1_000, -10]
+        [again] = await record(database, world, usage("new", world.alice.id, 10))
+        assert (again.replayed, again.remaining) == (True, 48_990)
         await assert_ledger_consistent(database)
 
     async def test_event_ids_are_unique_per_organization_not_globally(

@@ -93,7 +93,7 @@ class TestDailyRollups:
         assert (await balance_of(database, world.alice.id)).used == 50
         await assert_ledger_consistent(database)
 
-    async def test_rollup_row_carries_the_users_current_team(
+    async def test_rollup_rows_keep_the_team_each_event_was_spent_in(
         self, database: Database, world: World
     ) -> None:
         await record(database, world, usage("1", world.alice.id, occurred_at=at(3)), now=at(20))
@@ -105,5 +105,5 @@ class TestDailyRollups:
         await record(database, world, usage("2", world.alice.id, occurred_at=at(3)), now=at(20))
 
         async with database.transaction(write=False) as s:
-            teams = list(await s.scalars(select(UsageDaily.team_id)))
-        assert teams == [world.team_b]
+            teams = list(await s.scalars(select(UsageDaily.team_id).order_by(UsageDaily.team_id)))
+        assert teams == [world.team_a, world.team_b]

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import Table, bindparam, case, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import User
+from tokendesk.db import Base
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
-from tokendesk.metering.models import UsageDaily, UsageEvent
-
-
-@dataclass(frozen=True)
-class Member:
-    id: int
-    organization_id: int
-    team_id: int | None
+from tokendesk.metering.models import UsageEvent
 
 
 @dataclass(frozen=True)
@@ -32,14 +26,29 @@ class StoredEvent:
     balance_after: int
 
 
-# Rows per multi-VALUES statement: 1,000 rows of a dozen columns stay far below the
-# bound-parameter limits of SQLite (32,766) and asyncpg (32,767).
-CHUNK_ROWS = 1000
+@dataclass
+class MemberBalance:
+    """A user's balance row with the user's current team."""
+
+    user_id: int
+    organization_id: int
+    period_start: datetime
+    period_end: datetime
+    allocation: int
+    granted: int
+    adjusted: int
+    used: int
+    reserved: int
+    team_id: int | None
+
+    @property
+    def remaining(self) -> int:
+        return self.allocation + self.granted + self.adjusted - self.used - self.reserved
 
 
-def _chunks(rows: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(rows), CHUNK_ROWS):
-        yield list(rows[start : start + CHUNK_ROWS])
+def _table(model: type[Base]) -> Table:
+    # Core statements on the table skip the ORM's per-row bulk bookkeeping.
+    return cast(Table, model.__table__)
 
 
 def _dialect_insert(session: AsyncSession) -> Any:
@@ -52,25 +61,17 @@ def _dialect_insert(session: AsyncSession) -> Any:
     raise NotImplementedError(f"usage ingest does not support the {name} dialect")
 
 
-async def members(session: AsyncSession, *, user_ids: Collection[int]) -> dict[int, Member]:
-    if not user_ids:
-        return {}
-    rows = await session.execute(
-        select(User.id, User.organization_id, User.team_id).where(User.id.in_(user_ids))
-    )
-    return {row.id: Member(row.id, row.organization_id, row.team_id) for row in rows}
-
-
 async def user_ids_by_email(
     session: AsyncSession, *, organization_id: int, emails: Collection[str]
 ) -> dict[str, int]:
     """Lower-cased email to user id, for users of ``organization_id`` only."""
     if not emails:
         return {}
+    # Emails are stored lower-cased, so the unique index answers this.
     rows = await session.execute(
-        select(func.lower(User.email), User.id).where(
+        select(User.email, User.id).where(
             User.organization_id == organization_id,
-            func.lower(User.email).in_({email.lower() for email in emails}),
+            User.email.in_({email.lower() for email in emails}),
         )
     )
     return {email: user_id for email, user_id in rows}
@@ -96,34 +97,48 @@ async def stored_events(
     return {row.event_id: StoredEvent(*row) for row in rows}
 
 
-async def lock_balances(session: AsyncSession, *, user_ids: Collection[int]) -> dict[int, Balance]:
-    """Load and (on PostgreSQL) lock the balances in user order, so batches never deadlock."""
-    rows = await session.scalars(
-        select(Balance)
+async def lock_balances(
+    session: AsyncSession, *, user_ids: Collection[int]
+) -> dict[int, MemberBalance]:
+    """Read and (on PostgreSQL) lock the balances, in user order so batches never deadlock.
+
+    Plain rows, not ORM objects: a batch reads a hundred of them and changes them
+    with one UPDATE, so identity-map bookkeeping would only cost time.
+    """
+    rows = await session.execute(
+        select(
+            Balance.user_id,
+            Balance.organization_id,
+            Balance.period_start,
+            Balance.period_end,
+            Balance.allocation,
+            Balance.granted,
+            Balance.adjusted,
+            Balance.used,
+            Balance.reserved,
+            User.team_id,
+        )
+        .join(User, User.id == Balance.user_id)
         .where(Balance.user_id.in_(user_ids))
         .order_by(Balance.user_id)
-        .with_for_update()
-        # Earlier statements in this transaction may have moved these rows behind the ORM.
-        .execution_options(populate_existing=True)
+        .with_for_update(of=Balance)
     )
-    return {row.user_id: row for row in rows}
+    return {row.user_id: MemberBalance(**row._mapping) for row in rows}
 
 
 async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
     """Insert the events no earlier call stored; returns event_id -> id of those inserted."""
     if not rows:
         return {}
-    inserted: dict[str, int] = {}
-    for chunk in _chunks(rows):
-        stmt = (
-            _dialect_insert(session)(UsageEvent)
-            .values(chunk)
-            .on_conflict_do_nothing(index_elements=["organization_id", "event_id"])
-            .returning(UsageEvent.id, UsageEvent.event_id)
-        )
-        result = await session.execute(stmt)
-        inserted.update((event_id, row_id) for row_id, event_id in result)
-    return inserted
+    table = _table(UsageEvent)
+    stmt = (
+        _dialect_insert(session)(table)
+        .on_conflict_do_nothing(index_elements=["organization_id", "event_id"])
+        .returning(table.c.id, table.c.event_id)
+    )
+    # A list of rows runs as "insertmanyvalues": one cached statement, rows sent in pages.
+    result = await session.execute(stmt, list(rows))
+    return {event_id: row_id for row_id, event_id in result}
 
 
 async def fix_balance_after(session: AsyncSession, values: Mapping[int, int]) -> None:
@@ -137,40 +152,48 @@ async def fix_balance_after(session: AsyncSession, values: Mapping[int, int]) ->
     )
 
 
-async def insert_usage_entries(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    kind = EntryKind.USAGE.value
-    for chunk in _chunks(rows):
-        await session.execute(insert(LedgerEntry).values([{**row, "kind": kind} for row in chunk]))
-
-
-async def add_used(
-    session: AsyncSession, *, used: Mapping[int, int], now: datetime
-) -> list[Balance]:
-    """One UPDATE for every user: ``used`` grows by each user's own sum."""
-    if not used:
-        return []
-    result = await session.scalars(
-        update(Balance)
-        .where(Balance.user_id.in_(used))
-        .values(used=Balance.used + case(used, value=Balance.user_id), updated_at=now)
-        .returning(Balance)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    return list(result)
-
-
-async def upsert_rollups(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Add each (org, day, user, model) group to its daily row, creating it when missing."""
-    for chunk in _chunks(rows):
-        stmt = _dialect_insert(session)(UsageDaily).values(chunk)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["organization_id", "day", "user_id", "model"],
-            set_={
-                "team_id": stmt.excluded.team_id,
-                "prompt_tokens": UsageDaily.prompt_tokens + stmt.excluded.prompt_tokens,
-                "completion_tokens": UsageDaily.completion_tokens + stmt.excluded.completion_tokens,
-                "total_tokens": UsageDaily.total_tokens + stmt.excluded.total_tokens,
-                "calls": UsageDaily.calls + stmt.excluded.calls,
-            },
+async def insert_usage_entries(session: AsyncSession, *, usage_event_ids: Collection[int]) -> None:
+    """A usage ledger entry for each of these events, in its user's current period."""
+    if not usage_event_ids:
+        return
+    source = (
+        select(
+            UsageEvent.organization_id,
+            UsageEvent.user_id,
+            Balance.period_start,
+            literal(EntryKind.USAGE.value),
+            -UsageEvent.total_tokens,
+            UsageEvent.id,
+            UsageEvent.model + " via " + UsageEvent.source,
+            UsageEvent.recorded_at,
         )
-        await session.execute(stmt)
+        .join(Balance, Balance.user_id == UsageEvent.user_id)
+        .where(UsageEvent.id.in_(usage_event_ids))
+    )
+    columns = [
+        "organization_id",
+        "user_id",
+        "period_start",
+        "kind",
+        "amount",
+        "usage_event_id",
+        "reason",
+        "created_at",
+    ]
+    await session.execute(insert(_table(LedgerEntry)).from_select(columns, source))
+
+
+async def add_used(session: AsyncSession, *, used: Mapping[int, int], now: datetime) -> None:
+    """Grow each user's ``used`` by their sum: one UPDATE statement, run for every user.
+
+    Relative, not absolute, so it composes with concurrent holds on the same row.
+    """
+    if not used:
+        return
+    table = _table(Balance)
+    stmt = (
+        update(table)
+        .where(table.c.user_id == bindparam("uid"))
+        .values(used=table.c.used + bindparam("delta"), updated_at=now)
+    )
+    await session.execute(stmt, [{"uid": uid, "delta": delta} for uid, delta in used.items()])

@@ -2,8 +2,9 @@
 
 A batch is recorded with a fixed handful of statements whatever its size: the
 balances are read (and locked on PostgreSQL) once, each event's resulting
-balance is computed in Python in batch order, and events, ledger entries,
-balances and daily rollups are each written with one set-based statement.
+balance is computed in Python in batch order, and events, ledger entries and
+balances are each written with one set-based statement; :mod:`rollups` then
+adds the new events to the analytics rollups in the same transaction.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,8 +21,9 @@ from tokendesk.db import utcnow
 from tokendesk.errors import InvalidInput, NotFound
 from tokendesk.events.bus import emit
 from tokendesk.ledger import service as ledger
-from tokendesk.ledger.models import Balance, Reservation
+from tokendesk.ledger.models import Reservation
 from tokendesk.metering import repository as repo
+from tokendesk.metering import rollups
 
 MAX_ID_LENGTH = 200
 MAX_SOURCE_LENGTH = 50
@@ -98,7 +100,9 @@ class _Plan:
     used: dict[int, int]
 
 
-def _plan(events: Sequence[UsageInput], *, balances: dict[int, Balance], known: set[str]) -> _Plan:
+def _plan(
+    events: Sequence[UsageInput], *, balances: dict[int, repo.MemberBalance], known: set[str]
+) -> _Plan:
     """Charge each new event in batch order, per user, from the user's current remaining."""
     remaining = {user_id: balance.remaining for user_id, balance in balances.items()}
     plan = _Plan(fresh={}, balance_after={}, used=defaultdict(int))
@@ -112,18 +116,16 @@ def _plan(events: Sequence[UsageInput], *, balances: dict[int, Balance], known: 
     return plan
 
 
-async def _check_members(
-    session: AsyncSession, *, organization_id: int, events: Sequence[UsageInput]
-) -> dict[int, repo.Member]:
-    found = await repo.members(session, user_ids={usage.user_id for usage in events})
+def _check_members(
+    organization_id: int, events: Sequence[UsageInput], balances: dict[int, repo.MemberBalance]
+) -> None:
     for index, usage in enumerate(events):
-        member = found.get(usage.user_id)
-        if member is None or member.organization_id != organization_id:
+        balance = balances.get(usage.user_id)
+        if balance is None or balance.organization_id != organization_id:
             name = f"events.{index}.user_id"
             raise InvalidInput(
                 f"{name}: user {usage.user_id} not found in this organization", field=name
             )
-    return found
 
 
 async def record_usage(
@@ -146,24 +148,23 @@ async def record_usage(
     now = now or utcnow()
     for index, usage in enumerate(events):
         _check(index, usage, now)
-    found = await _check_members(session, organization_id=organization_id, events=events)
-    stored = await repo.stored_events(
-        session,
-        organization_id=organization_id,
-        event_ids={usage.event_id for usage in events},
-    )
-    user_ids = {usage.user_id for usage in events if usage.event_id not in stored}
-    balances: dict[int, Balance] = {}
-    if user_ids:
+    user_ids = {usage.user_id for usage in events}
+    balances = await repo.lock_balances(session, user_ids=user_ids)
+    _check_members(organization_id, events, balances)
+    if any(balance.period_end <= now for balance in balances.values()):
         await ledger.rollover_due(session, now=now, user_ids=list(user_ids))
         balances = await repo.lock_balances(session, user_ids=user_ids)
-    plan = _plan(events, balances=balances, known=set(stored))
-    rows = [_event_row(organization_id, events[i], found, plan, now) for i in plan.fresh.values()]
+    # Optimistic: most events are new, so charge them all and let the insert say otherwise.
+    plan = _plan(events, balances=balances, known=set())
+    rows = [
+        _event_row(organization_id, events[i], balances, plan, now) for i in plan.fresh.values()
+    ]
     inserted = await repo.insert_events(session, rows)
+    stored: dict[str, repo.StoredEvent] = {}
     if len(inserted) < len(plan.fresh):
-        # A concurrent batch stored some of these ids between our read and our insert:
-        # they are replays after all, and the balances after them must be recomputed.
-        stored |= await repo.stored_events(
+        # Some ids were recorded before (a retry, or a concurrent batch that just won):
+        # they are replays, and the balances after the events that follow them shift.
+        stored = await repo.stored_events(
             session,
             organization_id=organization_id,
             event_ids=plan.fresh.keys() - inserted.keys(),
@@ -178,14 +179,14 @@ async def record_usage(
                 if planned[event_id] != after
             },
         )
-    await _write_effects(session, organization_id, events, found, balances, plan, inserted, now)
+    await _write_effects(session, organization_id, events, balances, plan, inserted, now)
     return _results(events, plan, inserted, stored)
 
 
 def _event_row(
     organization_id: int,
     usage: UsageInput,
-    found: dict[int, repo.Member],
+    balances: dict[int, repo.MemberBalance],
     plan: _Plan,
     now: datetime,
 ) -> dict[str, Any]:
@@ -193,7 +194,7 @@ def _event_row(
         "organization_id": organization_id,
         "event_id": usage.event_id,
         "user_id": usage.user_id,
-        "team_id": found[usage.user_id].team_id,
+        "team_id": balances[usage.user_id].team_id,
         "model": usage.model,
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -209,51 +210,20 @@ async def _write_effects(
     session: AsyncSession,
     organization_id: int,
     events: Sequence[UsageInput],
-    found: dict[int, repo.Member],
-    balances: dict[int, Balance],
+    balances: dict[int, repo.MemberBalance],
     plan: _Plan,
     inserted: dict[str, int],
     now: datetime,
 ) -> None:
     """Ledger entries, balance cache, daily rollups and real-time events of the new events."""
-    entries: list[dict[str, Any]] = []
-    rollups: dict[tuple[date, int, str], dict[str, Any]] = {}
-    for event_id, index in plan.fresh.items():
-        usage = events[index]
-        entries.append(
-            {
-                "organization_id": organization_id,
-                "user_id": usage.user_id,
-                "period_start": balances[usage.user_id].period_start,
-                "amount": -usage.debit,
-                "usage_event_id": inserted[event_id],
-                "reason": f"{usage.model} via {usage.source}",
-                "created_at": now,
-            }
-        )
-        day = (usage.occurred_at or now).astimezone(UTC).date()
-        rollup = rollups.setdefault(
-            (day, usage.user_id, usage.model),
-            {
-                "organization_id": organization_id,
-                "day": day,
-                "user_id": usage.user_id,
-                "team_id": found[usage.user_id].team_id,
-                "model": usage.model,
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
-                "total_tokens": 0,
-                "calls": 0,
-            },
-        )
-        rollup["prompt_tokens"] += usage.prompt_tokens
-        rollup["completion_tokens"] += usage.completion_tokens
-        rollup["total_tokens"] += usage.debit
-        rollup["calls"] += 1
-    await repo.insert_usage_entries(session, entries)
-    changed = await repo.add_used(session, used=plan.used, now=now)
-    await repo.upsert_rollups(session, list(rollups.values()))
-    for balance in changed:
+    stored_now = list(inserted.values())
+    await repo.insert_usage_entries(session, usage_event_ids=stored_now)
+    await repo.add_used(session, used=plan.used, now=now)
+    await rollups.add(session, organization_id=organization_id, usage_event_ids=stored_now)
+    for user_id, delta in plan.used.items():
+        # The rows are locked (or SQLite's write lock is held), so this mirrors the UPDATE.
+        balance = balances[user_id]
+        balance.used += delta
         emit(session, ledger.balance_event(balance, cause="usage"))
 
 
