@@ -5,7 +5,14 @@ from tokendesk.audit.models import AuditEntry
 from tokendesk.chat.models import Conversation, Message
 from tokendesk.db import Base
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry, Reservation
-from tokendesk.metering.models import UsageDaily, UsageEvent
+from tokendesk.metering.models import (
+    UsageCumulative,
+    UsageDaily,
+    UsageEvent,
+    UsageModelDaily,
+    UsageSeries,
+    UsageTeamDaily,
+)
 from tokendesk.token_requests.models import RequestStatus, TokenRequest
 
 __all__ = [
@@ -24,7 +31,11 @@ __all__ = [
     "Team",
     "TeamOwner",
     "TokenRequest",
+    "UsageCumulative",
     "UsageDaily",
     "UsageEvent",
+    "UsageModelDaily",
+    "UsageSeries",
+    "UsageTeamDaily",
     "User",
 ]

@@ -17,6 +17,7 @@ API_ROUTERS = [
     "tokendesk.metering.routes",
     "tokendesk.audit.routes",
     "tokendesk.chat.routes",
+    "tokendesk.analytics.routes",
 ]
 # Mounted at the root: pages, the SSE stream and the OpenAI-compatible gateway.
 ROOT_ROUTERS = [

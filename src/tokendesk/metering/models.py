@@ -35,24 +35,118 @@ class UsageEvent(Base):
     balance_after: Mapped[int] = mapped_column(BigInteger)
 
 
+# Rollups key teams by plain id, 0 for "no team": a unique key must never hold NULL
+# (NULLs never conflict, so upserts would add rows), and usage keeps the team it was
+# spent in even after that team is deleted.
+NO_TEAM = 0
+# The model of a series that counts every model together.
+ALL_MODELS = ""
+
+
 class UsageDaily(Base):
-    """Rollup per user, model and UTC day, updated in the same transaction as each event."""
+    """Usage per organization-local day, user, team at the time of use, and model.
+
+    ``day`` is the calendar date of ``occurred_at`` in the organization's time
+    zone, so every period and every "last N days" range is whole rollup days.
+    Updated in the same transaction as each event; its sums equal the raw events'.
+    """
 
     __tablename__ = "usage_daily"
-    __table_args__ = (
-        UniqueConstraint("organization_id", "day", "user_id", "model"),
-        Index("ix_usage_daily_org_day", "organization_id", "day"),
-    )
+    __table_args__ = (UniqueConstraint("organization_id", "day", "user_id", "team_id", "model"),)
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     day: Mapped[date] = mapped_column(Date)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    team_id: Mapped[int | None] = mapped_column(
-        ForeignKey("teams.id", ondelete="SET NULL"), nullable=True
-    )
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[int] = mapped_column(BigInteger, default=NO_TEAM)
     model: Mapped[str] = mapped_column(String(200))
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     calls: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class UsageTeamDaily(Base):
+    """Usage per organization-local day, team at the time of use, and model.
+
+    A few hundred rows a day whatever the head count: charts, teams and models
+    read this instead of the per-user rows.
+    """
+
+    __tablename__ = "usage_team_daily"
+    __table_args__ = (
+        # Covers one model's tokens and calls per day and team without visiting the rows.
+        Index(
+            "ix_usage_team_daily_org_model_day",
+            "organization_id",
+            "model",
+            "day",
+            "team_id",
+            "total_tokens",
+            "calls",
+        ),
+        {"sqlite_with_rowid": False},
+    )
+
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    team_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    calls: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class UsageModelDaily(Base):
+    """Usage per organization-local day and model, across the whole organization."""
+
+    __tablename__ = "usage_model_daily"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    calls: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class UsageSeries(Base):
+    """One user's usage in one team, for one model or (``ALL_MODELS``) all of them.
+
+    Its :class:`UsageCumulative` rows hold running totals, so a user's usage over
+    any range of days is two index lookups, however long the range.
+    """
+
+    __tablename__ = "usage_series"
+    __table_args__ = (UniqueConstraint("organization_id", "model", "team_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[int] = mapped_column(BigInteger, default=NO_TEAM)
+    model: Mapped[str] = mapped_column(String(200))
+
+
+class UsageCumulative(Base):
+    """A series' totals from its first day up to and including ``day``.
+
+    A row exists for each day the series has usage; usage over days [a, b] is
+    the last row on or before b minus the last row before a.
+    """
+
+    __tablename__ = "usage_cumulative"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    series_id: Mapped[int] = mapped_column(
+        ForeignKey("usage_series.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    calls: Mapped[int] = mapped_column(BigInteger, default=0)

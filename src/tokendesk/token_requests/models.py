@@ -29,6 +29,19 @@ class TokenRequest(Base):
         ),
         Index("ix_token_requests_org_status_created", "organization_id", "status", "created_at"),
         Index("ix_token_requests_team_status", "team_id", "status"),
+        # Analytics reads requests by creation time; every column it needs is in the
+        # index, so a range of a few thousand requests never touches the table.
+        Index(
+            "ix_token_requests_org_created_stats",
+            "organization_id",
+            "created_at",
+            "status",
+            "team_id",
+            "user_id",
+            "amount",
+            "approved_amount",
+            "decided_at",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 17:22:12.045253
+Create Date: 2026-11-28 18:01:20.384260
 """
 
 from collections.abc import Sequence
@@ -55,6 +55,58 @@ def upgrade() -> None:
     with op.batch_alter_table("teams", schema=None) as batch_op:
         batch_op.create_index(
             batch_op.f("ix_teams_organization_id"), ["organization_id"], unique=False
+        )
+
+    op.create_table(
+        "usage_model_daily",
+        sa.Column(
+            "organization_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("model", sa.String(length=200), nullable=False),
+        sa.Column("prompt_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("completion_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("total_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("calls", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["organization_id"],
+            ["organizations.id"],
+            name=op.f("fk_usage_model_daily_organization_id_organizations"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint(
+            "organization_id", "day", "model", name=op.f("pk_usage_model_daily")
+        ),
+        sqlite_with_rowid=False,
+    )
+    op.create_table(
+        "usage_team_daily",
+        sa.Column(
+            "organization_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("team_id", sa.BigInteger(), nullable=False),
+        sa.Column("model", sa.String(length=200), nullable=False),
+        sa.Column("prompt_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("completion_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("total_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("calls", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["organization_id"],
+            ["organizations.id"],
+            name=op.f("fk_usage_team_daily_organization_id_organizations"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint(
+            "organization_id", "day", "team_id", "model", name=op.f("pk_usage_team_daily")
+        ),
+        sqlite_with_rowid=False,
+    )
+    with op.batch_alter_table("usage_team_daily", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_usage_team_daily_org_model_day",
+            ["organization_id", "model", "day", "team_id", "total_tokens", "calls"],
+            unique=False,
         )
 
     op.create_table(
@@ -288,6 +340,20 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("token_requests", schema=None) as batch_op:
         batch_op.create_index(
+            "ix_token_requests_org_created_stats",
+            [
+                "organization_id",
+                "created_at",
+                "status",
+                "team_id",
+                "user_id",
+                "amount",
+                "approved_amount",
+                "decided_at",
+            ],
+            unique=False,
+        )
+        batch_op.create_index(
             "ix_token_requests_org_status_created",
             ["organization_id", "status", "created_at"],
             unique=False,
@@ -310,7 +376,7 @@ def upgrade() -> None:
         ),
         sa.Column("day", sa.Date(), nullable=False),
         sa.Column("user_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column("team_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column("team_id", sa.BigInteger(), nullable=False),
         sa.Column("model", sa.String(length=200), nullable=False),
         sa.Column("prompt_tokens", sa.BigInteger(), nullable=False),
         sa.Column("completion_tokens", sa.BigInteger(), nullable=False),
@@ -323,12 +389,6 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["team_id"],
-            ["teams.id"],
-            name=op.f("fk_usage_daily_team_id_teams"),
-            ondelete="SET NULL",
-        ),
-        sa.ForeignKeyConstraint(
             ["user_id"], ["users.id"], name=op.f("fk_usage_daily_user_id_users"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_usage_daily")),
@@ -336,12 +396,13 @@ def upgrade() -> None:
             "organization_id",
             "day",
             "user_id",
+            "team_id",
             "model",
-            name=op.f("uq_usage_daily_organization_id_day_user_id_model"),
+            name=op.f("uq_usage_daily_organization_id_day_user_id_team_id_model"),
         ),
     )
     with op.batch_alter_table("usage_daily", schema=None) as batch_op:
-        batch_op.create_index("ix_usage_daily_org_day", ["organization_id", "day"], unique=False)
+        batch_op.create_index(batch_op.f("ix_usage_daily_user_id"), ["user_id"], unique=False)
 
     op.create_table(
         "usage_events",
@@ -387,6 +448,39 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_usage_events_user_occurred", ["user_id", "occurred_at"], unique=False
         )
+
+    op.create_table(
+        "usage_series",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column(
+            "organization_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("user_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("team_id", sa.BigInteger(), nullable=False),
+        sa.Column("model", sa.String(length=200), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["organization_id"],
+            ["organizations.id"],
+            name=op.f("fk_usage_series_organization_id_organizations"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_usage_series_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_usage_series")),
+        sa.UniqueConstraint(
+            "organization_id",
+            "model",
+            "team_id",
+            "user_id",
+            name=op.f("uq_usage_series_organization_id_model_team_id_user_id"),
+        ),
+    )
+    with op.batch_alter_table("usage_series", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_usage_series_user_id"), ["user_id"], unique=False)
 
     op.create_table(
         "ledger_entries",
@@ -473,11 +567,29 @@ def upgrade() -> None:
             "ix_messages_conversation_id", ["conversation_id", "id"], unique=False
         )
 
+    op.create_table(
+        "usage_cumulative",
+        sa.Column(
+            "series_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("tokens", sa.BigInteger(), nullable=False),
+        sa.Column("calls", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["series_id"],
+            ["usage_series.id"],
+            name=op.f("fk_usage_cumulative_series_id_usage_series"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("series_id", "day", name=op.f("pk_usage_cumulative")),
+        sqlite_with_rowid=False,
+    )
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    op.drop_table("usage_cumulative")
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_index("ix_messages_conversation_id")
 
@@ -488,12 +600,16 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_ledger_entries_organization_id"))
 
     op.drop_table("ledger_entries")
+    with op.batch_alter_table("usage_series", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_usage_series_user_id"))
+
+    op.drop_table("usage_series")
     with op.batch_alter_table("usage_events", schema=None) as batch_op:
         batch_op.drop_index("ix_usage_events_user_occurred")
 
     op.drop_table("usage_events")
     with op.batch_alter_table("usage_daily", schema=None) as batch_op:
-        batch_op.drop_index("ix_usage_daily_org_day")
+        batch_op.drop_index(batch_op.f("ix_usage_daily_user_id"))
 
     op.drop_table("usage_daily")
     with op.batch_alter_table("token_requests", schema=None) as batch_op:
@@ -505,6 +621,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_token_requests_user_id"))
         batch_op.drop_index("ix_token_requests_team_status")
         batch_op.drop_index("ix_token_requests_org_status_created")
+        batch_op.drop_index("ix_token_requests_org_created_stats")
 
     op.drop_table("token_requests")
     with op.batch_alter_table("team_owners", schema=None) as batch_op:
@@ -540,6 +657,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_users_organization_id"))
 
     op.drop_table("users")
+    with op.batch_alter_table("usage_team_daily", schema=None) as batch_op:
+        batch_op.drop_index("ix_usage_team_daily_org_model_day")
+
+    op.drop_table("usage_team_daily")
+    op.drop_table("usage_model_daily")
     with op.batch_alter_table("teams", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_teams_organization_id"))
 

@@ -1,0 +1,435 @@
+"""All analytics SQL: rollups, token requests and balances, never raw usage events.
+
+Every query is bounded by the size of its answer, not by the number of events:
+users' usage over a range comes from running totals (two index lookups per
+user), charts and breakdowns from per-day team and model rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Float, Select, case, cast, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokendesk.accounts.models import Team, User
+from tokendesk.ledger.models import Balance
+from tokendesk.metering.models import (
+    ALL_MODELS,
+    NO_TEAM,
+    UsageCumulative,
+    UsageModelDaily,
+    UsageSeries,
+    UsageTeamDaily,
+)
+from tokendesk.token_requests.models import RequestStatus, TokenRequest
+
+# Ids per IN list: well inside SQLite's and asyncpg's bound-parameter limits.
+CHUNK = 5_000
+DECIDED = (RequestStatus.APPROVED.value, RequestStatus.REJECTED.value)
+
+
+@dataclass(frozen=True)
+class Where:
+    """What a query may see: one organization, some or all teams, one model or all."""
+
+    organization_id: int
+    # None: every team (and users without one); otherwise these team ids (0: no team).
+    team_ids: frozenset[int] | None
+    model: str | None
+
+
+@dataclass(frozen=True)
+class SeriesUsage:
+    user_id: int
+    team_id: int
+    tokens: int
+
+
+def _chunks(values: Sequence[int]) -> list[Sequence[int]]:
+    return [values[start : start + CHUNK] for start in range(0, len(values), CHUNK)]
+
+
+def _team_clause(column: Any, team_ids: frozenset[int] | None) -> list[ColumnElement[bool]]:
+    if team_ids is None:
+        return []
+    return [column.in_(sorted(team_ids))]
+
+
+# ---------------------------------------------------------------- usage
+
+
+def _over_range(column: Any, first_day: date, last_day: date) -> Any:
+    """A series' running ``column`` on the range's last day minus the day before its first."""
+    c = UsageCumulative
+
+    def last_on_or_before(day_clause: ColumnElement[bool]) -> Any:
+        value = (
+            select(column)
+            .where(c.series_id == UsageSeries.id, day_clause)
+            .order_by(c.day.desc())
+            .limit(1)
+            .correlate(UsageSeries)
+            .scalar_subquery()
+        )
+        return func.coalesce(value, 0)
+
+    return last_on_or_before(c.day <= last_day) - last_on_or_before(c.day < first_day)
+
+
+def _series_in(where: Where) -> list[ColumnElement[bool]]:
+    return [
+        UsageSeries.organization_id == where.organization_id,
+        UsageSeries.model == (where.model or ALL_MODELS),
+        *_team_clause(UsageSeries.team_id, where.team_ids),
+    ]
+
+
+async def series_usage(
+    session: AsyncSession, *, where: Where, first_day: date, last_day: date
+) -> list[SeriesUsage]:
+    """Tokens of every (user, team) series over [first_day, last_day], unused ones left out.
+
+    Each series costs two index lookups whatever the range's length: its running
+    total on the last day of the range minus the one before the first day.
+    """
+    tokens = _over_range(UsageCumulative.tokens, first_day, last_day)
+    rows = await session.execute(
+        select(UsageSeries.user_id, UsageSeries.team_id, tokens).where(*_series_in(where))
+    )
+    # Filtered here, not in SQL: a WHERE on the difference would run the lookups twice.
+    return [SeriesUsage(user_id, team_id, int(t)) for user_id, team_id, t in rows if t]
+
+
+async def calls_by_user(
+    session: AsyncSession, *, where: Where, first_day: date, last_day: date, user_ids: Sequence[int]
+) -> dict[int, int]:
+    """Calls over [first_day, last_day] of these users (asked only for the users shown)."""
+    calls = _over_range(UsageCumulative.calls, first_day, last_day)
+    out: dict[int, int] = {}
+    for chunk in _chunks(sorted(user_ids)):
+        rows = await session.execute(
+            select(UsageSeries.user_id, calls).where(
+                *_series_in(where), UsageSeries.user_id.in_(chunk)
+            )
+        )
+        for user_id, count in rows:
+            out[user_id] = out.get(user_id, 0) + int(count)
+    return out
+
+
+def _daily_source(where: Where) -> tuple[Any, list[ColumnElement[bool]]]:
+    """The smallest per-day table that answers ``where``, and its filter."""
+    if where.team_ids is None:
+        table: Any = UsageModelDaily
+        clauses: list[ColumnElement[bool]] = []
+    else:
+        table = UsageTeamDaily
+        clauses = _team_clause(UsageTeamDaily.team_id, where.team_ids)
+    clauses.append(table.organization_id == where.organization_id)
+    if where.model is not None:
+        clauses.append(table.model == where.model)
+    return table, clauses
+
+
+async def daily_by(
+    session: AsyncSession, *, where: Where, first_day: date, last_day: date, stack: str
+) -> list[tuple[date, Any, int]]:
+    """(day, team id or model, tokens) for every day of the range with usage."""
+    if stack == "team":
+        t = UsageTeamDaily
+        key: Any = t.team_id
+        clauses = [
+            t.organization_id == where.organization_id,
+            *_team_clause(t.team_id, where.team_ids),
+        ]
+        if where.model is not None:
+            clauses.append(t.model == where.model)
+        table: Any = t
+    else:
+        table, clauses = _daily_source(where)
+        key = table.model
+    rows = await session.execute(
+        select(table.day, key, func.sum(table.total_tokens))
+        .where(*clauses, table.day >= first_day, table.day <= last_day)
+        .group_by(table.day, key)
+    )
+    return [(day, k, int(tokens)) for day, k, tokens in rows]
+
+
+async def team_totals(
+    session: AsyncSession, *, where: Where, first_day: date, last_day: date
+) -> dict[int, tuple[int, int]]:
+    """team id -> (tokens, calls) over the range."""
+    t = UsageTeamDaily
+    clauses = [t.organization_id == where.organization_id, *_team_clause(t.team_id, where.team_ids)]
+    if where.model is not None:
+        clauses.append(t.model == where.model)
+    rows = await session.execute(
+        select(t.team_id, func.sum(t.total_tokens), func.sum(t.calls))
+        .where(*clauses, t.day >= first_day, t.day <= last_day)
+        .group_by(t.team_id)
+    )
+    return {team_id: (int(tokens), int(calls)) for team_id, tokens, calls in rows}
+
+
+async def model_totals(
+    session: AsyncSession, *, where: Where, first_day: date, last_day: date
+) -> list[tuple[str, int, int, int, int]]:
+    """(model, tokens, prompt, completion, calls) over the range."""
+    table, clauses = _daily_source(where)
+    rows = await session.execute(
+        select(
+            table.model,
+            func.sum(table.total_tokens),
+            func.sum(table.prompt_tokens),
+            func.sum(table.completion_tokens),
+            func.sum(table.calls),
+        )
+        .where(*clauses, table.day >= first_day, table.day <= last_day)
+        .group_by(table.model)
+    )
+    return [(m, int(t), int(p), int(c), int(n)) for m, t, p, c, n in rows]
+
+
+async def models_used(session: AsyncSession, *, organization_id: int) -> list[str]:
+    rows = await session.scalars(
+        select(UsageModelDaily.model)
+        .where(UsageModelDaily.organization_id == organization_id)
+        .distinct()
+        .order_by(UsageModelDaily.model)
+    )
+    return list(rows)
+
+
+# ---------------------------------------------------------------- people and teams
+
+
+@dataclass(frozen=True)
+class Person:
+    user_id: int
+    name: str
+    email: str
+    team_id: int | None
+    team_name: str | None
+    allocation: int
+
+
+async def people(session: AsyncSession, *, user_ids: Sequence[int]) -> dict[int, Person]:
+    """Name, email, current team and this period's allocation of these users."""
+    out: dict[int, Person] = {}
+    for chunk in _chunks(list(user_ids)):
+        rows = await session.execute(
+            select(
+                User.id,
+                User.name,
+                User.email,
+                User.team_id,
+                Team.name,
+                func.coalesce(Balance.allocation, 0),
+            )
+            .outerjoin(Team, Team.id == User.team_id)
+            .outerjoin(Balance, Balance.user_id == User.id)
+            .where(User.id.in_(chunk))
+        )
+        out.update({row[0]: Person(*row) for row in rows})
+    return out
+
+
+async def teams(session: AsyncSession, *, organization_id: int) -> list[tuple[int, str]]:
+    rows = await session.execute(
+        select(Team.id, Team.name)
+        .where(Team.organization_id == organization_id)
+        .order_by(Team.name)
+    )
+    return [(team_id, name) for team_id, name in rows]
+
+
+async def team_members(
+    session: AsyncSession, *, organization_id: int
+) -> dict[int, tuple[int, int]]:
+    """Current team id (0: none) -> (members, sum of this period's allocations)."""
+    team = func.coalesce(User.team_id, NO_TEAM)
+    rows = await session.execute(
+        select(team, func.count(), func.coalesce(func.sum(Balance.allocation), 0))
+        .outerjoin(Balance, Balance.user_id == User.id)
+        .where(User.organization_id == organization_id, User.is_active.is_(True))
+        .group_by(team)
+    )
+    return {team_id: (int(count), int(allocation)) for team_id, count, allocation in rows}
+
+
+# ---------------------------------------------------------------- token requests
+
+
+def _requests_in(
+    where: Where, start: datetime, end: datetime, *, team_column: Any = None
+) -> list[ColumnElement[bool]]:
+    clauses = [
+        TokenRequest.organization_id == where.organization_id,
+        TokenRequest.created_at >= start,
+        TokenRequest.created_at < end,
+    ]
+    if where.team_ids is not None:
+        team = func.coalesce(TokenRequest.team_id, NO_TEAM)
+        clauses.append(team.in_(sorted(where.team_ids)))
+    return clauses
+
+
+_GRANTED = func.coalesce(
+    func.sum(
+        case((TokenRequest.status == RequestStatus.APPROVED.value, TokenRequest.approved_amount))
+    ),
+    0,
+)
+
+
+async def request_counts(
+    session: AsyncSession, *, where: Where, start: datetime, end: datetime
+) -> list[tuple[str, int, int, int]]:
+    """(status, count, tokens requested, tokens granted) of requests made in [start, end)."""
+    rows = await session.execute(
+        select(TokenRequest.status, func.count(), func.sum(TokenRequest.amount), _GRANTED)
+        .where(*_requests_in(where, start, end))
+        .group_by(TokenRequest.status)
+    )
+    return [(status, int(n), int(asked or 0), int(granted)) for status, n, asked, granted in rows]
+
+
+async def median_decision_seconds(
+    session: AsyncSession, *, where: Where, start: datetime, end: datetime, decided: int
+) -> float | None:
+    """Median time from request to decision of the requests made in [start, end) and decided."""
+    if decided == 0:
+        return None
+    clauses = [*_requests_in(where, start, end), TokenRequest.status.in_(DECIDED)]
+    if session.get_bind().dialect.name == "postgresql":
+        seconds: Any = func.extract("epoch", TokenRequest.decided_at - TokenRequest.created_at)
+        median = func.percentile_cont(0.5).within_group(seconds)
+        value = await session.scalar(select(median).where(*clauses))
+        return None if value is None else float(value)
+    # SQLite has no percentile: the middle one or two values of the sorted durations.
+    seconds = (
+        func.julianday(TokenRequest.decided_at) - func.julianday(TokenRequest.created_at)
+    ) * 86400.0
+    middle = await session.scalars(
+        select(cast(seconds, Float))
+        .where(*clauses)
+        .order_by(seconds)
+        .limit(2 - decided % 2)
+        .offset((decided - 1) // 2)
+    )
+    values = list(middle)
+    return sum(values) / len(values) if values else None
+
+
+@dataclass(frozen=True)
+class RequestTally:
+    requests: int
+    requested: int
+    granted: int
+    approved: int
+    rejected: int
+    pending: int
+
+
+def _tally_columns() -> list[Any]:
+    def count_of(status: RequestStatus) -> Any:
+        return func.coalesce(func.sum(case((TokenRequest.status == status.value, 1), else_=0)), 0)
+
+    return [
+        func.count(),
+        func.coalesce(func.sum(TokenRequest.amount), 0),
+        _GRANTED,
+        count_of(RequestStatus.APPROVED),
+        count_of(RequestStatus.REJECTED),
+        count_of(RequestStatus.PENDING),
+    ]
+
+
+async def requests_by_user(
+    session: AsyncSession,
+    *,
+    where: Where,
+    start: datetime,
+    end: datetime,
+    user_ids: Collection[int] | None = None,
+    limit: int | None = None,
+) -> dict[int, RequestTally]:
+    """Per requester, requests made in [start, end): these users, or the top ``limit``."""
+    base: Select[Any] = select(TokenRequest.user_id, *_tally_columns()).where(
+        *_requests_in(where, start, end)
+    )
+    out: dict[int, RequestTally] = {}
+    if user_ids is not None:
+        for chunk in _chunks(sorted(user_ids)):
+            rows = await session.execute(
+                base.where(TokenRequest.user_id.in_(chunk)).group_by(TokenRequest.user_id)
+            )
+            out.update({row[0]: RequestTally(*map(int, row[1:])) for row in rows})
+        return out
+    stmt = base.group_by(TokenRequest.user_id).order_by(
+        func.count().desc(), func.sum(TokenRequest.amount).desc(), TokenRequest.user_id
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    rows = await session.execute(stmt)
+    return {row[0]: RequestTally(*map(int, row[1:])) for row in rows}
+
+
+async def requests_by_team(
+    session: AsyncSession, *, where: Where, start: datetime, end: datetime
+) -> dict[int, RequestTally]:
+    """Per team of the requester when asking (0: none), requests made in [start, end)."""
+    team = func.coalesce(TokenRequest.team_id, NO_TEAM)
+    rows = await session.execute(
+        select(team, *_tally_columns()).where(*_requests_in(where, start, end)).group_by(team)
+    )
+    return {row[0]: RequestTally(*map(int, row[1:])) for row in rows}
+
+
+# ---------------------------------------------------------------- balances
+
+
+@dataclass(frozen=True)
+class BalanceRow:
+    user_id: int
+    allocation: int
+    granted: int
+    adjusted: int
+    used: int
+    reserved: int
+    # When the user joined, if that was after the period began.
+    joined: datetime | None
+
+
+async def balances_with_usage(
+    session: AsyncSession, *, where: Where, now: datetime, period_start: datetime
+) -> list[BalanceRow]:
+    """Current-period balances with some usage, of users whose current team is in scope."""
+    clauses = [
+        Balance.organization_id == where.organization_id,
+        # A period that has ended but not rolled over yet has no usage this period.
+        Balance.period_end > now,
+        Balance.used > 0,
+    ]
+    if where.team_ids is not None:
+        clauses.append(func.coalesce(User.team_id, NO_TEAM).in_(sorted(where.team_ids)))
+    joined = case((User.created_at > period_start, User.created_at))
+    rows = await session.execute(
+        select(
+            Balance.user_id,
+            Balance.allocation,
+            Balance.granted,
+            Balance.adjusted,
+            Balance.used,
+            Balance.reserved,
+            joined,
+        )
+        .join(User, User.id == Balance.user_id)
+        .where(*clauses)
+    )
+    return [BalanceRow(*tuple(row)) for row in rows]

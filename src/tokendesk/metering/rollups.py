@@ -1,0 +1,398 @@
+"""Usage rollups: the sums analytics reads so it never scans raw usage events.
+
+Written by :func:`add` in the same transaction as the events they sum, with a
+fixed handful of set-based statements per batch:
+
+- ``usage_daily``: per day, user, team and model (the finest rollup);
+- ``usage_team_daily`` and ``usage_model_daily``: per day and team/model, a few
+  hundred rows a day whatever the head count, for charts and breakdowns;
+- ``usage_series`` + ``usage_cumulative``: running totals per user, team and
+  model (and all models), so any user's usage over any range is two lookups.
+
+Days are calendar dates in the organization's time zone, because periods start
+at local midnight: a Berlin period is then a whole number of rollup days.
+
+Row order is sorted by key everywhere: on PostgreSQL concurrent batches then
+lock shared rows (an organization's day and model) in one order and never
+deadlock. Running totals need no lock of their own: each series belongs to one
+user, whose balance row the batch already holds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, cast
+
+from sqlalchemy import BigInteger, Date, Table, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokendesk.accounts.models import Organization
+from tokendesk.db import Base
+from tokendesk.ledger.periods import zone
+from tokendesk.metering.models import (
+    ALL_MODELS,
+    NO_TEAM,
+    UsageCumulative,
+    UsageDaily,
+    UsageEvent,
+    UsageModelDaily,
+    UsageSeries,
+    UsageTeamDaily,
+)
+
+SUM_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "calls")
+
+
+@dataclass(frozen=True)
+class Spent:
+    """One newly recorded usage event, as the rollups need it."""
+
+    user_id: int
+    team_id: int | None  # the user's team when the tokens were spent
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    occurred_at: datetime
+
+
+SPENT_COLUMNS = (
+    UsageEvent.user_id,
+    UsageEvent.team_id,
+    UsageEvent.model,
+    UsageEvent.prompt_tokens,
+    UsageEvent.completion_tokens,
+    UsageEvent.total_tokens,
+    UsageEvent.occurred_at,
+)
+# Ids per IN list: well inside SQLite's and asyncpg's bound-parameter limits.
+CHUNK = 10_000
+
+SeriesKey = tuple[int, int, str]  # (user_id, team_id, model)
+
+
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+def _insert(session: AsyncSession) -> Any:
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert
+    if name == "sqlite":
+        return sqlite.insert
+    raise NotImplementedError(f"usage rollups do not support the {name} dialect")
+
+
+async def organization_timezone(session: AsyncSession, organization_id: int) -> str:
+    tz = await session.scalar(
+        select(Organization.timezone).where(Organization.id == organization_id)
+    )
+    return tz or "UTC"
+
+
+def local_day(at: datetime, tz: str) -> date:
+    return at.astimezone(zone(tz)).date()
+
+
+def _add(sums: list[int], item: Spent) -> None:
+    sums[0] += item.prompt_tokens
+    sums[1] += item.completion_tokens
+    sums[2] += item.total_tokens
+    sums[3] += 1
+
+
+def _rows(
+    groups: dict[tuple[Any, ...], list[int]], names: Sequence[str], **fixed: Any
+) -> list[dict[str, Any]]:
+    """Group sums as insert rows, sorted by key so every batch locks rows in one order."""
+    return [
+        {**fixed, **dict(zip(names, key, strict=True)), **dict(zip(SUM_FIELDS, sums, strict=True))}
+        for key, sums in sorted(groups.items())
+    ]
+
+
+async def _upsert_sums(
+    session: AsyncSession, model: type[Base], keys: Sequence[str], rows: list[dict[str, Any]]
+) -> None:
+    if not rows:
+        return
+    table = _table(model)
+    stmt = _insert(session)(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={name: table.c[name] + stmt.excluded[name] for name in SUM_FIELDS},
+    )
+    await session.execute(stmt, rows)
+
+
+async def add(
+    session: AsyncSession, *, organization_id: int, usage_event_ids: Sequence[int]
+) -> None:
+    """Add these just-inserted (never replayed) events to every rollup.
+
+    The rollups are built from the stored rows themselves, so they carry exactly
+    what the events say: their time, model, token counts and team at the time of use.
+    """
+    spent: list[Spent] = []
+    tz = "UTC"
+    for start in range(0, len(usage_event_ids), CHUNK):
+        rows = await session.execute(
+            # The organization's time zone rides along: one statement, not two.
+            select(*SPENT_COLUMNS, Organization.timezone)
+            .join(Organization, Organization.id == UsageEvent.organization_id)
+            .where(UsageEvent.id.in_(usage_event_ids[start : start + CHUNK]))
+        )
+        for row in rows:
+            spent.append(Spent(*row[:-1]))
+            tz = row[-1]
+    if spent:
+        await _add_spent(session, organization_id=organization_id, spent=spent, tz=tz)
+
+
+async def _add_spent(
+    session: AsyncSession, *, organization_id: int, spent: Sequence[Spent], tz: str
+) -> None:
+    local = zone(tz)
+    daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    team_daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    model_daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    series_days: dict[tuple[SeriesKey, date], list[int]] = defaultdict(lambda: [0, 0])
+    for item in spent:
+        day = item.occurred_at.astimezone(local).date()
+        team = NO_TEAM if item.team_id is None else item.team_id
+        _add(daily[(day, item.user_id, team, item.model)], item)
+        _add(team_daily[(day, team, item.model)], item)
+        _add(model_daily[(day, item.model)], item)
+        for model in (item.model, ALL_MODELS):
+            totals = series_days[((item.user_id, team, model), day)]
+            totals[0] += item.total_tokens
+            totals[1] += 1
+    org = {"organization_id": organization_id}
+    await _upsert_sums(
+        session,
+        UsageDaily,
+        ("organization_id", "day", "user_id", "team_id", "model"),
+        _rows(daily, ("day", "user_id", "team_id", "model"), **org),
+    )
+    await _upsert_sums(
+        session,
+        UsageTeamDaily,
+        ("organization_id", "day", "team_id", "model"),
+        _rows(team_daily, ("day", "team_id", "model"), **org),
+    )
+    await _upsert_sums(
+        session,
+        UsageModelDaily,
+        ("organization_id", "day", "model"),
+        _rows(model_daily, ("day", "model"), **org),
+    )
+    series = await _series(session, organization_id, {key for key, _ in series_days})
+    groups: list[_Group] = []
+    for (key, day), (tokens, calls) in series_days.items():
+        series_id, last_day = series[key]
+        later_rows = last_day is not None and day < last_day
+        groups.append(_Group(series_id, day, tokens, calls, later_rows))
+    await _add_running_totals(session, sorted(groups))
+
+
+@dataclass(frozen=True, order=True)
+class _Group:
+    series_id: int
+    day: date
+    tokens: int
+    calls: int
+    # Usage for a day before the series' last one: every later running total grows too.
+    later_rows: bool
+
+
+async def _series(
+    session: AsyncSession, organization_id: int, keys: set[SeriesKey]
+) -> dict[SeriesKey, tuple[int, date | None]]:
+    """(id, last day with a running total) of these series, creating the missing ones."""
+    s = _table(UsageSeries)
+    c = _table(UsageCumulative)
+    user_ids = sorted({user_id for user_id, _, _ in keys})
+    last_day = select(func.max(c.c.day)).where(c.c.series_id == s.c.id).scalar_subquery()
+
+    async def known() -> dict[SeriesKey, tuple[int, date | None]]:
+        rows = await session.execute(
+            select(s.c.id, s.c.user_id, s.c.team_id, s.c.model, last_day).where(
+                s.c.organization_id == organization_id, s.c.user_id.in_(user_ids)
+            )
+        )
+        return {(row[1], row[2], row[3]): (row[0], row[4]) for row in rows}
+
+    found = await known()
+    missing = sorted(keys - found.keys())
+    if missing:
+        # The batch holds these users' balance rows, so nobody else creates them meanwhile;
+        # DO NOTHING only keeps a surprise from becoming an error.
+        created = await session.execute(
+            _insert(session)(s)
+            .on_conflict_do_nothing()
+            .returning(s.c.id, s.c.user_id, s.c.team_id, s.c.model),
+            [
+                {"organization_id": organization_id, "user_id": u, "team_id": t, "model": m}
+                for u, t, m in missing
+            ],
+        )
+        found.update({(row[1], row[2], row[3]): (row[0], None) for row in created})
+        if not keys <= found.keys():
+            found = await known()
+    return found
+
+
+async def _add_running_totals(session: AsyncSession, groups: Sequence[_Group]) -> None:
+    """Add each group's tokens and calls to its day's running total and every later one.
+
+    Later rows grow first; then each group's own row is created from the last
+    earlier row, or grows if it exists. Own rows go in day order, so a new row
+    built on an earlier day of the same batch already includes that day.
+    """
+    if not groups:
+        return
+    c = _table(UsageCumulative)
+    series = bindparam("s", type_=BigInteger)
+    day = bindparam("d", type_=Date)
+    tokens = bindparam("dt", type_=BigInteger)
+    calls = bindparam("dc", type_=BigInteger)
+
+    def params(items: Sequence[_Group]) -> list[dict[str, Any]]:
+        return [{"s": g.series_id, "d": g.day, "dt": g.tokens, "dc": g.calls} for g in items]
+
+    late = [group for group in groups if group.later_rows]
+    if late:
+        await session.execute(
+            update(c)
+            .where(c.c.series_id == series, c.c.day > day)
+            .values(tokens=c.c.tokens + tokens, calls=c.c.calls + calls),
+            params(late),
+        )
+
+    def before(column: Any) -> Any:
+        return (
+            select(column)
+            .where(c.c.series_id == series, c.c.day < day)
+            .order_by(c.c.day.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+
+    source = select(
+        series,
+        day,
+        func.coalesce(before(c.c.tokens), 0) + tokens,
+        func.coalesce(before(c.c.calls), 0) + calls,
+    )
+    stmt = _insert(session)(c).from_select(["series_id", "day", "tokens", "calls"], source)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["series_id", "day"],
+        set_={"tokens": c.c.tokens + tokens, "calls": c.c.calls + calls},
+    )
+    await session.execute(stmt, params(groups))
+
+
+# ---------------------------------------------------------------- verification
+
+
+async def differences(session: AsyncSession, *, organization_id: int) -> list[str]:
+    """Every way the rollups differ from the sums of the raw events (empty: they agree).
+
+    This is the one place that reads raw events in bulk: an operator's check and
+    the tests' proof, never a page. A team deleted since keeps its id in the
+    rollups while its events forget it; such rows show up here as differences.
+    """
+    tz = await organization_timezone(session, organization_id)
+    rows = await session.execute(
+        select(*SPENT_COLUMNS).where(UsageEvent.organization_id == organization_id)
+    )
+    spent = [Spent(*row) for row in rows]
+    expected = expected_rollups(spent, tz)
+    stored = await stored_rollups(session, organization_id=organization_id)
+    problems: list[str] = []
+    for name, want in expected.items():
+        have = stored[name]
+        for key in sorted(want.keys() | have.keys(), key=repr):
+            if want.get(key) != have.get(key):
+                problems.append(f"{name} {key}: raw {want.get(key)} != rollup {have.get(key)}")
+    return problems
+
+
+Rollups = dict[str, dict[tuple[Any, ...], tuple[int, ...]]]
+
+
+def expected_rollups(spent: Iterable[Spent], tz: str) -> Rollups:
+    """What every rollup must hold for these events, computed the slow, obvious way."""
+    local = zone(tz)
+    daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    team_daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    model_daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    per_day: dict[SeriesKey, dict[date, list[int]]] = defaultdict(
+        lambda: defaultdict(lambda: [0, 0])
+    )
+    for item in spent:
+        day = item.occurred_at.astimezone(local).date()
+        team = NO_TEAM if item.team_id is None else item.team_id
+        _add(daily[(day, item.user_id, team, item.model)], item)
+        _add(team_daily[(day, team, item.model)], item)
+        _add(model_daily[(day, item.model)], item)
+        for model in (item.model, ALL_MODELS):
+            sums = per_day[(item.user_id, team, model)][day]
+            sums[0] += item.total_tokens
+            sums[1] += 1
+    cumulative: dict[tuple[Any, ...], tuple[int, ...]] = {}
+    for key, days in per_day.items():
+        tokens = calls = 0
+        for day in sorted(days):
+            tokens += days[day][0]
+            calls += days[day][1]
+            cumulative[(*key, day)] = (tokens, calls)
+    return {
+        "usage_daily": {key: tuple(sums) for key, sums in daily.items()},
+        "usage_team_daily": {key: tuple(sums) for key, sums in team_daily.items()},
+        "usage_model_daily": {key: tuple(sums) for key, sums in model_daily.items()},
+        "usage_cumulative": cumulative,
+    }
+
+
+async def stored_rollups(session: AsyncSession, *, organization_id: int) -> Rollups:
+    """The rollup tables of one organization, keyed like :func:`expected_rollups`."""
+    d, t, m = UsageDaily, UsageTeamDaily, UsageModelDaily
+    out: Rollups = {}
+    rows = await session.execute(
+        select(d.day, d.user_id, d.team_id, d.model, *(d.__table__.c[f] for f in SUM_FIELDS)).where(
+            d.organization_id == organization_id
+        )
+    )
+    out["usage_daily"] = {tuple(row[:4]): tuple(row[4:]) for row in rows}
+    rows = await session.execute(
+        select(t.day, t.team_id, t.model, *(t.__table__.c[f] for f in SUM_FIELDS)).where(
+            t.organization_id == organization_id
+        )
+    )
+    out["usage_team_daily"] = {tuple(row[:3]): tuple(row[3:]) for row in rows}
+    rows = await session.execute(
+        select(m.day, m.model, *(m.__table__.c[f] for f in SUM_FIELDS)).where(
+            m.organization_id == organization_id
+        )
+    )
+    out["usage_model_daily"] = {tuple(row[:2]): tuple(row[2:]) for row in rows}
+    rows = await session.execute(
+        select(
+            UsageSeries.user_id,
+            UsageSeries.team_id,
+            UsageSeries.model,
+            UsageCumulative.day,
+            UsageCumulative.tokens,
+            UsageCumulative.calls,
+        )
+        .join(UsageCumulative, UsageCumulative.series_id == UsageSeries.id)
+        .where(UsageSeries.organization_id == organization_id)
+    )
+    out["usage_cumulative"] = {tuple(row[:4]): tuple(row[4:]) for row in rows}
+    return out
