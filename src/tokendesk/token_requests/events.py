@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
@@ -26,7 +25,7 @@ from tokendesk.token_requests.schemas import TokenRequestOut, request_view
 def request_event(
     request: dict[str, Any], *, user_id: int, organization_id: int, change: str
 ) -> Event:
-    """``request`` is the JSON form of :class:`TokenRequestOut`."""
+    """``request`` is :class:`TokenRequestOut` as JSON (see ``schemas.request_view``)."""
     return Event(
         type="request.updated",
         audience="user",
@@ -90,6 +89,9 @@ def _balance_data(row: AnyRow, iso: dict[datetime, str]) -> dict[str, Any]:
     }
 
 
+BULK_EVENT_IDS = 100
+
+
 def emit_bulk(
     session: AsyncSession,
     *,
@@ -105,35 +107,31 @@ def emit_bulk(
     """One notice per requester, one balance update per credited user, and one
     queue summary per team rather than thousands of queue events."""
     by_team: dict[int | None, list[int]] = defaultdict(list)
-    views: list[dict[str, Any]] = []
-    # Row._asdict() per row costs more than everything else here; zip once-known keys.
+    decision = {
+        "status": to.value,
+        "decided_at": now,
+        "decided_by_id": actor.user_id,
+        "decider_name": actor.name,
+        "decision_note": note,
+    }
+    # Thousands of rows: zip known keys rather than Row._asdict(), and update in place.
     fields = next(iter(found.values()))._fields if found else ()
     for row in changed:
         by_team[row.team_id].append(row.id)
-        view = {
-            **dict(zip(fields, found[row.id], strict=True)),
-            "status": to.value,
-            "approved_amount": row.approved_amount,
-            "decided_at": now,
-            "decided_by_id": actor.user_id,
-            "decider_name": actor.name,
-            "decision_note": note,
-        }
+        merged = dict(zip(fields, found[row.id], strict=True))
+        merged.update(decision, approved_amount=row.approved_amount)
         balance = balances.get(row.user_id)
         if balance is not None:
-            view["current_balance"] = (
+            merged["current_balance"] = (
                 balance.allocation
                 + balance.granted
                 + balance.adjusted
                 - (balance.used + balance.reserved)
             )
-        views.append(request_view(view))
-    # One conversion for the whole batch, in the same JSON form the API returns.
-    for view in to_jsonable_python(views):
         emit(
             session,
             request_event(
-                view, user_id=view["user"]["id"], organization_id=org_id, change=to.value
+                request_view(merged), user_id=row.user_id, organization_id=org_id, change=to.value
             ),
         )
     iso: dict[datetime, str] = {}
@@ -155,7 +153,10 @@ def emit_bulk(
                 team_id=team_id,
                 change=to.value,
                 status=to.value,
-                request_ids=request_ids,
+                # Viewers re-fetch on this event; a sample of ids keeps it under the
+                # PostgreSQL NOTIFY size cap however large the bulk decision was.
+                request_ids=request_ids[:BULK_EVENT_IDS],
+                count=len(request_ids),
                 bulk=True,
             ),
         )

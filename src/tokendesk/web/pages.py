@@ -38,7 +38,10 @@ class LoginRequired(Exception):
 async def page_actor(request: Request, session: AsyncSession) -> Actor:
     actor = await actor_from_session_cookie(session, request)
     if actor is None:
-        raise LoginRequired(request.url.path)
+        target = request.url.path
+        if request.url.query:
+            target += "?" + request.url.query
+        raise LoginRequired(target)
     request.state.actor = actor
     return actor
 
