@@ -246,7 +246,8 @@ class TestValidation:
             ({"prompt_tokens": True}, "prompt_tokens"),
             ({"total_tokens": -1}, "total_tokens"),
             ({"occurred_at": datetime(2030, 1, 1)}, "occurred_at"),
-            ({"occurred_at": datetime.now(UTC) + timedelta(minutes=6)}, "occurred_at"),
+            # A callable: resolved when the test runs, not when the suite is collected.
+            ({"occurred_at": lambda: datetime.now(UTC) + timedelta(minutes=6)}, "occurred_at"),
             ({"user_id": 10**9}, "user_id"),
         ],
     )
@@ -254,6 +255,7 @@ class TestValidation:
         self, database: Database, world: World, change: dict[str, object], field: str
     ) -> None:
         good = usage("ok", world.alice.id, 10)
+        change = {k: v() if callable(v) else v for k, v in change.items()}
         bad = UsageInput(**{**usage("bad", world.alice.id, 10).__dict__, **change})
         before = await snapshot(database)
 
