@@ -288,3 +288,20 @@ class TestTrustedHeader:
             await get_gateway(app).close()
         assert (await balance_of(database, world.alice.id)).used == 24
         assert (await balance_of(database, world.admin.id)).used == 0
+
+
+class TestLastUsed:
+    async def test_gateway_calls_stamp_the_keys_last_use(
+        self, harness: Harness, world: World
+    ) -> None:
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast"), headers=world.nora.headers
+        )
+        assert r.status_code == 200
+        await harness.settled()
+        # Read through the admin's key: nora's own REST call would stamp it by itself.
+        keys = await harness.http.get(
+            f"/api/v1/users/{world.nora.id}/api-keys", headers=world.admin.headers
+        )
+        assert keys.status_code == 200, keys.text
+        assert keys.json()[0]["last_used_at"] is not None

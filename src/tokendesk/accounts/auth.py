@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
@@ -20,6 +21,7 @@ from tokendesk.db import utcnow
 from tokendesk.errors import NotFound
 
 SESSION_COOKIE = "tokendesk_session"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 SESSION_MAX_AGE = 14 * 24 * 3600
 
 
@@ -64,7 +66,7 @@ async def actor_from_api_key(
 ) -> Actor | None:
     row = (
         await session.execute(
-            select(User, ApiKey.id)
+            select(User, ApiKey.id, ApiKey.last_used_at)
             .join(ApiKey, ApiKey.user_id == User.id)
             .where(
                 ApiKey.key_hash == hash_api_key(key),
@@ -75,8 +77,12 @@ async def actor_from_api_key(
     ).first()
     if row is None:
         return None
-    user, key_id = row
-    await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
+    user, key_id, last_used_at = row
+    now = utcnow()
+    # "Last used" is for people, to the minute: writing it on every call would make
+    # every read a write, and on SQLite every write waits for the one writer.
+    if last_used_at is None or now - last_used_at > LAST_USED_RESOLUTION:
+        await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
     return await build_actor(session, user, organization_id=_parse_org(organization_header))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,6 +24,7 @@ class KeyOwner:
     organization_id: int
     role: Role
     email: str
+    key_id: int | None = None  # None when the caller came through a session or a trusted header
 
 
 class KeyCache:
@@ -30,6 +32,8 @@ class KeyCache:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
         self._entries: dict[str, tuple[float, KeyOwner | None]] = {}
+        # Keys used since the last flush, for the "last used" column; written in batches.
+        self.used: dict[int, datetime] = {}
 
     def _get(self, cache_key: str) -> tuple[bool, KeyOwner | None]:
         hit = self._entries.get(cache_key)
@@ -56,7 +60,7 @@ class KeyCache:
             return owner
         row = (
             await session.execute(
-                select(User.id, User.organization_id, User.role, User.email)
+                select(User.id, User.organization_id, User.role, User.email, ApiKey.id)
                 .join(ApiKey, ApiKey.user_id == User.id)
                 .where(
                     ApiKey.key_hash == key_hash,
@@ -65,7 +69,7 @@ class KeyCache:
                 )
             )
         ).first()
-        owner = None if row is None else KeyOwner(row[0], row[1], Role(row[2]), row[3])
+        owner = None if row is None else KeyOwner(row[0], row[1], Role(row[2]), row[3], row[4])
         self._put("k:" + key_hash, owner)
         return owner
 

@@ -46,7 +46,7 @@ class Gateway:
         self.database = database
         self.models = load_models(settings)
         self.keys = KeyCache(ttl_seconds=settings.key_cache_seconds)
-        self.settler = Settler(database)
+        self.settler = Settler(database, keys_used=self.keys.used)
         self.holds = HoldBatcher(database, ttl_seconds=settings.reservation_ttl_seconds)
         self._client: aiohttp.ClientSession | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -263,6 +263,8 @@ async def chat_completions(request: Request) -> Response:
         return _insufficient(exc)
     except AppError as exc:
         return openai_error(exc.status_code, exc.message, type_="invalid_request_error")
+    if caller.key_id is not None:
+        gateway.keys.used[caller.key_id] = datetime.now(UTC)
     call = _Call(gateway, caller, model, hold_id, estimate_prompt)
     if model.is_demo:
         return await call.demo(messages, max_tokens, stream)

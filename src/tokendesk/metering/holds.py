@@ -13,12 +13,13 @@ import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import cast
 
 from sqlalchemy import Table, bindparam, case, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.accounts.models import ApiKey
 from tokendesk.db import Database, utcnow
 from tokendesk.errors import AppError
 from tokendesk.ledger import service as ledger
@@ -28,6 +29,7 @@ from tokendesk.metering.service import UsageInput, record_usage
 log = logging.getLogger(__name__)
 
 RESERVATIONS = cast(Table, Reservation.__table__)
+API_KEYS = cast(Table, ApiKey.__table__)
 BALANCES = cast(Table, Balance.__table__)
 
 
@@ -213,10 +215,20 @@ async def settle_many(session: AsyncSession, settlements: list[Settlement]) -> N
 
 
 class Settler:
-    """Settles holds in the background, many per transaction (group commit)."""
+    """Settles holds in the background, many per transaction (group commit).
 
-    def __init__(self, database: Database, *, max_batch: int = 500) -> None:
+    The same transaction also stamps "last used" on the API keys that made the calls.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        max_batch: int = 500,
+        keys_used: dict[int, datetime] | None = None,
+    ) -> None:
         self.database = database
+        self.keys_used = keys_used if keys_used is not None else {}
         self.max_batch = max_batch
         self._queue: asyncio.Queue[Settlement] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -253,6 +265,7 @@ class Settler:
         try:
             async with self.database.transaction() as session:
                 await settle_many(session, batch)
+                await self._stamp_keys(session)
         except Exception:
             if len(batch) == 1:
                 log.exception("settling hold %s failed", batch[0].reservation_id)
@@ -260,6 +273,18 @@ class Settler:
             # One bad settlement must not lose the others: retry them one by one.
             for settlement in batch:
                 await self._commit([settlement])
+
+    async def _stamp_keys(self, session: AsyncSession) -> None:
+        if not self.keys_used:
+            return
+        used = dict(self.keys_used)
+        self.keys_used.clear()
+        await session.execute(
+            update(API_KEYS)
+            .where(API_KEYS.c.id == bindparam("kid"))
+            .values(last_used_at=bindparam("at")),
+            [{"kid": key_id, "at": at} for key_id, at in used.items()],
+        )
 
     async def stop(self) -> None:
         await self.drain()
