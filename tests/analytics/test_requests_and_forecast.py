@@ -109,11 +109,12 @@ class TestProject:
             now=at(3, 11), since=at(3, 1), period_end=at(4, 1), used=5_000, remaining=-10
         )[1:] == (at(3, 11), True)
 
-    def test_usage_in_the_first_minutes_is_measured_over_at_least_an_hour(self) -> None:
-        burn, _, _ = project(
-            now=at(3, 1, 0, 5), since=at(3, 1, 0), period_end=at(4, 1), used=100, remaining=10
+    def test_usage_on_the_first_day_is_measured_over_a_whole_day(self) -> None:
+        burn, runs_out, _ = project(
+            now=at(3, 1, 2), since=at(3, 1, 0), period_end=at(4, 1), used=3_000, remaining=6_000
         )
-        assert burn == 2_400
+        assert burn == 3_000
+        assert runs_out == at(3, 3, 2)
 
 
 class TestForecast:

@@ -1,36 +1,24 @@
-"""Analytics: who spent how many tokens, when and on which model; requests; run-out forecast.
+"""Analytics figures: who spent how many tokens, when and on which model; requests.
 
-Scope is decided here, not in routes: org admins and super admins see the
-active organization; team owners see usage spent in the teams they own (a
-rollup row's team is the user's team at the time of use), requests made from
-those teams, and the forecast of their current members; members see nothing.
-
-Ranges are whole calendar days in the organization's time zone. Rollup days
-are local days too, so "this period" is exact even where periods start at
-local midnight (Europe/Berlin) rather than at UTC midnight.
+Every figure starts from a :class:`~tokendesk.analytics.selection.Selection`
+(the caller's scope, the range and the filters, checked by ``selection_for``)
+and reads rollups, token requests and balances, never raw usage events.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from operator import attrgetter
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokendesk.accounts.actor import Actor
-from tokendesk.accounts.models import Organization
 from tokendesk.analytics import repository as repo
+from tokendesk.analytics.forecast import forecast, project
 from tokendesk.analytics.schemas import (
-    PERIOD_LABELS,
     ByModelOut,
     FiltersOut,
-    ForecastItem,
-    ForecastOut,
     ModelUsage,
-    RangeOut,
     Requester,
     RequestsOut,
     Series,
@@ -41,158 +29,43 @@ from tokendesk.analytics.schemas import (
     TopUsersOut,
     UsageOverTimeOut,
 )
-from tokendesk.db import utcnow
-from tokendesk.errors import Forbidden, InvalidInput, NotFound
-from tokendesk.ledger.periods import local_midnight, period_bounds, zone
+from tokendesk.analytics.selection import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_MODEL_LENGTH,
+    Query,
+    Selection,
+    filter_choices,
+    resolve_range,
+    selection_for,
+    team_scope,
+)
+from tokendesk.errors import InvalidInput
 from tokendesk.metering.models import NO_TEAM
 from tokendesk.token_requests.models import RequestStatus
 
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 1000
-MAX_RANGE_DAYS = 366
-MAX_MODEL_LENGTH = 200
+# The callers' one entry point: selection and forecast live in their own modules.
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "MAX_MODEL_LENGTH",
+    "Query",
+    "Selection",
+    "by_model",
+    "filter_choices",
+    "forecast",
+    "project",
+    "requests",
+    "resolve_range",
+    "selection_for",
+    "team_scope",
+    "top_teams",
+    "top_users",
+    "usage_over_time",
+]
+
 # Stacks beyond this many are summed into "Other": a chart of 100 colours says nothing.
 CHART_SERIES = 8
-# A burn rate measured over minutes is noise; measure over at least this long.
-MIN_ELAPSED = timedelta(hours=1)
-DAY_SECONDS = 86_400
-LAST_N_DAYS = {"7d": 7, "30d": 30, "90d": 90}
-
-
-@dataclass(frozen=True)
-class Query:
-    """What the caller asked to see (all optional)."""
-
-    period: str | None = None
-    first_day: date | None = None
-    last_day: date | None = None
-    team_id: int | None = None
-    model: str | None = None
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A checked query: the caller's scope, the resolved range and filters."""
-
-    where: repo.Where
-    range: RangeOut
-    filters: FiltersOut
-    now: datetime
-    # Days of the current period: pro-rates monthly allocations to other ranges.
-    period_days: float
-
-    @property
-    def allocation_factor(self) -> float:
-        if self.range.period in ("current", "previous"):
-            return 1.0
-        return self.range.days / self.period_days
-
-
-# ---------------------------------------------------------------- scope and range
-
-
-def team_scope(actor: Actor, team_id: int | None) -> frozenset[int] | None:
-    """The team ids the caller may see with this filter; None means the whole organization."""
-    if not actor.is_admin:
-        raise Forbidden("analytics are for team owners and administrators")
-    if team_id is not None and team_id < 0:
-        raise InvalidInput(
-            "team_id: must be a team id, or 0 for users without a team", field="team_id"
-        )
-    if actor.is_org_admin:
-        return None if team_id is None else frozenset({team_id})
-    if team_id is None:
-        return actor.owned_team_ids
-    if team_id not in actor.owned_team_ids:
-        raise Forbidden("team_id: team owners see only the teams they own")
-    return frozenset({team_id})
-
-
-def resolve_range(
-    query: Query, *, now: datetime, reset_day: int, timezone: str
-) -> tuple[RangeOut, float]:
-    """The query's range as local days and instants, and the current period's length in days."""
-    local = zone(timezone)
-    today = now.astimezone(local).date()
-    current_start, current_end = period_bounds(now, reset_day=reset_day, timezone=timezone)
-    period_days = (current_end - current_start).total_seconds() / DAY_SECONDS
-    period = query.period or (
-        "custom" if query.first_day is not None or query.last_day is not None else "current"
-    )
-    if period in ("current", "previous"):
-        start, end = current_start, current_end
-        if period == "previous":
-            start, end = period_bounds(
-                current_start - timedelta(microseconds=1), reset_day=reset_day, timezone=timezone
-            )
-        first = start.astimezone(local).date()
-        last = end.astimezone(local).date() - timedelta(days=1)
-    elif period in LAST_N_DAYS:
-        last = today
-        first = today - timedelta(days=LAST_N_DAYS[period] - 1)
-    elif period == "custom":
-        if query.first_day is None:
-            raise InvalidInput("from: required for a custom range", field="from")
-        if query.last_day is None:
-            raise InvalidInput("to: required for a custom range", field="to")
-        first, last = query.first_day, query.last_day
-        if last < first:
-            raise InvalidInput("to: must not be before from", field="to")
-        if (last - first).days + 1 > MAX_RANGE_DAYS:
-            raise InvalidInput(f"to: a range spans at most {MAX_RANGE_DAYS} days", field="to")
-    else:
-        choices = ", ".join(PERIOD_LABELS)
-        raise InvalidInput(f"period: must be one of {choices}", field="period")
-    days = (last - first).days + 1
-    label = PERIOD_LABELS[period]
-    if period == "custom":
-        label = f"{first:%d %b %Y} to {last:%d %b %Y}"
-    out = RangeOut(
-        period=period,
-        label=label,
-        first_day=first,
-        last_day=last,
-        days=days,
-        timezone=timezone,
-        start=local_midnight(first, local),
-        end=local_midnight(last + timedelta(days=1), local),
-    )
-    return out, period_days
-
-
-async def _organization(session: AsyncSession, organization_id: int) -> Organization:
-    org = await session.get(Organization, organization_id)
-    if org is None:
-        raise NotFound(f"organization {organization_id} not found")
-    return org
-
-
-async def selection_for(
-    session: AsyncSession, *, actor: Actor, query: Query, now: datetime | None = None
-) -> Selection:
-    """Check the caller's right to see ``query`` and resolve it; raise before any figure."""
-    team_ids = team_scope(actor, query.team_id)
-    model = query.model.strip() if query.model else None
-    if model is not None and len(model) > MAX_MODEL_LENGTH:
-        raise InvalidInput(f"model: must be at most {MAX_MODEL_LENGTH} characters", field="model")
-    now = now or utcnow()
-    org = await _organization(session, actor.organization_id)
-    range_, period_days = resolve_range(
-        query, now=now, reset_day=org.reset_day, timezone=org.timezone
-    )
-    return Selection(
-        where=repo.Where(organization_id=org.id, team_ids=team_ids, model=model or None),
-        range=range_,
-        filters=FiltersOut(team_id=query.team_id, model=model or None),
-        now=now,
-        period_days=period_days,
-    )
-
-
-def check_limit(limit: int | None) -> int | None:
-    if limit is not None and not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit: must be between 1 and {MAX_LIMIT}", field="limit")
-    return limit
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -430,126 +303,3 @@ async def requests(
         by_status=by_status,
         top_requesters=top,
     )
-
-
-# ---------------------------------------------------------------- forecast
-
-
-def project(
-    *,
-    now: datetime,
-    since: datetime,
-    period_end: datetime,
-    used: int,
-    remaining: int,
-) -> tuple[int, datetime | None, bool]:
-    """(burn per day, when remaining reaches zero, whether that is before the reset).
-
-    The burn rate is this period's usage over the time since the period began
-    (or since the user joined, if later). Someone already at zero runs out now.
-    """
-    elapsed = max(now - since, MIN_ELAPSED)
-    per_second = used / elapsed.total_seconds()
-    burn = round(per_second * DAY_SECONDS)
-    if remaining <= 0:
-        return burn, now, True
-    if per_second <= 0:
-        return burn, None, False
-    runs_out = now + timedelta(seconds=remaining / per_second)
-    if runs_out >= period_end:
-        return burn, None, False
-    return burn, runs_out, True
-
-
-@dataclass(frozen=True)
-class _Projection:
-    runs_out_at: datetime
-    share_left: float
-    user_id: int
-    burn: int
-    before_reset: bool
-    balance: repo.BalanceRow
-
-    @property
-    def order(self) -> tuple[datetime, float, int]:
-        """Soonest to run out first; then whoever has the smallest share left."""
-        return (self.runs_out_at, self.share_left, self.user_id)
-
-
-async def forecast(
-    session: AsyncSession, *, selection: Selection, limit: int | None = DEFAULT_LIMIT
-) -> ForecastOut:
-    """Users with usage this period, soonest to run out first.
-
-    Always the current period, whatever the range: it is about balances now.
-    The team filter follows each user's current team; the model filter does not apply.
-    """
-    now, where = selection.now, selection.where
-    org = await _organization(session, where.organization_id)
-    period_start, period_end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
-    rows = await repo.balances_with_usage(session, where=where, now=now, period_start=period_start)
-    never = datetime.max.replace(tzinfo=now.tzinfo)
-    projections: list[_Projection] = []
-    for row in rows:
-        available = row.allocation + row.granted + row.adjusted
-        remaining = available - row.used - row.reserved
-        burn, runs_out, before_reset = project(
-            now=now,
-            since=row.joined or period_start,
-            period_end=period_end,
-            used=row.used,
-            remaining=remaining,
-        )
-        share_left = remaining / available if available > 0 else 0.0
-        projections.append(
-            _Projection(runs_out or never, share_left, row.user_id, burn, before_reset, row)
-        )
-    projections.sort(key=attrgetter("order"))
-    chosen = projections if limit is None else projections[:limit]
-    people = await repo.people(session, user_ids=[p.user_id for p in chosen])
-    items: list[ForecastItem] = []
-    for p in chosen:
-        b, person = p.balance, people.get(p.user_id)
-        if person is None:
-            continue
-        available = b.allocation + b.granted + b.adjusted
-        items.append(
-            ForecastItem(
-                user_id=p.user_id,
-                name=person.name,
-                email=person.email,
-                team_name=person.team_name,
-                allocation=b.allocation,
-                available=available,
-                used=b.used,
-                remaining=available - b.used - b.reserved,
-                burn_per_day=p.burn,
-                runs_out_at=None if p.runs_out_at == never else p.runs_out_at,
-                before_reset=p.before_reset,
-            )
-        )
-    return ForecastOut(
-        period_start=period_start,
-        period_end=period_end,
-        now=now,
-        timezone=org.timezone,
-        filters=FiltersOut(team_id=selection.filters.team_id, model=None),
-        users_with_usage=len(projections),
-        running_out=sum(1 for p in projections if p.before_reset),
-        items=items,
-    )
-
-
-# ---------------------------------------------------------------- filter choices
-
-
-async def filter_choices(
-    session: AsyncSession, *, actor: Actor
-) -> tuple[list[tuple[int, str]], list[str]]:
-    """(teams, models) the caller may filter by: their teams, and every model used."""
-    team_scope(actor, None)
-    teams = await repo.teams(session, organization_id=actor.organization_id)
-    if not actor.is_org_admin:
-        teams = [(team_id, name) for team_id, name in teams if team_id in actor.owned_team_ids]
-    models = await repo.models_used(session, organization_id=actor.organization_id)
-    return teams, models
