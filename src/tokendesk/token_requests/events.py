@@ -19,7 +19,7 @@ from tokendesk.events.bus import Event, emit
 from tokendesk.ledger.models import EntryKind
 from tokendesk.token_requests.models import RequestStatus
 from tokendesk.token_requests.repository import AnyRow
-from tokendesk.token_requests.schemas import TokenRequestOut, request_view
+from tokendesk.token_requests.schemas import TokenRequestOut, json_time, request_view
 
 
 def request_event(
@@ -109,7 +109,7 @@ def emit_bulk(
     by_team: dict[int | None, list[int]] = defaultdict(list)
     decision = {
         "status": to.value,
-        "decided_at": now,
+        "decided_at": json_time(now),
         "decided_by_id": actor.user_id,
         "decider_name": actor.name,
         "decision_note": note,

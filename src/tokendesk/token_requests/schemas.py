@@ -105,11 +105,14 @@ class BulkOut(BaseModel):
     skipped: list[Skipped]
 
 
-def json_time(moment: datetime | None) -> str | None:
-    """A timestamp exactly as the API's JSON writes it (``...Z`` for UTC)."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def json_time(moment: datetime | str | None) -> str | None:
+    """A timestamp exactly as the API's JSON writes it (``...Z`` for UTC); a string
+    is taken as already written (one decision time shared by a whole bulk)."""
+    if moment is None or isinstance(moment, str):
+        return moment
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def request_view(row: Mapping[str, Any]) -> dict[str, Any]:
