@@ -162,6 +162,35 @@ class TestConcurrentApprovalsOnPostgres:
         assert await _total_granted(database) == 5_000
         await assert_ledger_consistent(database)
 
+    async def test_concurrent_bulk_approvals_never_exceed_the_pool(
+        self, database: Database
+    ) -> None:
+        world = await make_world(database, pool=355_000 + 5_000)
+        people = await members(database, world, 8, "pooled")
+        async with database.transaction() as s:
+            org = await s.get(Organization, world.org_id)
+            assert org is not None
+            org.pool = (org.pool or 0) + 8 * 100_000
+        requests = [await submit(database, p, amount=1_000) for p in people]
+        admin = await actor_for(database, world.admin)
+        root = await actor_for(database, world.root, organization_id=world.org_id)
+        first, second = [r.id for r in requests[:4]], [r.id for r in requests[4:]]
+        results = await asyncio.gather(
+            _bulk_approve(database, admin, first),
+            _bulk_approve(database, root, second),
+            _bulk_approve(database, admin, [*first[:2], *second[:2]]),
+            return_exceptions=True,
+        )
+        # Whichever batch goes first takes 4,000 of the 5,000; every other needs 2,000 or more.
+        done, failed = _split(results)
+        assert len(done) == 1
+        assert len(failed) == 2
+        assert all(isinstance(e, Conflict) and "1000 tokens left" in str(e) for e in failed)
+        assert await _total_granted(database) == 4_000
+        for request in requests:
+            assert len(await grants_for(database, request.id)) <= 1
+        await assert_ledger_consistent(database)
+
 
 class TestConcurrentWritersOnSqlite:
     async def test_concurrent_approvals_through_separate_engines_grant_once(

@@ -71,6 +71,11 @@ async def bulk(
     now = now or utcnow()
     org = await service.organization(session, actor.organization_id)
     org_id, org_default, has_pool = org.id, org.default_allocation, org.pool is not None
+    approving = to is RequestStatus.APPROVED
+    if approving and has_pool:
+        # Lock before classifying, so a concurrent approval's grants and decisions
+        # are all visible by the time this batch is sized against the pool.
+        await repo.get_organization(session, organization_id=org_id, lock=True)
 
     found = {
         row.id: row
@@ -95,7 +100,6 @@ async def bulk(
         else:
             candidates.append(row)
 
-    approving = to is RequestStatus.APPROVED
     if approving and has_pool and candidates:
         needed = sum(row.amount for row in candidates)
         await pool.check_pool(session, organization_id=org_id, needed=needed, now=now)
