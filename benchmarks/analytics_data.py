@@ -21,6 +21,7 @@ from tokendesk.ledger.periods import local_midnight, period_bounds
 from tokendesk.metering.models import ALL_MODELS
 
 TIMEZONE = "Europe/Berlin"
+ADMIN_EMAIL = "admin@bench.example"
 # (model, share of calls, mean prompt tokens, mean completion tokens)
 MODELS = [
     ("gpt-4o", 0.34, 1400, 450),
@@ -80,7 +81,7 @@ async def create_world(url: str, *, users: int, teams: int, now: datetime) -> Wo
             admin = await accounts.create_user(
                 s,
                 organization_id=org.id,
-                email="admin@bench.example",
+                email=ADMIN_EMAIL,
                 name="Bench Admin",
                 role=Role.ORG_ADMIN,
                 now=now,
@@ -220,13 +221,17 @@ def generate(
         running: list[tuple[Any, ...]] = []
         for key in sorted(per_series):
             series_id += 1
-            running.append(("series", series_id, user_id, team_id, key))
+            days = per_series[key]
             tokens = calls = 0
-            for local, day_tokens, day_calls in per_series[key]:
+            for local, day_tokens, day_calls in days:
                 tokens += day_tokens
                 calls += day_calls
                 running.append(("row", series_id, local, tokens, calls))
-            load.cumulative += len(per_series[key])
+            # (first day, last day, totals): the series row carries its last running total.
+            running.append(
+                ("series", series_id, user_id, team_id, key, days[0][0], days[-1][0], tokens, calls)
+            )
+            load.cumulative += len(days)
         load.series = series_id
         yield rows, daily_rows, running, load
 

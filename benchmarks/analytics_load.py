@@ -47,8 +47,8 @@ def load_sqlite(path: str, world: World, args: argparse.Namespace, now: datetime
             pending.pop("daily", []),
         )
         db.executemany(
-            "INSERT INTO usage_series (id, organization_id, user_id, team_id, model)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO usage_series (id, organization_id, user_id, team_id, model, first_day,"
+            " last_day, tokens, calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             pending.pop("series", []),
         )
         db.executemany(
@@ -76,7 +76,10 @@ def load_sqlite(path: str, world: World, args: argparse.Namespace, now: datetime
         pending["daily"].extend((org, day.isoformat(), *rest) for day, *rest in daily)
         for row in cumulative:
             if row[0] == "series":
-                pending["series"].append((row[1], org, row[2], row[3], row[4]))
+                _, sid, uid, tid, model, first, last, tokens, calls = row
+                pending["series"].append(
+                    (sid, org, uid, tid, model, first.isoformat(), last.isoformat(), tokens, calls)
+                )
             else:
                 pending["cumulative"].append((row[1], row[2].isoformat(), row[3], row[4]))
         if len(pending["events"]) >= FLUSH_ROWS:
@@ -146,7 +149,8 @@ async def load_postgres(url: str, world: World, args: argparse.Namespace, now: d
                    "occurred_at", "recorded_at", "balance_after"]),
         "daily": ("usage_daily", ["organization_id", "day", "user_id", "team_id", "model",
                   "prompt_tokens", "completion_tokens", "total_tokens", "calls"]),
-        "series": ("usage_series", ["id", "organization_id", "user_id", "team_id", "model"]),
+        "series": ("usage_series", ["id", "organization_id", "user_id", "team_id", "model",
+                   "first_day", "last_day", "tokens", "calls"]),
         "cumulative": ("usage_cumulative", ["series_id", "day", "tokens", "calls"]),
     }  # fmt: skip
 
@@ -169,7 +173,7 @@ async def load_postgres(url: str, world: World, args: argparse.Namespace, now: d
             pending["daily"].extend((org, *row) for row in daily)
             for row in cumulative:
                 if row[0] == "series":
-                    pending["series"].append((row[1], org, row[2], row[3], row[4]))
+                    pending["series"].append((row[1], org, *row[2:]))
                 else:
                     pending["cumulative"].append(row[1:])
             if len(pending["events"]) >= FLUSH_ROWS:

@@ -32,14 +32,15 @@ from sqlalchemy import func, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.analytics_data import MODELS, World, create_world
+from benchmarks.analytics_data import ADMIN_EMAIL, MODELS, TIMEZONE, World, create_world
 from benchmarks.analytics_load import load_postgres, load_sqlite
 from benchmarks.common import machine, reset_postgres
 from tokendesk.accounts.auth import build_actor
-from tokendesk.accounts.models import Team, User
+from tokendesk.accounts.models import Role, Team, User
 from tokendesk.analytics import service
 from tokendesk.db import Database
 from tokendesk.ledger.models import Balance
+from tokendesk.ledger.periods import period_bounds
 from tokendesk.metering.service import UsageInput, record_usage
 from tokendesk.migrations.runner import upgrade
 
@@ -201,20 +202,65 @@ async def ingest_after_load(url: str, world: World, now: datetime) -> float:
 # ---------------------------------------------------------------- main
 
 
-def run(backend: str, args: argparse.Namespace) -> None:
-    now = datetime.now(UTC)
+def _url(backend: str, args: argparse.Namespace, *, fresh: bool) -> str:
     if backend == "sqlite":
         path = args.db or os.path.join(tempfile.mkdtemp(prefix="tokendesk-analytics-"), "a.db")
-        if os.path.exists(path):
+        if fresh and os.path.exists(path):
             os.remove(path)
-        url = f"sqlite+aiosqlite:///{path}"
-    else:
-        url = os.environ.get("TOKENDESK_BENCH_PG_URL", "")
-        if not url:
-            sys.exit("set TOKENDESK_BENCH_PG_URL to a PostgreSQL database this script may wipe")
+        return f"sqlite+aiosqlite:///{path}"
+    url = os.environ.get("TOKENDESK_BENCH_PG_URL", "")
+    if not url:
+        sys.exit("set TOKENDESK_BENCH_PG_URL to a PostgreSQL database this script may wipe")
+    if fresh:
         asyncio.run(reset_postgres(url))
+    return url
+
+
+async def existing_world(url: str) -> World:
+    """The world an earlier run loaded (``--time-only``)."""
+    database = Database(url)
+    try:
+        async with database.transaction(write=False) as s:
+            admin = await s.scalar(select(User).where(User.email == ADMIN_EMAIL))
+            if admin is None:
+                sys.exit("no benchmark data in this database: run without --time-only first")
+            owner = await s.scalar(select(User).where(User.role == Role.TEAM_OWNER.value))
+            assert owner is not None and owner.team_id is not None
+            users = await s.execute(
+                select(User.id, User.team_id).where(User.organization_id == admin.organization_id)
+            )
+            now = datetime.now(UTC)
+            start, end = period_bounds(now, reset_day=1, timezone=TIMEZONE)
+            return World(
+                admin.organization_id,
+                start,
+                end,
+                [(uid, tid) for uid, tid in users if tid is not None],
+                admin.id,
+                owner.id,
+                owner.team_id,
+            )
+    finally:
+        await database.dispose()
+
+
+def run(backend: str, args: argparse.Namespace) -> None:
+    now = datetime.now(UTC)
+    url = _url(backend, args, fresh=not args.time_only)
     print(f"\n== {backend}: {args.events:,} events, {args.users:,} users, {args.teams} teams,"
           f" {args.days} days ({machine()})")  # fmt: skip
+    world = asyncio.run(existing_world(url)) if args.time_only else load(backend, url, args, now)
+    print(f"  queries ({args.runs} runs each, wall time incl. Python):")
+    timings = asyncio.run(time_queries(url, world, runs=args.runs, now=now))
+    slow = [t.name for t in timings if t.p50 > 100]
+    print(f"  slowest p50: {max(t.p50 for t in timings):.1f} ms;"
+          f" over 100 ms: {', '.join(slow) if slow else 'none'}")  # fmt: skip
+    if not args.time_only:
+        ingest = asyncio.run(ingest_after_load(url, world, now))
+        print(f"  one 100-event record_usage batch on the loaded database: {ingest * 1000:.0f} ms")
+
+
+def load(backend: str, url: str, args: argparse.Namespace, now: datetime) -> World:
     upgrade(url)
     started = time.perf_counter()
     world = asyncio.run(create_world(url, users=args.users, teams=args.teams, now=now))
@@ -222,12 +268,12 @@ def run(backend: str, args: argparse.Namespace) -> None:
     print(f"  organization, teams and users through the services: {seeded:.1f} s")
     started = time.perf_counter()
     if backend == "sqlite":
-        load = load_sqlite(path, world, args, now)
+        loaded = load_sqlite(url.removeprefix("sqlite+aiosqlite:///"), world, args, now)
     else:
-        load = asyncio.run(load_postgres(url, world, args, now))
-    loaded = time.perf_counter() - started
-    print(f"  bulk load (events, rollups, requests, balances): {loaded:.1f} s"
-          f" ({load.events / loaded:,.0f} events/s)")  # fmt: skip
+        loaded = asyncio.run(load_postgres(url, world, args, now))
+    seconds = time.perf_counter() - started
+    print(f"  bulk load (events, rollups, requests, balances): {seconds:.1f} s"
+          f" ({loaded.events / seconds:,.0f} events/s)")  # fmt: skip
     for table, count in asyncio.run(counts(url)).items():
         print(f"    {table:<20} {count:>12,} rows")
     if args.check:
@@ -235,13 +281,7 @@ def run(backend: str, args: argparse.Namespace) -> None:
         problems = asyncio.run(check(url, world.org_id))
         print(f"  rollups against raw totals: {problems or 'OK'}"
               f" ({time.perf_counter() - started:.1f} s)")  # fmt: skip
-    print(f"  queries ({args.runs} runs each, wall time incl. Python):")
-    timings = asyncio.run(time_queries(url, world, runs=args.runs, now=now))
-    slow = [t.name for t in timings if t.p50 > 100]
-    print(f"  slowest p50: {max(t.p50 for t in timings):.1f} ms;"
-          f" over 100 ms: {', '.join(slow) if slow else 'none'}")  # fmt: skip
-    ingest = asyncio.run(ingest_after_load(url, world, now))
-    print(f"  one 100-event record_usage batch on the loaded database: {ingest * 1000:.0f} ms")
+    return world
 
 
 def main() -> None:
@@ -255,6 +295,11 @@ def main() -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="sqlite")
     parser.add_argument("--db", help="SQLite file to (re)create; default: a temporary one")
     parser.add_argument("--no-check", dest="check", action="store_false")
+    parser.add_argument(
+        "--time-only",
+        action="store_true",
+        help="time the queries on the data an earlier run loaded (same --db or PG URL)",
+    )
     args = parser.parse_args()
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     for backend in backends:

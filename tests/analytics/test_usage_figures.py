@@ -5,6 +5,7 @@ from __future__ import annotations
 from tests.analytics.conftest import Usage
 from tests.analytics.support import actor_of, d, figure
 from tests.factories import World
+from tokendesk.accounts import teams
 from tokendesk.analytics import service
 from tokendesk.db import Database
 
@@ -111,6 +112,22 @@ class TestTopTeams:
         out = await figure(database, admin, service.top_teams, now=usage.now, period="previous")
 
         assert [(t.name, t.tokens) for t in out.items] == [("Beta", 400), ("Alpha", 0)]
+
+    async def test_usage_of_a_deleted_team_stays_under_its_old_id(
+        self, database: Database, world: World, usage: Usage
+    ) -> None:
+        admin = await actor_of(database, world.admin)
+        async with database.transaction() as s:
+            await teams.delete_team(s, actor=admin, team_id=world.team_b)
+
+        out = await figure(database, admin, service.top_teams, now=usage.now)
+
+        beta = next(t for t in out.items if t.team_id == world.team_b)
+        assert (beta.name, beta.exists, beta.tokens) == (
+            f"Deleted team #{world.team_b}",
+            False,
+            3000,
+        )
 
 
 class TestUsageOverTime:

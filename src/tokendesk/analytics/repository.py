@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, Select, case, cast, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Select,
+    case,
+    cast,
+    func,
+    literal,
+    literal_column,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Team, User
@@ -62,27 +72,41 @@ def _team_clause(column: Any, team_ids: frozenset[int] | None) -> list[ColumnEle
 # ---------------------------------------------------------------- usage
 
 
-def _over_range(column: Any, first_day: date, last_day: date) -> Any:
-    """A series' running ``column`` on the range's last day minus the day before its first."""
-    c = UsageCumulative
+def _over_range(column: str, first_day: date, last_day: date) -> Any:
+    """A series' ``column`` (tokens or calls) over [first_day, last_day].
+
+    That is its running total on the last day minus the one before the first day;
+    a range that ends after the series' last day needs no lookup for the former
+    (the series row holds it), one that starts before its first day none for the latter.
+    """
+    c, s = UsageCumulative, UsageSeries
 
     def last_on_or_before(day_clause: ColumnElement[bool]) -> Any:
         value = (
-            select(column)
-            .where(c.series_id == UsageSeries.id, day_clause)
+            select(getattr(c, column))
+            .where(c.series_id == s.id, day_clause)
             .order_by(c.day.desc())
             .limit(1)
-            .correlate(UsageSeries)
+            .correlate(s)
             .scalar_subquery()
         )
         return func.coalesce(value, 0)
 
-    return last_on_or_before(c.day <= last_day) - last_on_or_before(c.day < first_day)
+    through_end = case(
+        (s.last_day <= last_day, getattr(s, column)), else_=last_on_or_before(c.day <= last_day)
+    )
+    before_start = case(
+        (s.first_day >= first_day, literal(0)), else_=last_on_or_before(c.day < first_day)
+    )
+    return through_end - before_start
 
 
-def _series_in(where: Where) -> list[ColumnElement[bool]]:
+def _series_in(where: Where, first_day: date, last_day: date) -> list[ColumnElement[bool]]:
     return [
         UsageSeries.organization_id == where.organization_id,
+        # A series whose usage all lies outside the range has nothing in it.
+        UsageSeries.first_day <= last_day,
+        UsageSeries.last_day >= first_day,
         UsageSeries.model == (where.model or ALL_MODELS),
         *_team_clause(UsageSeries.team_id, where.team_ids),
     ]
@@ -96,9 +120,11 @@ async def series_usage(
     Each series costs two index lookups whatever the range's length: its running
     total on the last day of the range minus the one before the first day.
     """
-    tokens = _over_range(UsageCumulative.tokens, first_day, last_day)
+    tokens = _over_range("tokens", first_day, last_day)
     rows = await session.execute(
-        select(UsageSeries.user_id, UsageSeries.team_id, tokens).where(*_series_in(where))
+        select(UsageSeries.user_id, UsageSeries.team_id, tokens).where(
+            *_series_in(where, first_day, last_day)
+        )
     )
     # Filtered here, not in SQL: a WHERE on the difference would run the lookups twice.
     return [SeriesUsage(user_id, team_id, int(t)) for user_id, team_id, t in rows if t]
@@ -108,12 +134,12 @@ async def calls_by_user(
     session: AsyncSession, *, where: Where, first_day: date, last_day: date, user_ids: Sequence[int]
 ) -> dict[int, int]:
     """Calls over [first_day, last_day] of these users (asked only for the users shown)."""
-    calls = _over_range(UsageCumulative.calls, first_day, last_day)
+    calls = _over_range("calls", first_day, last_day)
     out: dict[int, int] = {}
     for chunk in _chunks(sorted(user_ids)):
         rows = await session.execute(
             select(UsageSeries.user_id, calls).where(
-                *_series_in(where), UsageSeries.user_id.in_(chunk)
+                *_series_in(where, first_day, last_day), UsageSeries.user_id.in_(chunk)
             )
         )
         for user_id, count in rows:
@@ -312,13 +338,16 @@ async def median_decision_seconds(
         value = await session.scalar(select(median).where(*clauses))
         return None if value is None else float(value)
     # SQLite has no percentile: the middle one or two values of the sorted durations.
-    seconds = (
-        func.julianday(TokenRequest.decided_at) - func.julianday(TokenRequest.created_at)
-    ) * 86400.0
+    seconds = cast(
+        (func.julianday(TokenRequest.decided_at) - func.julianday(TokenRequest.created_at))
+        * 86400.0,
+        Float,
+    ).label("seconds")
     middle = await session.scalars(
-        select(cast(seconds, Float))
+        # Ordered by the label: the dates are parsed once per row, not twice.
+        select(seconds)
         .where(*clauses)
-        .order_by(seconds)
+        .order_by(literal_column("seconds"))
         .limit(2 - decided % 2)
         .offset((decided - 1) // 2)
     )
@@ -371,13 +400,18 @@ async def requests_by_user(
             )
             out.update({row[0]: RequestTally(*map(int, row[1:])) for row in rows})
         return out
-    stmt = base.group_by(TokenRequest.user_id).order_by(
-        func.count().desc(), func.sum(TokenRequest.amount).desc(), TokenRequest.user_id
+    # Rank on two cheap sums first; tally only the requesters shown.
+    ranking = (
+        select(TokenRequest.user_id)
+        .where(*_requests_in(where, start, end))
+        .group_by(TokenRequest.user_id)
+        .order_by(func.count().desc(), func.sum(TokenRequest.amount).desc(), TokenRequest.user_id)
     )
     if limit is not None:
-        stmt = stmt.limit(limit)
-    rows = await session.execute(stmt)
-    return {row[0]: RequestTally(*map(int, row[1:])) for row in rows}
+        ranking = ranking.limit(limit)
+    ranked = list(await session.scalars(ranking))
+    tallies = await requests_by_user(session, where=where, start=start, end=end, user_ids=ranked)
+    return {user_id: tallies[user_id] for user_id in ranked}
 
 
 async def requests_by_team(

@@ -69,6 +69,7 @@ class TopUsersOut(Figure):
 class TopTeam(BaseModel):
     team_id: int = Field(description="0 for users without a team")
     name: str
+    exists: bool = Field(description="false for users without a team and for deleted teams")
     tokens: int
     calls: int
     share_of_tokens: float | None

@@ -157,6 +157,7 @@ async def top_teams(
             TopTeam(
                 team_id=team_id,
                 name=_team_label(team_id, names),
+                exists=team_id in names,
                 tokens=tokens,
                 calls=calls,
                 share_of_tokens=_share(tokens, total_tokens),

@@ -121,7 +121,10 @@ class UsageSeries(Base):
     """One user's usage in one team, for one model or (``ALL_MODELS``) all of them.
 
     Its :class:`UsageCumulative` rows hold running totals, so a user's usage over
-    any range of days is two index lookups, however long the range.
+    any range of days is at most two index lookups, however long the range. The
+    series' own totals and first and last days spare even those for the usual
+    ranges: one that ends on or after ``last_day`` needs no lookup for its end,
+    one that starts on or before ``first_day`` none for its start.
     """
 
     __tablename__ = "usage_series"
@@ -132,6 +135,11 @@ class UsageSeries(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     team_id: Mapped[int] = mapped_column(BigInteger, default=NO_TEAM)
     model: Mapped[str] = mapped_column(String(200))
+    first_day: Mapped[date] = mapped_column(Date)
+    last_day: Mapped[date] = mapped_column(Date)
+    # Everything up to and including last_day: the last running total.
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    calls: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class UsageCumulative(Base):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Date, Table, bindparam, func, select, update
+from sqlalchemy import BigInteger, Date, Table, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -191,7 +191,13 @@ async def _add_spent(
         ("organization_id", "day", "model"),
         _rows(model_daily, ("day", "model"), **org),
     )
-    series = await _series(session, organization_id, {key for key, _ in series_days})
+    spans: dict[SeriesKey, _Span] = {}
+    for (key, day), (tokens, calls) in series_days.items():
+        span = spans.get(key)
+        spans[key] = (
+            _Span(day, day, tokens, calls) if span is None else span.add(day, tokens, calls)
+        )
+    series = await _series(session, organization_id, spans)
     groups: list[_Group] = []
     for (key, day), (tokens, calls) in series_days.items():
         series_id, last_day = series[key]
@@ -210,41 +216,95 @@ class _Group:
     later_rows: bool
 
 
+@dataclass(frozen=True)
+class _Span:
+    """What a batch adds to one series: its first and last day, tokens and calls."""
+
+    first_day: date
+    last_day: date
+    tokens: int
+    calls: int
+
+    def add(self, day: date, tokens: int, calls: int) -> _Span:
+        return _Span(
+            min(self.first_day, day),
+            max(self.last_day, day),
+            self.tokens + tokens,
+            self.calls + calls,
+        )
+
+
 async def _series(
-    session: AsyncSession, organization_id: int, keys: set[SeriesKey]
+    session: AsyncSession, organization_id: int, spans: dict[SeriesKey, _Span]
 ) -> dict[SeriesKey, tuple[int, date | None]]:
-    """(id, last day with a running total) of these series, creating the missing ones."""
+    """Add each span to its series' totals, creating missing series.
+
+    Returns each series' id and its last day before this batch (None if new).
+    """
     s = _table(UsageSeries)
-    c = _table(UsageCumulative)
-    user_ids = sorted({user_id for user_id, _, _ in keys})
-    last_day = select(func.max(c.c.day)).where(c.c.series_id == s.c.id).scalar_subquery()
+    user_ids = sorted({user_id for user_id, _, _ in spans})
 
     async def known() -> dict[SeriesKey, tuple[int, date | None]]:
         rows = await session.execute(
-            select(s.c.id, s.c.user_id, s.c.team_id, s.c.model, last_day).where(
+            select(s.c.id, s.c.user_id, s.c.team_id, s.c.model, s.c.last_day).where(
                 s.c.organization_id == organization_id, s.c.user_id.in_(user_ids)
             )
         )
         return {(row[1], row[2], row[3]): (row[0], row[4]) for row in rows}
 
     found = await known()
-    missing = sorted(keys - found.keys())
+    created: dict[SeriesKey, tuple[int, date | None]] = {}
+    missing = sorted(spans.keys() - found.keys())
     if missing:
-        # The batch holds these users' balance rows, so nobody else creates them meanwhile;
-        # DO NOTHING only keeps a surprise from becoming an error.
-        created = await session.execute(
+        rows = await session.execute(
+            # The batch holds these users' balance rows, so nobody else creates them
+            # meanwhile; DO NOTHING only keeps a surprise from becoming an error.
             _insert(session)(s)
             .on_conflict_do_nothing()
             .returning(s.c.id, s.c.user_id, s.c.team_id, s.c.model),
             [
-                {"organization_id": organization_id, "user_id": u, "team_id": t, "model": m}
-                for u, t, m in missing
+                {
+                    "organization_id": organization_id,
+                    "user_id": user_id,
+                    "team_id": team_id,
+                    "model": model,
+                    "first_day": spans[key].first_day,
+                    "last_day": spans[key].last_day,
+                    "tokens": spans[key].tokens,
+                    "calls": spans[key].calls,
+                }
+                for key in missing
+                for user_id, team_id, model in [key]
             ],
         )
-        found.update({(row[1], row[2], row[3]): (row[0], None) for row in created})
-        if not keys <= found.keys():
+        created = {(row[1], row[2], row[3]): (row[0], None) for row in rows}
+        if not set(missing) <= created.keys():
             found = await known()
-    return found
+    existing = sorted(key for key in spans if key not in created)
+    if existing:
+        first = bindparam("fd", type_=Date)
+        last = bindparam("ld", type_=Date)
+        await session.execute(
+            update(s)
+            .where(s.c.id == bindparam("s", type_=BigInteger))
+            .values(
+                tokens=s.c.tokens + bindparam("dt", type_=BigInteger),
+                calls=s.c.calls + bindparam("dc", type_=BigInteger),
+                first_day=case((s.c.first_day > first, first), else_=s.c.first_day),
+                last_day=case((s.c.last_day < last, last), else_=s.c.last_day),
+            ),
+            [
+                {
+                    "s": found[key][0],
+                    "dt": spans[key].tokens,
+                    "dc": spans[key].calls,
+                    "fd": spans[key].first_day,
+                    "ld": spans[key].last_day,
+                }
+                for key in existing
+            ],
+        )
+    return {**{key: found[key] for key in existing}, **created}
 
 
 async def _add_running_totals(session: AsyncSession, groups: Sequence[_Group]) -> None:
@@ -323,7 +383,7 @@ async def differences(session: AsyncSession, *, organization_id: int) -> list[st
     return problems
 
 
-Rollups = dict[str, dict[tuple[Any, ...], tuple[int, ...]]]
+Rollups = dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]
 
 
 def expected_rollups(spent: Iterable[Spent], tz: str) -> Rollups:
@@ -345,14 +405,17 @@ def expected_rollups(spent: Iterable[Spent], tz: str) -> Rollups:
             sums = per_day[(item.user_id, team, model)][day]
             sums[0] += item.total_tokens
             sums[1] += 1
-    cumulative: dict[tuple[Any, ...], tuple[int, ...]] = {}
+    cumulative: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    series: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for key, days in per_day.items():
         tokens = calls = 0
         for day in sorted(days):
             tokens += days[day][0]
             calls += days[day][1]
             cumulative[(*key, day)] = (tokens, calls)
+        series[key] = (min(days), max(days), tokens, calls)
     return {
+        "usage_series": series,
         "usage_daily": {key: tuple(sums) for key, sums in daily.items()},
         "usage_team_daily": {key: tuple(sums) for key, sums in team_daily.items()},
         "usage_model_daily": {key: tuple(sums) for key, sums in model_daily.items()},
@@ -382,6 +445,18 @@ async def stored_rollups(session: AsyncSession, *, organization_id: int) -> Roll
         )
     )
     out["usage_model_daily"] = {tuple(row[:2]): tuple(row[2:]) for row in rows}
+    rows = await session.execute(
+        select(
+            UsageSeries.user_id,
+            UsageSeries.team_id,
+            UsageSeries.model,
+            UsageSeries.first_day,
+            UsageSeries.last_day,
+            UsageSeries.tokens,
+            UsageSeries.calls,
+        ).where(UsageSeries.organization_id == organization_id)
+    )
+    out["usage_series"] = {tuple(row[:3]): tuple(row[3:]) for row in rows}
     rows = await session.execute(
         select(
             UsageSeries.user_id,
