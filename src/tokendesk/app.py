@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -72,6 +73,11 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
             await bus.start()
             set_bus(bus)
         from tokendesk.metering.gateway import install
+
+        # Everything imported so far lives for the whole process: keep it out of the
+        # collector's generations so large requests (bulk decisions) don't rescan it.
+        gc.collect()
+        gc.freeze()
 
         gateway = install(app, settings, database)
         task = None

@@ -83,7 +83,8 @@ async def organization_view(
     session: AsyncSession, *, organization_id: int, now: datetime | None = None
 ) -> OrganizationView:
     now = now or utcnow()
-    # Pool figures must describe the current period, so ended periods roll over first.
+    # Pool figures must describe the current period, so ended periods roll over first
+    # (before loading: a rollover expires the objects already in the session).
     await ledger.rollover_due(session, now=now, organization_id=organization_id)
     org = await get_organization(session, organization_id)
     return (await _views(session, [org], now=now))[0]
