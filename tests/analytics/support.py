@@ -12,7 +12,7 @@ from tokendesk.accounts.auth import build_actor
 from tokendesk.accounts.models import User
 from tokendesk.analytics import service
 from tokendesk.db import Database
-from tokendesk.metering import rollups
+from tokendesk.metering import rollup_check
 from tokendesk.metering.service import UsageInput, UsageResult, record_usage
 
 T = TypeVar("T")
@@ -77,4 +77,4 @@ async def figure(
 
 async def rollup_differences(database: Database, organization_id: int) -> list[str]:
     async with database.transaction(write=False) as session:
-        return await rollups.differences(session, organization_id=organization_id)
+        return await rollup_check.differences(session, organization_id=organization_id)

@@ -7,20 +7,16 @@ user), charts and breakdowns from per-day team and model rows.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Float,
-    Select,
     case,
-    cast,
     func,
     literal,
-    literal_column,
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,11 +31,9 @@ from tokendesk.metering.models import (
     UsageSeries,
     UsageTeamDaily,
 )
-from tokendesk.token_requests.models import RequestStatus, TokenRequest
 
 # Ids per IN list: well inside SQLite's and asyncpg's bound-parameter limits.
 CHUNK = 5_000
-DECIDED = (RequestStatus.APPROVED.value, RequestStatus.REJECTED.value)
 
 
 @dataclass(frozen=True)
@@ -59,11 +53,11 @@ class SeriesUsage:
     tokens: int
 
 
-def _chunks(values: Sequence[int]) -> list[Sequence[int]]:
+def chunks(values: Sequence[int]) -> list[Sequence[int]]:
     return [values[start : start + CHUNK] for start in range(0, len(values), CHUNK)]
 
 
-def _team_clause(column: Any, team_ids: frozenset[int] | None) -> list[ColumnElement[bool]]:
+def team_clause(column: Any, team_ids: frozenset[int] | None) -> list[ColumnElement[bool]]:
     if team_ids is None:
         return []
     return [column.in_(sorted(team_ids))]
@@ -108,7 +102,7 @@ def _series_in(where: Where, first_day: date, last_day: date) -> list[ColumnElem
         UsageSeries.first_day <= last_day,
         UsageSeries.last_day >= first_day,
         UsageSeries.model == (where.model or ALL_MODELS),
-        *_team_clause(UsageSeries.team_id, where.team_ids),
+        *team_clause(UsageSeries.team_id, where.team_ids),
     ]
 
 
@@ -117,8 +111,8 @@ async def series_usage(
 ) -> list[SeriesUsage]:
     """Tokens of every (user, team) series over [first_day, last_day], unused ones left out.
 
-    Each series costs two index lookups whatever the range's length: its running
-    total on the last day of the range minus the one before the first day.
+    Each series costs at most two index lookups whatever the range's length: its
+    running total on the last day of the range minus the one before the first day.
     """
     tokens = _over_range("tokens", first_day, last_day)
     rows = await session.execute(
@@ -136,7 +130,7 @@ async def calls_by_user(
     """Calls over [first_day, last_day] of these users (asked only for the users shown)."""
     calls = _over_range("calls", first_day, last_day)
     out: dict[int, int] = {}
-    for chunk in _chunks(sorted(user_ids)):
+    for chunk in chunks(sorted(user_ids)):
         rows = await session.execute(
             select(UsageSeries.user_id, calls).where(
                 *_series_in(where, first_day, last_day), UsageSeries.user_id.in_(chunk)
@@ -154,7 +148,7 @@ def _daily_source(where: Where) -> tuple[Any, list[ColumnElement[bool]]]:
         clauses: list[ColumnElement[bool]] = []
     else:
         table = UsageTeamDaily
-        clauses = _team_clause(UsageTeamDaily.team_id, where.team_ids)
+        clauses = team_clause(UsageTeamDaily.team_id, where.team_ids)
     clauses.append(table.organization_id == where.organization_id)
     if where.model is not None:
         clauses.append(table.model == where.model)
@@ -170,7 +164,7 @@ async def daily_by(
         key: Any = t.team_id
         clauses = [
             t.organization_id == where.organization_id,
-            *_team_clause(t.team_id, where.team_ids),
+            *team_clause(t.team_id, where.team_ids),
         ]
         if where.model is not None:
             clauses.append(t.model == where.model)
@@ -191,7 +185,7 @@ async def team_totals(
 ) -> dict[int, tuple[int, int]]:
     """team id -> (tokens, calls) over the range."""
     t = UsageTeamDaily
-    clauses = [t.organization_id == where.organization_id, *_team_clause(t.team_id, where.team_ids)]
+    clauses = [t.organization_id == where.organization_id, *team_clause(t.team_id, where.team_ids)]
     if where.model is not None:
         clauses.append(t.model == where.model)
     rows = await session.execute(
@@ -247,7 +241,7 @@ class Person:
 async def people(session: AsyncSession, *, user_ids: Sequence[int]) -> dict[int, Person]:
     """Name, email, current team and this period's allocation of these users."""
     out: dict[int, Person] = {}
-    for chunk in _chunks(list(user_ids)):
+    for chunk in chunks(list(user_ids)):
         rows = await session.execute(
             select(
                 User.id,
@@ -286,143 +280,6 @@ async def team_members(
         .group_by(team)
     )
     return {team_id: (int(count), int(allocation)) for team_id, count, allocation in rows}
-
-
-# ---------------------------------------------------------------- token requests
-
-
-def _requests_in(
-    where: Where, start: datetime, end: datetime, *, team_column: Any = None
-) -> list[ColumnElement[bool]]:
-    clauses = [
-        TokenRequest.organization_id == where.organization_id,
-        TokenRequest.created_at >= start,
-        TokenRequest.created_at < end,
-    ]
-    if where.team_ids is not None:
-        team = func.coalesce(TokenRequest.team_id, NO_TEAM)
-        clauses.append(team.in_(sorted(where.team_ids)))
-    return clauses
-
-
-_GRANTED = func.coalesce(
-    func.sum(
-        case((TokenRequest.status == RequestStatus.APPROVED.value, TokenRequest.approved_amount))
-    ),
-    0,
-)
-
-
-async def request_counts(
-    session: AsyncSession, *, where: Where, start: datetime, end: datetime
-) -> list[tuple[str, int, int, int]]:
-    """(status, count, tokens requested, tokens granted) of requests made in [start, end)."""
-    rows = await session.execute(
-        select(TokenRequest.status, func.count(), func.sum(TokenRequest.amount), _GRANTED)
-        .where(*_requests_in(where, start, end))
-        .group_by(TokenRequest.status)
-    )
-    return [(status, int(n), int(asked or 0), int(granted)) for status, n, asked, granted in rows]
-
-
-async def median_decision_seconds(
-    session: AsyncSession, *, where: Where, start: datetime, end: datetime, decided: int
-) -> float | None:
-    """Median time from request to decision of the requests made in [start, end) and decided."""
-    if decided == 0:
-        return None
-    clauses = [*_requests_in(where, start, end), TokenRequest.status.in_(DECIDED)]
-    if session.get_bind().dialect.name == "postgresql":
-        seconds: Any = func.extract("epoch", TokenRequest.decided_at - TokenRequest.created_at)
-        median = func.percentile_cont(0.5).within_group(seconds)
-        value = await session.scalar(select(median).where(*clauses))
-        return None if value is None else float(value)
-    # SQLite has no percentile: the middle one or two values of the sorted durations.
-    seconds = cast(
-        (func.julianday(TokenRequest.decided_at) - func.julianday(TokenRequest.created_at))
-        * 86400.0,
-        Float,
-    ).label("seconds")
-    middle = await session.scalars(
-        # Ordered by the label: the dates are parsed once per row, not twice.
-        select(seconds)
-        .where(*clauses)
-        .order_by(literal_column("seconds"))
-        .limit(2 - decided % 2)
-        .offset((decided - 1) // 2)
-    )
-    values = list(middle)
-    return sum(values) / len(values) if values else None
-
-
-@dataclass(frozen=True)
-class RequestTally:
-    requests: int
-    requested: int
-    granted: int
-    approved: int
-    rejected: int
-    pending: int
-
-
-def _tally_columns() -> list[Any]:
-    def count_of(status: RequestStatus) -> Any:
-        return func.coalesce(func.sum(case((TokenRequest.status == status.value, 1), else_=0)), 0)
-
-    return [
-        func.count(),
-        func.coalesce(func.sum(TokenRequest.amount), 0),
-        _GRANTED,
-        count_of(RequestStatus.APPROVED),
-        count_of(RequestStatus.REJECTED),
-        count_of(RequestStatus.PENDING),
-    ]
-
-
-async def requests_by_user(
-    session: AsyncSession,
-    *,
-    where: Where,
-    start: datetime,
-    end: datetime,
-    user_ids: Collection[int] | None = None,
-    limit: int | None = None,
-) -> dict[int, RequestTally]:
-    """Per requester, requests made in [start, end): these users, or the top ``limit``."""
-    base: Select[Any] = select(TokenRequest.user_id, *_tally_columns()).where(
-        *_requests_in(where, start, end)
-    )
-    out: dict[int, RequestTally] = {}
-    if user_ids is not None:
-        for chunk in _chunks(sorted(user_ids)):
-            rows = await session.execute(
-                base.where(TokenRequest.user_id.in_(chunk)).group_by(TokenRequest.user_id)
-            )
-            out.update({row[0]: RequestTally(*map(int, row[1:])) for row in rows})
-        return out
-    # Rank on two cheap sums first; tally only the requesters shown.
-    ranking = (
-        select(TokenRequest.user_id)
-        .where(*_requests_in(where, start, end))
-        .group_by(TokenRequest.user_id)
-        .order_by(func.count().desc(), func.sum(TokenRequest.amount).desc(), TokenRequest.user_id)
-    )
-    if limit is not None:
-        ranking = ranking.limit(limit)
-    ranked = list(await session.scalars(ranking))
-    tallies = await requests_by_user(session, where=where, start=start, end=end, user_ids=ranked)
-    return {user_id: tallies[user_id] for user_id in ranked}
-
-
-async def requests_by_team(
-    session: AsyncSession, *, where: Where, start: datetime, end: datetime
-) -> dict[int, RequestTally]:
-    """Per team of the requester when asking (0: none), requests made in [start, end)."""
-    team = func.coalesce(TokenRequest.team_id, NO_TEAM)
-    rows = await session.execute(
-        select(team, *_tally_columns()).where(*_requests_in(where, start, end)).group_by(team)
-    )
-    return {row[0]: RequestTally(*map(int, row[1:])) for row in rows}
 
 
 # ---------------------------------------------------------------- balances

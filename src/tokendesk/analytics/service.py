@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.analytics import repository as repo
+from tokendesk.analytics import requests_repository as requests_repo
 from tokendesk.analytics.forecast import forecast, project
 from tokendesk.analytics.schemas import (
     ByModelOut,
@@ -46,6 +47,7 @@ from tokendesk.token_requests.models import RequestStatus
 
 # The callers' one entry point: selection and forecast live in their own modules.
 __all__ = [
+    "CHART_SERIES",
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
     "MAX_MODEL_LENGTH",
@@ -98,7 +100,7 @@ async def top_users(
         session, where=where, first_day=r.first_day, last_day=r.last_day, user_ids=ids
     )
     people = await repo.people(session, user_ids=ids)
-    tallies = await repo.requests_by_user(
+    tallies = await requests_repo.requests_by_user(
         session, where=where, start=r.start, end=r.end, user_ids=ids
     )
     items: list[TopUser] = []
@@ -144,7 +146,7 @@ async def top_teams(
     )
     names = dict(await repo.teams(session, organization_id=where.organization_id))
     members = await repo.team_members(session, organization_id=where.organization_id)
-    tallies = await repo.requests_by_team(session, where=where, start=r.start, end=r.end)
+    tallies = await requests_repo.requests_by_team(session, where=where, start=r.start, end=r.end)
     visible = set(names) if where.team_ids is None else set(where.team_ids)
     team_ids = set(totals) | {team_id for team_id in visible if team_id in names}
     total_tokens = sum(tokens for tokens, _ in totals.values())
@@ -260,7 +262,7 @@ async def requests(
     r, where = selection.range, selection.where
     counts = {
         status: (n, asked, granted)
-        for status, n, asked, granted in await repo.request_counts(
+        for status, n, asked, granted in await requests_repo.request_counts(
             session, where=where, start=r.start, end=r.end
         )
     }
@@ -269,11 +271,11 @@ async def requests(
         for status in RequestStatus
         for n, asked, granted in [counts.get(status.value, (0, 0, 0))]
     ]
-    decided = sum(item.count for item in by_status if item.status in repo.DECIDED)
-    median = await repo.median_decision_seconds(
+    decided = sum(item.count for item in by_status if item.status in requests_repo.DECIDED)
+    median = await requests_repo.median_decision_seconds(
         session, where=where, start=r.start, end=r.end, decided=decided
     )
-    tallies = await repo.requests_by_user(
+    tallies = await requests_repo.requests_by_user(
         session, where=where, start=r.start, end=r.end, limit=limit
     )
     people = await repo.people(session, user_ids=list(tallies))
