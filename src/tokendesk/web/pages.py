@@ -64,6 +64,12 @@ def _safe_next(next_url: str | None) -> str:
     return "/"
 
 
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> RedirectResponse:
+    # Browsers ask for this path before reading the page's <link rel="icon">.
+    return RedirectResponse("/static/favicon.svg", status_code=308)
+
+
 @router.get("/login", response_class=HTMLResponse)
 async def login_form(request: Request, next: str | None = None) -> HTMLResponse:
     return render(request, "login.html", next=_safe_next(next), error=None, email="")
