@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Float, Select, case, cast, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokendesk.analytics.repository import Where, chunks
+from tokendesk.analytics.repository import Where, chunks, rows_of
 from tokendesk.metering.models import NO_TEAM
 from tokendesk.token_requests.models import RequestStatus, TokenRequest
 
@@ -47,10 +47,11 @@ async def request_counts(
     session: AsyncSession, *, where: Where, start: datetime, end: datetime
 ) -> list[tuple[str, int, int, int]]:
     """(status, count, tokens requested, tokens granted) of requests made in [start, end)."""
-    rows = await session.execute(
+    rows = await rows_of(
+        session,
         select(TokenRequest.status, func.count(), func.sum(TokenRequest.amount), _GRANTED)
         .where(*_requests_in(where, start, end))
-        .group_by(TokenRequest.status)
+        .group_by(TokenRequest.status),
     )
     return [(status, int(n), int(asked or 0), int(granted)) for status, n, asked, granted in rows]
 
@@ -125,8 +126,8 @@ async def requests_by_user(
     out: dict[int, RequestTally] = {}
     if user_ids is not None:
         for chunk in chunks(sorted(user_ids)):
-            rows = await session.execute(
-                base.where(TokenRequest.user_id.in_(chunk)).group_by(TokenRequest.user_id)
+            rows = await rows_of(
+                session, base.where(TokenRequest.user_id.in_(chunk)).group_by(TokenRequest.user_id)
             )
             out.update({row[0]: RequestTally(*map(int, row[1:])) for row in rows})
         return out
@@ -149,7 +150,8 @@ async def requests_by_team(
 ) -> dict[int, RequestTally]:
     """Per team of the requester when asking (0: none), requests made in [start, end)."""
     team = func.coalesce(TokenRequest.team_id, NO_TEAM)
-    rows = await session.execute(
-        select(team, *_tally_columns()).where(*_requests_in(where, start, end)).group_by(team)
+    rows = await rows_of(
+        session,
+        select(team, *_tally_columns()).where(*_requests_in(where, start, end)).group_by(team),
     )
     return {row[0]: RequestTally(*map(int, row[1:])) for row in rows}

@@ -144,6 +144,7 @@ async def selection_for(
     if model is not None and len(model) > MAX_MODEL_LENGTH:
         raise InvalidInput(f"model: must be at most {MAX_MODEL_LENGTH} characters", field="model")
     now = now or utcnow()
+    await repo.plan_each_query(session)
     org = await organization(session, actor.organization_id)
     range_, period_days = resolve_range(
         query, now=now, reset_day=org.reset_day, timezone=org.timezone
