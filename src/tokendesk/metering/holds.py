@@ -224,10 +224,12 @@ class Settler:
         self,
         database: Database,
         *,
-        max_batch: int = 500,
+        max_batch: int = 1000,
+        linger_seconds: float = 0.02,
         keys_used: dict[int, datetime] | None = None,
     ) -> None:
         self.database = database
+        self.linger_seconds = linger_seconds
         self.keys_used = keys_used if keys_used is not None else {}
         self.max_batch = max_batch
         self._queue: asyncio.Queue[Settlement] = asyncio.Queue()
@@ -254,6 +256,10 @@ class Settler:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._queue.empty() and self.linger_seconds:
+                # Under load, waiting a moment turns many small commits into one larger
+                # one; a lone call's settlement is only delayed by this, never lost.
+                await asyncio.sleep(self.linger_seconds)
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             await self._commit(batch)
