@@ -258,6 +258,14 @@ class TestDoctor:
         )
         assert "1 of 1 balances disagree with the ledger" in result.stderr
 
+    def test_rollups_are_checked_against_raw_events_on_request(self, db_file: Path) -> None:
+        ok(invoke("demo"))
+        assert "rollups match the raw events" in ok(invoke("doctor", "--rollups")).stdout
+        execute(db_file, "UPDATE usage_daily SET total_tokens = total_tokens + 1")
+        result = invoke("doctor", "--rollups")
+        assert result.exit_code == 1
+        assert "rollup differs from raw events: usage_daily" in result.stdout
+
 
 class TestResetRun:
     def test_an_ended_period_is_reset_once(self, acme: Path) -> None:

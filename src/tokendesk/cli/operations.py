@@ -7,12 +7,13 @@ from typing import Annotated
 import typer
 from sqlalchemy import func, select
 
-from tokendesk.accounts.models import User
+from tokendesk.accounts.models import Organization, User
 from tokendesk.cli.common import fail, load_settings, run, shown_url, upgrade
 from tokendesk.db import Database
 from tokendesk.ledger import scheduler
 from tokendesk.ledger.doctor import Mismatch, check_balances
 from tokendesk.ledger.models import Balance
+from tokendesk.metering import rollup_check
 from tokendesk.migrations import runner
 
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
@@ -117,10 +118,20 @@ def reset_run() -> None:
     typer.echo(f"{result.reset} balances reset, {result.expired} holds expired")
 
 
-def doctor() -> None:
+def doctor(
+    rollups: Annotated[
+        bool,
+        typer.Option(
+            "--rollups",
+            help="Also recompute the analytics rollups from the raw usage events (reads "
+            "every event: slow on a large database). Rollups of teams deleted since keep "
+            "their team while the events forget it, and are reported.",
+        ),
+    ] = False,
+) -> None:
     """Recompute every cached balance from the ledger; exit 1 on any mismatch."""
 
-    async def check(database: Database) -> tuple[list[Mismatch], int, dict[int, str]]:
+    async def check(database: Database) -> tuple[list[Mismatch], int, dict[int, str], list[str]]:
         async with database.transaction(write=False) as session:
             mismatches = await check_balances(session)
             total = await session.scalar(select(func.count()).select_from(Balance)) or 0
@@ -128,11 +139,18 @@ def doctor() -> None:
             emails = dict(
                 (await session.execute(select(User.id, User.email).where(User.id.in_(ids)))).all()
             )
-        return mismatches, total, emails
+            problems: list[str] = []
+            if rollups:
+                for org_id in (await session.scalars(select(Organization.id))).all():
+                    problems += await rollup_check.differences(session, organization_id=org_id)
+        return mismatches, total, emails, problems
 
-    mismatches, total, emails = run(check)
-    if not mismatches:
-        typer.echo(f"all {total} balances match the ledger")
+    mismatches, total, emails, problems = run(check)
+    for problem in problems:
+        typer.echo(f"rollup differs from raw events: {problem}")
+    if not mismatches and not problems:
+        checked = " and the rollups match the raw events" if rollups else ""
+        typer.echo(f"all {total} balances match the ledger{checked}")
         return
     for m in mismatches:
         typer.echo(
@@ -140,5 +158,8 @@ def doctor() -> None:
             f"in the balance row but {m.ledger} by the ledger"
         )
     users = len({m.user_id for m in mismatches})
-    typer.echo(f"{users} of {total} balances disagree with the ledger", err=True)
+    typer.echo(
+        f"{users} of {total} balances disagree with the ledger; {len(problems)} rollup differences",
+        err=True,
+    )
     raise typer.Exit(1)
