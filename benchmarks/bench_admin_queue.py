@@ -26,7 +26,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -47,7 +46,6 @@ from benchmarks.common import (  # noqa: E402
     wait_ready,
 )
 
-CHUNK = 5_000
 PASSWORD = "bench-password"
 CHROMIUM = Path("/usr/bin/chromium")
 IDS_FIELD = re.compile(r'name="ids" value="([0-9,]*)"')
@@ -64,15 +62,12 @@ class Loaded:
 async def load(url: str, size: int) -> Loaded:
     """An organization, an org admin who signs in, and ``size`` members with one pending
     request each: users, balances and allocation ledger entries consistent with each other."""
-    from sqlalchemy import insert
-
+    from benchmarks.pending import add_pending_members
     from tokendesk.accounts import service as accounts
-    from tokendesk.accounts.models import Role, User
+    from tokendesk.accounts.models import Role
     from tokendesk.db import Database, utcnow
-    from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
     from tokendesk.ledger.periods import period_bounds
     from tokendesk.migrations.runner import upgrade_async
-    from tokendesk.token_requests.models import TokenRequest
 
     await upgrade_async(url)
     database = Database(url)
@@ -96,75 +91,17 @@ async def load(url: str, size: int) -> Loaded:
         start, end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
         org_id, admin_id, first_id = org.id, admin.id, admin.id + 1
 
-    for offset in range(0, size, CHUNK):
-        ids = range(first_id + offset, first_id + min(size, offset + CHUNK))
-        async with database.transaction() as s:
-            await s.execute(
-                insert(User),
-                [
-                    {
-                        "id": i,
-                        "organization_id": org_id,
-                        "email": f"member{i}@queue.example",
-                        "name": f"Member {i}",
-                        "role": "member",
-                        "team_id": teams[i % 3],
-                        "is_active": True,
-                        "session_version": 1,
-                        "created_at": now,
-                    }
-                    for i in ids
-                ],
-            )
-            await s.execute(
-                insert(Balance),
-                [
-                    {
-                        "user_id": i,
-                        "organization_id": org_id,
-                        "period_start": start,
-                        "period_end": end,
-                        "allocation": 100_000,
-                        "granted": 0,
-                        "adjusted": 0,
-                        "used": 0,
-                        "reserved": 0,
-                        "updated_at": now,
-                    }
-                    for i in ids
-                ],
-            )
-            await s.execute(
-                insert(LedgerEntry),
-                [
-                    {
-                        "organization_id": org_id,
-                        "user_id": i,
-                        "period_start": start,
-                        "kind": EntryKind.ALLOCATION.value,
-                        "amount": 100_000,
-                        "reason": "period opened",
-                        "created_at": now,
-                    }
-                    for i in ids
-                ],
-            )
-            await s.execute(
-                insert(TokenRequest),
-                [
-                    {
-                        "organization_id": org_id,
-                        "user_id": i,
-                        "team_id": teams[i % 3],
-                        "amount": 1_000 + i % 5_000,
-                        "reason": "end-of-quarter reports need longer summaries",
-                        "status": "pending",
-                        "balance_at_request": 100_000,
-                        "created_at": now - timedelta(seconds=size - (i - first_id)),
-                    }
-                    for i in ids
-                ],
-            )
+    await add_pending_members(
+        database,
+        organization_id=org_id,
+        first_user_id=first_id,
+        count=size,
+        period=(start, end),
+        now=now,
+        email="member{}@queue.example",
+        team_ids=teams,
+        reason="end-of-quarter reports need longer summaries",
+    )
     await database.dispose()
     return Loaded(url=url, admin_id=admin_id, admin_email="admin@queue.example", size=size)
 

@@ -18,20 +18,17 @@ import time
 from pathlib import Path
 
 import httpx
-from sqlalchemy import insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import machine, reset_postgres, sqlite_url
 
-CHUNK = 5_000
-
 
 async def load(url: str, size: int) -> tuple[str, list[int]]:
+    from benchmarks.pending import add_pending_members
     from tokendesk.accounts import service as accounts
-    from tokendesk.accounts.models import Role, User
+    from tokendesk.accounts.models import Role
     from tokendesk.db import Database, utcnow
-    from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
     from tokendesk.ledger.periods import period_bounds
     from tokendesk.migrations.runner import upgrade_async
     from tokendesk.token_requests.models import TokenRequest
@@ -51,72 +48,16 @@ async def load(url: str, size: int) -> tuple[str, list[int]]:
         _, key = await accounts.issue_api_key(s, user=admin)
         start, end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
         org_id, first_id = org.id, admin.id + 1
-    for offset in range(0, size, CHUNK):
-        ids = range(first_id + offset, first_id + min(size, offset + CHUNK))
-        async with database.transaction() as s:
-            await s.execute(
-                insert(User),
-                [
-                    {
-                        "id": i,
-                        "organization_id": org_id,
-                        "email": f"u{i}@bulk.example",
-                        "name": f"User {i}",
-                        "role": "member",
-                        "is_active": True,
-                        "session_version": 1,
-                        "created_at": now,
-                    }
-                    for i in ids
-                ],
-            )
-            await s.execute(
-                insert(Balance),
-                [
-                    {
-                        "user_id": i,
-                        "organization_id": org_id,
-                        "period_start": start,
-                        "period_end": end,
-                        "allocation": 100_000,
-                        "granted": 0,
-                        "adjusted": 0,
-                        "used": 0,
-                        "reserved": 0,
-                        "updated_at": now,
-                    }
-                    for i in ids
-                ],
-            )
-            await s.execute(
-                insert(LedgerEntry),
-                [
-                    {
-                        "organization_id": org_id,
-                        "user_id": i,
-                        "period_start": start,
-                        "kind": EntryKind.ALLOCATION.value,
-                        "amount": 100_000,
-                        "reason": "period opened",
-                        "created_at": now,
-                    }
-                    for i in ids
-                ],
-            )
-            await s.execute(
-                insert(TokenRequest),
-                [
-                    {
-                        "organization_id": org_id,
-                        "user_id": i,
-                        "amount": 5_000,
-                        "status": "pending",
-                        "balance_at_request": 100_000,
-                        "created_at": now,
-                    }
-                    for i in ids
-                ],
-            )
+    await add_pending_members(
+        database,
+        organization_id=org_id,
+        first_user_id=first_id,
+        count=size,
+        period=(start, end),
+        now=now,
+        email="u{}@bulk.example",
+        amount=5_000,
+    )
     async with database.transaction(write=False) as s:
         from sqlalchemy import select
 
