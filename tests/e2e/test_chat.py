@@ -3,44 +3,22 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests.e2e.chat_site import (
     DESKTOP,
     PHONE,
     ChatSite,
-    chat_site,
-    chromium,
     needs_chromium,
-    open_page,
     remaining,
     shoot,
     sign_in,
 )
 
 pytestmark = [pytest.mark.e2e, needs_chromium]
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatSite]:
-    with chat_site(tmp_path_factory.mktemp("chat")) as running_site:
-        yield running_site
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as instance:
-        yield instance
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    with open_page(browser) as tab:
-        yield tab
 
 
 class TestChatting:

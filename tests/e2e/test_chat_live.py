@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests.e2e.chat_site import (
     MEMBERS,
     ChatSite,
-    chat_site,
-    chromium,
     needs_chromium,
-    open_page,
     pending_id,
     remaining,
     request_tokens,
@@ -25,24 +21,6 @@ from tests.e2e.chat_site import (
 )
 
 pytestmark = [pytest.mark.e2e, needs_chromium]
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatSite]:
-    with chat_site(tmp_path_factory.mktemp("chat")) as running_site:
-        yield running_site
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as instance:
-        yield instance
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    with open_page(browser) as tab:
-        yield tab
 
 
 class TestTokenRequests:
