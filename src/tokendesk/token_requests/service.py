@@ -9,6 +9,7 @@ request. Nobody decides their own request. Services flush, never commit.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +27,13 @@ from tokendesk.token_requests import events, pool
 from tokendesk.token_requests import repository as repo
 from tokendesk.token_requests.models import RequestStatus
 from tokendesk.token_requests.repository import Scope
-from tokendesk.token_requests.schemas import MAX_TEXT, StatusCounts, TokenRequestOut, to_out
+from tokendesk.token_requests.schemas import (
+    MAX_BULK_IDS,
+    MAX_TEXT,
+    StatusCounts,
+    TokenRequestOut,
+    to_out,
+)
 
 MAX_LIMIT = 500
 
@@ -117,6 +124,64 @@ async def get(
         now=now or utcnow(),
     )
     return to_out(row)
+
+
+@dataclass(frozen=True)
+class PendingRef:
+    id: int
+    amount: int
+
+
+async def own_pending(session: AsyncSession, *, actor: Actor) -> PendingRef | None:
+    """The caller's own pending request, if any (the chat app shows it in its header)."""
+    row = await repo.pending_of_user(session, user_id=actor.user_id)
+    return None if row is None else PendingRef(row.id, row.amount)
+
+
+@dataclass(frozen=True)
+class PendingSelection:
+    """Every pending request matching a queue's filters, as "select all N matching" needs."""
+
+    ids: list[int]
+    tokens: int
+    own: int  # the caller's own requests: counted, never selected (nobody decides their own)
+
+
+async def matching_pending(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    team_id: int | None = None,
+    q: str | None = None,
+    now: datetime | None = None,
+) -> PendingSelection:
+    """One read of the whole pending queue in the caller's scope, oldest first.
+
+    Paging through :func:`list_requests` 500 rows at a time costs several times
+    as much for a queue of 10,000, and this is the path a morning's bulk takes.
+    """
+    org = await organization(session, actor.organization_id)
+    rows = await repo.list_items(
+        session,
+        scope=scope_for(actor),
+        status=RequestStatus.PENDING.value,
+        team_id=team_id,
+        q=(q or "").strip() or None,
+        sort="created_at",
+        limit=MAX_BULK_IDS,
+        offset=0,
+        now=now or utcnow(),
+        org_default=org.default_allocation,
+    )
+    ids: list[int] = []
+    tokens = own = 0
+    for row in rows:
+        if row.user_id == actor.user_id:
+            own += 1
+        else:
+            ids.append(row.id)
+            tokens += row.amount
+    return PendingSelection(ids, tokens, own)
 
 
 async def list_requests(

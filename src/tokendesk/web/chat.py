@@ -21,7 +21,7 @@ from tokendesk.chat.schemas import ConversationOut, MessageOut
 from tokendesk.deps import DbSession
 from tokendesk.errors import NotFound
 from tokendesk.ledger import service as ledger
-from tokendesk.token_requests import repository as token_requests_repo
+from tokendesk.token_requests import service as token_requests
 from tokendesk.web.pages import page_actor, render
 
 router = APIRouter(include_in_schema=False)
@@ -89,8 +89,8 @@ async def _chat_page(
     profile = await users.me(session, actor=actor)
     org = profile.organization
     balance = ledger.balance_snapshot(profile.balance)
-    pending_row = await token_requests_repo.pending_of_user(session, user_id=actor.user_id)
-    pending = None if pending_row is None else {"id": pending_row.id, "amount": pending_row.amount}
+    own = await token_requests.own_pending(session, actor=actor)
+    pending = None if own is None else {"id": own.id, "amount": own.amount}
     conversations, _ = await chat.list_conversations(session, actor=actor, limit=SIDEBAR_LIMIT)
     current = None
     messages: list[MessageOut] = []
