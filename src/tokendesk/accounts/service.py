@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +20,7 @@ from tokendesk.accounts.security import hash_api_key, hash_password, new_api_key
 from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
 from tokendesk.errors import Conflict, Forbidden, InvalidInput, NotFound
+from tokendesk.events.bus import emit
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
 from tokendesk.ledger.periods import is_valid_timezone
@@ -261,34 +262,35 @@ async def reapply_allocations(
     if not rows:
         return 0
     now = utcnow()
-    for row in rows:
-        await session.execute(
-            update(Balance)
-            .where(Balance.user_id == row.user_id)
-            .values(allocation=Balance.allocation + (row.target - row.allocation), updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-    session.add_all(
-        LedgerEntry(
-            organization_id=organization_id,
-            user_id=row.user_id,
-            period_start=row.period_start,
-            kind=EntryKind.ALLOCATION_CHANGE.value,
-            amount=row.target - row.allocation,
-            actor_id=actor_id,
-            reason=reason,
-            created_at=now,
-        )
-        for row in rows
+    await session.execute(
+        # Relative updates, one executemany: safe against a concurrent change of another column.
+        update(ledger.BALANCES)
+        .where(ledger.BALANCES.c.user_id == bindparam("uid"))
+        .values(allocation=ledger.BALANCES.c.allocation + bindparam("diff"), updated_at=now),
+        [{"uid": row.user_id, "diff": row.target - row.allocation} for row in rows],
     )
-    await session.flush()
+    await session.execute(
+        insert(LedgerEntry),
+        [
+            {
+                "organization_id": organization_id,
+                "user_id": row.user_id,
+                "period_start": row.period_start,
+                "kind": EntryKind.ALLOCATION_CHANGE.value,
+                "amount": row.target - row.allocation,
+                "actor_id": actor_id,
+                "reason": reason,
+                "created_at": now,
+            }
+            for row in rows
+        ],
+    )
     session.expire_all()
-    for row in rows:
-        balance = await session.get(Balance, row.user_id)
-        if balance is not None:
-            from tokendesk.events.bus import emit
-
-            emit(session, ledger.balance_event(balance, cause="allocation_change"))
+    changed = await session.scalars(
+        select(Balance).where(Balance.user_id.in_([row.user_id for row in rows]))
+    )
+    for balance in changed:
+        emit(session, ledger.balance_event(balance, cause="allocation_change"))
     return len(rows)
 
 

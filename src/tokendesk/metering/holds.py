@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 RESERVATIONS = cast(Table, Reservation.__table__)
 API_KEYS = cast(Table, ApiKey.__table__)
-BALANCES = cast(Table, Balance.__table__)
 
 
 @dataclass(frozen=True)
@@ -200,12 +199,7 @@ async def settle_many(session: AsyncSession, settlements: list[Settlement]) -> N
         returned: dict[int, int] = defaultdict(int)
         for _, user_id, amount in closed:
             returned[user_id] += amount
-        await session.execute(
-            update(BALANCES)
-            .where(BALANCES.c.user_id == bindparam("uid"))
-            .values(reserved=BALANCES.c.reserved - bindparam("amount")),
-            [{"uid": uid, "amount": amount} for uid, amount in returned.items()],
-        )
+        await ledger.return_holds(session, returned)
     # Usage is recorded even if the hold had already expired: the tokens were really used.
     by_org: dict[int, list[UsageInput]] = defaultdict(list)
     for settlement in settlements:
