@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.models import ApiKey, Organization, Role, TeamOwner, User
-from tokendesk.accounts.security import hash_api_key
+from tokendesk.accounts.security import hash_api_key, usable_key
 from tokendesk.config import get_settings
 from tokendesk.db import utcnow
 from tokendesk.errors import NotFound
@@ -68,11 +68,7 @@ async def actor_from_api_key(
         await session.execute(
             select(User, ApiKey.id, ApiKey.last_used_at)
             .join(ApiKey, ApiKey.user_id == User.id)
-            .where(
-                ApiKey.key_hash == hash_api_key(key),
-                ApiKey.revoked_at.is_(None),
-                User.is_active.is_(True),
-            )
+            .where(*usable_key(hash_api_key(key)))
         )
     ).first()
     if row is None:

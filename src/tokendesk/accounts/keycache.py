@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import ApiKey, Role, User
-from tokendesk.accounts.security import hash_api_key
+from tokendesk.accounts.security import hash_api_key, usable_key
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,7 @@ class KeyCache:
             await session.execute(
                 select(User.id, User.organization_id, User.role, User.email, ApiKey.id)
                 .join(ApiKey, ApiKey.user_id == User.id)
-                .where(
-                    ApiKey.key_hash == key_hash,
-                    ApiKey.revoked_at.is_(None),
-                    User.is_active.is_(True),
-                )
+                .where(*usable_key(key_hash))
             )
         ).first()
         owner = None if row is None else KeyOwner(row[0], row[1], Role(row[2]), row[3], row[4])

@@ -7,6 +7,9 @@ import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import ColumnElement
+
+from tokendesk.accounts.models import ApiKey, User
 
 _hasher = PasswordHasher()
 
@@ -32,3 +35,16 @@ def new_api_key() -> str:
 
 def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def usable_key(key_hash: str) -> tuple[ColumnElement[bool], ...]:
+    """Conditions for a key that may be used: this hash, not revoked, its owner active.
+
+    For a query that joins ``ApiKey`` to ``User``; the REST path and the gateway's
+    cache both look keys up through it, so they can never disagree on who is let in.
+    """
+    return (
+        ApiKey.key_hash == key_hash,
+        ApiKey.revoked_at.is_(None),
+        User.is_active.is_(True),
+    )
