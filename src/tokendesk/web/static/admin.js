@@ -262,6 +262,17 @@
       if (box.matches && box.matches("#select-page, .row-select")) onBoxChange(box);
     });
 
+    // A second load into an open dialog (a double click, or a click replayed while a live
+    // refresh re-rendered the row) would replace the form and wipe what the admin typed.
+    // Requests from inside the dialog (confirm, summary) still swap it as they should.
+    document.body.addEventListener("htmx:beforeRequest", (event) => {
+      const target = event.detail.target;
+      const d = dialog();
+      if (target && target.id === "dialog-content" && d && d.open && !d.contains(event.detail.elt)) {
+        event.preventDefault();
+      }
+    });
+
     document.body.addEventListener("htmx:afterSwap", (event) => {
       const target = event.detail.target;
       if (target && target.id === "dialog-content") openDialog();
