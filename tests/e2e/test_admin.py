@@ -238,6 +238,8 @@ class TestLiveQueue:
         wait_live(second)
         second.locator(f"#approve-{request_id}").click()
         second_dialog = second.get_by_role("dialog")
+        # Type once the dialog has settled, as a person would: its first field has focus.
+        expect(second_dialog.locator("[autofocus]")).to_be_focused()
         second_dialog.get_by_label("Note to Bob Beta").fill("typed while someone else decides")
         first.locator(f"#approve-{request_id}").click()
         first.get_by_role("dialog").get_by_role("button", name="Approve").click()

@@ -182,8 +182,11 @@ async def requests_table(
     context = await _queue_context(session, actor, view)
     org = await token_requests.organization(session, actor.organization_id)
     response = render(request, "admin/requests/_table_response.html", tz=org.timezone, **context)
-    # Keep the address bar in step with the filters, so a reload shows the same view.
-    response.headers["HX-Replace-Url"] = view.url()
+    # Keep the address bar in step with the filters, so a reload shows the same view. A live
+    # refresh shows the same view: touching the URL (and htmx's history snapshot) then would
+    # disturb a dialog the admin is filling in.
+    if request.headers.get("x-live-refresh") != "1":
+        response.headers["HX-Replace-Url"] = view.url()
     return response
 
 

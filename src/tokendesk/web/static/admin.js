@@ -199,6 +199,7 @@
         source: q,
         target: "#queue",
         swap: "outerHTML",
+        headers: { "X-Live-Refresh": "1" },
       });
     } else {
       work = htmx.ajax("GET", "/admin/badge", { target: "#pending-badge", swap: "outerHTML" });
