@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import httpx
+from sqlalchemy import select
 
 from tests.accounts.support import (
     API,
@@ -18,8 +19,9 @@ from tests.factories import World, snapshot
 from tokendesk.accounts import organizations
 from tokendesk.accounts.schemas import OrganizationUpdate
 from tokendesk.db import Database, utcnow
+from tokendesk.events.bus import get_bus
 from tokendesk.ledger import service as ledger
-from tokendesk.ledger.models import EntryKind
+from tokendesk.ledger.models import Balance, EntryKind
 from tokendesk.ledger.periods import period_bounds
 
 # Sum of the Acme allocations in the world: admin, bob (org default), owner, alice,
@@ -112,6 +114,32 @@ class TestUpdateOrganization:
         assert row.details["before"] == {"reset_day": 1, "timezone": "UTC"}
         assert row.details["after"] == {"reset_day": 15, "timezone": "America/New_York"}
         assert await ledger_is_consistent(database)
+
+    async def test_members_hear_of_a_new_reset_date_after_commit(
+        self, database: Database, world: World
+    ) -> None:
+        actor = await actor_of(database, world.admin)
+        async with get_bus().subscribe() as queue:
+            async with database.transaction() as s:
+                await organizations.update_settings(
+                    s, actor=actor, data=OrganizationUpdate(reset_day=15, timezone="Asia/Tokyo")
+                )
+                assert queue.empty()
+            events = [queue.get_nowait() for _ in range(queue.qsize())]
+
+        moved = {e.user_id: e.data for e in events if e.type == "balance.changed"}
+        async with database.transaction(write=False) as s:
+            acme = set(
+                await s.scalars(
+                    select(Balance.user_id).where(Balance.organization_id == world.org_id)
+                )
+            )
+        assert acme and set(moved) == acme
+        expected = period_bounds(utcnow(), reset_day=15, timezone="Asia/Tokyo")[1]
+        bob = moved[world.bob.id]
+        assert (bob["cause"], bob["timezone"]) == ("reset_schedule", "Asia/Tokyo")
+        assert _at(bob["next_reset_at"]) == expected
+        assert bob["remaining"] == (await balance_of(database, world.bob.id)).remaining
 
     async def test_periods_that_already_ended_reset_under_the_old_settings_first(
         self, database: Database, world: World

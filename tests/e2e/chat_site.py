@@ -71,6 +71,7 @@ MEMBERS = {
     "tiny": ("tiny@e2e.example", 20),
     "keyboard": ("keyboard@e2e.example", None),
     "resetter": ("resetter@e2e.example", None),
+    "rescheduled": ("rescheduled@e2e.example", None),
 }
 
 

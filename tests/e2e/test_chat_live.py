@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -119,3 +120,32 @@ class TestMonthlyReset:
         expect(page.locator("#ind-total")).to_have_text("50,000")
         expect(page.locator("#ind-extra")).to_be_hidden()
         assert page.evaluate("window.__samePage") is True
+
+
+class TestResetSchedule:
+    def test_a_new_reset_day_moves_the_reset_date_without_reload(
+        self, page: Page, site: ChatSite
+    ) -> None:
+        sign_in(page, site, "rescheduled")
+        page.evaluate("window.__samePage = true")
+        with site.admin() as api:
+            before = api.get("/api/v1/organization").json()
+            day = 1 if before["reset_day"] != 1 else 15
+            response = api.patch(
+                "/api/v1/organization", json={"reset_day": day, "timezone": "Asia/Tokyo"}
+            )
+            assert response.status_code == 200, response.text
+            next_reset = response.json()["next_reset_at"]
+            try:
+                reset = page.locator("#ind-reset")
+                moved = datetime.fromisoformat(next_reset.replace("Z", "+00:00"))
+                local = moved.astimezone(ZoneInfo("Asia/Tokyo"))
+                # Shown in the organization's new zone (Chromium's default locale is en-US).
+                expect(reset).to_have_text(f"{local:%b} {local.day}, {local.year}", timeout=2000)
+                assert datetime.fromisoformat(reset.get_attribute("datetime") or "") == moved
+                assert page.evaluate("window.__samePage") is True
+            finally:
+                api.patch(
+                    "/api/v1/organization",
+                    json={"reset_day": before["reset_day"], "timezone": before["timezone"]},
+                )

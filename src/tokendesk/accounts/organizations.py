@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from tokendesk.accounts.service import (
 from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
 from tokendesk.errors import Conflict, Forbidden, InvalidInput
+from tokendesk.events.bus import emit
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.periods import is_valid_timezone, period_bounds
 
@@ -141,8 +142,12 @@ async def update_settings(
     details: dict[str, Any] = {"before": before, "after": after}
     if "reset_day" in after or "timezone" in after:
         _, end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
-        await repo.move_period_end(session, organization_id=org_id, end=end)
+        moved = await repo.move_period_end(session, organization_id=org_id, end=end)
         details["next_reset_at"] = end.isoformat()
+        # Open chat pages show "resets on <date>": they hear of the new date at once.
+        for balance in moved:
+            event = ledger.balance_event(balance, cause="reset_schedule")
+            emit(session, replace(event, data={**event.data, "timezone": org.timezone}))
     await audit.record(
         session,
         organization_id=org_id,

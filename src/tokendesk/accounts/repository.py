@@ -250,14 +250,18 @@ async def revoke_api_key(session: AsyncSession, *, key_id: int, now: datetime) -
     return rows.first() is not None
 
 
-async def move_period_end(session: AsyncSession, *, organization_id: int, end: datetime) -> int:
-    result = await session.execute(
+async def move_period_end(
+    session: AsyncSession, *, organization_id: int, end: datetime
+) -> list[Balance]:
+    """Move every current period of the organization to end at ``end``; the moved balances."""
+    result = await session.scalars(
         update(Balance)
         .where(Balance.organization_id == organization_id)
         .values(period_end=end)
-        .execution_options(synchronize_session=False)
+        .returning(Balance)
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
-    return int(getattr(result, "rowcount", 0) or 0)
+    return list(result)
 
 
 async def pool_figures(

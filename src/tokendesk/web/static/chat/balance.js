@@ -12,13 +12,14 @@ export function startBalance(boot) {
     pending: boot.pending,
   };
   const listeners = [];
-  const dateFormat = (() => {
+  function dateFormatIn(timeZone) {
     try {
-      return new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeZone: boot.timezone });
+      return new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeZone });
     } catch (_) {
       return new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
     }
-  })();
+  }
+  let dateFormat = dateFormatIn(boot.timezone);
 
   // ---- token indicator (mirrors tokendesk.web.chat.indicator_for)
 
@@ -278,6 +279,8 @@ export function startBalance(boot) {
     source.addEventListener("balance.changed", (event) => {
       const data = JSON.parse(event.data);
       if (data.user_id !== undefined && data.user_id !== boot.user_id) return;
+      // A new reset day or time zone arrives with the organization's zone.
+      if (data.timezone) dateFormat = dateFormatIn(data.timezone);
       state.balance = Object.assign({}, state.balance, data);
       renderBalance();
     });
