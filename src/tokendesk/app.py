@@ -115,7 +115,9 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
             await session.execute(text("SELECT 1"))
         return {"status": "ok", "version": __version__}
 
+    from tokendesk.metering.gateway import Shortcut
     from tokendesk.routers import include_routers
 
     include_routers(app)
+    app.add_middleware(Shortcut)
     return app

@@ -1,21 +1,40 @@
 """A short-lived cache of API key owners for the gateway's hot path.
 
-A lookup costs a database round trip; at hundreds of calls per second per user
-that round trip is most of the overhead. Entries live a few seconds, so a
-revoked key or a deactivated user stops working within that time.
+A lookup costs a database round trip; at hundreds of calls per second that
+round trip is most of the overhead. An entry is trusted for ``ttl`` seconds
+after the database last confirmed it, so a revoked key or a deactivated user
+stops working within that time even if an invalidation event were lost.
+
+Entries in use are confirmed again in the background once half their life has
+passed, many in one query, so a key in steady use never waits for the
+database on the request path. Revocations also clear the whole cache at once
+(:func:`credentials_changed`); a lookup that was in flight across such a clear
+is not cached, so it cannot bring a revoked key back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
+from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.accounts.auth import LAST_USED_RESOLUTION
 from tokendesk.accounts.models import ApiKey, Role, User
 from tokendesk.accounts.security import hash_api_key, usable_key
+from tokendesk.db import Database
+
+log = logging.getLogger(__name__)
+
+# Confirmations per query: keeps the IN lists of one background refresh bounded.
+REFRESH_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -28,66 +47,151 @@ class KeyOwner:
 
 
 class KeyCache:
-    def __init__(self, *, ttl_seconds: float, max_entries: int = 50_000) -> None:
+    """Key owners by key hash, and members named by a trusted proxy by email."""
+
+    def __init__(
+        self, database: Database, *, ttl_seconds: float, max_entries: int = 50_000
+    ) -> None:
+        self.database = database
         self.ttl = ttl_seconds
         self.max_entries = max_entries
-        self._entries: dict[str, tuple[float, KeyOwner | None]] = {}
+        # cache key -> (trusted until, confirm again after, owner or None for "refuse")
+        self._entries: dict[str, tuple[float, float, KeyOwner | None]] = {}
+        self._due: set[str] = set()
+        self._refresher: asyncio.Task[None] | None = None
+        # Bumped by clear(): answers read before a revocation must not be cached after it.
+        self._generation = 0
         # Keys used since the last flush, for the "last used" column; written in batches.
         self.used: dict[int, datetime] = {}
+        self._noted: dict[int, float] = {}
 
     def _get(self, cache_key: str) -> tuple[bool, KeyOwner | None]:
         hit = self._entries.get(cache_key)
-        if hit is None or hit[0] < time.monotonic():
+        if hit is None:
             return False, None
-        return True, hit[1]
+        now = time.monotonic()
+        if hit[0] <= now:
+            return False, None
+        if hit[1] <= now and cache_key not in self._due:
+            self._due.add(cache_key)
+            if self._refresher is None or self._refresher.done():
+                self._refresher = asyncio.create_task(self._refresh())
+        return True, hit[2]
 
-    def _put(self, cache_key: str, owner: KeyOwner | None) -> None:
+    def _put(self, cache_key: str, owner: KeyOwner | None, *, confirmed: float) -> None:
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
-        self._entries[cache_key] = (time.monotonic() + self.ttl, owner)
+        self._entries[cache_key] = (confirmed + self.ttl, confirmed + self.ttl / 2, owner)
+
+    def note_used(self, key_id: int) -> None:
+        """Queue a "last used" stamp, at most one a minute per key: people read it to the minute."""
+        now = time.monotonic()
+        noted = self._noted.get(key_id)
+        if noted is not None and now - noted < LAST_USED_RESOLUTION.total_seconds():
+            return
+        if len(self._noted) >= self.max_entries:
+            self._noted.clear()
+        self._noted[key_id] = now
+        self.used[key_id] = datetime.now(UTC)
 
     def clear(self) -> None:
+        self._generation += 1
         self._entries.clear()
+        self._due.clear()
 
-    def cached_owner(self, key: str) -> KeyOwner | None:
-        """The owner if a fresh positive entry exists; None means "look it up"."""
-        return self._get("k:" + hash_api_key(key))[1]
-
-    async def owner_of_key(self, session: AsyncSession, key: str) -> KeyOwner | None:
+    async def owner_of_key(self, key: str) -> KeyOwner | None:
+        """The key's owner, or None if the key is unknown, revoked or its owner inactive."""
         key_hash = hash_api_key(key)
         found, owner = self._get("k:" + key_hash)
         if found:
             return owner
-        row = (
-            await session.execute(
-                select(User.id, User.organization_id, User.role, User.email, ApiKey.id)
-                .join(ApiKey, ApiKey.user_id == User.id)
-                .where(*usable_key(key_hash))
-            )
-        ).first()
-        owner = None if row is None else KeyOwner(row[0], row[1], Role(row[2]), row[3], row[4])
-        self._put("k:" + key_hash, owner)
+        generation, confirmed = self._generation, time.monotonic()
+        async with self.database.transaction(write=False) as session:
+            owner = (await _key_owners(session, [key_hash])).get(key_hash)
+        if generation == self._generation:
+            self._put("k:" + key_hash, owner, confirmed=confirmed)
         return owner
 
-    async def user_by_email(
-        self, session: AsyncSession, *, organization_id: int, email: str
-    ) -> KeyOwner | None:
-        cache_key = f"e:{organization_id}:{email.lower()}"
+    async def member(self, *, organization_id: int, email: str) -> KeyOwner | None:
+        """The active member of ``organization_id`` with this email, if any."""
+        email = email.lower()
+        cache_key = f"e:{organization_id}:{email}"
         found, owner = self._get(cache_key)
         if found:
             return owner
-        row = (
-            await session.execute(
-                select(User.id, User.organization_id, User.role, User.email).where(
-                    func.lower(User.email) == email.lower(),
-                    User.organization_id == organization_id,
-                    User.is_active.is_(True),
-                )
-            )
-        ).first()
-        owner = None if row is None else KeyOwner(row[0], row[1], Role(row[2]), row[3])
-        self._put(cache_key, owner)
+        generation, confirmed = self._generation, time.monotonic()
+        async with self.database.transaction(write=False) as session:
+            owner = (await _members(session, organization_id, [email])).get(email)
+        if generation == self._generation:
+            self._put(cache_key, owner, confirmed=confirmed)
         return owner
+
+    async def _refresh(self) -> None:
+        while self._due:
+            due = list(self._due)[:REFRESH_BATCH]
+            self._due.difference_update(due)
+            hashes = [cache_key[2:] for cache_key in due if cache_key.startswith("k:")]
+            emails: dict[int, list[str]] = defaultdict(list)
+            for cache_key in due:
+                if cache_key.startswith("e:"):
+                    organization, email = cache_key[2:].split(":", 1)
+                    emails[int(organization)].append(email)
+            generation, confirmed = self._generation, time.monotonic()
+            try:
+                async with self.database.transaction(write=False) as session:
+                    owners = await _key_owners(session, hashes) if hashes else {}
+                    members = {
+                        organization_id: await _members(session, organization_id, wanted)
+                        for organization_id, wanted in emails.items()
+                    }
+            except Exception:
+                # The entries simply expire; the next call looks its key up itself.
+                log.exception("confirming %d cached credentials failed", len(due))
+                continue
+            if generation != self._generation:
+                continue
+            for key_hash in hashes:
+                self._put("k:" + key_hash, owners.get(key_hash), confirmed=confirmed)
+            for organization_id, wanted in emails.items():
+                for email in wanted:
+                    owner = members[organization_id].get(email)
+                    self._put(f"e:{organization_id}:{email}", owner, confirmed=confirmed)
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+
+
+async def _key_owners(session: AsyncSession, key_hashes: Collection[str]) -> dict[str, KeyOwner]:
+    rows = await session.execute(
+        select(User.id, User.organization_id, User.role, User.email, ApiKey.id, ApiKey.key_hash)
+        .join(ApiKey, ApiKey.user_id == User.id)
+        .where(*usable_key(key_hashes))
+    )
+    return {
+        key_hash: KeyOwner(user_id, organization_id, Role(role), email, key_id)
+        for user_id, organization_id, role, email, key_id, key_hash in rows
+    }
+
+
+async def _members(
+    session: AsyncSession, organization_id: int, emails: Collection[str]
+) -> dict[str, KeyOwner]:
+    """Active members by lower-cased email."""
+    rows = await session.execute(
+        select(User.id, User.organization_id, User.role, User.email).where(
+            func.lower(User.email).in_(emails),
+            User.organization_id == organization_id,
+            User.is_active.is_(True),
+        )
+    )
+    return {
+        email.lower(): KeyOwner(user_id, organization, Role(role), email)
+        for user_id, organization, role, email in rows
+    }
 
 
 CREDENTIALS_CHANGED = "credentials.changed"
