@@ -186,7 +186,7 @@ def generate(
             event_no += 1
             rows.append(
                 (event_no, f"b{event_no:09d}", user_id, team_id, names[model], prompt,
-                 completion, total, when, ALLOCATION - used_period)
+                 completion, total, when, ALLOCATION - used_period, clock.days[day])
             )  # fmt: skip
             at = (day * width + model) * 4
             cells[at] += prompt

@@ -36,8 +36,8 @@ def load_sqlite(path: str, world: World, args: argparse.Namespace, now: datetime
     def flush() -> None:
         db.executemany(
             "INSERT INTO usage_events (id, organization_id, event_id, user_id, team_id, model,"
-            " prompt_tokens, completion_tokens, total_tokens, source, occurred_at, recorded_at,"
-            " balance_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'bench', ?, ?, ?)",
+            " prompt_tokens, completion_tokens, total_tokens, source, occurred_at, day,"
+            " recorded_at, balance_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'bench', ?, ?, ?, ?)",
             pending.pop("events", []),
         )
         db.executemany(
@@ -70,8 +70,8 @@ def load_sqlite(path: str, world: World, args: argparse.Namespace, now: datetime
         load = progress
         pending["events"].extend(
             (n, org, eid, uid, tid, m, p, c, t, dates[w // 86_400 - base] + times[w % 86_400],
-             recorded, after)
-            for n, eid, uid, tid, m, p, c, t, w, after in events
+             day.isoformat(), recorded, after)
+            for n, eid, uid, tid, m, p, c, t, w, after, day in events
         )  # fmt: skip
         pending["daily"].extend((org, day.isoformat(), *rest) for day, *rest in daily)
         for row in cumulative:
@@ -146,7 +146,7 @@ async def load_postgres(url: str, world: World, args: argparse.Namespace, now: d
     columns = {
         "events": ("usage_events", ["id", "organization_id", "event_id", "user_id", "team_id",
                    "model", "prompt_tokens", "completion_tokens", "total_tokens", "source",
-                   "occurred_at", "recorded_at", "balance_after"]),
+                   "occurred_at", "day", "recorded_at", "balance_after"]),
         "daily": ("usage_daily", ["organization_id", "day", "user_id", "team_id", "model",
                   "prompt_tokens", "completion_tokens", "total_tokens", "calls"]),
         "series": ("usage_series", ["id", "organization_id", "user_id", "team_id", "model",
@@ -166,9 +166,9 @@ async def load_postgres(url: str, world: World, args: argparse.Namespace, now: d
         for events, daily, cumulative, progress in generate(world, events=args.events, clock=clock):
             load = progress
             pending["events"].extend(
-                (n, org, eid, uid, tid, m, p, c, t, "bench", datetime.fromtimestamp(w, UTC), now,
-                 after)
-                for n, eid, uid, tid, m, p, c, t, w, after in events
+                (n, org, eid, uid, tid, m, p, c, t, "bench", datetime.fromtimestamp(w, UTC), day,
+                 now, after)
+                for n, eid, uid, tid, m, p, c, t, w, after, day in events
             )  # fmt: skip
             pending["daily"].extend((org, *row) for row in daily)
             for row in cumulative:

@@ -30,6 +30,9 @@ class UsageEvent(Base):
     total_tokens: Mapped[int] = mapped_column(BigInteger)
     source: Mapped[str] = mapped_column(String(50), default="api")
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The calendar date of occurred_at in the organization's time zone when recorded:
+    # the rollups group by it in SQL, which knows no time zones on SQLite.
+    day: Mapped[date] = mapped_column(Date)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Remaining balance right after this event was charged; a replay returns it.
     balance_after: Mapped[int] = mapped_column(BigInteger)

@@ -11,7 +11,7 @@ from sqlalchemy import Table, bindparam, case, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokendesk.accounts.models import User
+from tokendesk.accounts.models import Organization, User
 from tokendesk.db import Base
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
 from tokendesk.metering.models import UsageEvent
@@ -59,6 +59,13 @@ def _dialect_insert(session: AsyncSession) -> Any:
     if name == "sqlite":
         return sqlite.insert
     raise NotImplementedError(f"usage ingest does not support the {name} dialect")
+
+
+async def organization_timezone(session: AsyncSession, organization_id: int) -> str:
+    tz = await session.scalar(
+        select(Organization.timezone).where(Organization.id == organization_id)
+    )
+    return tz or "UTC"
 
 
 async def user_ids_by_email(

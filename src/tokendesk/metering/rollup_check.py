@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -25,14 +26,40 @@ from tokendesk.metering.models import (
     UsageSeries,
     UsageTeamDaily,
 )
-from tokendesk.metering.rollups import (
-    SPENT_COLUMNS,
-    SUM_FIELDS,
-    SeriesKey,
-    Spent,
-    add_sums,
-    organization_timezone,
+from tokendesk.metering.repository import organization_timezone
+from tokendesk.metering.rollups import SUM_FIELDS, SeriesKey
+
+
+@dataclass(frozen=True)
+class Spent:
+    """One recorded usage event, as the rollups need it."""
+
+    user_id: int
+    team_id: int | None  # the user's team when the tokens were spent
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    occurred_at: datetime
+
+
+SPENT_COLUMNS = (
+    UsageEvent.user_id,
+    UsageEvent.team_id,
+    UsageEvent.model,
+    UsageEvent.prompt_tokens,
+    UsageEvent.completion_tokens,
+    UsageEvent.total_tokens,
+    UsageEvent.occurred_at,
 )
+
+
+def add_sums(sums: list[int], item: Spent) -> None:
+    """Add one event to [prompt, completion, total, calls]."""
+    sums[0] += item.prompt_tokens
+    sums[1] += item.completion_tokens
+    sums[2] += item.total_tokens
+    sums[3] += 1
 
 
 async def differences(session: AsyncSession, *, organization_id: int) -> list[str]:
@@ -44,12 +71,21 @@ async def differences(session: AsyncSession, *, organization_id: int) -> list[st
     """
     tz = await organization_timezone(session, organization_id)
     rows = await session.execute(
-        select(*SPENT_COLUMNS).where(UsageEvent.organization_id == organization_id)
+        select(*SPENT_COLUMNS, UsageEvent.event_id, UsageEvent.day).where(
+            UsageEvent.organization_id == organization_id
+        )
     )
-    spent = [Spent(*row) for row in rows]
+    spent: list[Spent] = []
+    problems: list[str] = []
+    local = zone(tz)
+    for row in rows:
+        item = Spent(*row[:-2])
+        spent.append(item)
+        # The rollups group by the day each event carries: it must be its local date.
+        if row.day != item.occurred_at.astimezone(local).date():
+            problems.append(f"usage event {row.event_id!r}: day {row.day} is not its local date")
     expected = expected_rollups(spent, tz)
     stored = await stored_rollups(session, organization_id=organization_id)
-    problems: list[str] = []
     for name, want in expected.items():
         have = stored[name]
         for key in sorted(want.keys() | have.keys(), key=repr):

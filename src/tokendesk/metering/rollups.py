@@ -1,7 +1,9 @@
 """Usage rollups: the sums analytics reads so it never scans raw usage events.
 
 Written by :func:`add` in the same transaction as the events they sum, with a
-fixed handful of set-based statements per batch:
+fixed handful of set-based statements per batch whatever its size; the database
+groups the new events itself (``INSERT ... SELECT ... GROUP BY ... ON CONFLICT
+DO UPDATE``), so no per-event or per-group work happens in Python:
 
 - ``usage_daily``: per day, user, team and model (the finest rollup);
 - ``usage_team_daily`` and ``usage_model_daily``: per day and team/model, a few
@@ -10,29 +12,38 @@ fixed handful of set-based statements per batch:
   model (and all models), so any user's usage over any range is two lookups.
 
 Days are calendar dates in the organization's time zone, because periods start
-at local midnight: a Berlin period is then a whole number of rollup days.
+at local midnight: a Berlin period is then a whole number of rollup days. Each
+event carries its day from the moment it is recorded.
 
-Row order is sorted by key everywhere: on PostgreSQL concurrent batches then
+Rows are written in key order everywhere: on PostgreSQL concurrent batches then
 lock shared rows (an organization's day and model) in one order and never
-deadlock. Running totals need no lock of their own: each series belongs to one
-user, whose balance row the batch already holds.
+deadlock. Per-user rows (daily rows, series, running totals) need no order of
+their own: the batch already holds their users' balance rows.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Date, Table, bindparam, case, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    Table,
+    bindparam,
+    case,
+    func,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokendesk.accounts.models import Organization
 from tokendesk.db import Base
-from tokendesk.ledger.periods import zone
 from tokendesk.metering.models import (
     ALL_MODELS,
     NO_TEAM,
@@ -45,32 +56,6 @@ from tokendesk.metering.models import (
 )
 
 SUM_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "calls")
-
-
-@dataclass(frozen=True)
-class Spent:
-    """One newly recorded usage event, as the rollups need it."""
-
-    user_id: int
-    team_id: int | None  # the user's team when the tokens were spent
-    model: str
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    occurred_at: datetime
-
-
-SPENT_COLUMNS = (
-    UsageEvent.user_id,
-    UsageEvent.team_id,
-    UsageEvent.model,
-    UsageEvent.prompt_tokens,
-    UsageEvent.completion_tokens,
-    UsageEvent.total_tokens,
-    UsageEvent.occurred_at,
-)
-# Ids per IN list: well inside SQLite's and asyncpg's bound-parameter limits.
-CHUNK = 10_000
 
 SeriesKey = tuple[int, int, str]  # (user_id, team_id, model)
 
@@ -88,119 +73,137 @@ def _insert(session: AsyncSession) -> Any:
     raise NotImplementedError(f"usage rollups do not support the {name} dialect")
 
 
-async def organization_timezone(session: AsyncSession, organization_id: int) -> str:
-    tz = await session.scalar(
-        select(Organization.timezone).where(Organization.id == organization_id)
-    )
-    return tz or "UTC"
-
-
-def add_sums(sums: list[int], item: Spent) -> None:
-    """Add one event to [prompt, completion, total, calls]."""
-    sums[0] += item.prompt_tokens
-    sums[1] += item.completion_tokens
-    sums[2] += item.total_tokens
-    sums[3] += 1
-
-
-def _rows(
-    groups: dict[tuple[Any, ...], list[int]], names: Sequence[str], **fixed: Any
-) -> list[dict[str, Any]]:
-    """Group sums as insert rows, sorted by key so every batch locks rows in one order."""
-    return [
-        {**fixed, **dict(zip(names, key, strict=True)), **dict(zip(SUM_FIELDS, sums, strict=True))}
-        for key, sums in sorted(groups.items())
-    ]
-
-
-async def _upsert_sums(
-    session: AsyncSession, model: type[Base], keys: Sequence[str], rows: list[dict[str, Any]]
-) -> None:
-    if not rows:
-        return
-    table = _table(model)
-    stmt = _insert(session)(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(keys),
-        set_={name: table.c[name] + stmt.excluded[name] for name in SUM_FIELDS},
-    )
-    await session.execute(stmt, rows)
+_events = _table(UsageEvent)
+# What each rollup groups by, as columns of the events: team 0 stands for "no team".
+_KEYS: dict[str, Any] = {
+    "day": _events.c.day,
+    "user_id": _events.c.user_id,
+    "team_id": func.coalesce(_events.c.team_id, NO_TEAM),
+    "model": _events.c.model,
+}
 
 
 async def add(
-    session: AsyncSession, *, organization_id: int, usage_event_ids: Sequence[int]
+    session: AsyncSession,
+    *,
+    usage_event_ids: Sequence[int],
+    days: Collection[date],
 ) -> None:
     """Add these just-inserted (never replayed) events to every rollup.
 
     The rollups are built from the stored rows themselves, so they carry exactly
-    what the events say: their time, model, token counts and team at the time of use.
+    what the events say: their day, model, token counts and team at the time of
+    use. ``days`` are the events' days, which tell whether the running totals can
+    take their quick path.
     """
-    spent: list[Spent] = []
-    tz = "UTC"
-    for start in range(0, len(usage_event_ids), CHUNK):
-        rows = await session.execute(
-            # The organization's time zone rides along: one statement, not two.
-            select(*SPENT_COLUMNS, Organization.timezone)
-            .join(Organization, Organization.id == UsageEvent.organization_id)
-            .where(UsageEvent.id.in_(usage_event_ids[start : start + CHUNK]))
-        )
-        for row in rows:
-            spent.append(Spent(*row[:-1]))
-            tz = row[-1]
-    if spent:
-        await _add_spent(session, organization_id=organization_id, spent=spent, tz=tz)
+    if not usage_event_ids:
+        return
+    ids = sorted(usage_event_ids)
+    await _add_sums(session, UsageDaily, ("day", "user_id", "team_id", "model"), ids)
+    await _add_sums(session, UsageTeamDaily, ("day", "team_id", "model"), ids)
+    await _add_sums(session, UsageModelDaily, ("day", "model"), ids)
+    last_days = await _add_to_series(session, ids)
+    if len(days) == 1 and set(last_days.values()) <= set(days):
+        # Every event is on one day and no series has usage after it: the usual case.
+        await _running_totals_at_last_day(session, series_ids=sorted(last_days))
+    else:
+        await _add_running_totals(session, await _groups(session, ids))
 
 
-async def _add_spent(
-    session: AsyncSession, *, organization_id: int, spent: Sequence[Spent], tz: str
+async def _add_sums(
+    session: AsyncSession, model: type[Base], keys: Sequence[str], ids: Sequence[int]
 ) -> None:
-    local = zone(tz)
-    daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    team_daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    model_daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    series_days: dict[tuple[SeriesKey, date], list[int]] = defaultdict(lambda: [0, 0])
-    for item in spent:
-        day = item.occurred_at.astimezone(local).date()
-        team = NO_TEAM if item.team_id is None else item.team_id
-        add_sums(daily[(day, item.user_id, team, item.model)], item)
-        add_sums(team_daily[(day, team, item.model)], item)
-        add_sums(model_daily[(day, item.model)], item)
-        for model in (item.model, ALL_MODELS):
-            totals = series_days[((item.user_id, team, model), day)]
-            totals[0] += item.total_tokens
-            totals[1] += 1
-    org = {"organization_id": organization_id}
-    await _upsert_sums(
-        session,
-        UsageDaily,
-        ("organization_id", "day", "user_id", "team_id", "model"),
-        _rows(daily, ("day", "user_id", "team_id", "model"), **org),
-    )
-    await _upsert_sums(
-        session,
-        UsageTeamDaily,
-        ("organization_id", "day", "team_id", "model"),
-        _rows(team_daily, ("day", "team_id", "model"), **org),
-    )
-    await _upsert_sums(
-        session,
-        UsageModelDaily,
-        ("organization_id", "day", "model"),
-        _rows(model_daily, ("day", "model"), **org),
-    )
-    spans: dict[SeriesKey, _Span] = {}
-    for (key, day), (tokens, calls) in series_days.items():
-        span = spans.get(key)
-        spans[key] = (
-            _Span(day, day, tokens, calls) if span is None else span.add(day, tokens, calls)
+    """Add the events' sums, grouped by ``keys`` within their organization, to ``model``."""
+    table = _table(model)
+    group = [_events.c.organization_id, *(_KEYS[key] for key in keys)]
+    source = (
+        select(
+            *group,
+            func.sum(_events.c.prompt_tokens),
+            func.sum(_events.c.completion_tokens),
+            func.sum(_events.c.total_tokens),
+            func.count(),
         )
-    series = await _series(session, organization_id, spans)
-    groups: list[_Group] = []
-    for (key, day), (tokens, calls) in series_days.items():
-        series_id, last_day = series[key]
-        later_rows = last_day is not None and day < last_day
-        groups.append(_Group(series_id, day, tokens, calls, later_rows))
-    await _add_running_totals(session, sorted(groups))
+        .where(_events.c.id.in_(ids))
+        .group_by(*group)
+        .order_by(*group)
+    )
+    stmt = _insert(session)(table).from_select(["organization_id", *keys, *SUM_FIELDS], source)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["organization_id", *keys],
+        set_={name: table.c[name] + stmt.excluded[name] for name in SUM_FIELDS},
+    )
+    await session.execute(stmt)
+
+
+async def _add_to_series(session: AsyncSession, ids: Sequence[int]) -> dict[int, date]:
+    """Add the events to their series' totals and days, creating missing series.
+
+    Returns the id and (new) last day of every series the events touched.
+    """
+    s = _table(UsageSeries)
+    e = _events
+    team = _KEYS["team_id"]
+
+    def grouped(model: Any, *group: Any) -> Any:
+        return (
+            select(
+                e.c.organization_id,
+                e.c.user_id,
+                team,
+                model,
+                func.min(e.c.day),
+                func.max(e.c.day),
+                func.sum(e.c.total_tokens),
+                func.count(),
+            )
+            .where(e.c.id.in_(ids))
+            .group_by(e.c.organization_id, e.c.user_id, team, *group)
+        )
+
+    columns = ["organization_id", "user_id", "team_id", "model"]
+    source = union_all(grouped(e.c.model, e.c.model), grouped(literal(ALL_MODELS)))
+    stmt = _insert(session)(s).from_select(
+        [*columns, "first_day", "last_day", "tokens", "calls"], source
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["organization_id", "model", "team_id", "user_id"],
+        set_={
+            "tokens": s.c.tokens + stmt.excluded.tokens,
+            "calls": s.c.calls + stmt.excluded.calls,
+            "first_day": case(
+                (stmt.excluded.first_day < s.c.first_day, stmt.excluded.first_day),
+                else_=s.c.first_day,
+            ),
+            "last_day": case(
+                (stmt.excluded.last_day > s.c.last_day, stmt.excluded.last_day),
+                else_=s.c.last_day,
+            ),
+        },
+    )
+    rows = await session.execute(stmt.returning(s.c.id, s.c.last_day))
+    return {series_id: last_day for series_id, last_day in rows}
+
+
+async def _running_totals_at_last_day(session: AsyncSession, *, series_ids: Sequence[int]) -> None:
+    """Make each series' running total on its last day equal its totals.
+
+    Right when a batch added usage on the last day of every series it touched
+    (and on no other day), that running total is the whole series, which the
+    series row now holds: one statement creates or overwrites these rows.
+    """
+    c, s = _table(UsageCumulative), _table(UsageSeries)
+    source = (
+        select(s.c.id, s.c.last_day, s.c.tokens, s.c.calls)
+        .where(s.c.id.in_(series_ids))
+        .order_by(s.c.id)
+    )
+    stmt = _insert(session)(c).from_select(["series_id", "day", "tokens", "calls"], source)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["series_id", "day"],
+        set_={"tokens": stmt.excluded.tokens, "calls": stmt.excluded.calls},
+    )
+    await session.execute(stmt)
 
 
 @dataclass(frozen=True, order=True)
@@ -209,107 +212,35 @@ class _Group:
     day: date
     tokens: int
     calls: int
-    # Usage for a day before the series' last one: every later running total grows too.
-    later_rows: bool
 
 
-@dataclass(frozen=True)
-class _Span:
-    """What a batch adds to one series: its first and last day, tokens and calls."""
-
-    first_day: date
-    last_day: date
-    tokens: int
-    calls: int
-
-    def add(self, day: date, tokens: int, calls: int) -> _Span:
-        return _Span(
-            min(self.first_day, day),
-            max(self.last_day, day),
-            self.tokens + tokens,
-            self.calls + calls,
+async def _groups(session: AsyncSession, ids: Sequence[int]) -> list[_Group]:
+    """The events' tokens and calls per series and day, in series and day order."""
+    e, s = _events, _table(UsageSeries)
+    rows = await session.execute(
+        select(s.c.id, e.c.day, func.sum(e.c.total_tokens), func.count())
+        .join(
+            s,
+            (s.c.organization_id == e.c.organization_id)
+            & (s.c.user_id == e.c.user_id)
+            & (s.c.team_id == _KEYS["team_id"])
+            & s.c.model.in_([e.c.model, literal(ALL_MODELS)]),
         )
-
-
-async def _series(
-    session: AsyncSession, organization_id: int, spans: dict[SeriesKey, _Span]
-) -> dict[SeriesKey, tuple[int, date | None]]:
-    """Add each span to its series' totals, creating missing series.
-
-    Returns each series' id and its last day before this batch (None if new).
-    """
-    s = _table(UsageSeries)
-    user_ids = sorted({user_id for user_id, _, _ in spans})
-
-    async def known() -> dict[SeriesKey, tuple[int, date | None]]:
-        rows = await session.execute(
-            select(s.c.id, s.c.user_id, s.c.team_id, s.c.model, s.c.last_day).where(
-                s.c.organization_id == organization_id, s.c.user_id.in_(user_ids)
-            )
-        )
-        return {(row[1], row[2], row[3]): (row[0], row[4]) for row in rows}
-
-    found = await known()
-    created: dict[SeriesKey, tuple[int, date | None]] = {}
-    missing = sorted(spans.keys() - found.keys())
-    if missing:
-        rows = await session.execute(
-            # The batch holds these users' balance rows, so nobody else creates them
-            # meanwhile; DO NOTHING only keeps a surprise from becoming an error.
-            _insert(session)(s)
-            .on_conflict_do_nothing()
-            .returning(s.c.id, s.c.user_id, s.c.team_id, s.c.model),
-            [
-                {
-                    "organization_id": organization_id,
-                    "user_id": user_id,
-                    "team_id": team_id,
-                    "model": model,
-                    "first_day": spans[key].first_day,
-                    "last_day": spans[key].last_day,
-                    "tokens": spans[key].tokens,
-                    "calls": spans[key].calls,
-                }
-                for key in missing
-                for user_id, team_id, model in [key]
-            ],
-        )
-        created = {(row[1], row[2], row[3]): (row[0], None) for row in rows}
-        if not set(missing) <= created.keys():
-            found = await known()
-    existing = sorted(key for key in spans if key not in created)
-    if existing:
-        first = bindparam("fd", type_=Date)
-        last = bindparam("ld", type_=Date)
-        await session.execute(
-            update(s)
-            .where(s.c.id == bindparam("s", type_=BigInteger))
-            .values(
-                tokens=s.c.tokens + bindparam("dt", type_=BigInteger),
-                calls=s.c.calls + bindparam("dc", type_=BigInteger),
-                first_day=case((s.c.first_day > first, first), else_=s.c.first_day),
-                last_day=case((s.c.last_day < last, last), else_=s.c.last_day),
-            ),
-            [
-                {
-                    "s": found[key][0],
-                    "dt": spans[key].tokens,
-                    "dc": spans[key].calls,
-                    "fd": spans[key].first_day,
-                    "ld": spans[key].last_day,
-                }
-                for key in existing
-            ],
-        )
-    return {**{key: found[key] for key in existing}, **created}
+        .where(e.c.id.in_(ids))
+        .group_by(s.c.id, e.c.day)
+        .order_by(s.c.id, e.c.day)
+    )
+    return [_Group(series_id, day, int(tokens), calls) for series_id, day, tokens, calls in rows]
 
 
 async def _add_running_totals(session: AsyncSession, groups: Sequence[_Group]) -> None:
     """Add each group's tokens and calls to its day's running total and every later one.
 
-    Later rows grow first; then each group's own row is created from the last
-    earlier row, or grows if it exists. Own rows go in day order, so a new row
-    built on an earlier day of the same batch already includes that day.
+    The general path, for batches over several days or with usage for a day
+    before a series' last one (late reports, backfills). Later rows grow first;
+    then each group's own row is created from the last earlier row, or grows if
+    it exists. Own rows go in day order, so a new row built on an earlier day of
+    the same batch already includes that day.
     """
     if not groups:
         return
@@ -322,14 +253,12 @@ async def _add_running_totals(session: AsyncSession, groups: Sequence[_Group]) -
     def params(items: Sequence[_Group]) -> list[dict[str, Any]]:
         return [{"s": g.series_id, "d": g.day, "dt": g.tokens, "dc": g.calls} for g in items]
 
-    late = [group for group in groups if group.later_rows]
-    if late:
-        await session.execute(
-            update(c)
-            .where(c.c.series_id == series, c.c.day > day)
-            .values(tokens=c.c.tokens + tokens, calls=c.c.calls + calls),
-            params(late),
-        )
+    await session.execute(
+        update(c)
+        .where(c.c.series_id == series, c.c.day > day)
+        .values(tokens=c.c.tokens + tokens, calls=c.c.calls + calls),
+        params(groups),
+    )
 
     def before(column: Any) -> Any:
         return (

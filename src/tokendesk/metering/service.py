@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +22,7 @@ from tokendesk.errors import InvalidInput, NotFound
 from tokendesk.events.bus import emit
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Reservation
+from tokendesk.ledger.periods import zone
 from tokendesk.metering import repository as repo
 from tokendesk.metering import rollups
 
@@ -156,8 +157,11 @@ async def record_usage(
         balances = await repo.lock_balances(session, user_ids=user_ids)
     # Optimistic: most events are new, so charge them all and let the insert say otherwise.
     plan = _plan(events, balances=balances, known=set())
+    local = zone(await repo.organization_timezone(session, organization_id))
+    today = now.astimezone(local).date()
     rows = [
-        _event_row(organization_id, events[i], balances, plan, now) for i in plan.fresh.values()
+        _event_row(organization_id, events[i], balances, plan, now, local, today)
+        for i in plan.fresh.values()
     ]
     inserted = await repo.insert_events(session, rows)
     stored: dict[str, repo.StoredEvent] = {}
@@ -179,7 +183,8 @@ async def record_usage(
                 if planned[event_id] != after
             },
         )
-    await _write_effects(session, organization_id, events, balances, plan, inserted, now)
+    days = {row["day"] for row in rows if row["event_id"] in inserted}
+    await _write_effects(session, events, balances, plan, inserted, days, now)
     return _results(events, plan, inserted, stored)
 
 
@@ -189,7 +194,10 @@ def _event_row(
     balances: dict[int, repo.MemberBalance],
     plan: _Plan,
     now: datetime,
+    local: tzinfo,
+    today: date,
 ) -> dict[str, Any]:
+    occurred_at = usage.occurred_at or now
     return {
         "organization_id": organization_id,
         "event_id": usage.event_id,
@@ -200,7 +208,8 @@ def _event_row(
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.debit,
         "source": usage.source,
-        "occurred_at": usage.occurred_at or now,
+        "occurred_at": occurred_at,
+        "day": today if usage.occurred_at is None else occurred_at.astimezone(local).date(),
         "recorded_at": now,
         "balance_after": plan.balance_after[usage.event_id],
     }
@@ -208,18 +217,18 @@ def _event_row(
 
 async def _write_effects(
     session: AsyncSession,
-    organization_id: int,
     events: Sequence[UsageInput],
     balances: dict[int, repo.MemberBalance],
     plan: _Plan,
     inserted: dict[str, int],
+    days: set[date],
     now: datetime,
 ) -> None:
     """Ledger entries, balance cache, daily rollups and real-time events of the new events."""
     stored_now = list(inserted.values())
     await repo.insert_usage_entries(session, usage_event_ids=stored_now)
     await repo.add_used(session, used=plan.used, now=now)
-    await rollups.add(session, organization_id=organization_id, usage_event_ids=stored_now)
+    await rollups.add(session, usage_event_ids=stored_now, days=days)
     for user_id, delta in plan.used.items():
         # The rows are locked (or SQLite's write lock is held), so this mirrors the UPDATE.
         balance = balances[user_id]
