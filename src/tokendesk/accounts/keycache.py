@@ -128,7 +128,13 @@ class KeyCache:
 
     async def _refresh(self) -> None:
         while self._due:
+            # Entries fall due one by one as calls come in; gathering them for a moment
+            # turns many one-key queries into a few. They stay valid meanwhile: due at
+            # half their life, they expire only at the end of it.
+            await asyncio.sleep(self.ttl / 10)
             due = list(self._due)[:REFRESH_BATCH]
+            if not due:
+                return  # cleared meanwhile
             self._due.difference_update(due)
             hashes = [cache_key[2:] for cache_key in due if cache_key.startswith("k:")]
             emails: dict[int, list[str]] = defaultdict(list)

@@ -1,0 +1,77 @@
+"""The gateway's key cache: warm while in use, never trusted past its time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import update
+
+from tests.factories import World
+from tokendesk.accounts.keycache import KeyCache
+from tokendesk.accounts.models import ApiKey
+from tokendesk.accounts.security import hash_api_key
+from tokendesk.db import Database, utcnow
+
+
+async def revoke_quietly(database: Database, user_id: int) -> None:
+    """Revoke without the invalidation event, as if that event were lost."""
+    async with database.transaction() as s:
+        await s.execute(update(ApiKey).where(ApiKey.user_id == user_id).values(revoked_at=utcnow()))
+
+
+@pytest.fixture
+async def short_lived(database: Database) -> AsyncIterator[KeyCache]:
+    """A cache whose entries live 0.4 s, due for confirmation after 0.2 s."""
+    keys = KeyCache(database, ttl_seconds=0.4)
+    yield keys
+    await keys.stop()
+
+
+async def confirmed(keys: KeyCache, key: str) -> None:
+    """Use the key past half its entry's life, and wait for the background confirmation."""
+    await asyncio.sleep(0.25)
+    await keys.owner_of_key(key)
+    assert keys._refresher is not None
+    await keys._refresher
+
+
+class TestOwnerOfKey:
+    async def test_key_in_use_is_confirmed_again_in_the_background(
+        self, short_lived: KeyCache, database: Database, world: World
+    ) -> None:
+        assert (await short_lived.owner_of_key(world.alice.key)) is not None
+        await revoke_quietly(database, world.alice.id)
+        await confirmed(short_lived, world.alice.key)
+        # Still well within the first entry's life, but the database has spoken.
+        assert (await short_lived.owner_of_key(world.alice.key)) is None
+
+    async def test_confirmed_key_outlives_its_first_entry_without_a_lookup(
+        self, short_lived: KeyCache, world: World
+    ) -> None:
+        owner = await short_lived.owner_of_key(world.bob.key)
+        await confirmed(short_lived, world.bob.key)
+        await asyncio.sleep(0.2)  # the first entry would have expired by now
+        assert short_lived._get("k:" + hash_api_key(world.bob.key)) == (True, owner)
+
+    async def test_lookup_in_flight_across_a_clear_is_not_cached(
+        self, database: Database, world: World
+    ) -> None:
+        keys = KeyCache(database, ttl_seconds=60)
+        lookup = asyncio.create_task(keys.owner_of_key(world.alice.key))
+        await asyncio.sleep(0)  # the lookup is waiting for the database
+        keys.clear()  # a revocation arrives meanwhile
+        assert (await lookup) is not None
+        assert keys._get("k:" + hash_api_key(world.alice.key)) == (False, None)
+
+
+class TestNoteUsed:
+    async def test_a_key_is_stamped_at_most_once_a_minute(self, database: Database) -> None:
+        keys = KeyCache(database, ttl_seconds=5)
+        keys.note_used(7)
+        first = keys.used.pop(7)
+        keys.note_used(7)
+        assert keys.used == {}
+        keys.note_used(8)
+        assert set(keys.used) == {8} and keys.used[8] >= first
