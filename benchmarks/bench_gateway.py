@@ -1,7 +1,24 @@
 """Gateway overhead: direct to a fast fake upstream vs through tokendesk with budgets enforced.
 
-Both runs happen in one invocation, at the same concurrency, with the same load
-generator, so the ratio is meaningful on a noisy machine. Run: make bench, or
+Every run is made twice in one invocation, straight to the fake upstream and
+through tokendesk (every call held, settled and metered), with the same load
+generator, so the differences are meaningful on a noisy machine:
+
+1. Capacity: a closed loop at ``--concurrency`` (32) connections. This gives
+   requests per second. Its latencies are mostly queueing: in a closed loop
+   latency is about concurrency / throughput (Little's law), so at 32
+   connections even an ideal 2 ms would need 16,000 requests per second. Read
+   them as a consequence of the throughput, not as the gateway's overhead.
+2. Added latency below saturation: an open loop at the same 32 connections with
+   a fixed offered rate, ``--paced`` (50%) of the capacity just measured through
+   tokendesk, and the same rate direct. A request counts from when it was due,
+   so falling behind shows. The p50 / p99 difference is the gateway's overhead
+   at a realistic load.
+3. Added latency alone: one connection, one call at a time.
+
+The server's own CPU time per request (from /proc, user + system) is printed for
+each run through tokendesk: unlike wall-clock figures it barely moves when other
+work shares the machine. Run: make bench, or
     .venv/bin/python benchmarks/bench_gateway.py [--requests N] [--concurrency C]
 Set TOKENDESK_BENCH_PG_URL to a PostgreSQL URL (its public schema is wiped) to add PostgreSQL.
 """
@@ -14,9 +31,11 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.bench_usage_ingest import cpu_seconds
 from benchmarks.common import (
     free_port,
     machine,
@@ -31,6 +50,7 @@ from benchmarks.loadgen import LoadResult, build_request, run_load
 BODY = json.dumps(
     {"model": "fast", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 50}
 ).encode()
+TOKENS_PER_CALL = 24  # what the fake upstream reports
 
 
 async def seed(url: str, users: int) -> list[str]:
@@ -69,10 +89,18 @@ async def used_total(url: str) -> tuple[int, int, int]:
     return int(used or 0), int(reserved or 0), mismatches
 
 
-def line(name: str, r: LoadResult) -> str:
+def row(run: str, path: str, r: LoadResult, cpu_ms: float | None = None) -> str:
+    cpu = f"{cpu_ms:.2f}" if cpu_ms is not None else ""
     return (
-        f"| {name} | {r.requests} | {r.rps:,.0f} | {r.p50:.2f} | {r.pct(99):.2f} | "
-        f"{dict(sorted(r.statuses.items()))} |"
+        f"| {run} | {path} | {r.requests} | {r.rps:,.0f} | {r.p50:.2f} | {r.pct(99):.2f} | "
+        f"{cpu} | {dict(sorted(r.statuses.items()))} |"
+    )
+
+
+def added(run: str, direct: LoadResult, through: LoadResult) -> str:
+    return (
+        f"- {run}: added p50 {through.p50 - direct.p50:+.2f} ms, "
+        f"p99 {through.pct(99) - direct.pct(99):+.2f} ms"
     )
 
 
@@ -87,13 +115,10 @@ async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str
         "TOKENDESK_MODELS": models,
         "TOKENDESK_SCHEDULER_ENABLED": "0",
     }
-    with process(upstream_cmd), process(tokendesk_server(td_port, env), env):
+    with process(upstream_cmd), process(tokendesk_server(td_port, env), env) as server:
         wait_ready(f"http://127.0.0.1:{up_port}/v1/models")
         wait_ready(f"http://127.0.0.1:{td_port}/healthz")
-
-        def direct(n: int) -> bytes:
-            return build_request("127.0.0.1", up_port, "/v1/chat/completions", BODY, {})
-
+        direct_request = build_request("127.0.0.1", up_port, "/v1/chat/completions", BODY, {})
         prepared = [
             build_request(
                 "127.0.0.1",
@@ -105,38 +130,72 @@ async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str
             for key in keys
         ]
 
+        def direct(n: int) -> bytes:
+            return direct_request
+
         def through(n: int) -> bytes:
             return prepared[n % len(prepared)]
+
+        async def pair(**load: Any) -> tuple[LoadResult, LoadResult, float | None]:
+            """The same load direct and through tokendesk, with the server's CPU
+            milliseconds per request through it."""
+            d = await run_load("127.0.0.1", up_port, direct, **load)
+            before = cpu_seconds(server.pid)
+            t = await run_load("127.0.0.1", td_port, through, **load)
+            await asyncio.sleep(0.3)  # count the settlement of the last calls too
+            after = cpu_seconds(server.pid)
+            if before is None or after is None or not t.requests:
+                return d, t, None
+            return d, t, (after - before) * 1000 / t.requests
 
         c = args.concurrency
         await run_load("127.0.0.1", up_port, direct, concurrency=c, total=1000)
         await run_load("127.0.0.1", td_port, through, concurrency=c, total=1000)
-        d = await run_load("127.0.0.1", up_port, direct, concurrency=c, total=args.requests)
-        t = await run_load("127.0.0.1", td_port, through, concurrency=c, total=args.requests)
+        d, t, t_cpu = await pair(concurrency=c, total=args.requests)
+        rate = t.rps * args.paced
+        paced_total = max(1, int(rate * args.paced_seconds))
+        pd, pt, pt_cpu = await pair(concurrency=c, total=paced_total, rate=rate)
+        sd, st, st_cpu = await pair(concurrency=1, total=args.single_requests)
         await asyncio.sleep(1.0)  # let the settler commit the tail
     used, reserved, mismatches = await used_total(db_url)
-    ok = t.statuses.get(200, 0) + 1000
-    rows = [
-        f"### {label} ({args.requests} requests, concurrency {c}, {args.users} users)",
+    ok = 1000 + sum(r.statuses.get(200, 0) for r in (t, pt, st))
+    closed = f"closed loop, {c} connections"
+    paced = f"paced {rate:,.0f}/s, {c} connections"
+    return [
+        f"### {label} ({args.users} users)",
         "",
-        "| path | requests | req/s | p50 ms | p99 ms | statuses |",
-        "|---|---|---|---|---|---|",
-        line("direct to upstream", d),
-        line("through tokendesk", t),
+        "| run | path | requests | req/s | p50 ms | p99 ms | server CPU ms/request | statuses |",
+        "|---|---|---|---|---|---|---|---|",
+        row(closed, "direct to upstream", d),
+        row(closed, "through tokendesk", t, t_cpu),
+        row(paced, "direct to upstream", pd),
+        row(paced, "through tokendesk", pt, pt_cpu),
+        row("one at a time", "direct to upstream", sd),
+        row("one at a time", "through tokendesk", st, st_cpu),
         "",
-        f"Added latency: p50 {t.p50 - d.p50:+.2f} ms, p99 {t.pct(99) - d.pct(99):+.2f} ms. "
+        added(f"{closed} (mostly queueing, see above)", d, t),
+        added(f"{paced} ({args.paced:.0%} of capacity)", pd, pt),
+        added("one at a time", sd, st),
+        "",
         f"Check: {used} tokens debited for {ok} successful calls "
-        f"(expected {ok * 24}), {reserved} still held, doctor mismatches: {mismatches}.",
+        f"(expected {ok * TOKENS_PER_CALL}), {reserved} still held, "
+        f"doctor mismatches: {mismatches}.",
         "",
     ]
-    return rows
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=20_000)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=20_000, help="closed-loop requests")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--users", type=int, default=200)
+    parser.add_argument(
+        "--paced", type=float, default=0.5, help="offered rate, as a share of measured capacity"
+    )
+    parser.add_argument("--paced-seconds", type=float, default=15.0)
+    parser.add_argument("--single-requests", type=int, default=2000)
     args = parser.parse_args()
     print(f"Machine: {machine()}\n")
     out = await measure("SQLite", sqlite_url(), args)

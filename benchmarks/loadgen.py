@@ -74,21 +74,42 @@ async def run_load(
     *,
     concurrency: int,
     total: int,
+    rate: float | None = None,
     max_seconds: float = 120.0,
 ) -> LoadResult:
-    """Send ``total`` requests over ``concurrency`` keep-alive connections (bounded in time)."""
+    """Send ``total`` requests over ``concurrency`` keep-alive connections (bounded in time).
+
+    Without ``rate``, a closed loop: each connection sends its next request as soon
+    as the previous answer arrives, which measures capacity (and, by Little's law,
+    latency there is mostly queueing: concurrency / throughput).
+
+    With ``rate`` (requests per second), an open loop: request n is due at
+    start + n / rate and goes out on whichever connection is free. A request sent
+    late because every connection was busy counts its latency from when it was
+    due, so a server falling behind shows in the figures instead of quietly
+    slowing the generator down.
+    """
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = iter(range(total))
-    deadline = time.perf_counter() + max_seconds
+    connections = [await asyncio.open_connection(host, port) for _ in range(concurrency)]
+    started = time.perf_counter()
+    deadline = started + max_seconds
 
-    async def worker() -> None:
-        reader, writer = await asyncio.open_connection(host, port)
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             for n in counter:
-                if time.perf_counter() > deadline:
+                now = time.perf_counter()
+                if now > deadline:
                     break
-                start = time.perf_counter()
+                start = now
+                if rate is not None:
+                    due = started + n / rate
+                    if due > now:
+                        await asyncio.sleep(due - now)
+                        start = time.perf_counter()
+                    else:
+                        start = due
                 writer.write(make_request(n))
                 status = await _read_response(reader)
                 latencies.append((time.perf_counter() - start) * 1000)
@@ -96,6 +117,5 @@ async def run_load(
         finally:
             writer.close()
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(reader, writer) for reader, writer in connections))
     return LoadResult(len(latencies), time.perf_counter() - started, latencies, statuses)
