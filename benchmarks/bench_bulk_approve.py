@@ -3,7 +3,8 @@
 The pending requests are bulk-loaded (users, balances, their allocation ledger
 entries and requests, consistent with the ledger), then one
 ``POST /api/v1/token-requests/bulk`` approves them all. Afterwards ``doctor``
-must find every balance equal to its ledger. Run:
+must find every balance equal to its ledger and every ledger and audit reference
+resolved. Run:
     .venv/bin/python benchmarks/bench_bulk_approve.py [--sizes 1000,10000,100000]
 Set TOKENDESK_BENCH_PG_URL (its public schema is wiped) to add PostgreSQL.
 """
@@ -70,9 +71,10 @@ async def load(url: str, size: int) -> tuple[str, list[int]]:
 
 async def approve_all(url: str, key: str, ids: list[int]) -> tuple[float, int]:
     from tokendesk.app import create_app
+    from tokendesk.audit import service as audit
     from tokendesk.config import Settings
     from tokendesk.db import configure_database, set_database
-    from tokendesk.ledger.doctor import check_balances
+    from tokendesk.ledger.doctor import check_balances, check_references
 
     database = configure_database(url)
     app = create_app(
@@ -92,7 +94,9 @@ async def approve_all(url: str, key: str, ids: list[int]) -> tuple[float, int]:
     assert decided == len(ids), (decided, len(ids))
     async with database.transaction(write=False) as s:
         mismatches = await check_balances(s)
+        dangling = await check_references(s) + await audit.check_references(s)
     assert not mismatches, mismatches[:3]
+    assert not dangling, dangling
     await database.dispose()
     set_database(None)
     return seconds, decided

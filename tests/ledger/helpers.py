@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
+from tokendesk.audit import service as audit
 from tokendesk.db import Database
-from tokendesk.ledger.doctor import check_balances
+from tokendesk.ledger.doctor import check_balances, check_references
 from tokendesk.ledger.models import Balance, LedgerEntry
 
 
@@ -34,5 +35,9 @@ async def count_entries(database: Database, **where: object) -> int:
 
 
 async def assert_ledger_consistent(database: Database) -> None:
+    """What ``doctor`` checks: balances equal the ledger, and the references of the
+    ledger and the audit log (which carry few foreign keys) hold."""
     async with database.transaction(write=False) as s:
         assert await check_balances(s) == []
+        assert await check_references(s) == []
+        assert await audit.check_references(s) == []

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from tests.factories import World
 from tests.ledger.helpers import assert_ledger_consistent
-from tokendesk.db import Database
+from tokendesk.db import Database, utcnow
 from tokendesk.ledger import service as ledger
-from tokendesk.ledger.doctor import Mismatch, check_balances
-from tokendesk.ledger.models import Balance, EntryKind
+from tokendesk.ledger.doctor import Mismatch, check_balances, check_references
+from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
+from tokendesk.token_requests.models import TokenRequest
 
 
 async def tamper(database: Database, user_id: int, column: str, delta: int) -> None:
@@ -62,3 +65,57 @@ class TestCheckBalances:
             (world.bob.id, "used"),
             (world.oscar.id, "allocation"),
         }
+
+
+async def rewrite_entries(database: Database, user_id: int, **values: Any) -> None:
+    """Point a user's ledger entries somewhere else behind the services' back."""
+    async with database.transaction() as s:
+        await s.execute(update(LedgerEntry).where(LedgerEntry.user_id == user_id).values(values))
+
+
+async def references(database: Database) -> list[str]:
+    async with database.transaction(write=False) as s:
+        return await check_references(s)
+
+
+class TestCheckReferences:
+    async def test_an_entry_in_another_organization_than_its_user_is_reported(
+        self, database: Database, world: World
+    ) -> None:
+        await rewrite_entries(database, world.alice.id, organization_id=world.other_org_id)
+        [problem] = await references(database)
+        assert problem.startswith("1 ledger entries name an organization other than their user's")
+
+    async def test_an_entry_whose_actor_is_not_a_user_is_reported(
+        self, database: Database, world: World
+    ) -> None:
+        await rewrite_entries(database, world.alice.id, actor_id=999_999)
+        [problem] = await references(database)
+        assert problem.startswith("1 ledger entries name an actor who is not a user")
+
+    async def test_an_entry_naming_a_missing_request_is_reported(
+        self, database: Database, world: World
+    ) -> None:
+        await rewrite_entries(database, world.alice.id, token_request_id=999_999)
+        [problem] = await references(database)
+        assert "name a token request that is missing or another user's" in problem
+
+    async def test_an_entry_naming_another_users_request_is_reported(
+        self, database: Database, world: World
+    ) -> None:
+        async with database.transaction() as s:
+            bobs = await s.scalar(
+                insert(TokenRequest)
+                .values(
+                    organization_id=world.org_id,
+                    user_id=world.bob.id,
+                    amount=10,
+                    status="pending",
+                    balance_at_request=0,
+                    created_at=utcnow(),
+                )
+                .returning(TokenRequest.id)
+            )
+        await rewrite_entries(database, world.alice.id, token_request_id=bobs)
+        [problem] = await references(database)
+        assert "name a token request that is missing or another user's" in problem

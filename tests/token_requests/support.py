@@ -9,13 +9,13 @@ from typing import Any
 from sqlalchemy import event, func, select
 
 from tests.factories import Person, World
+from tests.ledger.helpers import assert_ledger_consistent as assert_ledger_consistent
 from tokendesk.accounts import service as accounts
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import build_actor
 from tokendesk.accounts.models import User
 from tokendesk.audit.models import AuditEntry
 from tokendesk.db import Database
-from tokendesk.ledger.doctor import check_balances
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
 from tokendesk.token_requests import service
 from tokendesk.token_requests.schemas import TokenRequestOut
@@ -85,11 +85,6 @@ async def count_grants(database: Database) -> int:
             select(func.count()).where(LedgerEntry.kind == EntryKind.GRANT.value)
         )
         return int(total or 0)
-
-
-async def assert_ledger_consistent(database: Database) -> None:
-    async with database.transaction(write=False) as s:
-        assert await check_balances(s) == []
 
 
 @contextmanager

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.accounts.models import Organization, User
 from tokendesk.audit.models import AuditEntry
 from tokendesk.db import utcnow
+from tokendesk.ledger.doctor import dangling, unresolved
 
 
 async def record(
@@ -56,3 +58,22 @@ async def record_many(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> 
             for row in rows
         ],
     )
+
+
+async def check_references(session: AsyncSession) -> list[str]:
+    """Audit rows carry no foreign keys (see ``AuditEntry``): report any whose
+    organization or actor does not exist."""
+    found = select(func.count(), func.min(AuditEntry.id)).select_from(AuditEntry)
+    problems = [
+        await dangling(
+            session,
+            "audit rows name an organization that does not exist",
+            unresolved(found, AuditEntry.organization_id, Organization),
+        ),
+        await dangling(
+            session,
+            "audit rows name an actor who is not a user",
+            unresolved(found, AuditEntry.actor_id, User),
+        ),
+    ]
+    return [problem for problem in problems if problem]

@@ -8,10 +8,11 @@ import typer
 from sqlalchemy import func, select
 
 from tokendesk.accounts.models import Organization, User
+from tokendesk.audit import service as audit
 from tokendesk.cli.common import fail, load_settings, run, shown_url, upgrade
 from tokendesk.db import Database
 from tokendesk.ledger import scheduler
-from tokendesk.ledger.doctor import Mismatch, check_balances
+from tokendesk.ledger.doctor import Mismatch, check_balances, check_references
 from tokendesk.ledger.models import Balance
 from tokendesk.metering import rollup_check
 from tokendesk.migrations import runner
@@ -129,7 +130,8 @@ def doctor(
         ),
     ] = False,
 ) -> None:
-    """Recompute every cached balance from the ledger; exit 1 on any mismatch."""
+    """Recompute every cached balance from the ledger and check the ledger's and the
+    audit log's references; exit 1 on any mismatch."""
 
     async def check(database: Database) -> tuple[list[Mismatch], int, dict[int, str], list[str]]:
         async with database.transaction(write=False) as session:
@@ -139,15 +141,20 @@ def doctor(
             emails = dict(
                 (await session.execute(select(User.id, User.email).where(User.id.in_(ids)))).all()
             )
-            problems: list[str] = []
+            problems = await check_references(session) + await audit.check_references(session)
             if rollups:
                 for org_id in (await session.scalars(select(Organization.id))).all():
-                    problems += await rollup_check.differences(session, organization_id=org_id)
+                    problems += [
+                        f"rollup differs from raw events: {difference}"
+                        for difference in await rollup_check.differences(
+                            session, organization_id=org_id
+                        )
+                    ]
         return mismatches, total, emails, problems
 
     mismatches, total, emails, problems = run(check)
     for problem in problems:
-        typer.echo(f"rollup differs from raw events: {problem}")
+        typer.echo(problem)
     if not mismatches and not problems:
         checked = " and the rollups match the raw events" if rollups else ""
         typer.echo(f"all {total} balances match the ledger{checked}")
@@ -159,7 +166,7 @@ def doctor(
         )
     users = len({m.user_id for m in mismatches})
     typer.echo(
-        f"{users} of {total} balances disagree with the ledger; {len(problems)} rollup differences",
+        f"{users} of {total} balances disagree with the ledger; {len(problems)} other problems",
         err=True,
     )
     raise typer.Exit(1)

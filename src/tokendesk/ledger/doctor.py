@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
+from tokendesk.accounts.models import User
 from tokendesk.ledger.models import (
     Balance,
     EntryKind,
@@ -15,6 +18,7 @@ from tokendesk.ledger.models import (
     Reservation,
     ReservationStatus,
 )
+from tokendesk.token_requests.models import TokenRequest
 
 
 @dataclass(frozen=True)
@@ -79,3 +83,47 @@ async def check_balances(session: AsyncSession) -> list[Mismatch]:
             if cached != ledger_value:
                 mismatches.append(Mismatch(balance.user_id, column, cached, ledger_value))
     return mismatches
+
+
+Actor = aliased(User, name="actor")
+
+
+async def dangling(session: AsyncSession, what: str, query: Select[int, int]) -> str:
+    """``query`` selects (count, first id) of the rows that break a rule; '' if none do."""
+    count, first = (await session.execute(query)).one()
+    return f"{count} {what} (first: id {first})" if count else ""
+
+
+def unresolved(found: Select[int, int], column: Any, target: Any) -> Select[int, int]:
+    """The rows of ``found`` whose ``column`` names no row of ``target``."""
+    return found.outerjoin(target, target.id == column).where(
+        column.is_not(None), target.id.is_(None)
+    )
+
+
+async def check_references(session: AsyncSession) -> list[str]:
+    """Ledger references that no foreign key guards (see ``LedgerEntry``) must hold."""
+    found = select(func.count(), func.min(LedgerEntry.id)).select_from(LedgerEntry)
+    problems = [
+        await dangling(
+            session,
+            "ledger entries name an organization other than their user's",
+            found.join(User, User.id == LedgerEntry.user_id).where(
+                LedgerEntry.organization_id != User.organization_id
+            ),
+        ),
+        await dangling(
+            session,
+            "ledger entries name an actor who is not a user",
+            unresolved(found, LedgerEntry.actor_id, Actor),
+        ),
+        await dangling(
+            session,
+            "ledger entries name a token request that is missing or another user's",
+            found.outerjoin(TokenRequest, TokenRequest.id == LedgerEntry.token_request_id).where(
+                LedgerEntry.token_request_id.is_not(None),
+                or_(TokenRequest.id.is_(None), TokenRequest.user_id != LedgerEntry.user_id),
+            ),
+        ),
+    ]
+    return [problem for problem in problems if problem]
