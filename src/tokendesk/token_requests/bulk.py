@@ -121,7 +121,9 @@ async def bulk(
 
     balances: dict[int, AnyRow] = {}
     if approving and changed:
-        balances = await _grant(session, actor=actor, changed=changed, note=note, now=now)
+        balances = await _grant(
+            session, actor=actor, found=found, changed=changed, note=note, now=now
+        )
 
     if changed:
         await repo.insert_decision_audit(
@@ -154,13 +156,16 @@ async def _grant(
     session: AsyncSession,
     *,
     actor: Actor,
+    found: dict[int, AnyRow],
     changed: Sequence[AnyRow],
     note: str | None,
     now: datetime,
 ) -> dict[int, AnyRow]:
     """Credit every approved amount into its requester's current period."""
-    user_ids = sorted({row.user_id for row in changed})
-    for chunk in repo.chunked(user_ids):
+    due = sorted({found[row.id].user_id for row in changed if found[row.id].period_ended})
+    # A period that had not ended at the classifying read cannot have ended since:
+    # ``now`` is fixed and a rollover only moves the end forward.
+    for chunk in repo.chunked(due):
         await ledger.rollover_due(session, now=now, user_ids=list(chunk))
     request_ids = [row.id for row in changed]
     balances = await repo.grant_approved(session, request_ids=request_ids, now=now)

@@ -107,42 +107,41 @@ def emit_bulk(
     """One notice per requester, one balance update per credited user, and one
     queue summary per team rather than thousands of queue events."""
     by_team: dict[int | None, list[int]] = defaultdict(list)
+    change = to.value
     decision = {
-        "status": to.value,
+        "status": change,
         "decided_at": json_time(now),
         "decided_by_id": actor.user_id,
         "decider_name": actor.name,
         "decision_note": note,
     }
-    # Thousands of rows: zip known keys rather than Row._asdict(), and update in place.
+    iso: dict[datetime, str] = {}
+    credited = {user_id: _balance_data(row, iso) for user_id, row in balances.items()}
+    # Thousands of rows: unpack tuples and zip known keys rather than reading
+    # attributes or calling Row._asdict(), and update in place.
     fields = next(iter(found.values()))._fields if found else ()
-    for row in changed:
-        by_team[row.team_id].append(row.id)
-        merged = dict(zip(fields, found[row.id], strict=True))
-        merged.update(decision, approved_amount=row.approved_amount)
-        balance = balances.get(row.user_id)
+    for request_id, user_id, team_id, approved_amount in changed:  # see repo.transition
+        by_team[team_id].append(request_id)
+        merged = dict(zip(fields, found[request_id], strict=True))
+        merged.update(decision)
+        merged["approved_amount"] = approved_amount
+        balance = credited.get(user_id)
         if balance is not None:
-            merged["current_balance"] = (
-                balance.allocation
-                + balance.granted
-                + balance.adjusted
-                - (balance.used + balance.reserved)
-            )
+            merged["current_balance"] = balance["remaining"]
         emit(
             session,
             request_event(
-                request_view(merged), user_id=row.user_id, organization_id=org_id, change=to.value
+                request_view(merged), user_id=user_id, organization_id=org_id, change=change
             ),
         )
-    iso: dict[datetime, str] = {}
-    for balance in balances.values():
+    for user_id, data in credited.items():
         emit(
             session,
             Event(
                 type="balance.changed",
-                organization_id=balance.organization_id,
-                user_id=balance.user_id,
-                data=_balance_data(balance, iso),
+                organization_id=org_id,
+                user_id=user_id,
+                data=data,
             ),
         )
     for team_id, request_ids in by_team.items():
@@ -151,8 +150,8 @@ def emit_bulk(
             queue_event(
                 organization_id=org_id,
                 team_id=team_id,
-                change=to.value,
-                status=to.value,
+                change=change,
+                status=change,
                 # Viewers re-fetch on this event; a sample of ids keeps it under the
                 # PostgreSQL NOTIFY size cap however large the bulk decision was.
                 request_ids=request_ids[:BULK_EVENT_IDS],

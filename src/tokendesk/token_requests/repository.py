@@ -116,6 +116,8 @@ def _items(*, now: datetime, org_default: int) -> Select[*tuple[Any, ...]]:
             RequestTeam.name.label("team_name"),
             Decider.name.label("decider_name"),
             _current_balance(now=now, org_default=org_default).label("current_balance"),
+            # Whether the requester's period has ended: a bulk grant rolls over only those.
+            (Balance.period_end <= now).label("period_ended"),
         )
         .join(Requester, Requester.id == TokenRequest.user_id)
         .outerjoin(RequestTeam, RequestTeam.id == TokenRequest.team_id)
@@ -218,11 +220,16 @@ async def items_by_ids(
     now: datetime,
     org_default: int,
 ) -> list[AnyRow]:
-    """In-scope requests among ``ids``; ids the caller may not see are simply absent."""
+    """In-scope requests among ``ids``; ids the caller may not see are simply absent.
+
+    Run as plain Core: for thousands of rows the ORM's per-row work costs more
+    than the query.
+    """
     query = _items(now=now, org_default=org_default).where(
         among(session, TokenRequest.id, ids), scope_clause(scope)
     )
-    return list((await session.execute(query)).all())
+    connection = await session.connection()
+    return list((await connection.execute(query)).all())
 
 
 async def pending_of_user(session: AsyncSession, *, user_id: int) -> AnyRow | None:
@@ -282,6 +289,7 @@ async def transition(
     The ``status = 'pending'`` condition is what makes concurrent deciders
     safe: of two transactions racing on one row, the second updates nothing.
     An approval without ``approved_amount`` grants the requested amount.
+    Returns ``(id, user_id, team_id, approved_amount)`` for each changed row.
     """
     values: dict[str, Any] = {"status": to.value}
     if to is not RequestStatus.CANCELLED:
@@ -290,8 +298,9 @@ async def transition(
         values["approved_amount"] = (
             TokenRequest.amount if approved_amount is None else approved_amount
         )
+    # The table, not the mapped class, as in ``grant_approved``.
     stmt = (
-        sql_update(TokenRequest)
+        sql_update(TokenRequest.metadata.tables["token_requests"])
         .where(among(session, TokenRequest.id, ids), TokenRequest.status == RequestStatus.PENDING)
         .values(values)
         .returning(
