@@ -1,13 +1,36 @@
-"""All SQL of metering: set-based statements whose count does not grow with the batch."""
+"""All SQL of metering: set-based statements whose count does not grow with the batch.
+
+The statements of a batch are built once per dialect and run as Core on the
+session's connection: a batch runs a dozen of them, and building each statement
+anew (or going through the ORM) would cost more than the database's own work.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import json
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, case, insert, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Executable,
+    Result,
+    String,
+    Table,
+    any_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,7 +51,7 @@ class StoredEvent:
 
 @dataclass
 class MemberBalance:
-    """A user's balance row with the user's current team."""
+    """A user's balance row with the user's current team and the organization's time zone."""
 
     user_id: int
     organization_id: int
@@ -40,25 +63,155 @@ class MemberBalance:
     used: int
     reserved: int
     team_id: int | None
+    timezone: str
 
     @property
     def remaining(self) -> int:
         return self.allocation + self.granted + self.adjusted - self.used - self.reserved
 
 
-def _table(model: type[Base]) -> Table:
+def table(model: type[Base]) -> Table:
     # Core statements on the table skip the ORM's per-row bulk bookkeeping.
     return cast(Table, model.__table__)
 
 
-def _dialect_insert(session: AsyncSession) -> Any:
+def dialect_insert(dialect: str) -> Any:
     # Both dialects spell ON CONFLICT the same way but need their own construct.
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
+    if dialect == "postgresql":
         return postgresql.insert
-    if name == "sqlite":
+    if dialect == "sqlite":
         return sqlite.insert
-    raise NotImplementedError(f"usage ingest does not support the {name} dialect")
+    raise NotImplementedError(f"usage ingest does not support the {dialect} dialect")
+
+
+def dialect_of(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+async def run(
+    session: AsyncSession, statement: Executable, params: Any = None
+) -> Result[*tuple[Any, ...]]:
+    """Run a Core statement on the session's connection, without the ORM's per-call work."""
+    connection = await session.connection()
+    return await connection.execute(statement, params)
+
+
+def in_list(dialect: str, column: Any, name: str = "ids") -> ColumnElement[bool]:
+    """``column`` is in a list bound at execution time as one parameter (see :func:`listed`).
+
+    One parameter, not one per value: a single built statement then serves every
+    batch, and the values cost no per-value work in SQLAlchemy (an expanding IN
+    list re-renders the statement on each run).
+    """
+    if dialect == "postgresql":
+        item = String() if isinstance(column.type, String) else BigInteger()
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(item)))
+    return column.in_(select(literal_column("value")).select_from(func.json_each(bindparam(name))))
+
+
+def listed(dialect: str, values: Iterable[Any]) -> Any:
+    """The parameter of an :func:`in_list`: an array on PostgreSQL, JSON text on SQLite."""
+    ordered = sorted(values)
+    return ordered if dialect == "postgresql" else json.dumps(ordered)
+
+
+_events, _balances, _users = table(UsageEvent), table(Balance), table(User)
+_organizations = table(Organization)
+
+
+@cache
+def _organization_users(dialect: str) -> Any:
+    return select(_users.c.email, _users.c.id).where(
+        _users.c.organization_id == bindparam("org"), in_list(dialect, _users.c.email, "emails")
+    )
+
+
+@cache
+def _stored_events(dialect: str) -> Any:
+    e = _events
+    return select(e.c.id, e.c.event_id, e.c.user_id, e.c.total_tokens, e.c.balance_after).where(
+        e.c.organization_id == bindparam("org"), in_list(dialect, e.c.event_id, "event_ids")
+    )
+
+
+@cache
+def _member_balances(dialect: str) -> Any:
+    b = _balances
+    return (
+        select(
+            b.c.user_id,
+            b.c.organization_id,
+            b.c.period_start,
+            b.c.period_end,
+            b.c.allocation,
+            b.c.granted,
+            b.c.adjusted,
+            b.c.used,
+            b.c.reserved,
+            _users.c.team_id,
+            func.coalesce(_organizations.c.timezone, "UTC"),
+        )
+        .join(_users, _users.c.id == b.c.user_id)
+        .join(_organizations, _organizations.c.id == b.c.organization_id)
+        .where(in_list(dialect, b.c.user_id))
+        .order_by(b.c.user_id)
+        .with_for_update(of=b)
+    )
+
+
+@cache
+def _usage_entries(dialect: str) -> Any:
+    e = _events
+    source = (
+        select(
+            e.c.organization_id,
+            e.c.user_id,
+            _balances.c.period_start,
+            literal(EntryKind.USAGE.value),
+            -e.c.total_tokens,
+            e.c.id,
+            e.c.model + " via " + e.c.source,
+            e.c.recorded_at,
+        )
+        .join(_balances, _balances.c.user_id == e.c.user_id)
+        .where(in_list(dialect, e.c.id))
+    )
+    columns = [
+        "organization_id",
+        "user_id",
+        "period_start",
+        "kind",
+        "amount",
+        "usage_event_id",
+        "reason",
+        "created_at",
+    ]
+    return insert(table(LedgerEntry)).from_select(columns, source)
+
+
+@cache
+def _add_used(dialect: str) -> Any:
+    spent = (
+        select(_events.c.user_id, func.sum(_events.c.total_tokens).label("tokens"))
+        .where(in_list(dialect, _events.c.id))
+        .group_by(_events.c.user_id)
+        .subquery()
+    )
+    # Relative, not absolute, so it composes with concurrent holds on the same row.
+    return (
+        update(_balances)
+        .where(_balances.c.user_id == spent.c.user_id)
+        .values(used=_balances.c.used + spent.c.tokens, updated_at=bindparam("now"))
+    )
+
+
+@cache
+def _insert_events(dialect: str) -> Any:
+    return (
+        dialect_insert(dialect)(_events)
+        .on_conflict_do_nothing(index_elements=["organization_id", "event_id"])
+        .returning(_events.c.id, _events.c.event_id)
+    )
 
 
 async def organization_timezone(session: AsyncSession, organization_id: int) -> str:
@@ -75,11 +228,12 @@ async def user_ids_by_email(
     if not emails:
         return {}
     # Emails are stored lower-cased, so the unique index answers this.
-    rows = await session.execute(
-        select(User.email, User.id).where(
-            User.organization_id == organization_id,
-            User.email.in_({email.lower() for email in emails}),
-        )
+    dialect = dialect_of(session)
+    lowered = {email.lower() for email in emails}
+    rows = await run(
+        session,
+        _organization_users(dialect),
+        {"org": organization_id, "emails": listed(dialect, lowered)},
     )
     return {email: user_id for email, user_id in rows}
 
@@ -89,19 +243,13 @@ async def stored_events(
 ) -> dict[str, StoredEvent]:
     if not event_ids:
         return {}
-    rows = await session.execute(
-        select(
-            UsageEvent.id,
-            UsageEvent.event_id,
-            UsageEvent.user_id,
-            UsageEvent.total_tokens,
-            UsageEvent.balance_after,
-        ).where(
-            UsageEvent.organization_id == organization_id,
-            UsageEvent.event_id.in_(event_ids),
-        )
+    dialect = dialect_of(session)
+    rows = await run(
+        session,
+        _stored_events(dialect),
+        {"org": organization_id, "event_ids": listed(dialect, event_ids)},
     )
-    return {row.event_id: StoredEvent(*row) for row in rows}
+    return {row[1]: StoredEvent(*row) for row in rows}
 
 
 async def lock_balances(
@@ -112,95 +260,44 @@ async def lock_balances(
     Plain rows, not ORM objects: a batch reads a hundred of them and changes them
     with one UPDATE, so identity-map bookkeeping would only cost time.
     """
-    rows = await session.execute(
-        select(
-            Balance.user_id,
-            Balance.organization_id,
-            Balance.period_start,
-            Balance.period_end,
-            Balance.allocation,
-            Balance.granted,
-            Balance.adjusted,
-            Balance.used,
-            Balance.reserved,
-            User.team_id,
-        )
-        .join(User, User.id == Balance.user_id)
-        .where(Balance.user_id.in_(user_ids))
-        .order_by(Balance.user_id)
-        .with_for_update(of=Balance)
-    )
-    return {row.user_id: MemberBalance(**row._mapping) for row in rows}
+    dialect = dialect_of(session)
+    rows = await run(session, _member_balances(dialect), {"ids": listed(dialect, user_ids)})
+    return {row[0]: MemberBalance(*row) for row in rows}
 
 
 async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
     """Insert the events no earlier call stored; returns event_id -> id of those inserted."""
     if not rows:
         return {}
-    table = _table(UsageEvent)
-    stmt = (
-        _dialect_insert(session)(table)
-        .on_conflict_do_nothing(index_elements=["organization_id", "event_id"])
-        .returning(table.c.id, table.c.event_id)
-    )
     # A list of rows runs as "insertmanyvalues": one cached statement, rows sent in pages.
-    result = await session.execute(stmt, list(rows))
+    result = await run(session, _insert_events(dialect_of(session)), list(rows))
     return {event_id: row_id for row_id, event_id in result}
 
 
 async def fix_balance_after(session: AsyncSession, values: Mapping[int, int]) -> None:
     if not values:
         return
-    await session.execute(
-        update(UsageEvent)
-        .where(UsageEvent.id.in_(values))
-        .values(balance_after=case(values, value=UsageEvent.id))
-        .execution_options(synchronize_session=False)
+    await run(
+        session,
+        update(_events)
+        .where(_events.c.id.in_(values))
+        .values(balance_after=case(values, value=_events.c.id)),
     )
 
 
 async def insert_usage_entries(session: AsyncSession, *, usage_event_ids: Collection[int]) -> None:
     """A usage ledger entry for each of these events, in its user's current period."""
-    if not usage_event_ids:
-        return
-    source = (
-        select(
-            UsageEvent.organization_id,
-            UsageEvent.user_id,
-            Balance.period_start,
-            literal(EntryKind.USAGE.value),
-            -UsageEvent.total_tokens,
-            UsageEvent.id,
-            UsageEvent.model + " via " + UsageEvent.source,
-            UsageEvent.recorded_at,
+    if usage_event_ids:
+        dialect = dialect_of(session)
+        await run(session, _usage_entries(dialect), {"ids": listed(dialect, usage_event_ids)})
+
+
+async def add_used(
+    session: AsyncSession, *, usage_event_ids: Collection[int], now: datetime
+) -> None:
+    """Grow each user's ``used`` by the tokens of their new events: one UPDATE for all."""
+    if usage_event_ids:
+        dialect = dialect_of(session)
+        await run(
+            session, _add_used(dialect), {"ids": listed(dialect, usage_event_ids), "now": now}
         )
-        .join(Balance, Balance.user_id == UsageEvent.user_id)
-        .where(UsageEvent.id.in_(usage_event_ids))
-    )
-    columns = [
-        "organization_id",
-        "user_id",
-        "period_start",
-        "kind",
-        "amount",
-        "usage_event_id",
-        "reason",
-        "created_at",
-    ]
-    await session.execute(insert(_table(LedgerEntry)).from_select(columns, source))
-
-
-async def add_used(session: AsyncSession, *, used: Mapping[int, int], now: datetime) -> None:
-    """Grow each user's ``used`` by their sum: one UPDATE statement, run for every user.
-
-    Relative, not absolute, so it composes with concurrent holds on the same row.
-    """
-    if not used:
-        return
-    table = _table(Balance)
-    stmt = (
-        update(table)
-        .where(table.c.user_id == bindparam("uid"))
-        .values(used=table.c.used + bindparam("delta"), updated_at=now)
-    )
-    await session.execute(stmt, [{"uid": uid, "delta": delta} for uid, delta in used.items()])

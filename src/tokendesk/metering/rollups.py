@@ -26,21 +26,10 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, cast
+from functools import cache
+from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Date,
-    Table,
-    bindparam,
-    case,
-    func,
-    literal,
-    select,
-    union_all,
-    update,
-)
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import BigInteger, Date, bindparam, case, func, literal, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.db import Base
@@ -54,32 +43,32 @@ from tokendesk.metering.models import (
     UsageSeries,
     UsageTeamDaily,
 )
+from tokendesk.metering.repository import (
+    dialect_insert,
+    dialect_of,
+    in_list,
+    listed,
+    run,
+    table,
+)
 
 SUM_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "calls")
 
 SeriesKey = tuple[int, int, str]  # (user_id, team_id, model)
 
-
-def _table(model: type[Base]) -> Table:
-    return cast(Table, model.__table__)
-
-
-def _insert(session: AsyncSession) -> Any:
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert
-    if name == "sqlite":
-        return sqlite.insert
-    raise NotImplementedError(f"usage rollups do not support the {name} dialect")
-
-
-_events = _table(UsageEvent)
+_events, _series, _cumulative = table(UsageEvent), table(UsageSeries), table(UsageCumulative)
 # What each rollup groups by, as columns of the events: team 0 stands for "no team".
+_team = func.coalesce(_events.c.team_id, NO_TEAM)
 _KEYS: dict[str, Any] = {
     "day": _events.c.day,
     "user_id": _events.c.user_id,
-    "team_id": func.coalesce(_events.c.team_id, NO_TEAM),
+    "team_id": _team,
     "model": _events.c.model,
+}
+_SUMS: dict[type[Base], tuple[str, ...]] = {
+    UsageDaily: ("day", "user_id", "team_id", "model"),
+    UsageTeamDaily: ("day", "team_id", "model"),
+    UsageModelDaily: ("day", "model"),
 }
 
 
@@ -98,23 +87,26 @@ async def add(
     """
     if not usage_event_ids:
         return
-    ids = sorted(usage_event_ids)
-    await _add_sums(session, UsageDaily, ("day", "user_id", "team_id", "model"), ids)
-    await _add_sums(session, UsageTeamDaily, ("day", "team_id", "model"), ids)
-    await _add_sums(session, UsageModelDaily, ("day", "model"), ids)
-    last_days = await _add_to_series(session, ids)
+    dialect = dialect_of(session)
+    batch = {"ids": listed(dialect, usage_event_ids)}
+    for model in _SUMS:
+        await run(session, _add_sums(dialect, model), batch)
+    rows = await run(session, _add_to_series(dialect), batch)
+    last_days = {series_id: last_day for series_id, last_day in rows}
     if len(days) == 1 and set(last_days.values()) <= set(days):
         # Every event is on one day and no series has usage after it: the usual case.
-        await _running_totals_at_last_day(session, series_ids=sorted(last_days))
+        series_ids = {"ids": listed(dialect, last_days)}
+        await run(session, _running_totals_at_last_day(dialect), series_ids)
     else:
-        await _add_running_totals(session, await _groups(session, ids))
+        groups = await run(session, _groups(dialect), batch)
+        await _add_running_totals(session, [_Group(*row) for row in groups])
 
 
-async def _add_sums(
-    session: AsyncSession, model: type[Base], keys: Sequence[str], ids: Sequence[int]
-) -> None:
-    """Add the events' sums, grouped by ``keys`` within their organization, to ``model``."""
-    table = _table(model)
+@cache
+def _add_sums(dialect: str, model: type[Base]) -> Any:
+    """Add the events' sums, grouped by the rollup's keys within their organization."""
+    keys = _SUMS[model]
+    target = table(model)
     group = [_events.c.organization_id, *(_KEYS[key] for key in keys)]
     source = (
         select(
@@ -124,49 +116,58 @@ async def _add_sums(
             func.sum(_events.c.total_tokens),
             func.count(),
         )
-        .where(_events.c.id.in_(ids))
+        .where(in_list(dialect, _events.c.id))
         .group_by(*group)
         .order_by(*group)
     )
-    stmt = _insert(session)(table).from_select(["organization_id", *keys, *SUM_FIELDS], source)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["organization_id", *keys],
-        set_={name: table.c[name] + stmt.excluded[name] for name in SUM_FIELDS},
+    stmt = dialect_insert(dialect)(target).from_select(
+        ["organization_id", *keys, *SUM_FIELDS], source
     )
-    await session.execute(stmt)
+    return stmt.on_conflict_do_update(
+        index_elements=["organization_id", *keys],
+        set_={name: target.c[name] + stmt.excluded[name] for name in SUM_FIELDS},
+    )
 
 
-async def _add_to_series(session: AsyncSession, ids: Sequence[int]) -> dict[int, date]:
+@cache
+def _add_to_series(dialect: str) -> Any:
     """Add the events to their series' totals and days, creating missing series.
 
     Returns the id and (new) last day of every series the events touched.
     """
-    s = _table(UsageSeries)
-    e = _events
-    team = _KEYS["team_id"]
+    s, e = _series, _events
 
     def grouped(model: Any, *group: Any) -> Any:
         return (
             select(
                 e.c.organization_id,
                 e.c.user_id,
-                team,
+                _team,
                 model,
                 func.min(e.c.day),
                 func.max(e.c.day),
                 func.sum(e.c.total_tokens),
                 func.count(),
             )
-            .where(e.c.id.in_(ids))
-            .group_by(e.c.organization_id, e.c.user_id, team, *group)
+            .where(in_list(dialect, e.c.id))
+            .group_by(e.c.organization_id, e.c.user_id, _team, *group)
         )
 
-    columns = ["organization_id", "user_id", "team_id", "model"]
     source = union_all(grouped(e.c.model, e.c.model), grouped(literal(ALL_MODELS)))
-    stmt = _insert(session)(s).from_select(
-        [*columns, "first_day", "last_day", "tokens", "calls"], source
+    stmt = dialect_insert(dialect)(s).from_select(
+        [
+            "organization_id",
+            "user_id",
+            "team_id",
+            "model",
+            "first_day",
+            "last_day",
+            "tokens",
+            "calls",
+        ],
+        source,
     )
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=["organization_id", "model", "team_id", "user_id"],
         set_={
             "tokens": s.c.tokens + stmt.excluded.tokens,
@@ -180,30 +181,49 @@ async def _add_to_series(session: AsyncSession, ids: Sequence[int]) -> dict[int,
                 else_=s.c.last_day,
             ),
         },
-    )
-    rows = await session.execute(stmt.returning(s.c.id, s.c.last_day))
-    return {series_id: last_day for series_id, last_day in rows}
+    ).returning(s.c.id, s.c.last_day)
 
 
-async def _running_totals_at_last_day(session: AsyncSession, *, series_ids: Sequence[int]) -> None:
+@cache
+def _running_totals_at_last_day(dialect: str) -> Any:
     """Make each series' running total on its last day equal its totals.
 
     Right when a batch added usage on the last day of every series it touched
     (and on no other day), that running total is the whole series, which the
     series row now holds: one statement creates or overwrites these rows.
     """
-    c, s = _table(UsageCumulative), _table(UsageSeries)
+    s = _series
     source = (
         select(s.c.id, s.c.last_day, s.c.tokens, s.c.calls)
-        .where(s.c.id.in_(series_ids))
+        .where(in_list(dialect, s.c.id))
         .order_by(s.c.id)
     )
-    stmt = _insert(session)(c).from_select(["series_id", "day", "tokens", "calls"], source)
-    stmt = stmt.on_conflict_do_update(
+    stmt = dialect_insert(dialect)(_cumulative).from_select(
+        ["series_id", "day", "tokens", "calls"], source
+    )
+    return stmt.on_conflict_do_update(
         index_elements=["series_id", "day"],
         set_={"tokens": stmt.excluded.tokens, "calls": stmt.excluded.calls},
     )
-    await session.execute(stmt)
+
+
+@cache
+def _groups(dialect: str) -> Any:
+    """The events' tokens and calls per series and day, in series and day order."""
+    s, e = _series, _events
+    return (
+        select(s.c.id, e.c.day, func.sum(e.c.total_tokens), func.count())
+        .join(
+            s,
+            (s.c.organization_id == e.c.organization_id)
+            & (s.c.user_id == e.c.user_id)
+            & (s.c.team_id == _team)
+            & s.c.model.in_([e.c.model, literal(ALL_MODELS)]),
+        )
+        .where(in_list(dialect, e.c.id))
+        .group_by(s.c.id, e.c.day)
+        .order_by(s.c.id, e.c.day)
+    )
 
 
 @dataclass(frozen=True, order=True)
@@ -212,25 +232,6 @@ class _Group:
     day: date
     tokens: int
     calls: int
-
-
-async def _groups(session: AsyncSession, ids: Sequence[int]) -> list[_Group]:
-    """The events' tokens and calls per series and day, in series and day order."""
-    e, s = _events, _table(UsageSeries)
-    rows = await session.execute(
-        select(s.c.id, e.c.day, func.sum(e.c.total_tokens), func.count())
-        .join(
-            s,
-            (s.c.organization_id == e.c.organization_id)
-            & (s.c.user_id == e.c.user_id)
-            & (s.c.team_id == _KEYS["team_id"])
-            & s.c.model.in_([e.c.model, literal(ALL_MODELS)]),
-        )
-        .where(e.c.id.in_(ids))
-        .group_by(s.c.id, e.c.day)
-        .order_by(s.c.id, e.c.day)
-    )
-    return [_Group(series_id, day, int(tokens), calls) for series_id, day, tokens, calls in rows]
 
 
 async def _add_running_totals(session: AsyncSession, groups: Sequence[_Group]) -> None:
@@ -244,7 +245,7 @@ async def _add_running_totals(session: AsyncSession, groups: Sequence[_Group]) -
     """
     if not groups:
         return
-    c = _table(UsageCumulative)
+    c = _cumulative
     series = bindparam("s", type_=BigInteger)
     day = bindparam("d", type_=Date)
     tokens = bindparam("dt", type_=BigInteger)
@@ -253,7 +254,8 @@ async def _add_running_totals(session: AsyncSession, groups: Sequence[_Group]) -
     def params(items: Sequence[_Group]) -> list[dict[str, Any]]:
         return [{"s": g.series_id, "d": g.day, "dt": g.tokens, "dc": g.calls} for g in items]
 
-    await session.execute(
+    await run(
+        session,
         update(c)
         .where(c.c.series_id == series, c.c.day > day)
         .values(tokens=c.c.tokens + tokens, calls=c.c.calls + calls),
@@ -275,9 +277,11 @@ async def _add_running_totals(session: AsyncSession, groups: Sequence[_Group]) -
         func.coalesce(before(c.c.tokens), 0) + tokens,
         func.coalesce(before(c.c.calls), 0) + calls,
     )
-    stmt = _insert(session)(c).from_select(["series_id", "day", "tokens", "calls"], source)
+    stmt = dialect_insert(dialect_of(session))(c).from_select(
+        ["series_id", "day", "tokens", "calls"], source
+    )
     stmt = stmt.on_conflict_do_update(
         index_elements=["series_id", "day"],
         set_={"tokens": c.c.tokens + tokens, "calls": c.c.calls + calls},
     )
-    await session.execute(stmt, params(groups))
+    await run(session, stmt, params(groups))

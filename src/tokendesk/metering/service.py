@@ -149,6 +149,9 @@ async def record_usage(
     now = now or utcnow()
     for index, usage in enumerate(events):
         _check(index, usage, now)
+    # What follows is Core on the connection, which does not flush pending ORM changes
+    # (a settled hold's reservation, say) by itself.
+    await session.flush()
     user_ids = {usage.user_id for usage in events}
     balances = await repo.lock_balances(session, user_ids=user_ids)
     _check_members(organization_id, events, balances)
@@ -157,7 +160,7 @@ async def record_usage(
         balances = await repo.lock_balances(session, user_ids=user_ids)
     # Optimistic: most events are new, so charge them all and let the insert say otherwise.
     plan = _plan(events, balances=balances, known=set())
-    local = zone(await repo.organization_timezone(session, organization_id))
+    local = zone(next(iter(balances.values())).timezone)
     today = now.astimezone(local).date()
     rows = [
         _event_row(organization_id, events[i], balances, plan, now, local, today)
@@ -227,7 +230,7 @@ async def _write_effects(
     """Ledger entries, balance cache, daily rollups and real-time events of the new events."""
     stored_now = list(inserted.values())
     await repo.insert_usage_entries(session, usage_event_ids=stored_now)
-    await repo.add_used(session, used=plan.used, now=now)
+    await repo.add_used(session, usage_event_ids=stored_now, now=now)
     await rollups.add(session, usage_event_ids=stored_now, days=days)
     for user_id, delta in plan.used.items():
         # The rows are locked (or SQLite's write lock is held), so this mirrors the UPDATE.
