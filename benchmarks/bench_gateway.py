@@ -30,6 +30,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,20 @@ async def used_total(url: str) -> tuple[int, int, int]:
     return int(used or 0), int(reserved or 0), mismatches
 
 
+async def settled(pid: int, *, quiet: float = 0.5, limit: float = 60.0) -> float | None:
+    """The server's CPU seconds once it has gone quiet (its settlements committed), so
+    each run starts from the same state and is charged for all the work it caused."""
+    last = cpu_seconds(pid)
+    deadline = time.monotonic() + limit
+    while last is not None and time.monotonic() < deadline:
+        await asyncio.sleep(quiet)
+        now = cpu_seconds(pid)
+        if now is None or now - last < quiet * 0.05:
+            return now
+        last = now
+    return last
+
+
 def row(run: str, path: str, r: LoadResult, cpu_ms: float | None = None) -> str:
     cpu = f"{cpu_ms:.2f}" if cpu_ms is not None else ""
     return (
@@ -140,10 +155,9 @@ async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str
             """The same load direct and through tokendesk, with the server's CPU
             milliseconds per request through it."""
             d = await run_load("127.0.0.1", up_port, direct, **load)
-            before = cpu_seconds(server.pid)
+            before = await settled(server.pid)
             t = await run_load("127.0.0.1", td_port, through, **load)
-            await asyncio.sleep(0.3)  # count the settlement of the last calls too
-            after = cpu_seconds(server.pid)
+            after = await settled(server.pid)
             if before is None or after is None or not t.requests:
                 return d, t, None
             return d, t, (after - before) * 1000 / t.requests
@@ -156,7 +170,6 @@ async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str
         paced_total = max(1, int(rate * args.paced_seconds))
         pd, pt, pt_cpu = await pair(concurrency=c, total=paced_total, rate=rate)
         sd, st, st_cpu = await pair(concurrency=1, total=args.single_requests)
-        await asyncio.sleep(1.0)  # let the settler commit the tail
     used, reserved, mismatches = await used_total(db_url)
     ok = 1000 + sum(r.statuses.get(200, 0) for r in (t, pt, st))
     closed = f"closed loop, {c} connections"

@@ -223,7 +223,7 @@ class Settler:
         self,
         database: Database,
         *,
-        max_batch: int = 1000,
+        max_batch: int = 250,
         linger_seconds: float = 0.05,
         keys_used: dict[int, datetime] | None = None,
     ) -> None:
