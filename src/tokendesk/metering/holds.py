@@ -78,7 +78,8 @@ async def hold_many(
     if fast:
         expires = now + timedelta(seconds=ttl_seconds)
         ids = await session.scalars(
-            insert(Reservation).returning(Reservation.id, sort_by_parameter_order=True),
+            # Core tables here and below: the ORM's bulk machinery costs more than the SQL.
+            insert(RESERVATIONS).returning(RESERVATIONS.c.id, sort_by_parameter_order=True),
             [
                 {
                     "organization_id": requests[i].organization_id,
@@ -173,17 +174,19 @@ async def settle_many(session: AsyncSession, settlements: list[Settlement]) -> N
     ids = [s.reservation_id for s in settlements]
     closed = (
         await session.execute(
-            update(Reservation)
-            .where(Reservation.id.in_(ids), Reservation.status == ReservationStatus.HELD)
+            update(RESERVATIONS)
+            .where(
+                RESERVATIONS.c.id.in_(ids),
+                RESERVATIONS.c.status == ReservationStatus.HELD.value,
+            )
             .values(status=ReservationStatus.SETTLED.value)
-            .returning(Reservation.id, Reservation.user_id, Reservation.amount)
-            .execution_options(synchronize_session=False)
+            .returning(RESERVATIONS.c.id, RESERVATIONS.c.user_id, RESERVATIONS.c.amount)
         )
     ).all()
     actual = {s.reservation_id: s.usage for s in settlements}
     if closed:
         await session.execute(
-            # Core tables: an executemany over the ORM entity would mean "update by primary key".
+            # An executemany over the ORM entity would mean "update by primary key".
             update(RESERVATIONS)
             .where(RESERVATIONS.c.id == bindparam("rid"))
             .values(settled_amount=bindparam("actual")),
