@@ -73,6 +73,25 @@ async def rewrite_entries(database: Database, user_id: int, **values: Any) -> No
         await s.execute(update(LedgerEntry).where(LedgerEntry.user_id == user_id).values(values))
 
 
+async def add_request(database: Database, organization_id: int, user_id: int, **values: Any) -> int:
+    """A token request written straight to the table, as the services never would."""
+    async with database.transaction() as s:
+        request_id = await s.scalar(
+            insert(TokenRequest)
+            .values(
+                organization_id=organization_id,
+                user_id=user_id,
+                amount=10,
+                balance_at_request=0,
+                created_at=utcnow(),
+                **values,
+            )
+            .returning(TokenRequest.id)
+        )
+    assert request_id is not None
+    return request_id
+
+
 async def references(database: Database) -> list[str]:
     async with database.transaction(write=False) as s:
         return await check_references(s)
@@ -103,19 +122,16 @@ class TestCheckReferences:
     async def test_an_entry_naming_another_users_request_is_reported(
         self, database: Database, world: World
     ) -> None:
-        async with database.transaction() as s:
-            bobs = await s.scalar(
-                insert(TokenRequest)
-                .values(
-                    organization_id=world.org_id,
-                    user_id=world.bob.id,
-                    amount=10,
-                    status="pending",
-                    balance_at_request=0,
-                    created_at=utcnow(),
-                )
-                .returning(TokenRequest.id)
-            )
+        bobs = await add_request(database, world.org_id, world.bob.id, status="pending")
         await rewrite_entries(database, world.alice.id, token_request_id=bobs)
         [problem] = await references(database)
         assert "name a token request that is missing or another user's" in problem
+
+    async def test_a_request_whose_decider_is_not_a_user_is_reported(
+        self, database: Database, world: World
+    ) -> None:
+        await add_request(
+            database, world.org_id, world.bob.id, status="rejected", decided_by_id=999_999
+        )
+        [problem] = await references(database)
+        assert problem.startswith("1 token requests name a decider who is not a user")

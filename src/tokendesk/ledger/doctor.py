@@ -102,7 +102,8 @@ def unresolved(found: Select[int, int], column: Any, target: Any) -> Select[int,
 
 
 async def check_references(session: AsyncSession) -> list[str]:
-    """Ledger references that no foreign key guards (see ``LedgerEntry``) must hold."""
+    """References that no foreign key guards must hold: the ledger's (see
+    ``LedgerEntry``) and the decider of each token request."""
     found = select(func.count(), func.min(LedgerEntry.id)).select_from(LedgerEntry)
     problems = [
         await dangling(
@@ -123,6 +124,15 @@ async def check_references(session: AsyncSession) -> list[str]:
             found.outerjoin(TokenRequest, TokenRequest.id == LedgerEntry.token_request_id).where(
                 LedgerEntry.token_request_id.is_not(None),
                 or_(TokenRequest.id.is_(None), TokenRequest.user_id != LedgerEntry.user_id),
+            ),
+        ),
+        await dangling(
+            session,
+            "token requests name a decider who is not a user",
+            unresolved(
+                select(func.count(), func.min(TokenRequest.id)).select_from(TokenRequest),
+                TokenRequest.decided_by_id,
+                Actor,
             ),
         ),
     ]

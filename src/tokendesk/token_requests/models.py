@@ -58,7 +58,8 @@ class TokenRequest(Base):
     balance_at_request: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    decided_by_id: Mapped[int | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
-    )
+    # Written once, by the deciding caller, never from input. No foreign key: it is
+    # history (SET NULL would erase who decided), and a bulk decision would pay a
+    # referential check per request; ``tokendesk doctor`` reports a missing decider.
+    decided_by_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     decision_note: Mapped[str | None] = mapped_column(Text, nullable=True)
