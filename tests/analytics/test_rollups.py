@@ -87,6 +87,30 @@ class TestRollupsEqualRawEvents:
             (d(3, 12), 4331, 5),
         ]
 
+    async def test_a_one_day_batch_keeps_exact_totals_where_some_series_already_run_later(
+        self, database: Database, world: World
+    ) -> None:
+        await record(database, world.org_id, spend("ahead", world.bob, 50, at(3, 12)), now=NOW)
+        await record(database, world.org_id, spend("bob-10", world.bob, 7, at(3, 10)), now=NOW)
+        await record(database, world.org_id, spend("alice-10", world.alice, 9, at(3, 10)), now=NOW)
+
+        # One day for everyone: Alice's series end on it, Bob's run two days later.
+        await record(
+            database,
+            world.org_id,
+            spend("alice", world.alice, 100, at(3, 10, 20)),
+            spend("bob", world.bob, 1_000, at(3, 10, 21)),
+            spend("bob-claude", world.bob, 3, at(3, 10, 22), model="claude"),
+            now=NOW,
+        )
+
+        assert await rollup_differences(database, world.org_id) == []
+        assert await running_totals(database, world.alice.id) == [(d(3, 10), 109, 2)]
+        assert await running_totals(database, world.bob.id) == [
+            (d(3, 10), 1_010, 3),
+            (d(3, 12), 1_060, 4),
+        ]
+
     async def test_rollups_run_on_across_a_period_reset_while_the_balance_restarts(
         self, database: Database, world: World
     ) -> None:

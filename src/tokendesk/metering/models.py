@@ -10,10 +10,9 @@ from tokendesk.db import Base, BigIntPK, UTCDateTime, utcnow
 
 class UsageEvent(Base):
     __tablename__ = "usage_events"
-    __table_args__ = (
-        UniqueConstraint("organization_id", "event_id"),
-        Index("ix_usage_events_user_occurred", "user_id", "occurred_at"),
-    )
+    # No index by user: nothing reads events by user (analytics reads the rollups), and
+    # one would cost every batch a scattered page per user in the write.
+    __table_args__ = (UniqueConstraint("organization_id", "event_id"),)
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))

@@ -17,8 +17,8 @@ from typing import Any, cast
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    CursorResult,
     Executable,
-    Result,
     String,
     Table,
     any_,
@@ -90,7 +90,7 @@ def dialect_of(session: AsyncSession) -> str:
 
 async def run(
     session: AsyncSession, statement: Executable, params: Any = None
-) -> Result[*tuple[Any, ...]]:
+) -> CursorResult[*tuple[Any, ...]]:
     """Run a Core statement on the session's connection, without the ORM's per-call work."""
     connection = await session.connection()
     return await connection.execute(statement, params)

@@ -91,15 +91,17 @@ async def add(
     batch = {"ids": listed(dialect, usage_event_ids)}
     for model in _SUMS:
         await run(session, _add_sums(dialect, model), batch)
-    rows = await run(session, _add_to_series(dialect), batch)
-    last_days = {series_id: last_day for series_id, last_day in rows}
-    if len(days) == 1 and set(last_days.values()) <= set(days):
-        # Every event is on one day and no series has usage after it: the usual case.
-        series_ids = {"ids": listed(dialect, last_days)}
-        await run(session, _running_totals_at_last_day(dialect), series_ids)
-    else:
-        groups = await run(session, _groups(dialect), batch)
-        await _add_running_totals(session, [_Group(*row) for row in groups])
+    touched = (await run(session, _add_to_series(dialect), batch)).rowcount
+    [day] = days if len(days) == 1 else [date.min]
+    if day != date.min:
+        # The usual case: every event on one day, the last day of each series it touched.
+        quick = await run(session, _running_totals_at_last_day(dialect), {**batch, "day": day})
+        if quick.rowcount == touched:
+            return
+    # The batch spans days, or some series have usage after its day (a late report):
+    # those series take the general path.
+    groups = await run(session, _groups(dialect), {**batch, "after": day})
+    await _add_running_totals(session, [_Group(*row) for row in groups])
 
 
 @cache
@@ -133,7 +135,7 @@ def _add_sums(dialect: str, model: type[Base]) -> Any:
 def _add_to_series(dialect: str) -> Any:
     """Add the events to their series' totals and days, creating missing series.
 
-    Returns the id and (new) last day of every series the events touched.
+    Its row count is the number of series the events touched.
     """
     s, e = _series, _events
 
@@ -181,21 +183,39 @@ def _add_to_series(dialect: str) -> Any:
                 else_=s.c.last_day,
             ),
         },
-    ).returning(s.c.id, s.c.last_day)
+    )
+
+
+def _touched_series(dialect: str) -> Any:
+    """Join each event to its two series: its model's and all models'."""
+    s, e = _series, _events
+    return (
+        select(s.c.id)
+        .select_from(e)
+        .join(
+            s,
+            (s.c.organization_id == e.c.organization_id)
+            & (s.c.user_id == e.c.user_id)
+            & (s.c.team_id == _team)
+            & s.c.model.in_([e.c.model, literal(ALL_MODELS)]),
+        )
+        .where(in_list(dialect, e.c.id))
+    )
 
 
 @cache
 def _running_totals_at_last_day(dialect: str) -> Any:
-    """Make each series' running total on its last day equal its totals.
+    """Make the running total on ``day`` of each touched series whose last day it is
+    equal that series' totals.
 
-    Right when a batch added usage on the last day of every series it touched
-    (and on no other day), that running total is the whole series, which the
-    series row now holds: one statement creates or overwrites these rows.
+    When a batch's usage all lies on a series' last day, that running total is the
+    whole series, which the series row now holds: one statement creates or
+    overwrites these rows. Its row count tells how many series qualified.
     """
     s = _series
     source = (
         select(s.c.id, s.c.last_day, s.c.tokens, s.c.calls)
-        .where(in_list(dialect, s.c.id))
+        .where(s.c.id.in_(_touched_series(dialect)), s.c.last_day == bindparam("day", type_=Date))
         .order_by(s.c.id)
     )
     stmt = dialect_insert(dialect)(_cumulative).from_select(
@@ -209,18 +229,13 @@ def _running_totals_at_last_day(dialect: str) -> Any:
 
 @cache
 def _groups(dialect: str) -> Any:
-    """The events' tokens and calls per series and day, in series and day order."""
+    """The events' tokens and calls per series and day, in series and day order, for the
+    series whose last day is after ``after``."""
     s, e = _series, _events
     return (
-        select(s.c.id, e.c.day, func.sum(e.c.total_tokens), func.count())
-        .join(
-            s,
-            (s.c.organization_id == e.c.organization_id)
-            & (s.c.user_id == e.c.user_id)
-            & (s.c.team_id == _team)
-            & s.c.model.in_([e.c.model, literal(ALL_MODELS)]),
-        )
-        .where(in_list(dialect, e.c.id))
+        _touched_series(dialect)
+        .add_columns(e.c.day, func.sum(e.c.total_tokens), func.count())
+        .where(s.c.last_day > bindparam("after", type_=Date))
         .group_by(s.c.id, e.c.day)
         .order_by(s.c.id, e.c.day)
     )

@@ -294,8 +294,16 @@ def upgrade() -> None:
         sa.Column("balance_at_request", sa.BigInteger(), nullable=False),
         sa.Column("created_at", tokendesk.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("decided_at", tokendesk.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("decided_by_id", sa.BigInteger(), nullable=True),
+        sa.Column(
+            "decided_by_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
         sa.Column("decision_note", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["decided_by_id"],
+            ["users.id"],
+            name=op.f("fk_token_requests_decided_by_id_users"),
+            ondelete="SET NULL",
+        ),
         sa.ForeignKeyConstraint(
             ["organization_id"],
             ["organizations.id"],
@@ -423,11 +431,6 @@ def upgrade() -> None:
             "organization_id", "event_id", name=op.f("uq_usage_events_organization_id_event_id")
         ),
     )
-    with op.batch_alter_table("usage_events", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_usage_events_user_occurred", ["user_id", "occurred_at"], unique=False
-        )
-
     op.create_table(
         "usage_series",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -561,9 +564,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_usage_series_user_id"))
 
     op.drop_table("usage_series")
-    with op.batch_alter_table("usage_events", schema=None) as batch_op:
-        batch_op.drop_index("ix_usage_events_user_occurred")
-
     op.drop_table("usage_events")
     with op.batch_alter_table("usage_daily", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_usage_daily_user_id"))
