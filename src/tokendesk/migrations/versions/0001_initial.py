@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 20:09:31.088077
+Create Date: 2026-11-28 20:32:49.302554
 """
 
 from collections.abc import Sequence
@@ -294,16 +294,8 @@ def upgrade() -> None:
         sa.Column("balance_at_request", sa.BigInteger(), nullable=False),
         sa.Column("created_at", tokendesk.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("decided_at", tokendesk.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column(
-            "decided_by_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
-        ),
+        sa.Column("decided_by_id", sa.BigInteger(), nullable=True),
         sa.Column("decision_note", sa.Text(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["decided_by_id"],
-            ["users.id"],
-            name=op.f("fk_token_requests_decided_by_id_users"),
-            ondelete="SET NULL",
-        ),
         sa.ForeignKeyConstraint(
             ["organization_id"],
             ["organizations.id"],
