@@ -54,7 +54,7 @@ class TestSettler:
                 assert (balance.used, balance.reserved) == (30, 0)
             assert await check_balances(s) == []
 
-    async def test_a_lone_settlement_waits_no_longer_than_the_linger(
+    async def test_a_lone_settlement_is_committed_once_the_linger_has_passed(
         self, database: Database, world: World
     ) -> None:
         hold_id = await hold(database, world, world.alice.id, 100)

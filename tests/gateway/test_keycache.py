@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,17 +22,20 @@ async def revoke_quietly(database: Database, user_id: int) -> None:
         await s.execute(update(ApiKey).where(ApiKey.user_id == user_id).values(revoked_at=utcnow()))
 
 
+TTL = 2.0
+
+
 @pytest.fixture
 async def short_lived(database: Database) -> AsyncIterator[KeyCache]:
-    """A cache whose entries live 0.4 s, due for confirmation after 0.2 s."""
-    keys = KeyCache(database, ttl_seconds=0.4)
+    """A cache whose entries live 2 s, due for confirmation after 1 s."""
+    keys = KeyCache(database, ttl_seconds=TTL)
     yield keys
     await keys.stop()
 
 
 async def confirmed(keys: KeyCache, key: str) -> None:
     """Use the key past half its entry's life, and wait for the background confirmation."""
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(TTL / 2 + 0.05)
     await keys.owner_of_key(key)
     assert keys._refresher is not None
     await keys._refresher
@@ -50,9 +54,11 @@ class TestOwnerOfKey:
     async def test_confirmed_key_outlives_its_first_entry_without_a_lookup(
         self, short_lived: KeyCache, world: World
     ) -> None:
+        first_lookup = time.monotonic()
         owner = await short_lived.owner_of_key(world.bob.key)
         await confirmed(short_lived, world.bob.key)
-        await asyncio.sleep(0.2)  # the first entry would have expired by now
+        # Until the first entry would have expired.
+        await asyncio.sleep(max(0.0, first_lookup + TTL + 0.05 - time.monotonic()))
         assert short_lived._get("k:" + hash_api_key(world.bob.key)) == (True, owner)
 
     async def test_lookup_in_flight_across_a_clear_is_not_cached(
