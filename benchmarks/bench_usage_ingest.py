@@ -31,6 +31,7 @@ from tokendesk.accounts.models import Role
 from tokendesk.db import Database
 from tokendesk.ledger.doctor import check_balances
 from tokendesk.metering.models import UsageEvent
+from tokendesk.metering.rollup_check import differences
 from tokendesk.migrations.runner import upgrade
 
 USERS = 1_000
@@ -93,15 +94,19 @@ async def seed(url: str) -> tuple[str, list[str]]:
 
 
 async def verify(url: str, expected_events: int) -> None:
+    """Every event stored once, balances equal to the ledger, rollups equal to the events."""
     database = Database(url)
     try:
         async with database.transaction(write=False) as s:
             stored = await s.scalar(select(func.count()).select_from(UsageEvent))
-            mismatches = await check_balances(s)
+            problems: list[object] = list(await check_balances(s))
+            organization_ids = await s.scalars(select(UsageEvent.organization_id).distinct())
+            for organization_id in organization_ids.all():
+                problems += await differences(s, organization_id=organization_id)
     finally:
         await database.dispose()
-    if stored != expected_events or mismatches:
-        raise SystemExit(f"verification failed: {stored} events stored, {mismatches[:5]}")
+    if stored != expected_events or problems:
+        raise SystemExit(f"verification failed: {stored} events stored, {problems[:5]}")
 
 
 def cpu_seconds(pid: int) -> float | None:

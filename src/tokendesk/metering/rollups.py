@@ -91,17 +91,18 @@ async def add(
     batch = {"ids": listed(dialect, usage_event_ids)}
     for model in _SUMS:
         await run(session, _add_sums(dialect, model), batch)
-    touched = (await run(session, _add_to_series(dialect), batch)).rowcount
-    [day] = days if len(days) == 1 else [date.min]
-    if day != date.min:
+    rows = await run(session, _add_to_series(dialect), batch)
+    last_days = {series_id: last_day for series_id, last_day in rows}
+    # Series by id from here on: joining events to series by key leaves PostgreSQL's
+    # planner free to scan every series, or every event of the organization.
+    series = {"series": listed(dialect, last_days)}
+    if len(days) == 1 and set(last_days.values()) <= set(days):
         # The usual case: every event on one day, the last day of each series it touched.
-        quick = await run(session, _running_totals_at_last_day(dialect), {**batch, "day": day})
-        if quick.rowcount == touched:
-            return
-    # The batch spans days, or some series have usage after its day (a late report):
-    # those series take the general path.
-    groups = await run(session, _groups(dialect), {**batch, "after": day})
-    await _add_running_totals(session, [_Group(*row) for row in groups])
+        await run(session, _running_totals_at_last_day(dialect), series)
+    else:
+        # The batch spans days, or some series have usage after its day (a late report).
+        groups = await run(session, _groups(dialect), {**batch, **series})
+        await _add_running_totals(session, [_Group(*row) for row in groups])
 
 
 @cache
@@ -135,7 +136,7 @@ def _add_sums(dialect: str, model: type[Base]) -> Any:
 def _add_to_series(dialect: str) -> Any:
     """Add the events to their series' totals and days, creating missing series.
 
-    Its row count is the number of series the events touched.
+    Returns the id and (new) last day of every series the events touched.
     """
     s, e = _series, _events
 
@@ -183,39 +184,21 @@ def _add_to_series(dialect: str) -> Any:
                 else_=s.c.last_day,
             ),
         },
-    )
-
-
-def _touched_series(dialect: str) -> Any:
-    """Join each event to its two series: its model's and all models'."""
-    s, e = _series, _events
-    return (
-        select(s.c.id)
-        .select_from(e)
-        .join(
-            s,
-            (s.c.organization_id == e.c.organization_id)
-            & (s.c.user_id == e.c.user_id)
-            & (s.c.team_id == _team)
-            & s.c.model.in_([e.c.model, literal(ALL_MODELS)]),
-        )
-        .where(in_list(dialect, e.c.id))
-    )
+    ).returning(s.c.id, s.c.last_day)
 
 
 @cache
 def _running_totals_at_last_day(dialect: str) -> Any:
-    """Make the running total on ``day`` of each touched series whose last day it is
-    equal that series' totals.
+    """Make each series' running total on its last day equal its totals.
 
-    When a batch's usage all lies on a series' last day, that running total is the
-    whole series, which the series row now holds: one statement creates or
-    overwrites these rows. Its row count tells how many series qualified.
+    Right when a batch added usage on the last day of every series it touched
+    (and on no other day), that running total is the whole series, which the
+    series row now holds: one statement creates or overwrites these rows.
     """
     s = _series
     source = (
         select(s.c.id, s.c.last_day, s.c.tokens, s.c.calls)
-        .where(s.c.id.in_(_touched_series(dialect)), s.c.last_day == bindparam("day", type_=Date))
+        .where(in_list(dialect, s.c.id, "series"))
         .order_by(s.c.id)
     )
     stmt = dialect_insert(dialect)(_cumulative).from_select(
@@ -229,13 +212,19 @@ def _running_totals_at_last_day(dialect: str) -> Any:
 
 @cache
 def _groups(dialect: str) -> Any:
-    """The events' tokens and calls per series and day, in series and day order, for the
-    series whose last day is after ``after``."""
+    """The events' tokens and calls per series and day, in series and day order."""
     s, e = _series, _events
     return (
-        _touched_series(dialect)
-        .add_columns(e.c.day, func.sum(e.c.total_tokens), func.count())
-        .where(s.c.last_day > bindparam("after", type_=Date))
+        select(s.c.id, e.c.day, func.sum(e.c.total_tokens), func.count())
+        .select_from(e)
+        .join(
+            s,
+            (s.c.organization_id == e.c.organization_id)
+            & (s.c.user_id == e.c.user_id)
+            & (s.c.team_id == _team)
+            & s.c.model.in_([e.c.model, literal(ALL_MODELS)]),
+        )
+        .where(in_list(dialect, e.c.id), in_list(dialect, s.c.id, "series"))
         .group_by(s.c.id, e.c.day)
         .order_by(s.c.id, e.c.day)
     )
