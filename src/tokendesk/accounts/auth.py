@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -29,10 +29,34 @@ def session_serializer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(get_settings().secret_key, salt="tokendesk-session")
 
 
+class Person(Protocol):
+    """What an actor is built from: a ``User``, or a row of its columns."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def email(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def organization_id(self) -> int: ...
+    @property
+    def team_id(self) -> int | None: ...
+
+
 async def build_actor(
-    session: AsyncSession, user: User, *, organization_id: int | None = None
+    session: AsyncSession,
+    user: Person,
+    *,
+    organization_id: int | None = None,
+    owned_team_ids: frozenset[int] | None = None,
 ) -> Actor:
-    owned = await session.scalars(select(TeamOwner.team_id).where(TeamOwner.user_id == user.id))
+    """``owned_team_ids`` when the caller already read them, else they are looked up."""
+    if owned_team_ids is None:
+        owned = await session.scalars(select(TeamOwner.team_id).where(TeamOwner.user_id == user.id))
+        owned_team_ids = frozenset(owned.all())
     active_org = user.organization_id
     if organization_id is not None and organization_id != user.organization_id:
         if user.role != Role.SUPER_ADMIN:
@@ -48,7 +72,7 @@ async def build_actor(
         organization_id=active_org,
         home_organization_id=user.organization_id,
         team_id=user.team_id,
-        owned_team_ids=frozenset(owned.all()),
+        owned_team_ids=owned_team_ids,
     )
 
 
@@ -64,22 +88,40 @@ def _parse_org(header: str | None) -> int | None:
 async def actor_from_api_key(
     session: AsyncSession, key: str, *, organization_header: str | None = None
 ) -> Actor | None:
-    row = (
+    # Every API call starts here: one statement of plain columns, the owned teams
+    # joined in (a row per team, usually one), rather than ORM objects and a second query.
+    rows = (
         await session.execute(
-            select(User, ApiKey.id, ApiKey.last_used_at)
+            select(
+                User.id,
+                User.email,
+                User.name,
+                User.role,
+                User.organization_id,
+                User.team_id,
+                ApiKey.id.label("key_id"),
+                ApiKey.last_used_at,
+                TeamOwner.team_id.label("owned_team_id"),
+            )
             .join(ApiKey, ApiKey.user_id == User.id)
+            .outerjoin(TeamOwner, TeamOwner.user_id == User.id)
             .where(*usable_key(hash_api_key(key)))
         )
-    ).first()
-    if row is None:
+    ).all()
+    if not rows:
         return None
-    user, key_id, last_used_at = row
+    person = rows[0]
     now = utcnow()
     # "Last used" is for people, to the minute: writing it on every call would make
     # every read a write, and on SQLite every write waits for the one writer.
-    if last_used_at is None or now - last_used_at > LAST_USED_RESOLUTION:
-        await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
-    return await build_actor(session, user, organization_id=_parse_org(organization_header))
+    if person.last_used_at is None or now - person.last_used_at > LAST_USED_RESOLUTION:
+        await session.execute(
+            update(ApiKey).where(ApiKey.id == person.key_id).values(last_used_at=now)
+        )
+    owned = frozenset(row.owned_team_id for row in rows if row.owned_team_id is not None)
+    return await build_actor(
+        session, person, organization_id=_parse_org(organization_header), owned_team_ids=owned
+    )
 
 
 def csrf_token_for(session_id: str) -> str:
