@@ -68,24 +68,42 @@ def emit_change(
     )
 
 
-def _balance_data(row: AnyRow, iso: dict[datetime, str]) -> dict[str, Any]:
+GRANT = EntryKind.GRANT.value
+
+
+class _Iso:
+    """ISO strings of the few distinct period bounds among thousands of balances.
+
+    Compared with the last one seen rather than hashed: hashing an aware datetime
+    asks its time zone for the offset every time, comparing two with the same
+    zone does not.
+    """
+
+    def __init__(self) -> None:
+        self._moment: datetime | None = None
+        self._text = ""
+
+    def __call__(self, moment: datetime) -> str:
+        if moment != self._moment:
+            self._moment, self._text = moment, moment.isoformat()
+        return self._text
+
+
+def _balance_data(row: AnyRow, start_iso: _Iso, end_iso: _Iso) -> dict[str, Any]:
     """``ledger.balance_snapshot`` for a RETURNING row of ``repo.grant_approved``,
     without building thousands of ORM objects."""
     user_id, _, start, end, allocation, granted, adjusted, used, reserved = row
-    for moment in (start, end):
-        if moment not in iso:
-            iso[moment] = moment.isoformat()
     return {
         "user_id": user_id,
-        "cause": EntryKind.GRANT.value,
+        "cause": GRANT,
         "allocation": allocation,
         "granted": granted,
         "adjusted": adjusted,
         "used": used,
         "reserved": reserved,
         "remaining": allocation + granted + adjusted - used - reserved,
-        "period_start": iso[start],
-        "next_reset_at": iso[end],
+        "period_start": start_iso(start),
+        "next_reset_at": end_iso(end),
     }
 
 
@@ -115,11 +133,14 @@ def emit_bulk(
         "decider_name": actor.name,
         "decision_note": note,
     }
-    iso: dict[datetime, str] = {}
-    credited = {user_id: _balance_data(row, iso) for user_id, row in balances.items()}
+    start_iso, end_iso = _Iso(), _Iso()
+    credited = {
+        user_id: _balance_data(row, start_iso, end_iso) for user_id, row in balances.items()
+    }
     # Thousands of rows: unpack tuples and zip known keys rather than reading
     # attributes or calling Row._asdict(), and update in place.
     fields = next(iter(found.values()))._fields if found else ()
+    notices: list[Event] = []
     for request_id, user_id, team_id, approved_amount in changed:  # see repo.transition
         by_team[team_id].append(request_id)
         merged = dict(zip(fields, found[request_id], strict=True))
@@ -128,22 +149,19 @@ def emit_bulk(
         balance = credited.get(user_id)
         if balance is not None:
             merged["current_balance"] = balance["remaining"]
-        emit(
-            session,
+        notices.append(
             request_event(
                 request_view(merged), user_id=user_id, organization_id=org_id, change=change
-            ),
+            )
         )
-    for user_id, data in credited.items():
-        emit(
-            session,
-            Event(
-                type="balance.changed",
-                organization_id=org_id,
-                user_id=user_id,
-                data=data,
-            ),
-        )
+    emit(session, *notices)
+    emit(
+        session,
+        *[
+            Event(type="balance.changed", organization_id=org_id, user_id=user_id, data=data)
+            for user_id, data in credited.items()
+        ],
+    )
     for team_id, request_ids in by_team.items():
         emit(
             session,
