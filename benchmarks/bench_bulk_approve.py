@@ -32,8 +32,7 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_usage_ingest import cpu_seconds
-from benchmarks.common import machine, reset_postgres, sqlite_url
+from benchmarks.common import cpu_seconds, machine, reset_postgres, sqlite_url
 from tokendesk.db import Database
 
 

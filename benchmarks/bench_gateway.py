@@ -36,8 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_usage_ingest import cpu_seconds
 from benchmarks.common import (
+    cpu_seconds,
     free_port,
     machine,
     process,

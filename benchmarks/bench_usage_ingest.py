@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,9 @@ from pathlib import Path
 import httpx
 from sqlalchemy import func, select
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import cpu_seconds, free_port, reset_postgres
 from tokendesk.accounts import service as accounts
 from tokendesk.accounts.models import Role
 from tokendesk.db import Database
@@ -56,16 +58,6 @@ class Outcome:
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
-
-
-async def reset_postgres(url: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-    finally:
-        await conn.close()
 
 
 async def seed(url: str) -> tuple[str, list[str]]:
@@ -107,21 +99,6 @@ async def verify(url: str, expected_events: int) -> None:
         await database.dispose()
     if stored != expected_events or problems:
         raise SystemExit(f"verification failed: {stored} events stored, {problems[:5]}")
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (Linux), or None where /proc is missing."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
