@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import cpu_seconds, free_port, reset_postgres
+from benchmarks.common import cpu_seconds, free_port, reset_postgres, tokendesk_server
 from tokendesk.accounts import service as accounts
 from tokendesk.accounts.models import Role
 from tokendesk.db import Database
@@ -108,20 +108,7 @@ def start_server(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
         "TOKENDESK_DEMO": "1",
         "TOKENDESK_LOG_LEVEL": "warning",
     }
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "tokendesk.app:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
+    command = tokendesk_server(port, env)
     with log.open("wb") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
 

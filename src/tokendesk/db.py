@@ -10,11 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import json
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    any_,
+    bindparam,
+    event,
+    func,
+    literal_column,
+    select,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -168,3 +183,31 @@ def configure_database(url: str) -> Database:
 def set_database(database: Database | None) -> None:
     global _database
     _database = database
+
+
+def in_list(
+    dialect: str, column: Any, name: str | None = "ids", *, values: Iterable[Any] | None = None
+) -> ColumnElement[bool]:
+    """``column`` is in a list bound as one parameter: an array on PostgreSQL, a JSON
+    list read through ``json_each`` on SQLite.
+
+    One parameter, not one per value: nothing is rendered per value, no driver
+    limit on the number of parameters applies, and a statement built once serves
+    every list. Without ``values`` the list is bound at execution time under
+    ``name`` (see :func:`listed`); with them it is bound now.
+    """
+    item = String() if isinstance(column.type, String) else BigInteger()
+    type_: Any = postgresql.ARRAY(item) if dialect == "postgresql" else String()
+    if values is None:
+        param = bindparam(name, type_=type_)
+    else:
+        param = bindparam(None, listed(dialect, values), type_=type_)
+    if dialect == "postgresql":
+        return column == any_(param)
+    return column.in_(select(literal_column("value")).select_from(func.json_each(param)))
+
+
+def listed(dialect: str, values: Iterable[Any]) -> Any:
+    """The value of an :func:`in_list` parameter for ``values``."""
+    ordered = sorted(values)
+    return ordered if dialect == "postgresql" else json.dumps(ordered)

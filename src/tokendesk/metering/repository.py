@@ -7,27 +7,21 @@ anew (or going through the ORM) would cost more than the database's own work.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
     CursorResult,
     Executable,
-    String,
     Table,
-    any_,
     bindparam,
     case,
     func,
     insert,
     literal,
-    literal_column,
     select,
     update,
 )
@@ -35,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Organization, User
-from tokendesk.db import Base
+from tokendesk.db import Base, in_list, listed
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
 from tokendesk.metering.models import UsageEvent
 
@@ -94,25 +88,6 @@ async def run(
     """Run a Core statement on the session's connection, without the ORM's per-call work."""
     connection = await session.connection()
     return await connection.execute(statement, params)
-
-
-def in_list(dialect: str, column: Any, name: str = "ids") -> ColumnElement[bool]:
-    """``column`` is in a list bound at execution time as one parameter (see :func:`listed`).
-
-    One parameter, not one per value: a single built statement then serves every
-    batch, and the values cost no per-value work in SQLAlchemy (an expanding IN
-    list re-renders the statement on each run).
-    """
-    if dialect == "postgresql":
-        item = String() if isinstance(column.type, String) else BigInteger()
-        return column == any_(bindparam(name, type_=postgresql.ARRAY(item)))
-    return column.in_(select(literal_column("value")).select_from(func.json_each(bindparam(name))))
-
-
-def listed(dialect: str, values: Iterable[Any]) -> Any:
-    """The parameter of an :func:`in_list`: an array on PostgreSQL, JSON text on SQLite."""
-    ordered = sorted(values)
-    return ordered if dialect == "postgresql" else json.dumps(ordered)
 
 
 _events, _balances, _users = table(UsageEvent), table(Balance), table(User)

@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Date, bindparam, case, func, literal, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokendesk.db import Base
+from tokendesk.db import Base, in_list, listed
 from tokendesk.metering.models import (
     ALL_MODELS,
     NO_TEAM,
@@ -43,14 +43,7 @@ from tokendesk.metering.models import (
     UsageSeries,
     UsageTeamDaily,
 )
-from tokendesk.metering.repository import (
-    dialect_insert,
-    dialect_of,
-    in_list,
-    listed,
-    run,
-    table,
-)
+from tokendesk.metering.repository import dialect_insert, dialect_of, run, table
 
 SUM_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "calls")
 

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
 from sqlalchemy import (
-    ARRAY,
     BigInteger,
     ColumnElement,
     Row,
     Select,
     String,
     and_,
-    any_,
-    bindparam,
     case,
     cast,
     func,
@@ -32,7 +28,7 @@ from sqlalchemy.orm import aliased
 
 from tokendesk.accounts.models import Organization, Team, User
 from tokendesk.audit.models import AuditEntry
-from tokendesk.db import UTCDateTime
+from tokendesk.db import UTCDateTime, in_list
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
 from tokendesk.token_requests.models import RequestStatus, TokenRequest
@@ -66,13 +62,9 @@ def chunked(values: Sequence[Any], size: int | None = None) -> Iterator[Sequence
 
 
 def among(session: AsyncSession, column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
-    """``column IN ids`` with all ids in one bound parameter: an array on PostgreSQL,
-    a JSON list on SQLite. Nothing is rendered per id and no driver limit on the
-    number of parameters applies, so 100,000 ids are still one short statement."""
-    if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(ids), type_=ARRAY(BigInteger())))
-    listed = func.json_each(bindparam(None, json.dumps(list(ids)), type_=String()))
-    return column.in_(select(listed.table_valued("value").c.value))
+    """``column IN ids`` with all ids in one bound parameter (see ``db.in_list``), so
+    100,000 ids are still one short statement."""
+    return in_list(session.get_bind().dialect.name, column, values=ids)
 
 
 def scope_clause(scope: Scope) -> ColumnElement[bool]:
