@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -27,9 +28,10 @@ from sqlalchemy import (
     event,
     func,
     literal_column,
+    make_url,
     select,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -83,6 +85,15 @@ def utcnow() -> datetime:
 
 
 AfterCommit = Callable[[], Any]
+T = TypeVar("T")
+
+# How SQLAlchemy stores a UTCDateTime on SQLite, for statements run without it.
+_SQLITE_DATETIME = sqlite.DATETIME().bind_processor(sqlite.dialect())
+
+
+def sqlite_timestamp(value: datetime) -> str:
+    """``value`` as a UTCDateTime column holds it on SQLite (naive UTC text)."""
+    return str(_SQLITE_DATETIME(value.astimezone(UTC).replace(tzinfo=None)))
 
 
 class Database:
@@ -108,6 +119,7 @@ class Database:
             self.read_engine = self.write_engine
         self._write_sessions = async_sessionmaker(self.write_engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
+        self._quick: sqlite3.Connection | None = None
 
     @staticmethod
     def _sqlite_engine(url: str, *, immediate: bool, echo: bool) -> AsyncEngine:
@@ -154,7 +166,59 @@ class Database:
             if asyncio.iscoroutine(result):
                 await result
 
+    async def quick_write(self, work: Callable[[sqlite3.Connection], T]) -> T | None:
+        """Run ``work`` in a write transaction of its own, on the event loop itself.
+
+        For a few tiny statements on SQLite's hot paths (the gateway's holds):
+        SQLite does them in microseconds, far less than handing each one to the
+        driver's thread and back. ``work`` gets a plain ``sqlite3`` connection
+        inside BEGIN IMMEDIATE, taken under the process's write lock, and is
+        committed when it returns (rolled back if it raises). It must not block:
+        it runs on the loop. Returns None, having run nothing, when there is no
+        such shortcut (PostgreSQL, an in-memory database) or another process is
+        writing right now; the caller then takes the normal path, which waits.
+        """
+        if self._write_lock is None:
+            return None
+        async with self._write_lock:
+            connection = self._quick_connection()
+            if connection is None:
+                return None
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return None  # locked by another process: never wait on the loop
+            try:
+                result = work(connection)
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            return result
+
+    def _quick_connection(self) -> sqlite3.Connection | None:
+        if self._quick is None:
+            path = make_url(self.url).database
+            if not path or path == ":memory:" or path.startswith("file:"):
+                return None
+            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            # As the driver's connections, except: fail at once rather than wait on the
+            # loop, and leave checkpoints to the driver's connections (on their thread).
+            for pragma in (
+                "journal_mode=WAL",
+                "busy_timeout=0",
+                "foreign_keys=ON",
+                "synchronous=NORMAL",
+                "wal_autocheckpoint=0",
+            ):
+                connection.execute(f"PRAGMA {pragma}")
+            self._quick = connection
+        return self._quick
+
     async def dispose(self) -> None:
+        if self._quick is not None:
+            self._quick.close()
+            self._quick = None
         await self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import make_url, select, update
 
 from tests.factories import World
 from tokendesk.db import Database
+from tokendesk.errors import InsufficientTokens
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.doctor import check_balances
+from tokendesk.ledger.models import Balance, LedgerEntry, Reservation, ReservationStatus
 from tokendesk.metering.holds import HoldBatcher, Settlement, Settler
 from tokendesk.metering.models import UsageEvent
 from tokendesk.metering.service import UsageInput
@@ -34,6 +38,113 @@ async def hold(database: Database, world: World, user_id: int, amount: int) -> i
     return await HoldBatcher(database, ttl_seconds=60).hold(
         user_id=user_id, organization_id=world.org_id, amount=amount
     )
+
+
+class TestHoldBatcher:
+    async def test_holds_sharing_a_batch_never_exceed_the_balance(
+        self, database: Database, world: World
+    ) -> None:
+        # nora has 5,000 tokens; twelve calls of 1,000 arrive together, so share a batch.
+        batcher = HoldBatcher(database, ttl_seconds=60)
+        outcomes = await asyncio.gather(
+            *(
+                batcher.hold(user_id=world.nora.id, organization_id=world.org_id, amount=1_000)
+                for _ in range(12)
+            ),
+            return_exceptions=True,
+        )
+        held = [o for o in outcomes if isinstance(o, int)]
+        refused = [o for o in outcomes if isinstance(o, InsufficientTokens)]
+        assert (len(set(held)), len(refused)) == (5, 7)
+        assert "0 left, 1000 needed" in refused[0].message
+        async with database.transaction(write=False) as s:
+            balance = await ledger.get_balance(s, user_id=world.nora.id)
+            assert (balance.reserved, balance.remaining) == (5_000, 0)
+            rows = (await s.scalars(select(Reservation).where(Reservation.id.in_(held)))).all()
+            assert {(r.user_id, r.amount, r.status) for r in rows} == {
+                (world.nora.id, 1_000, ReservationStatus.HELD.value)
+            }
+            assert all(r.expires_at - r.created_at == timedelta(seconds=60) for r in rows)
+            assert await check_balances(s) == []
+
+    async def test_a_hold_after_the_period_ended_starts_the_new_period_first(
+        self, database: Database, world: World
+    ) -> None:
+        async with database.transaction() as s:
+            balance = await ledger.get_balance(s, user_id=world.nora.id)
+            start = balance.period_start
+            # Move nora's period (and its ledger) a month back: it has ended by now.
+            old_start, old_end = start - timedelta(days=31), start - timedelta(seconds=1)
+            await s.execute(
+                update(Balance)
+                .where(Balance.user_id == world.nora.id)
+                .values(period_start=old_start, period_end=old_end, used=5_000)
+            )
+            await s.execute(
+                update(LedgerEntry)
+                .where(LedgerEntry.user_id == world.nora.id)
+                .values(period_start=old_start)
+            )
+        # Spent out in the old period: only the new period's allocation can cover this.
+        await hold(database, world, world.nora.id, 4_000)
+        async with database.transaction(write=False) as s:
+            balance = await ledger.get_balance(s, user_id=world.nora.id)
+            assert (balance.period_start, balance.used, balance.reserved) == (start, 0, 4_000)
+            assert await check_balances(s) == []
+
+    async def test_a_hold_waits_for_another_process_writing_sqlite(
+        self, database: Database, world: World, backend: str
+    ) -> None:
+        if backend != "sqlite":
+            pytest.skip("SQLite's database-wide write lock")
+        path = make_url(database.url).database
+        assert path
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+            started = time.monotonic()
+            hold_id = await asyncio.wait_for(hold(database, world, world.nora.id, 100), 10)
+            assert time.monotonic() - started >= 0.3
+        finally:
+            other.close()
+        async with database.transaction(write=False) as s:
+            reservation = await s.get(Reservation, hold_id)
+            assert reservation is not None and reservation.amount == 100
+
+
+class TestQuickWrite:
+    async def test_commits_what_the_work_did_and_returns_its_result(
+        self, database: Database, world: World, backend: str
+    ) -> None:
+        def work(connection: sqlite3.Connection) -> int:
+            sql = "UPDATE balances SET adjusted = adjusted + 7 WHERE user_id = ?"
+            return connection.execute(sql, (world.nora.id,)).rowcount
+
+        result = await database.quick_write(work)
+        if backend == "postgres":
+            assert result is None  # no shortcut: nothing ran
+            return
+        assert result == 1
+        async with database.transaction(write=False) as s:
+            assert (await ledger.get_balance(s, user_id=world.nora.id)).adjusted == 7
+
+    async def test_rolls_back_when_the_work_raises(
+        self, database: Database, world: World, backend: str
+    ) -> None:
+        if backend != "sqlite":
+            pytest.skip("SQLite only")
+
+        def work(connection: sqlite3.Connection) -> None:
+            sql = "UPDATE balances SET adjusted = adjusted + 7 WHERE user_id = ?"
+            connection.execute(sql, (world.nora.id,))
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            await database.quick_write(work)
+        async with database.transaction(write=False) as s:
+            assert (await ledger.get_balance(s, user_id=world.nora.id)).adjusted == 0
+        assert await database.quick_write(lambda connection: 1) == 1  # usable again
 
 
 class TestSettler:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from sqlalchemy import Table, bindparam, case, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import ApiKey
-from tokendesk.db import Database, utcnow
+from tokendesk.db import Database, sqlite_timestamp, utcnow
 from tokendesk.errors import AppError
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance, Reservation, ReservationStatus
@@ -112,6 +113,44 @@ async def hold_many(
     return results
 
 
+# The hold of ledger.reserve, spelled for SQLite's own driver (see hold_each): the same
+# conditional UPDATE (remaining is ledger.REMAINING), then the reservation row.
+_HOLD_SQL = (
+    "UPDATE balances SET reserved = reserved + ?1, updated_at = ?2 "
+    "WHERE user_id = ?3 AND period_end > ?2 "
+    "AND ?1 <= allocation + granted + adjusted - used - reserved"
+)
+_RESERVATION_SQL = (
+    "INSERT INTO reservations (organization_id, user_id, amount, status, created_at, expires_at)"
+    f" VALUES (?, ?, ?, '{ReservationStatus.HELD.value}', ?, ?)"
+)
+
+
+def hold_each(
+    connection: sqlite3.Connection, requests: list[HoldRequest], *, ttl_seconds: int
+) -> list[int | None]:
+    """SQLite: hold each request in turn, in batch order; None where it did not fit.
+
+    Runs inside :meth:`Database.quick_write`, so each statement costs microseconds.
+    A request that does not fit, or whose user's period has ended, is left for
+    :func:`hold_many`, which rolls periods over and refuses with the exact message.
+    """
+    now = utcnow()
+    at = sqlite_timestamp(now)
+    expires = sqlite_timestamp(now + timedelta(seconds=ttl_seconds))
+    results: list[int | None] = []
+    for request in requests:
+        held = request.amount > 0 and (
+            connection.execute(_HOLD_SQL, (request.amount, at, request.user_id)).rowcount == 1
+        )
+        if not held:
+            results.append(None)
+            continue
+        row = (request.organization_id, request.user_id, request.amount, at, expires)
+        results.append(connection.execute(_RESERVATION_SQL, row).lastrowid)
+    return results
+
+
 class HoldBatcher:
     """Groups concurrent hold requests into one transaction (group commit).
 
@@ -139,10 +178,7 @@ class HoldBatcher:
             batch = self._waiting[: self.max_batch]
             del self._waiting[: self.max_batch]
             try:
-                async with self.database.transaction() as session:
-                    results = await hold_many(
-                        session, [request for request, _ in batch], ttl_seconds=self.ttl_seconds
-                    )
+                results = await self._hold([request for request, _ in batch])
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -155,6 +191,22 @@ class HoldBatcher:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+    async def _hold(self, requests: list[HoldRequest]) -> list[int | AppError]:
+        ttl = self.ttl_seconds
+        quick = await self.database.quick_write(
+            lambda connection: hold_each(connection, requests, ttl_seconds=ttl)
+        )
+        if quick is None:  # no shortcut here, or another process is writing
+            quick = [None] * len(requests)
+        results: list[int | AppError | None] = list(quick)
+        rest = [i for i, result in enumerate(results) if result is None]
+        if rest:
+            async with self.database.transaction() as session:
+                held = await hold_many(session, [requests[i] for i in rest], ttl_seconds=ttl)
+            for i, result in zip(rest, held, strict=True):
+                results[i] = result
+        return [result for result in results if result is not None]
 
 
 async def release(database: Database, *, reservation_id: int) -> None:
