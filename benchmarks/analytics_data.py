@@ -40,7 +40,6 @@ class Load:
 
     events: int = 0
     users_with_usage: int = 0
-    daily: int = 0
     team_daily: dict[tuple[date, int, str], list[int]] = field(default_factory=dict)
     model_daily: dict[tuple[date, str], list[int]] = field(default_factory=dict)
     series: int = 0
@@ -145,8 +144,8 @@ class Clock:
 
 def generate(
     world: World, *, events: int, clock: Clock, seed: int = 7
-) -> Iterator[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]], Load]]:
-    """Yield (events, usage_daily rows, series and running-total rows, load so far) per user.
+) -> Iterator[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], Load]]:
+    """Yield (events, series and running-total rows, load so far) per user.
 
     Users differ a lot (a heavy tail of power users), models follow fixed shares,
     and every event lies in the clock's range. Event times are UTC seconds.
@@ -196,7 +195,6 @@ def generate(
         load.events += count
         load.users_with_usage += bool(count)
         load.used_this_period[user_id] = used_period
-        daily_rows: list[tuple[Any, ...]] = []
         per_series: dict[str, list[tuple[date, int, int]]] = defaultdict(list)
         for day_index, local in enumerate(clock.days):
             all_tokens = all_calls = 0
@@ -206,7 +204,6 @@ def generate(
                 if not calls:
                     continue
                 sums = cells[at : at + 4]
-                daily_rows.append((local, user_id, team_id, names[model], *sums))
                 per_series[names[model]].append((local, sums[2], calls))
                 all_tokens += sums[2]
                 all_calls += calls
@@ -217,7 +214,6 @@ def generate(
                     model_cell[i] += sums[i]
             if all_calls:
                 per_series[ALL_MODELS].append((local, all_tokens, all_calls))
-        load.daily += len(daily_rows)
         running: list[tuple[Any, ...]] = []
         for key in sorted(per_series):
             series_id += 1
@@ -233,7 +229,7 @@ def generate(
             )
             load.cumulative += len(days)
         load.series = series_id
-        yield rows, daily_rows, running, load
+        yield rows, running, load
 
 
 def token_requests(

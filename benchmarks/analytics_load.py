@@ -41,12 +41,6 @@ def load_sqlite(path: str, world: World, args: argparse.Namespace, now: datetime
             pending.pop("events", []),
         )
         db.executemany(
-            "INSERT INTO usage_daily (organization_id, day, user_id, team_id, model,"
-            " prompt_tokens, completion_tokens, total_tokens, calls)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            pending.pop("daily", []),
-        )
-        db.executemany(
             "INSERT INTO usage_series (id, organization_id, user_id, team_id, model, first_day,"
             " last_day, tokens, calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             pending.pop("series", []),
@@ -66,14 +60,13 @@ def load_sqlite(path: str, world: World, args: argparse.Namespace, now: datetime
         for n in range(args.days + 2)
     ]
     times = [f"{n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}.000000" for n in range(86_400)]
-    for events, daily, cumulative, progress in generate(world, events=args.events, clock=clock):
+    for events, cumulative, progress in generate(world, events=args.events, clock=clock):
         load = progress
         pending["events"].extend(
             (n, org, eid, uid, tid, m, p, c, t, dates[w // 86_400 - base] + times[w % 86_400],
              day.isoformat(), recorded, after)
             for n, eid, uid, tid, m, p, c, t, w, after, day in events
         )  # fmt: skip
-        pending["daily"].extend((org, day.isoformat(), *rest) for day, *rest in daily)
         for row in cumulative:
             if row[0] == "series":
                 _, sid, uid, tid, model, first, last, tokens, calls = row
@@ -147,8 +140,6 @@ async def load_postgres(url: str, world: World, args: argparse.Namespace, now: d
         "events": ("usage_events", ["id", "organization_id", "event_id", "user_id", "team_id",
                    "model", "prompt_tokens", "completion_tokens", "total_tokens", "source",
                    "occurred_at", "day", "recorded_at", "balance_after"]),
-        "daily": ("usage_daily", ["organization_id", "day", "user_id", "team_id", "model",
-                  "prompt_tokens", "completion_tokens", "total_tokens", "calls"]),
         "series": ("usage_series", ["id", "organization_id", "user_id", "team_id", "model",
                    "first_day", "last_day", "tokens", "calls"]),
         "cumulative": ("usage_cumulative", ["series_id", "day", "tokens", "calls"]),
@@ -163,14 +154,13 @@ async def load_postgres(url: str, world: World, args: argparse.Namespace, now: d
     load = Load()
     try:
         clock = Clock.over(now, args.days)
-        for events, daily, cumulative, progress in generate(world, events=args.events, clock=clock):
+        for events, cumulative, progress in generate(world, events=args.events, clock=clock):
             load = progress
             pending["events"].extend(
                 (n, org, eid, uid, tid, m, p, c, t, "bench", datetime.fromtimestamp(w, UTC), day,
                  now, after)
                 for n, eid, uid, tid, m, p, c, t, w, after, day in events
             )  # fmt: skip
-            pending["daily"].extend((org, *row) for row in daily)
             for row in cumulative:
                 if row[0] == "series":
                     pending["series"].append((row[1], org, *row[2:]))

@@ -261,10 +261,10 @@ class TestDoctor:
     def test_rollups_are_checked_against_raw_events_on_request(self, db_file: Path) -> None:
         ok(invoke("demo"))
         assert "rollups match the raw events" in ok(invoke("doctor", "--rollups")).stdout
-        execute(db_file, "UPDATE usage_daily SET total_tokens = total_tokens + 1")
+        execute(db_file, "UPDATE usage_team_daily SET total_tokens = total_tokens + 1")
         result = invoke("doctor", "--rollups")
         assert result.exit_code == 1
-        assert "rollup differs from raw events: usage_daily" in result.stdout
+        assert "rollup differs from raw events: usage_team_daily" in result.stdout
 
 
 class TestResetRun:

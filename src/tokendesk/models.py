@@ -7,7 +7,6 @@ from tokendesk.db import Base
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry, Reservation
 from tokendesk.metering.models import (
     UsageCumulative,
-    UsageDaily,
     UsageEvent,
     UsageModelDaily,
     UsageSeries,
@@ -32,7 +31,6 @@ __all__ = [
     "TeamOwner",
     "TokenRequest",
     "UsageCumulative",
-    "UsageDaily",
     "UsageEvent",
     "UsageModelDaily",
     "UsageSeries",

@@ -16,8 +16,8 @@ from tokendesk.metering.models import (
     ALL_MODELS,
     NO_TEAM,
     UsageCumulative,
-    UsageDaily,
     UsageSeries,
+    UsageTeamDaily,
 )
 
 NOW = at(3, 20)
@@ -143,7 +143,9 @@ class TestRollupsEqualRawEvents:
         assert await rollup_differences(database, world.org_id) == []
         async with database.transaction(write=False) as s:
             rows = await s.execute(
-                select(UsageDaily.team_id, UsageDaily.total_tokens).order_by(UsageDaily.team_id)
+                select(UsageTeamDaily.team_id, UsageTeamDaily.total_tokens).order_by(
+                    UsageTeamDaily.team_id
+                )
             )
             assert [tuple(row) for row in rows] == [(NO_TEAM, 20), (world.team_a, 10)]
 
@@ -158,7 +160,7 @@ class TestRollupsEqualRawEvents:
 
         assert await rollup_differences(database, berlin.org_id) == []
         async with database.transaction(write=False) as s:
-            assert list(await s.scalars(select(UsageDaily.day))) == [d(3, 1)]
+            assert list(await s.scalars(select(UsageTeamDaily.day))) == [d(3, 1)]
 
     async def test_concurrent_batches_of_one_team_keep_the_rollups_exact(
         self, database: Database, world: World
@@ -175,7 +177,7 @@ class TestRollupsEqualRawEvents:
         assert await rollup_differences(database, world.org_id) == []
         total = sum(10 + i for i in range(10)) * 12
         async with database.transaction(write=False) as s:
-            rollup = sum(await s.scalars(select(UsageDaily.total_tokens)))
+            rollup = sum(await s.scalars(select(UsageTeamDaily.total_tokens)))
         assert rollup == total
 
     async def test_late_events_long_after_the_first_keep_every_day_exact(

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from tokendesk.db import Database
 from tokendesk.ledger.doctor import check_balances
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
-from tokendesk.metering.models import UsageDaily, UsageEvent
+from tokendesk.metering.models import NO_TEAM, UsageEvent, UsageTeamDaily
 from tokendesk.metering.service import UsageInput
 
 
@@ -57,36 +57,27 @@ Sums = tuple[int, int, int, int]
 async def rollups_and_raw_sums(
     database: Database,
 ) -> tuple[dict[RollupKey, Sums], dict[RollupKey, Sums]]:
-    """(rollup sums, the same sums computed from raw events), keyed by (day, user, model).
+    """(team rollup sums, the same sums computed from raw events), keyed by (day, team, model).
 
-    Rows of one user in several teams are added up. Acme keeps UTC, so its days are UTC days.
+    Events without a team count under ``NO_TEAM``. Acme keeps UTC, so its days are UTC days.
     """
-
-    def add(into: dict[RollupKey, list[int]], key: RollupKey, *values: int) -> None:
-        into[key] = [a + b for a, b in zip(into[key], values, strict=True)]
-
-    daily: dict[RollupKey, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     raw: dict[RollupKey, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     async with database.transaction(write=False) as s:
-        for row in await s.scalars(select(UsageDaily)):
-            add(
-                daily,
-                (row.day, row.user_id, row.model),
+        rollup = {
+            (row.day, row.team_id, row.model): (
                 row.prompt_tokens,
                 row.completion_tokens,
                 row.total_tokens,
                 row.calls,
             )
+            for row in await s.scalars(select(UsageTeamDaily))
+        }
         for event in await s.scalars(select(UsageEvent)):
-            add(
-                raw,
-                (event.occurred_at.astimezone(UTC).date(), event.user_id, event.model),
-                event.prompt_tokens,
-                event.completion_tokens,
-                event.total_tokens,
-                1,
+            key = (
+                event.occurred_at.astimezone(UTC).date(),
+                NO_TEAM if event.team_id is None else event.team_id,
+                event.model,
             )
-    return (
-        {key: (a, b, c, d) for key, (a, b, c, d) in daily.items()},
-        {key: (a, b, c, d) for key, (a, b, c, d) in raw.items()},
-    )
+            sums = (event.prompt_tokens, event.completion_tokens, event.total_tokens, 1)
+            raw[key] = [a + b for a, b in zip(raw[key], sums, strict=True)]
+    return rollup, {key: (a, b, c, d) for key, (a, b, c, d) in raw.items()}

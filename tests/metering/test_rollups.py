@@ -13,7 +13,7 @@ from tests.metering.helpers import (
 )
 from tokendesk.accounts.models import User
 from tokendesk.db import Database
-from tokendesk.metering.models import UsageDaily
+from tokendesk.metering.models import UsageTeamDaily
 from tokendesk.metering.service import UsageInput, record_usage
 
 
@@ -27,7 +27,7 @@ def at(day: int, hour: int = 12) -> datetime:
 
 
 class TestDailyRollups:
-    async def test_one_row_per_day_user_and_model_with_the_sums_of_its_events(
+    async def test_one_row_per_day_team_and_model_with_the_sums_of_its_events(
         self, database: Database, world: World
     ) -> None:
         now = at(20)
@@ -43,7 +43,7 @@ class TestDailyRollups:
 
         daily, raw = await rollups_and_raw_sums(database)
         assert daily == raw
-        assert daily[(at(3).date(), world.alice.id, "gpt-4o")] == (225, 75, 300, 2)
+        assert daily[(at(3).date(), world.team_a, "gpt-4o")] == (225, 75, 300, 2)
         assert len(daily) == 3
 
     async def test_replays_add_nothing_to_the_rollups(
@@ -55,7 +55,7 @@ class TestDailyRollups:
 
         daily, raw = await rollups_and_raw_sums(database)
         assert daily == raw
-        assert daily[(at(3).date(), world.alice.id, "gpt-4o")][3] == 1
+        assert daily[(at(3).date(), world.team_a, "gpt-4o")][3] == 1
 
     async def test_late_events_for_earlier_days_add_to_those_days(
         self, database: Database, world: World
@@ -74,8 +74,8 @@ class TestDailyRollups:
 
         daily, raw = await rollups_and_raw_sums(database)
         assert daily == raw
-        assert daily[(at(2).date(), world.alice.id, "gpt-4o")][2:] == (60, 2)
-        assert daily[(at(9).date(), world.alice.id, "gpt-4o")][2:] == (40, 2)
+        assert daily[(at(2).date(), world.team_a, "gpt-4o")][2:] == (60, 2)
+        assert daily[(at(9).date(), world.team_a, "gpt-4o")][2:] == (40, 2)
 
     async def test_rollups_span_a_period_reset_while_balances_restart(
         self, database: Database, world: World
@@ -105,5 +105,7 @@ class TestDailyRollups:
         await record(database, world, usage("2", world.alice.id, occurred_at=at(3)), now=at(20))
 
         async with database.transaction(write=False) as s:
-            teams = list(await s.scalars(select(UsageDaily.team_id).order_by(UsageDaily.team_id)))
+            teams = list(
+                await s.scalars(select(UsageTeamDaily.team_id).order_by(UsageTeamDaily.team_id))
+            )
         assert teams == [world.team_a, world.team_b]

@@ -45,34 +45,14 @@ NO_TEAM = 0
 ALL_MODELS = ""
 
 
-class UsageDaily(Base):
-    """Usage per organization-local day, user, team at the time of use, and model.
-
-    ``day`` is the calendar date of ``occurred_at`` in the organization's time
-    zone, so every period and every "last N days" range is whole rollup days.
-    Updated in the same transaction as each event; its sums equal the raw events'.
-    """
-
-    __tablename__ = "usage_daily"
-    __table_args__ = (UniqueConstraint("organization_id", "day", "user_id", "team_id", "model"),)
-
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
-    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
-    day: Mapped[date] = mapped_column(Date)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    team_id: Mapped[int] = mapped_column(BigInteger, default=NO_TEAM)
-    model: Mapped[str] = mapped_column(String(200))
-    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    calls: Mapped[int] = mapped_column(Integer, default=0)
-
-
 class UsageTeamDaily(Base):
     """Usage per organization-local day, team at the time of use, and model.
 
+    ``day`` is the calendar date of ``occurred_at`` in the organization's time
+    zone, so every period and every "last N days" range is whole rollup days.
     A few hundred rows a day whatever the head count: charts, teams and models
-    read this instead of the per-user rows.
+    read this. Updated in the same transaction as each event; its sums equal
+    the raw events'.
     """
 
     __tablename__ = "usage_team_daily"

@@ -20,7 +20,6 @@ from tokendesk.metering.models import (
     ALL_MODELS,
     NO_TEAM,
     UsageCumulative,
-    UsageDaily,
     UsageEvent,
     UsageModelDaily,
     UsageSeries,
@@ -100,7 +99,6 @@ Rollups = dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]
 def expected_rollups(spent: Iterable[Spent], tz: str) -> Rollups:
     """What every rollup must hold for these events, computed the slow, obvious way."""
     local = zone(tz)
-    daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     team_daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     model_daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     per_day: dict[SeriesKey, dict[date, list[int]]] = defaultdict(
@@ -109,7 +107,6 @@ def expected_rollups(spent: Iterable[Spent], tz: str) -> Rollups:
     for item in spent:
         day = item.occurred_at.astimezone(local).date()
         team = NO_TEAM if item.team_id is None else item.team_id
-        add_sums(daily[(day, item.user_id, team, item.model)], item)
         add_sums(team_daily[(day, team, item.model)], item)
         add_sums(model_daily[(day, item.model)], item)
         for model in (item.model, ALL_MODELS):
@@ -127,7 +124,6 @@ def expected_rollups(spent: Iterable[Spent], tz: str) -> Rollups:
         series[key] = (min(days), max(days), tokens, calls)
     return {
         "usage_series": series,
-        "usage_daily": {key: tuple(sums) for key, sums in daily.items()},
         "usage_team_daily": {key: tuple(sums) for key, sums in team_daily.items()},
         "usage_model_daily": {key: tuple(sums) for key, sums in model_daily.items()},
         "usage_cumulative": cumulative,
@@ -136,14 +132,8 @@ def expected_rollups(spent: Iterable[Spent], tz: str) -> Rollups:
 
 async def stored_rollups(session: AsyncSession, *, organization_id: int) -> Rollups:
     """The rollup tables of one organization, keyed like :func:`expected_rollups`."""
-    d, t, m = UsageDaily, UsageTeamDaily, UsageModelDaily
+    t, m = UsageTeamDaily, UsageModelDaily
     out: Rollups = {}
-    rows = await session.execute(
-        select(d.day, d.user_id, d.team_id, d.model, *(d.__table__.c[f] for f in SUM_FIELDS)).where(
-            d.organization_id == organization_id
-        )
-    )
-    out["usage_daily"] = {tuple(row[:4]): tuple(row[4:]) for row in rows}
     rows = await session.execute(
         select(t.day, t.team_id, t.model, *(t.__table__.c[f] for f in SUM_FIELDS)).where(
             t.organization_id == organization_id

@@ -5,11 +5,13 @@ fixed handful of set-based statements per batch whatever its size; the database
 groups the new events itself (``INSERT ... SELECT ... GROUP BY ... ON CONFLICT
 DO UPDATE``), so no per-event or per-group work happens in Python:
 
-- ``usage_daily``: per day, user, team and model (the finest rollup);
 - ``usage_team_daily`` and ``usage_model_daily``: per day and team/model, a few
   hundred rows a day whatever the head count, for charts and breakdowns;
 - ``usage_series`` + ``usage_cumulative``: running totals per user, team and
   model (and all models), so any user's usage over any range is two lookups.
+
+There is no rollup per day and user: nothing reads one, and it would be the
+largest table written on every batch.
 
 Days are calendar dates in the organization's time zone, because periods start
 at local midnight: a Berlin period is then a whole number of rollup days. Each
@@ -17,8 +19,8 @@ event carries its day from the moment it is recorded.
 
 Rows are written in key order everywhere: on PostgreSQL concurrent batches then
 lock shared rows (an organization's day and model) in one order and never
-deadlock. Per-user rows (daily rows, series, running totals) need no order of
-their own: the batch already holds their users' balance rows.
+deadlock. Per-user rows (series and running totals) need no order of their
+own: the batch already holds their users' balance rows.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from tokendesk.metering.models import (
     ALL_MODELS,
     NO_TEAM,
     UsageCumulative,
-    UsageDaily,
     UsageEvent,
     UsageModelDaily,
     UsageSeries,
@@ -54,12 +55,10 @@ _events, _series, _cumulative = table(UsageEvent), table(UsageSeries), table(Usa
 _team = func.coalesce(_events.c.team_id, NO_TEAM)
 _KEYS: dict[str, Any] = {
     "day": _events.c.day,
-    "user_id": _events.c.user_id,
     "team_id": _team,
     "model": _events.c.model,
 }
 _SUMS: dict[type[Base], tuple[str, ...]] = {
-    UsageDaily: ("day", "user_id", "team_id", "model"),
     UsageTeamDaily: ("day", "team_id", "model"),
     UsageModelDaily: ("day", "model"),
 }

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 20:32:49.302554
+Create Date: 2026-11-28 22:42:39.922315
 """
 
 from collections.abc import Sequence
@@ -347,42 +347,6 @@ def upgrade() -> None:
         )
 
     op.create_table(
-        "usage_daily",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column(
-            "organization_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
-        sa.Column("day", sa.Date(), nullable=False),
-        sa.Column("user_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column("team_id", sa.BigInteger(), nullable=False),
-        sa.Column("model", sa.String(length=200), nullable=False),
-        sa.Column("prompt_tokens", sa.BigInteger(), nullable=False),
-        sa.Column("completion_tokens", sa.BigInteger(), nullable=False),
-        sa.Column("total_tokens", sa.BigInteger(), nullable=False),
-        sa.Column("calls", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["organization_id"],
-            ["organizations.id"],
-            name=op.f("fk_usage_daily_organization_id_organizations"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_usage_daily_user_id_users"), ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_usage_daily")),
-        sa.UniqueConstraint(
-            "organization_id",
-            "day",
-            "user_id",
-            "team_id",
-            "model",
-            name=op.f("uq_usage_daily_organization_id_day_user_id_team_id_model"),
-        ),
-    )
-    with op.batch_alter_table("usage_daily", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_usage_daily_user_id"), ["user_id"], unique=False)
-
-    op.create_table(
         "usage_events",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column(
@@ -557,10 +521,6 @@ def downgrade() -> None:
 
     op.drop_table("usage_series")
     op.drop_table("usage_events")
-    with op.batch_alter_table("usage_daily", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_usage_daily_user_id"))
-
-    op.drop_table("usage_daily")
     with op.batch_alter_table("token_requests", schema=None) as batch_op:
         batch_op.drop_index(
             "uq_token_requests_one_pending",
