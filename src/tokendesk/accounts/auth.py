@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from fastapi import Request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
@@ -85,29 +85,31 @@ def _parse_org(header: str | None) -> int | None:
         raise NotFound(f"organization {header!r} not found") from None
 
 
+# Every API call starts here: one statement of plain columns, the owned teams joined
+# in (a row per team, usually one), rather than ORM objects and a second query. Built
+# once: building it per call cost more than running it.
+_KEY_OWNER = (
+    select(
+        User.id,
+        User.email,
+        User.name,
+        User.role,
+        User.organization_id,
+        User.team_id,
+        ApiKey.id.label("key_id"),
+        ApiKey.last_used_at,
+        TeamOwner.team_id.label("owned_team_id"),
+    )
+    .join(ApiKey, ApiKey.user_id == User.id)
+    .outerjoin(TeamOwner, TeamOwner.user_id == User.id)
+    .where(*usable_key(bindparam("key_hash")))
+)
+
+
 async def actor_from_api_key(
     session: AsyncSession, key: str, *, organization_header: str | None = None
 ) -> Actor | None:
-    # Every API call starts here: one statement of plain columns, the owned teams
-    # joined in (a row per team, usually one), rather than ORM objects and a second query.
-    rows = (
-        await session.execute(
-            select(
-                User.id,
-                User.email,
-                User.name,
-                User.role,
-                User.organization_id,
-                User.team_id,
-                ApiKey.id.label("key_id"),
-                ApiKey.last_used_at,
-                TeamOwner.team_id.label("owned_team_id"),
-            )
-            .join(ApiKey, ApiKey.user_id == User.id)
-            .outerjoin(TeamOwner, TeamOwner.user_id == User.id)
-            .where(*usable_key(hash_api_key(key)))
-        )
-    ).all()
+    rows = (await session.execute(_KEY_OWNER, {"key_hash": hash_api_key(key)})).all()
     if not rows:
         return None
     person = rows[0]

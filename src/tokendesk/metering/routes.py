@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from tokendesk.deps import DbSession, OrgAdminActor
 from tokendesk.metering import service
@@ -12,9 +12,7 @@ router = APIRouter(tags=["usage"])
 
 
 @router.post("/usage", response_model=UsageBatchOut)
-async def report_usage(
-    body: UsageBatchIn, session: DbSession, actor: OrgAdminActor
-) -> UsageBatchOut:
+async def report_usage(body: UsageBatchIn, session: DbSession, actor: OrgAdminActor) -> Response:
     """Record a batch of usage events (needs an org admin's key).
 
     Each event names its user by ``user_email`` or ``user_id``. An event id the
@@ -43,5 +41,7 @@ async def report_usage(
             for event, user_id in zip(body.events, user_ids, strict=True)
         ],
     )
-    # One validation of the whole list, not one call per result.
-    return UsageBatchOut.model_validate({"results": results}, from_attributes=True)
+    # One validation of the whole list, serialized here: returned as a model, it would
+    # be validated a second time against the response model.
+    out = UsageBatchOut.model_validate({"results": results}, from_attributes=True)
+    return Response(out.model_dump_json(), media_type="application/json")
