@@ -272,6 +272,12 @@ class Settler:
     fifty, so under load this is most of the saving, and the member has their
     reply already. The same transaction also stamps "last used" on the API keys
     that made the calls.
+
+    On SQLite a new call's hold waits while a settlement commits, so the linger
+    also sets how many calls meet one: at 50 ms about one call in fifty waited
+    10-25 ms (a settlement of that many), at 100 ms about one in a hundred.
+    A member's balance shows a call's usage that much later, still far below
+    anything a person notices.
     """
 
     def __init__(
@@ -279,7 +285,7 @@ class Settler:
         database: Database,
         *,
         max_batch: int = 250,
-        linger_seconds: float = 0.05,
+        linger_seconds: float = 0.1,
         keys_used: dict[int, datetime] | None = None,
     ) -> None:
         self.database = database
