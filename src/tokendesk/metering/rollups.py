@@ -31,7 +31,18 @@ from datetime import date
 from functools import cache
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, bindparam, case, func, literal, select, union_all, update
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    bindparam,
+    case,
+    func,
+    literal,
+    literal_column,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.db import Base, in_list, listed
@@ -52,7 +63,9 @@ SeriesKey = tuple[int, int, str]  # (user_id, team_id, model)
 
 _events, _series, _cumulative = table(UsageEvent), table(UsageSeries), table(UsageCumulative)
 # What each rollup groups by, as columns of the events: team 0 stands for "no team".
-_team = func.coalesce(_events.c.team_id, NO_TEAM)
+# A literal, not a bound parameter: SQLite then sees that ORDER BY repeats GROUP BY
+# and skips a second sort (each mention of a parameter is a parameter of its own).
+_team = func.coalesce(_events.c.team_id, literal_column(str(NO_TEAM), BigInteger))
 _KEYS: dict[str, Any] = {
     "day": _events.c.day,
     "team_id": _team,
