@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from tests.factories import World
 from tokendesk.accounts.keycache import KeyCache
@@ -70,6 +71,47 @@ class TestOwnerOfKey:
         keys.clear()  # a revocation arrives meanwhile
         assert (await lookup) is not None
         assert keys._get("k:" + hash_api_key(world.alice.key)) == (False, None)
+
+
+class TestMisses:
+    @pytest.fixture
+    def key_queries(self, database: Database) -> Iterator[list[str]]:
+        """The statements that read API keys, as they run."""
+        seen: list[str] = []
+
+        def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if "api_keys" in statement:
+                seen.append(statement)
+
+        engine = database.read_engine.sync_engine
+        event.listen(engine, "before_cursor_execute", record)
+        yield seen
+        event.remove(engine, "before_cursor_execute", record)
+
+    async def test_a_burst_of_misses_is_looked_up_together(
+        self, database: Database, world: World, key_queries: list[str]
+    ) -> None:
+        keys = KeyCache(database, ttl_seconds=60)
+        people = [world.alice, world.bob, world.amy, world.nora, world.admin, world.owner]
+        owners = await asyncio.gather(*(keys.owner_of_key(p.key) for p in people * 3))
+        assert [owner.user_id if owner else None for owner in owners] == [p.id for p in people] * 3
+        # The first miss goes alone; all that arrived meanwhile share the next query.
+        assert len(key_queries) <= 2
+        assert (await keys.owner_of_key("td_unknown")) is None
+        await keys.stop()
+
+    async def test_a_caller_going_away_leaves_the_others_their_answer(
+        self, database: Database, world: World
+    ) -> None:
+        keys = KeyCache(database, ttl_seconds=60)
+        leaving = asyncio.create_task(keys.owner_of_key(world.alice.key))
+        staying = asyncio.create_task(keys.owner_of_key(world.alice.key))
+        await asyncio.sleep(0)
+        leaving.cancel()
+        owner = await staying
+        assert owner is not None and owner.user_id == world.alice.id
+        assert leaving.cancelled()
+        await keys.stop()
 
 
 class TestNoteUsed:

@@ -64,6 +64,9 @@ class KeyCache:
         # Keys used since the last flush, for the "last used" column; written in batches.
         self.used: dict[int, datetime] = {}
         self._noted: dict[int, float] = {}
+        # Misses waiting for a lookup: key hash -> (generation when missed, answer).
+        self._misses: dict[str, tuple[int, asyncio.Future[KeyOwner | None]]] = {}
+        self._lookup: asyncio.Task[None] | None = None
 
     def _get(self, cache_key: str) -> tuple[bool, KeyOwner | None]:
         hit = self._entries.get(cache_key)
@@ -100,17 +103,45 @@ class KeyCache:
         self._due.clear()
 
     async def owner_of_key(self, key: str) -> KeyOwner | None:
-        """The key's owner, or None if the key is unknown, revoked or its owner inactive."""
+        """The key's owner, or None if the key is unknown, revoked or its owner inactive.
+
+        Misses are looked up together: a burst of callers whose entries have all
+        expired (the first calls after a quiet spell) costs a few queries, not one
+        each, and callers of the same key share one lookup.
+        """
         key_hash = hash_api_key(key)
         found, owner = self._get("k:" + key_hash)
         if found:
             return owner
-        generation, confirmed = self._generation, time.monotonic()
-        async with self.database.transaction(write=False) as session:
-            owner = (await _key_owners(session, [key_hash])).get(key_hash)
-        if generation == self._generation:
-            self._put("k:" + key_hash, owner, confirmed=confirmed)
-        return owner
+        miss = self._misses.get(key_hash)
+        if miss is None:
+            miss = (self._generation, asyncio.get_running_loop().create_future())
+            self._misses[key_hash] = miss
+            if self._lookup is None or self._lookup.done():
+                self._lookup = asyncio.create_task(self._look_up())
+        # Shielded: a caller who goes away must not cancel the answer others wait for.
+        return await asyncio.shield(miss[1])
+
+    async def _look_up(self) -> None:
+        # Misses arriving while a query runs wait for the next one (as group commits do).
+        while self._misses:
+            hashes = list(self._misses)[:REFRESH_BATCH]
+            misses = {key_hash: self._misses.pop(key_hash) for key_hash in hashes}
+            confirmed = time.monotonic()
+            try:
+                async with self.database.transaction(write=False) as session:
+                    owners = await _key_owners(session, hashes)
+            except Exception as exc:
+                for _, answer in misses.values():
+                    answer.set_exception(exc)
+                    answer.exception()  # retrieved here too: its callers may have gone
+                continue
+            for key_hash, (generation, answer) in misses.items():
+                owner = owners.get(key_hash)
+                # A clear() since the miss may be a revocation this answer predates.
+                if generation == self._generation:
+                    self._put("k:" + key_hash, owner, confirmed=confirmed)
+                answer.set_result(owner)
 
     async def member(self, *, organization_id: int, email: str) -> KeyOwner | None:
         """The active member of ``organization_id`` with this email, if any."""
@@ -164,11 +195,15 @@ class KeyCache:
                     self._put(f"e:{organization_id}:{email}", owner, confirmed=confirmed)
 
     async def stop(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-            self._refresher = None
+        for _, answer in self._misses.values():
+            answer.cancel()
+        self._misses.clear()
+        for task in (self._refresher, self._lookup):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._refresher = self._lookup = None
 
 
 async def _key_owners(session: AsyncSession, key_hashes: Collection[str]) -> dict[str, KeyOwner]:
