@@ -93,6 +93,7 @@ _SQLITE_DATETIME = sqlite.DATETIME().bind_processor(sqlite.dialect())
 
 def sqlite_timestamp(value: datetime) -> str:
     """``value`` as a UTCDateTime column holds it on SQLite (naive UTC text)."""
+    assert _SQLITE_DATETIME is not None
     return str(_SQLITE_DATETIME(value.astimezone(UTC).replace(tzinfo=None)))
 
 
