@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -276,3 +276,46 @@ def listed(dialect: str, values: Iterable[Any]) -> Any:
     """The value of an :func:`in_list` parameter for ``values``."""
     ordered = sorted(values)
     return ordered if dialect == "postgresql" else json.dumps(ordered)
+
+
+def bound_rows(dialect: str, name: str, *columns: str) -> Any:
+    """A derived table ``name`` of integer ``columns``, all its rows bound at once.
+
+    The table form of :func:`in_list`, for set-based statements that join to a
+    row of values per target (``UPDATE ... FROM``): on PostgreSQL one array per
+    column, unnested side by side; on SQLite one JSON list of rows read through
+    ``json_each``. Bind the rows with :func:`rows_bound`.
+    """
+    if dialect == "postgresql":
+        arrays = [
+            bindparam(f"{name}_{column}", type_=postgresql.ARRAY(BigInteger()))
+            for column in columns
+        ]
+        return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
+    value: ColumnElement[Any] = literal_column("value")
+    return (
+        select(
+            *(
+                func.json_extract(value, literal_column(f"'$[{i}]'")).label(column)
+                for i, column in enumerate(columns)
+            )
+        )
+        .select_from(func.json_each(bindparam(name, type_=String())))
+        # No limit, but a subquery with one is materialized rather than merged into
+        # the statement: SQLite then reads these rows first and finds each target by
+        # its key, instead of scanning the rows once per target an index offers.
+        .limit(-1)
+        .subquery(name)
+    )
+
+
+def rows_bound(
+    dialect: str, name: str, columns: Sequence[str], rows: Iterable[Sequence[int]]
+) -> dict[str, Any]:
+    """The parameters of a :func:`bound_rows` table holding ``rows``."""
+    listed_rows = [list(row) for row in rows]
+    if dialect == "postgresql":
+        return {
+            f"{name}_{column}": [row[i] for row in listed_rows] for i, column in enumerate(columns)
+        }
+    return {name: json.dumps(listed_rows)}

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Organization, Team, User
-from tokendesk.db import utcnow
+from tokendesk.db import bound_rows, rows_bound, utcnow
 from tokendesk.errors import InsufficientTokens, InvalidInput, NotFound
 from tokendesk.events.bus import Event, emit
 from tokendesk.ledger.models import (
@@ -396,22 +397,29 @@ async def settle(session: AsyncSession, *, reservation_id: int, actual: int) -> 
 BALANCES = cast(Table, Balance.__table__)
 
 
+RETURNED = ("uid", "amount")
+
+
+@cache
+def _return_holds(dialect: str) -> Any:
+    returned = bound_rows(dialect, "returned", *RETURNED)
+    return (
+        update(BALANCES)
+        .where(BALANCES.c.user_id == returned.c.uid)
+        .values(reserved=BALANCES.c.reserved - returned.c.amount, updated_at=bindparam("now"))
+    )
+
+
 async def return_holds(
     session: AsyncSession, amounts: Mapping[int, int], *, now: datetime | None = None
 ) -> None:
-    """Take closed holds (user id -> tokens) off ``reserved``: one executemany for all users."""
+    """Take closed holds (user id -> tokens) off ``reserved``: one UPDATE for all users."""
     if not amounts:
         return
-    await session.execute(
-        # The Core table: an executemany over the ORM entity would mean "update by primary key".
-        update(BALANCES)
-        .where(BALANCES.c.user_id == bindparam("uid"))
-        .values(reserved=BALANCES.c.reserved - bindparam("amount"), updated_at=bindparam("now")),
-        [
-            {"uid": user_id, "amount": amount, "now": now or utcnow()}
-            for user_id, amount in amounts.items()
-        ],
-    )
+    dialect = session.get_bind().dialect.name
+    params = rows_bound(dialect, "returned", RETURNED, sorted(amounts.items()))
+    connection = await session.connection()
+    await connection.execute(_return_holds(dialect), {**params, "now": now or utcnow()})
 
 
 async def expire_holds(session: AsyncSession, *, now: datetime | None = None) -> int:

@@ -16,21 +16,24 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from functools import cache
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, case, insert, update
+from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import ApiKey
-from tokendesk.db import Database, sqlite_timestamp, utcnow
+from tokendesk.db import Database, bound_rows, rows_bound, sqlite_timestamp, utcnow
 from tokendesk.errors import AppError
 from tokendesk.ledger import service as ledger
-from tokendesk.ledger.models import Balance, Reservation, ReservationStatus
+from tokendesk.ledger.models import Reservation, ReservationStatus
+from tokendesk.metering.repository import dialect_of, run
 from tokendesk.metering.service import UsageInput, record_usage
 
 log = logging.getLogger(__name__)
 
 RESERVATIONS = cast(Table, Reservation.__table__)
+BALANCES = ledger.BALANCES
 API_KEYS = cast(Table, ApiKey.__table__)
 
 
@@ -39,6 +42,25 @@ class HoldRequest:
     user_id: int
     organization_id: int
     amount: int
+
+
+WANTED = ("uid", "amount")
+
+
+@cache
+def _hold_totals(dialect: str) -> Any:
+    """Hold each user's total where the whole of it fits, in one conditional UPDATE."""
+    wanted = bound_rows(dialect, "wanted", *WANTED)
+    return (
+        update(BALANCES)
+        .where(
+            BALANCES.c.user_id == wanted.c.uid,
+            BALANCES.c.period_end > bindparam("now"),
+            wanted.c.amount <= ledger.REMAINING,
+        )
+        .values(reserved=BALANCES.c.reserved + wanted.c.amount, updated_at=bindparam("now"))
+        .returning(BALANCES.c.user_id)
+    )
 
 
 async def hold_many(
@@ -55,25 +77,9 @@ async def hold_many(
     totals: dict[int, int] = defaultdict(int)
     for request in requests:
         totals[request.user_id] += request.amount
-    per_user = case(
-        *((Balance.user_id == user_id, amount) for user_id, amount in totals.items()),
-        else_=0,
-    )
-    held_users = set(
-        (
-            await session.scalars(
-                update(Balance)
-                .where(
-                    Balance.user_id.in_(list(totals)),
-                    Balance.period_end > now,
-                    per_user <= ledger.REMAINING,
-                )
-                .values(reserved=Balance.reserved + per_user, updated_at=now)
-                .returning(Balance.user_id)
-                .execution_options(synchronize_session=False)
-            )
-        ).all()
-    )
+    dialect = dialect_of(session)
+    params = rows_bound(dialect, "wanted", WANTED, sorted(totals.items()))
+    held_users = set((await run(session, _hold_totals(dialect), {**params, "now": now})).scalars())
     results: list[int | AppError] = [0] * len(requests)
     fast = [i for i, r in enumerate(requests) if r.user_id in held_users]
     if fast:
@@ -221,41 +227,34 @@ class Settlement:
     usage: UsageInput
 
 
+SETTLED = ("rid", "actual")
+
+
+@cache
+def _settle_holds(dialect: str) -> Any:
+    """Close the holds still open, each with its actual amount; returns what each held."""
+    settled = bound_rows(dialect, "settled", *SETTLED)
+    r = RESERVATIONS
+    return (
+        update(r)
+        .where(r.c.id == settled.c.rid, r.c.status == ReservationStatus.HELD.value)
+        .values(status=ReservationStatus.SETTLED.value, settled_amount=settled.c.actual)
+        .returning(r.c.id, r.c.user_id, r.c.amount)
+    )
+
+
 async def settle_many(session: AsyncSession, settlements: list[Settlement]) -> None:
     """Close many holds and record their usage in a handful of statements."""
-    ids = [s.reservation_id for s in settlements]
-    closed = (
-        await session.execute(
-            update(RESERVATIONS)
-            .where(
-                RESERVATIONS.c.id.in_(ids),
-                RESERVATIONS.c.status == ReservationStatus.HELD.value,
-            )
-            .values(status=ReservationStatus.SETTLED.value)
-            .returning(RESERVATIONS.c.id, RESERVATIONS.c.user_id, RESERVATIONS.c.amount)
-        )
-    ).all()
-    actual = {s.reservation_id: s.usage for s in settlements}
-    if closed:
-        await session.execute(
-            # An executemany over the ORM entity would mean "update by primary key".
-            update(RESERVATIONS)
-            .where(RESERVATIONS.c.id == bindparam("rid"))
-            .values(settled_amount=bindparam("actual")),
-            [
-                {
-                    "rid": rid,
-                    "actual": actual[rid].total_tokens
-                    if actual[rid].total_tokens is not None
-                    else actual[rid].prompt_tokens + actual[rid].completion_tokens,
-                }
-                for rid, _, _ in closed
-            ],
-        )
-        returned: dict[int, int] = defaultdict(int)
-        for _, user_id, amount in closed:
-            returned[user_id] += amount
-        await ledger.return_holds(session, returned)
+    # Core on the connection, which does not flush pending ORM changes by itself.
+    await session.flush()
+    dialect = dialect_of(session)
+    actual = sorted((s.reservation_id, s.usage.debit) for s in settlements)
+    params = rows_bound(dialect, "settled", SETTLED, actual)
+    closed = (await run(session, _settle_holds(dialect), params)).all()
+    returned: dict[int, int] = defaultdict(int)
+    for _, user_id, amount in closed:
+        returned[user_id] += amount
+    await ledger.return_holds(session, returned)
     # Usage is recorded even if the hold had already expired: the tokens were really used.
     by_org: dict[int, list[UsageInput]] = defaultdict(list)
     for settlement in settlements:
