@@ -37,6 +37,7 @@ os.environ.setdefault("TOKENDESK_SECRET_KEY", secrets.token_urlsafe(32))
 os.environ.setdefault("TOKENDESK_DEMO", "1")
 
 from benchmarks.common import (  # noqa: E402
+    analyze,
     free_port,
     machine,
     process,
@@ -103,6 +104,7 @@ async def load(url: str, size: int) -> Loaded:
         reason="end-of-quarter reports need longer summaries",
     )
     await database.dispose()
+    await analyze(url)
     return Loaded(url=url, admin_id=admin_id, admin_email="admin@queue.example", size=size)
 
 

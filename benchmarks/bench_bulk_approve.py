@@ -32,7 +32,7 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import cpu_seconds, machine, reset_postgres, sqlite_url
+from benchmarks.common import analyze, cpu_seconds, machine, reset_postgres, sqlite_url
 from tokendesk.db import Database
 
 
@@ -168,6 +168,7 @@ async def main() -> None:
             else:
                 url = sqlite_url()
             key, ids = await load(url, size)
+            await analyze(url)
             seconds, cpu, server, decided = await approve_all(url, key, ids, cold=args.cold)
             print(
                 f"| {label} | {decided:,} | {seconds:.3f} | {seconds / decided * 1e6:.1f} "

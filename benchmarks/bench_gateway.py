@@ -39,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (
+    analyze,
     cpu_seconds,
     free_port,
     machine,
@@ -167,6 +168,7 @@ async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str
         c = args.concurrency
         await run_load("127.0.0.1", up_port, direct, concurrency=c, total=1000)
         await run_load("127.0.0.1", td_port, through, concurrency=c, total=1000)
+        await analyze(db_url)
         d, t, t_cpu = await pair(concurrency=c, total=args.requests)
         paced_runs = []
         for share in args.paced:

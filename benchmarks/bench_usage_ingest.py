@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import cpu_seconds, free_port, reset_postgres, tokendesk_server
+from benchmarks.common import analyze, cpu_seconds, free_port, reset_postgres, tokendesk_server
 from tokendesk.accounts import service as accounts
 from tokendesk.accounts.models import Role
 from tokendesk.db import Database
@@ -190,6 +190,7 @@ async def run_backend(
         await wait_until_up(base, server)
         warmup = make_batches(emails, 10, size, "warmup")
         await post_all(base, key, warmup, concurrency)
+        await analyze(url)
         bodies = make_batches(emails, batches, size, "run")
         cpu_before = cpu_seconds(server.pid)
         elapsed, latencies = await post_all(base, key, bodies, concurrency)
