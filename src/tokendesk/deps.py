@@ -32,12 +32,18 @@ ReadSession = Annotated[AsyncSession, Depends(_read_session, scope="function")]
 
 
 async def _current_actor(request: Request, session: DbSession) -> Actor:
+    return await _authenticate(request, session, session_writes=True)
+
+
+async def _authenticate(request: Request, session: AsyncSession, *, session_writes: bool) -> Actor:
     org_header = request.headers.get("x-organization-id")
     authorization = request.headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
     actor: Actor | None = None
     if scheme.lower() == "bearer" and token:
-        actor = await actor_from_api_key(session, token.strip(), organization_header=org_header)
+        actor = await actor_from_api_key(
+            session, token.strip(), organization_header=org_header, session_writes=session_writes
+        )
         if actor is None:
             raise Unauthorized("invalid or revoked API key")
     else:
@@ -70,5 +76,13 @@ async def _org_admin_actor(actor: CurrentActor) -> Actor:
     return actor
 
 
+async def _org_admin_reading(request: Request, session: ReadSession) -> Actor:
+    return await _org_admin_actor(await _authenticate(request, session, session_writes=False))
+
+
 AdminActor = Annotated[Actor, Depends(_admin_actor)]
 OrgAdminActor = Annotated[Actor, Depends(_org_admin_actor)]
+# For endpoints that write in transactions of their own (usage ingest's group commits):
+# the caller is found in a read transaction, so the request holds no write lock
+# while it waits for one.
+OrgAdminReadingActor = Annotated[Actor, Depends(_org_admin_reading)]

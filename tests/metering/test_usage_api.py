@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from tests.factories import World, snapshot
 from tests.metering.helpers import assert_ledger_consistent, balance_of
+from tokendesk.accounts.models import ApiKey
 from tokendesk.db import Database
 
 
@@ -85,6 +88,42 @@ class TestPostUsage:
 
         assert response.status_code == 200, response.text
         assert (await balance_of(database, world.bob.id)).used == 10
+
+    async def test_batches_posted_at_once_are_each_answered_with_their_own_results(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        people = ["alice", "bob", "amy", "nora"]
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    "/api/v1/usage",
+                    headers=world.admin.headers,
+                    json={
+                        "events": [event(f"{name}-{n}", f"{name}@example.com") for n in range(5)]
+                    },
+                )
+                for name in people
+            )
+        )
+        for name, response in zip(people, responses, strict=True):
+            assert response.status_code == 200, response.text
+            results = response.json()["results"]
+            assert [r["event_id"] for r in results] == [f"{name}-{n}" for n in range(5)]
+            assert {r["user_id"] for r in results} == {world.people[name].id}
+            assert (await balance_of(database, world.people[name].id)).used == 500
+        await assert_ledger_consistent(database)
+
+    async def test_the_reporting_key_is_stamped_as_used(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        body = {"events": [event("e1", "bob@example.com", 10)]}
+        response = await client.post("/api/v1/usage", headers=world.admin.headers, json=body)
+        assert response.is_success
+        async with database.transaction(write=False) as s:
+            stamps = await s.scalars(
+                select(ApiKey.last_used_at).where(ApiKey.user_id == world.admin.id)
+            )
+            assert all(stamp is not None for stamp in stamps)
 
 
 class TestPostUsageRefusals:

@@ -17,7 +17,7 @@ from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.models import ApiKey, Organization, Role, TeamOwner, User
 from tokendesk.accounts.security import hash_api_key, usable_key
 from tokendesk.config import get_settings
-from tokendesk.db import utcnow
+from tokendesk.db import get_database, utcnow
 from tokendesk.errors import NotFound
 
 SESSION_COOKIE = "tokendesk_session"
@@ -107,8 +107,14 @@ _KEY_OWNER = (
 
 
 async def actor_from_api_key(
-    session: AsyncSession, key: str, *, organization_header: str | None = None
+    session: AsyncSession,
+    key: str,
+    *,
+    organization_header: str | None = None,
+    session_writes: bool = True,
 ) -> Actor | None:
+    """The key's owner as an actor. ``session_writes=False``: ``session`` only reads,
+    so a due "last used" stamp goes in a short transaction of its own."""
     rows = (await session.execute(_KEY_OWNER, {"key_hash": hash_api_key(key)})).all()
     if not rows:
         return None
@@ -117,9 +123,12 @@ async def actor_from_api_key(
     # "Last used" is for people, to the minute: writing it on every call would make
     # every read a write, and on SQLite every write waits for the one writer.
     if person.last_used_at is None or now - person.last_used_at > LAST_USED_RESOLUTION:
-        await session.execute(
-            update(ApiKey).where(ApiKey.id == person.key_id).values(last_used_at=now)
-        )
+        stamp = update(ApiKey).where(ApiKey.id == person.key_id).values(last_used_at=now)
+        if session_writes:
+            await session.execute(stamp)
+        else:
+            async with get_database().transaction() as stamping:
+                await stamping.execute(stamp)
     owned = frozenset(row.owned_team_id for row in rows if row.owned_team_id is not None)
     return await build_actor(
         session, person, organization_id=_parse_org(organization_header), owned_team_ids=owned

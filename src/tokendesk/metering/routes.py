@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from tokendesk.deps import DbSession, OrgAdminActor
+from tokendesk.db import get_database
+from tokendesk.deps import OrgAdminReadingActor, ReadSession
 from tokendesk.metering import service
+from tokendesk.metering.ingest import recorder
 from tokendesk.metering.schemas import UsageBatchIn, UsageBatchOut
 
 router = APIRouter(tags=["usage"])
 
 
 @router.post("/usage", response_model=UsageBatchOut)
-async def report_usage(body: UsageBatchIn, session: DbSession, actor: OrgAdminActor) -> Response:
+async def report_usage(
+    body: UsageBatchIn, session: ReadSession, actor: OrgAdminReadingActor
+) -> Response:
     """Record a batch of usage events (needs an org admin's key).
 
     Each event names its user by ``user_email`` or ``user_id``. An event id the
@@ -25,8 +29,8 @@ async def report_usage(body: UsageBatchIn, session: DbSession, actor: OrgAdminAc
         organization_id=actor.organization_id,
         refs=[(event.user_email, event.user_id) for event in body.events],
     )
-    results = await service.record_usage(
-        session,
+    # Batches arriving together share a transaction (see ingest.UsageRecorder).
+    results = await recorder(get_database()).record(
         organization_id=actor.organization_id,
         events=[
             service.UsageInput(
