@@ -112,6 +112,33 @@ class TestHoldBatcher:
             reservation = await s.get(Reservation, hold_id)
             assert reservation is not None and reservation.amount == 100
 
+    async def test_processes_holding_at_once_never_overspend(
+        self, database: Database, world: World, backend: str
+    ) -> None:
+        # Four processes' worth of batchers, each with its own connection pool.
+        databases = [Database(database.url) for _ in range(4)]
+        try:
+            batchers = [HoldBatcher(db, ttl_seconds=60) for db in databases]
+            outcomes = await asyncio.gather(
+                *(
+                    batchers[n % 4].hold(
+                        user_id=world.nora.id, organization_id=world.org_id, amount=1_000
+                    )
+                    for n in range(40)
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            for db in databases:
+                await db.dispose()
+        held = [o for o in outcomes if isinstance(o, int)]
+        assert len(set(held)) == 5, outcomes
+        assert all(isinstance(o, int | InsufficientTokens) for o in outcomes), outcomes
+        async with database.transaction(write=False) as s:
+            balance = await ledger.get_balance(s, user_id=world.nora.id)
+            assert (balance.reserved, balance.remaining) == (5_000, 0)
+            assert await check_balances(s) == []
+
 
 class TestQuickWrite:
     async def test_commits_what_the_work_did_and_returns_its_result(
