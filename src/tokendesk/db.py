@@ -203,10 +203,13 @@ class Database:
                 return None  # locked by another process: never wait on the loop
             try:
                 result = work(connection)
+                connection.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                # Never leave this connection inside a transaction: it would keep
+                # SQLite's write lock from every process.
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
                 raise
-            connection.execute("COMMIT")
             return result
 
     def _quick_connection(self) -> sqlite3.Connection | None:

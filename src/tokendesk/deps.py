@@ -76,13 +76,17 @@ async def _org_admin_actor(actor: CurrentActor) -> Actor:
     return actor
 
 
-async def _org_admin_reading(request: Request, session: ReadSession) -> Actor:
-    return await _org_admin_actor(await _authenticate(request, session, session_writes=False))
+async def _org_admin_reading(request: Request) -> Actor:
+    # A transaction of its own, over before the endpoint runs: the request then holds
+    # no connection while it waits for the one that writes.
+    async with get_database().transaction(write=False) as session:
+        actor = await _authenticate(request, session, session_writes=False)
+    return await _org_admin_actor(actor)
 
 
 AdminActor = Annotated[Actor, Depends(_admin_actor)]
 OrgAdminActor = Annotated[Actor, Depends(_org_admin_actor)]
 # For endpoints that write in transactions of their own (usage ingest's group commits):
-# the caller is found in a read transaction, so the request holds no write lock
-# while it waits for one.
+# the caller is found in a short read transaction, so the request holds no write
+# lock, and no connection, while it waits for the writer.
 OrgAdminReadingActor = Annotated[Actor, Depends(_org_admin_reading)]

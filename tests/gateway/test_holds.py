@@ -16,6 +16,7 @@ from tokendesk.errors import InsufficientTokens
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.doctor import check_balances
 from tokendesk.ledger.models import Balance, LedgerEntry, Reservation, ReservationStatus
+from tokendesk.metering import holds
 from tokendesk.metering.holds import HoldBatcher, Settlement, Settler
 from tokendesk.metering.models import UsageEvent
 from tokendesk.metering.service import UsageInput
@@ -138,6 +139,35 @@ class TestHoldBatcher:
             balance = await ledger.get_balance(s, user_id=world.nora.id)
             assert (balance.reserved, balance.remaining) == (5_000, 0)
             assert await check_balances(s) == []
+
+    async def test_holds_already_committed_reach_their_callers_when_the_rest_fail(
+        self, database: Database, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async def broken(*_: object, **__: object) -> None:
+            raise RuntimeError("database went away")
+
+        monkeypatch.setattr(holds, "hold_many", broken)
+        batcher = HoldBatcher(database, ttl_seconds=60)
+        # alice's call fits; nora's seven together do not (some may, one by one).
+        calls = [(world.alice.id, 1_000)] + [(world.nora.id, 1_000)] * 7
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    batcher.hold(user_id=user, organization_id=world.org_id, amount=amount)
+                    for user, amount in calls
+                ),
+                return_exceptions=True,
+            ),
+            10,
+        )
+        assert isinstance(outcomes[0], int)
+        assert all(isinstance(o, int | RuntimeError) for o in outcomes)
+        assert any(isinstance(o, RuntimeError) for o in outcomes[1:])
+        async with database.transaction(write=False) as s:
+            alice = await ledger.get_balance(s, user_id=world.alice.id)
+            nora = await ledger.get_balance(s, user_id=world.nora.id)
+            held_for_nora = sum(isinstance(o, int) for o in outcomes[1:])
+            assert (alice.reserved, nora.reserved) == (1_000, 1_000 * held_for_nora)
 
 
 class TestQuickWrite:

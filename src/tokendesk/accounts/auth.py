@@ -17,7 +17,7 @@ from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.models import ApiKey, Organization, Role, TeamOwner, User
 from tokendesk.accounts.security import hash_api_key, usable_key
 from tokendesk.config import get_settings
-from tokendesk.db import get_database, utcnow
+from tokendesk.db import after_commit, get_database, utcnow
 from tokendesk.errors import NotFound
 
 SESSION_COOKIE = "tokendesk_session"
@@ -114,7 +114,8 @@ async def actor_from_api_key(
     session_writes: bool = True,
 ) -> Actor | None:
     """The key's owner as an actor. ``session_writes=False``: ``session`` only reads,
-    so a due "last used" stamp goes in a short transaction of its own."""
+    so a due "last used" stamp goes in a short transaction of its own once that
+    session has ended (never two connections at once for one request)."""
     rows = (await session.execute(_KEY_OWNER, {"key_hash": hash_api_key(key)})).all()
     if not rows:
         return None
@@ -127,8 +128,12 @@ async def actor_from_api_key(
         if session_writes:
             await session.execute(stamp)
         else:
-            async with get_database().transaction() as stamping:
-                await stamping.execute(stamp)
+
+            async def stamp_alone() -> None:
+                async with get_database().transaction() as stamping:
+                    await stamping.execute(stamp)
+
+            after_commit(session, stamp_alone)
     owned = frozenset(row.owned_team_id for row in rows if row.owned_team_id is not None)
     return await build_actor(
         session, person, organization_id=_parse_org(organization_header), owned_team_ids=owned

@@ -66,6 +66,7 @@ class KeyCache:
         self._noted: dict[int, float] = {}
         # Misses waiting for a lookup: key hash -> (generation when missed, answer).
         self._misses: dict[str, tuple[int, asyncio.Future[KeyOwner | None]]] = {}
+        self._asking: dict[str, tuple[int, asyncio.Future[KeyOwner | None]]] = {}
         self._lookup: asyncio.Task[None] | None = None
 
     def _get(self, cache_key: str) -> tuple[bool, KeyOwner | None]:
@@ -127,21 +128,24 @@ class KeyCache:
         while self._misses:
             hashes = list(self._misses)[:REFRESH_BATCH]
             misses = {key_hash: self._misses.pop(key_hash) for key_hash in hashes}
+            self._asking = misses
             confirmed = time.monotonic()
             try:
                 async with self.database.transaction(write=False) as session:
                     owners = await _key_owners(session, hashes)
             except Exception as exc:
                 for _, answer in misses.values():
-                    answer.set_exception(exc)
-                    answer.exception()  # retrieved here too: its callers may have gone
+                    if not answer.done():
+                        answer.set_exception(exc)
+                        answer.exception()  # retrieved here too: its callers may have gone
                 continue
             for key_hash, (generation, answer) in misses.items():
                 owner = owners.get(key_hash)
                 # A clear() since the miss may be a revocation this answer predates.
                 if generation == self._generation:
                     self._put("k:" + key_hash, owner, confirmed=confirmed)
-                answer.set_result(owner)
+                if not answer.done():
+                    answer.set_result(owner)
 
     async def member(self, *, organization_id: int, email: str) -> KeyOwner | None:
         """The active member of ``organization_id`` with this email, if any."""
@@ -195,8 +199,8 @@ class KeyCache:
                     self._put(f"e:{organization_id}:{email}", owner, confirmed=confirmed)
 
     async def stop(self) -> None:
-        for _, answer in self._misses.values():
-            answer.cancel()
+        for _, answer in [*self._misses.values(), *self._asking.values()]:
+            answer.cancel()  # their callers see the cancellation rather than wait forever
         self._misses.clear()
         for task in (self._refresher, self._lookup):
             if task is not None:

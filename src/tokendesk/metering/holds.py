@@ -27,6 +27,8 @@ from tokendesk.db import (
     Database,
     UTCDateTime,
     bound_rows,
+    in_list,
+    listed,
     rows_bound,
     sqlite_timestamp,
     utcnow,
@@ -261,40 +263,48 @@ class HoldBatcher:
         while self._waiting:
             batch = self._waiting[: self.max_batch]
             del self._waiting[: self.max_batch]
-            try:
-                results = await self._hold([request for request, _ in batch])
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
+            results = await self._hold([request for request, _ in batch])
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue  # the caller went away; the hold expires on schedule
-                if isinstance(result, AppError):
+                if isinstance(result, Exception):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
 
-    async def _hold(self, requests: list[HoldRequest]) -> list[int | AppError]:
+    async def _hold(self, requests: list[HoldRequest]) -> list[int | Exception]:
+        """One result per request, in order: the hold's id or why there is none.
+
+        Never raises: holds already committed by the quick path stand (and reach
+        their callers) even if the general path then fails for the others.
+        """
         ttl = self.ttl_seconds
-        quick: list[int | None] | None
-        if self.database.is_sqlite:
-            quick = await self.database.quick_write(
-                lambda connection: hold_each(connection, requests, ttl_seconds=ttl)
-            )
-        else:
-            quick = await hold_in_one_round_trip(self.database, requests, ttl_seconds=ttl)
-        if quick is None:  # no shortcut here, or another process is writing
-            quick = [None] * len(requests)
-        results: list[int | AppError | None] = list(quick)
+        quick: list[int | None] | None = None
+        try:
+            if self.database.is_sqlite:
+                quick = await self.database.quick_write(
+                    lambda connection: hold_each(connection, requests, ttl_seconds=ttl)
+                )
+            else:
+                quick = await hold_in_one_round_trip(self.database, requests, ttl_seconds=ttl)
+        except Exception:
+            # Nothing was committed (one transaction, or one statement): all go the
+            # general way, which waits for locks and reports each call's own error.
+            log.warning("quick hold of %d calls failed", len(requests), exc_info=True)
+        results: list[int | Exception | None] = list(quick or [None] * len(requests))
         rest = [i for i, result in enumerate(results) if result is None]
         if rest:
-            async with self.database.transaction() as session:
-                held = await hold_many(session, [requests[i] for i in rest], ttl_seconds=ttl)
+            held: list[int | AppError] | list[Exception]
+            try:
+                async with self.database.transaction() as session:
+                    held = await hold_many(session, [requests[i] for i in rest], ttl_seconds=ttl)
+            except Exception as exc:
+                held = [exc] * len(rest)
             for i, result in zip(rest, held, strict=True):
                 results[i] = result
-        return [result for result in results if result is not None]
+        done = [result for result in results if result is not None]
+        assert len(done) == len(requests)
+        return done
 
 
 async def release(database: Database, *, reservation_id: int) -> None:
@@ -325,11 +335,28 @@ def _settle_holds(dialect: str) -> Any:
     )
 
 
+@cache
+def _lock_balances_in_order(dialect: str) -> Any:
+    b = BALANCES
+    return (
+        select(b.c.user_id)
+        .where(in_list(dialect, b.c.user_id))
+        .order_by(b.c.user_id)
+        .with_for_update()
+    )
+
+
 async def settle_many(session: AsyncSession, settlements: list[Settlement]) -> None:
     """Close many holds and record their usage in a handful of statements."""
     # Core on the connection, which does not flush pending ORM changes by itself.
     await session.flush()
     dialect = dialect_of(session)
+    if dialect == "postgresql":
+        # Lock the balances in user order first, as every batch does: the set-based
+        # updates below would otherwise take their rows in whatever order the plan
+        # visits them, and two processes settling could deadlock.
+        users = listed(dialect, {s.usage.user_id for s in settlements})
+        await run(session, _lock_balances_in_order(dialect), {"ids": users})
     actual = sorted((s.reservation_id, s.usage.debit) for s in settlements)
     params = rows_bound(dialect, "settled", SETTLED, actual)
     closed = (await run(session, _settle_holds(dialect), params)).all()

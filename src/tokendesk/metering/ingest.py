@@ -96,7 +96,8 @@ class UsageRecorder:
             by_org[batch.organization_id].append(batch)
         answers: dict[int, list[UsageResult]] = {}
         async with self.database.transaction() as session:
-            for organization_id, batches in by_org.items():
+            # Organizations in id order, so concurrent processes lock in one order.
+            for organization_id, batches in sorted(by_org.items()):
                 results = await record_usage(
                     session,
                     organization_id=organization_id,

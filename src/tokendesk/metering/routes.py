@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from tokendesk.db import get_database
-from tokendesk.deps import OrgAdminReadingActor, ReadSession
+from tokendesk.deps import OrgAdminReadingActor
 from tokendesk.metering import service
 from tokendesk.metering.ingest import recorder
 from tokendesk.metering.schemas import UsageBatchIn, UsageBatchOut
@@ -14,9 +14,7 @@ router = APIRouter(tags=["usage"])
 
 
 @router.post("/usage", response_model=UsageBatchOut)
-async def report_usage(
-    body: UsageBatchIn, session: ReadSession, actor: OrgAdminReadingActor
-) -> Response:
+async def report_usage(body: UsageBatchIn, actor: OrgAdminReadingActor) -> Response:
     """Record a batch of usage events (needs an org admin's key).
 
     Each event names its user by ``user_email`` or ``user_id``. An event id the
@@ -24,13 +22,16 @@ async def report_usage(
     back with ``replayed: true``. The whole batch is checked first; one bad event
     answers 422 naming it, and nothing is recorded.
     """
-    user_ids = await service.resolve_users(
-        session,
-        organization_id=actor.organization_id,
-        refs=[(event.user_email, event.user_id) for event in body.events],
-    )
+    database = get_database()
+    # Short transactions only: a request waiting for the writer holds no connection.
+    async with database.transaction(write=False) as session:
+        user_ids = await service.resolve_users(
+            session,
+            organization_id=actor.organization_id,
+            refs=[(event.user_email, event.user_id) for event in body.events],
+        )
     # Batches arriving together share a transaction (see ingest.UsageRecorder).
-    results = await recorder(get_database()).record(
+    results = await recorder(database).record(
         organization_id=actor.organization_id,
         events=[
             service.UsageInput(
