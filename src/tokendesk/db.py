@@ -115,7 +115,9 @@ class Database:
     ``transaction(write=True)`` is the one unit-of-work helper used by HTTP
     requests, the CLI and background jobs: it commits on success, rolls back on
     error, then runs the after-commit callbacks (real-time events) only once the
-    data is durable.
+    data is durable. The gateway's holds are the one exception, for speed on its
+    hot path: :meth:`quick_write` on SQLite, one autocommitted statement on
+    PostgreSQL; neither publishes events.
     """
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
