@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -26,17 +25,32 @@ async def revoke_quietly(database: Database, user_id: int) -> None:
 TTL = 2.0
 
 
+class Clock:
+    """A monotonic clock the test moves by hand: entry lifetimes without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-async def short_lived(database: Database) -> AsyncIterator[KeyCache]:
-    """A cache whose entries live 2 s, due for confirmation after 1 s."""
-    keys = KeyCache(database, ttl_seconds=TTL)
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def short_lived(database: Database, clock: Clock) -> AsyncIterator[KeyCache]:
+    """A cache whose entries live 2 s, due for confirmation after 1 s (of ``clock``)."""
+    keys = KeyCache(database, ttl_seconds=TTL, clock=clock)
     yield keys
     await keys.stop()
 
 
-async def confirmed(keys: KeyCache, key: str) -> None:
+async def confirmed(keys: KeyCache, clock: Clock, key: str) -> None:
     """Use the key past half its entry's life, and wait for the background confirmation."""
-    await asyncio.sleep(TTL / 2 + 0.05)
+    clock.now += TTL / 2 + 0.05
     await keys.owner_of_key(key)
     assert keys._refresher is not None
     await keys._refresher
@@ -44,23 +58,32 @@ async def confirmed(keys: KeyCache, key: str) -> None:
 
 class TestOwnerOfKey:
     async def test_key_in_use_is_confirmed_again_in_the_background(
-        self, short_lived: KeyCache, database: Database, world: World
+        self, short_lived: KeyCache, clock: Clock, database: Database, world: World
     ) -> None:
         assert (await short_lived.owner_of_key(world.alice.key)) is not None
         await revoke_quietly(database, world.alice.id)
-        await confirmed(short_lived, world.alice.key)
+        await confirmed(short_lived, clock, world.alice.key)
         # Still well within the first entry's life, but the database has spoken.
         assert (await short_lived.owner_of_key(world.alice.key)) is None
 
     async def test_confirmed_key_outlives_its_first_entry_without_a_lookup(
-        self, short_lived: KeyCache, world: World
+        self, short_lived: KeyCache, clock: Clock, world: World
     ) -> None:
-        first_lookup = time.monotonic()
+        first_lookup = clock.now
         owner = await short_lived.owner_of_key(world.bob.key)
-        await confirmed(short_lived, world.bob.key)
-        # Until the first entry would have expired.
-        await asyncio.sleep(max(0.0, first_lookup + TTL + 0.05 - time.monotonic()))
+        await confirmed(short_lived, clock, world.bob.key)
+        # Past the moment the first entry would have expired.
+        clock.now = first_lookup + TTL + 0.05
         assert short_lived._get("k:" + hash_api_key(world.bob.key)) == (True, owner)
+
+    async def test_an_entry_not_confirmed_expires_with_its_life(
+        self, short_lived: KeyCache, clock: Clock, database: Database, world: World
+    ) -> None:
+        assert (await short_lived.owner_of_key(world.amy.key)) is not None
+        await revoke_quietly(database, world.amy.id)
+        clock.now += TTL + 0.01  # never used meanwhile, so never confirmed again
+        assert short_lived._get("k:" + hash_api_key(world.amy.key)) == (False, None)
+        assert (await short_lived.owner_of_key(world.amy.key)) is None
 
     async def test_lookup_in_flight_across_a_clear_is_not_cached(
         self, database: Database, world: World
@@ -95,7 +118,7 @@ class TestMisses:
         people = [world.alice, world.bob, world.amy, world.nora, world.admin, world.owner]
         owners = await asyncio.gather(*(keys.owner_of_key(p.key) for p in people * 3))
         assert [owner.user_id if owner else None for owner in owners] == [p.id for p in people] * 3
-        # The first miss goes alone; all that arrived meanwhile share the next query.
+        # All were waiting before the lookup task first ran: they share its query.
         assert len(key_queries) <= 2
         assert (await keys.owner_of_key("td_unknown")) is None
         await keys.stop()

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -50,11 +50,17 @@ class KeyCache:
     """Key owners by key hash, and members named by a trusted proxy by email."""
 
     def __init__(
-        self, database: Database, *, ttl_seconds: float, max_entries: int = 50_000
+        self,
+        database: Database,
+        *,
+        ttl_seconds: float,
+        max_entries: int = 50_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.database = database
         self.ttl = ttl_seconds
         self.max_entries = max_entries
+        self._clock = clock  # seconds, monotonic; entries' lifetimes are measured on it
         # cache key -> (trusted until, confirm again after, owner or None for "refuse")
         self._entries: dict[str, tuple[float, float, KeyOwner | None]] = {}
         self._due: set[str] = set()
@@ -73,7 +79,7 @@ class KeyCache:
         hit = self._entries.get(cache_key)
         if hit is None:
             return False, None
-        now = time.monotonic()
+        now = self._clock()
         if hit[0] <= now:
             return False, None
         if hit[1] <= now and cache_key not in self._due:
@@ -89,7 +95,7 @@ class KeyCache:
 
     def note_used(self, key_id: int) -> None:
         """Queue a "last used" stamp, at most one a minute per key: people read it to the minute."""
-        now = time.monotonic()
+        now = self._clock()
         noted = self._noted.get(key_id)
         if noted is not None and now - noted < LAST_USED_RESOLUTION.total_seconds():
             return
@@ -129,7 +135,7 @@ class KeyCache:
             hashes = list(self._misses)[:REFRESH_BATCH]
             misses = {key_hash: self._misses.pop(key_hash) for key_hash in hashes}
             self._asking = misses
-            confirmed = time.monotonic()
+            confirmed = self._clock()
             try:
                 async with self.database.transaction(write=False) as session:
                     owners = await _key_owners(session, hashes)
@@ -154,7 +160,7 @@ class KeyCache:
         found, owner = self._get(cache_key)
         if found:
             return owner
-        generation, confirmed = self._generation, time.monotonic()
+        generation, confirmed = self._generation, self._clock()
         async with self.database.transaction(write=False) as session:
             owner = (await _members(session, organization_id, [email])).get(email)
         if generation == self._generation:
@@ -177,7 +183,7 @@ class KeyCache:
                 if cache_key.startswith("e:"):
                     organization, email = cache_key[2:].split(":", 1)
                     emails[int(organization)].append(email)
-            generation, confirmed = self._generation, time.monotonic()
+            generation, confirmed = self._generation, self._clock()
             try:
                 async with self.database.transaction(write=False) as session:
                     owners = await _key_owners(session, hashes) if hashes else {}
