@@ -68,6 +68,27 @@ class TestHoldBatcher:
             assert all(r.expires_at - r.created_at == timedelta(seconds=60) for r in rows)
             assert await check_balances(s) == []
 
+    async def test_each_caller_gets_a_hold_of_its_own_user_and_amount(
+        self, database: Database, world: World
+    ) -> None:
+        batcher = HoldBatcher(database, ttl_seconds=60)
+        people = [world.alice, world.bob, world.amy, world.admin]
+        calls = [(p.id, amount) for amount in (300, 100, 300, 200) for p in people]
+        ids = await asyncio.gather(
+            *(
+                batcher.hold(user_id=user, organization_id=world.org_id, amount=amount)
+                for user, amount in calls
+            )
+        )
+        assert len(set(ids)) == len(calls)
+        async with database.transaction(write=False) as s:
+            rows = {r.id: r for r in (await s.scalars(select(Reservation))).all()}
+            assert [(rows[i].user_id, rows[i].amount) for i in ids] == calls
+            for person in people:
+                balance = await ledger.get_balance(s, user_id=person.id)
+                assert balance.reserved == 900
+            assert await check_balances(s) == []
+
     async def test_a_hold_after_the_period_ended_starts_the_new_period_first(
         self, database: Database, world: World
     ) -> None:

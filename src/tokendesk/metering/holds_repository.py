@@ -81,10 +81,20 @@ def _hold_in_one_statement() -> Any:
         .group_by(calls.c.uid)
         .cte("wanted")
     )
+    # The rows are locked in user order first, as every other batch locks them: the
+    # UPDATE alone would take them in whatever order its plan visits them.
+    locked = (
+        select(BALANCES.c.user_id)
+        .where(BALANCES.c.user_id.in_(select(wanted.c.uid)))
+        .order_by(BALANCES.c.user_id)
+        .with_for_update()
+        .cte("locked")
+    )
     held = (
         update(BALANCES)
         .where(
             BALANCES.c.user_id == wanted.c.uid,
+            BALANCES.c.user_id.in_(select(locked.c.user_id)),
             BALANCES.c.period_end > now,
             wanted.c.amount <= ledger.REMAINING,
         )
