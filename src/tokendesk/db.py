@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    CursorResult,
     DateTime,
+    Executable,
     Integer,
     MetaData,
     String,
@@ -240,6 +242,22 @@ class Database:
         await self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()
+
+
+def dialect_of(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+async def run_core(
+    session: AsyncSession, statement: Executable, params: Any = None
+) -> CursorResult[*tuple[Any, ...]]:
+    """Run a Core statement on the session's connection, without the ORM's per-call work.
+
+    The connection does not flush pending ORM changes by itself: flush first where
+    the statement must see them.
+    """
+    connection = await session.connection()
+    return await connection.execute(statement, params)
 
 
 def after_commit(session: AsyncSession, callback: AfterCommit) -> None:

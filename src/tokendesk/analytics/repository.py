@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Executable
 
 from tokendesk.accounts.models import Team, User
+from tokendesk.db import dialect_of
 from tokendesk.ledger.models import Balance
 from tokendesk.metering.models import (
     ALL_MODELS,
@@ -82,7 +83,7 @@ async def plan_each_query(session: AsyncSession) -> None:
     index lookup: 40 ms instead of 1). Planning is cheap next to that, and
     ``SET LOCAL`` ends with the transaction.
     """
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect_of(session) == "postgresql":
         await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, Float, Select, case, cast, func, literal_c
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.analytics.repository import Where, chunks, rows_of
+from tokendesk.db import dialect_of
 from tokendesk.metering.models import NO_TEAM
 from tokendesk.token_requests.models import RequestStatus, TokenRequest
 
@@ -63,7 +64,7 @@ async def median_decision_seconds(
     if decided == 0:
         return None
     clauses = [*_requests_in(where, start, end), TokenRequest.status.in_(DECIDED)]
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect_of(session) == "postgresql":
         seconds: Any = func.extract("epoch", TokenRequest.decided_at - TokenRequest.created_at)
         median = func.percentile_cont(0.5).within_group(seconds)
         value = await session.scalar(select(median).where(*clauses))

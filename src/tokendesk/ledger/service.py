@@ -17,7 +17,7 @@ from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Organization, Team, User
-from tokendesk.db import bound_rows, rows_bound, utcnow
+from tokendesk.db import bound_rows, dialect_of, rows_bound, run_core, utcnow
 from tokendesk.errors import InsufficientTokens, InvalidInput, NotFound
 from tokendesk.events.bus import Event, emit
 from tokendesk.ledger.models import (
@@ -416,10 +416,9 @@ async def return_holds(
     """Take closed holds (user id -> tokens) off ``reserved``: one UPDATE for all users."""
     if not amounts:
         return
-    dialect = session.get_bind().dialect.name
+    dialect = dialect_of(session)
     params = rows_bound(dialect, "returned", RETURNED, sorted(amounts.items()))
-    connection = await session.connection()
-    await connection.execute(_return_holds(dialect), {**params, "now": now or utcnow()})
+    await run_core(session, _return_holds(dialect), {**params, "now": now or utcnow()})
 
 
 async def expire_holds(session: AsyncSession, *, now: datetime | None = None) -> int:

@@ -25,16 +25,17 @@ from tokendesk.db import (
     Database,
     UTCDateTime,
     bound_rows,
+    dialect_of,
     in_list,
     listed,
     rows_bound,
+    run_core,
     sqlite_timestamp,
     utcnow,
 )
 from tokendesk.errors import AppError
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Reservation, ReservationStatus
-from tokendesk.metering.repository import dialect_of, run
 from tokendesk.metering.service import UsageInput, record_usage
 
 RESERVATIONS = cast(Table, Reservation.__table__)
@@ -164,7 +165,9 @@ async def hold_many(
         totals[request.user_id] += request.amount
     dialect = dialect_of(session)
     params = rows_bound(dialect, "wanted", WANTED, sorted(totals.items()))
-    held_users = set((await run(session, _hold_totals(dialect), {**params, "now": now})).scalars())
+    held_users = set(
+        (await run_core(session, _hold_totals(dialect), {**params, "now": now})).scalars()
+    )
     results: list[int | AppError] = [0] * len(requests)
     fast = [i for i, r in enumerate(requests) if r.user_id in held_users]
     if fast:
@@ -286,10 +289,10 @@ async def settle_many(session: AsyncSession, settlements: list[Settlement]) -> N
         # updates below would otherwise take their rows in whatever order the plan
         # visits them, and two processes settling could deadlock.
         users = listed(dialect, {s.usage.user_id for s in settlements})
-        await run(session, _lock_balances_in_order(dialect), {"ids": users})
+        await run_core(session, _lock_balances_in_order(dialect), {"ids": users})
     actual = sorted((s.reservation_id, s.usage.debit) for s in settlements)
     params = rows_bound(dialect, "settled", SETTLED, actual)
-    closed = (await run(session, _settle_holds(dialect), params)).all()
+    closed = (await run_core(session, _settle_holds(dialect), params)).all()
     returned: dict[int, int] = defaultdict(int)
     for _, user_id, amount in closed:
         returned[user_id] += amount

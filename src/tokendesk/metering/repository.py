@@ -14,8 +14,6 @@ from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import (
-    CursorResult,
-    Executable,
     Table,
     bindparam,
     case,
@@ -29,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Organization, User
-from tokendesk.db import Base, in_list, listed
+from tokendesk.db import Base, dialect_of, in_list, listed, run_core
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
 from tokendesk.metering.models import UsageEvent
 
@@ -76,18 +74,6 @@ def dialect_insert(dialect: str) -> Any:
     if dialect == "sqlite":
         return sqlite.insert
     raise NotImplementedError(f"usage ingest does not support the {dialect} dialect")
-
-
-def dialect_of(session: AsyncSession) -> str:
-    return session.get_bind().dialect.name
-
-
-async def run(
-    session: AsyncSession, statement: Executable, params: Any = None
-) -> CursorResult[*tuple[Any, ...]]:
-    """Run a Core statement on the session's connection, without the ORM's per-call work."""
-    connection = await session.connection()
-    return await connection.execute(statement, params)
 
 
 _events, _balances, _users = table(UsageEvent), table(Balance), table(User)
@@ -208,7 +194,7 @@ async def user_ids_by_email(
     # Emails are stored lower-cased, so the unique index answers this.
     dialect = dialect_of(session)
     lowered = {email.lower() for email in emails}
-    rows = await run(session, _users_by_email(dialect), {"emails": listed(dialect, lowered)})
+    rows = await run_core(session, _users_by_email(dialect), {"emails": listed(dialect, lowered)})
     # Emails are unique across organizations: a user of another one is simply unknown here.
     return {email: user_id for email, user_id, org_id in rows if org_id == organization_id}
 
@@ -219,7 +205,7 @@ async def stored_events(
     if not event_ids:
         return {}
     dialect = dialect_of(session)
-    rows = await run(
+    rows = await run_core(
         session,
         _stored_events(dialect),
         {"org": organization_id, "event_ids": listed(dialect, event_ids)},
@@ -236,7 +222,7 @@ async def lock_balances(
     with one UPDATE, so identity-map bookkeeping would only cost time.
     """
     dialect = dialect_of(session)
-    rows = await run(session, _member_balances(dialect), {"ids": listed(dialect, user_ids)})
+    rows = await run_core(session, _member_balances(dialect), {"ids": listed(dialect, user_ids)})
     return {row[0]: MemberBalance(*row) for row in rows}
 
 
@@ -245,14 +231,14 @@ async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -
     if not rows:
         return {}
     # A list of rows runs as "insertmanyvalues": one cached statement, rows sent in pages.
-    result = await run(session, _insert_events(dialect_of(session)), list(rows))
+    result = await run_core(session, _insert_events(dialect_of(session)), list(rows))
     return {event_id: row_id for row_id, event_id in result}
 
 
 async def fix_balance_after(session: AsyncSession, values: Mapping[int, int]) -> None:
     if not values:
         return
-    await run(
+    await run_core(
         session,
         update(_events)
         .where(_events.c.id.in_(values))
@@ -264,7 +250,7 @@ async def insert_usage_entries(session: AsyncSession, *, usage_event_ids: Collec
     """A usage ledger entry for each of these events, in its user's current period."""
     if usage_event_ids:
         dialect = dialect_of(session)
-        await run(session, _usage_entries(dialect), {"ids": listed(dialect, usage_event_ids)})
+        await run_core(session, _usage_entries(dialect), {"ids": listed(dialect, usage_event_ids)})
 
 
 async def add_used(
@@ -273,6 +259,6 @@ async def add_used(
     """Grow each user's ``used`` by the tokens of their new events: one UPDATE for all."""
     if usage_event_ids:
         dialect = dialect_of(session)
-        await run(
+        await run_core(
             session, _add_used(dialect), {"ids": listed(dialect, usage_event_ids), "now": now}
         )

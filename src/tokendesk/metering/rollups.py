@@ -45,7 +45,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokendesk.db import Base, in_list, listed
+from tokendesk.db import Base, dialect_of, in_list, listed, run_core
 from tokendesk.metering.models import (
     ALL_MODELS,
     NO_TEAM,
@@ -55,7 +55,7 @@ from tokendesk.metering.models import (
     UsageSeries,
     UsageTeamDaily,
 )
-from tokendesk.metering.repository import dialect_insert, dialect_of, run, table
+from tokendesk.metering.repository import dialect_insert, table
 
 SUM_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "calls")
 
@@ -95,18 +95,18 @@ async def add(
     dialect = dialect_of(session)
     batch = {"ids": listed(dialect, usage_event_ids)}
     for model in _SUMS:
-        await run(session, _add_sums(dialect, model), batch)
-    rows = await run(session, _add_to_series(dialect), batch)
+        await run_core(session, _add_sums(dialect, model), batch)
+    rows = await run_core(session, _add_to_series(dialect), batch)
     last_days = {series_id: last_day for series_id, last_day in rows}
     # Series by id from here on: joining events to series by key leaves PostgreSQL's
     # planner free to scan every series, or every event of the organization.
     series = {"series": listed(dialect, last_days)}
     if len(days) == 1 and set(last_days.values()) <= set(days):
         # The usual case: every event on one day, the last day of each series it touched.
-        await run(session, _running_totals_at_last_day(dialect), series)
+        await run_core(session, _running_totals_at_last_day(dialect), series)
     else:
         # The batch spans days, or some series have usage after its day (a late report).
-        groups = await run(session, _groups(dialect), {**batch, **series})
+        groups = await run_core(session, _groups(dialect), {**batch, **series})
         await _add_running_totals(session, [_Group(*row) for row in groups])
 
 
@@ -263,7 +263,7 @@ async def _add_running_totals(session: AsyncSession, groups: Sequence[_Group]) -
     def params(items: Sequence[_Group]) -> list[dict[str, Any]]:
         return [{"s": g.series_id, "d": g.day, "dt": g.tokens, "dc": g.calls} for g in items]
 
-    await run(
+    await run_core(
         session,
         update(c)
         .where(c.c.series_id == series, c.c.day > day)
@@ -293,4 +293,4 @@ async def _add_running_totals(session: AsyncSession, groups: Sequence[_Group]) -
         index_elements=["series_id", "day"],
         set_={"tokens": c.c.tokens + tokens, "calls": c.c.calls + calls},
     )
-    await run(session, stmt, params(groups))
+    await run_core(session, stmt, params(groups))

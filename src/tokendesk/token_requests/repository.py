@@ -28,7 +28,7 @@ from sqlalchemy.orm import aliased
 
 from tokendesk.accounts.models import Organization, Team, User
 from tokendesk.audit.models import AuditEntry
-from tokendesk.db import UTCDateTime, in_list
+from tokendesk.db import UTCDateTime, dialect_of, in_list
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
 from tokendesk.token_requests.models import RequestStatus, TokenRequest
@@ -64,7 +64,7 @@ def chunked(values: Sequence[Any], size: int | None = None) -> Iterator[Sequence
 def among(session: AsyncSession, column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
     """``column IN ids`` with all ids in one bound parameter (see ``db.in_list``), so
     100,000 ids are still one short statement."""
-    return in_list(session.get_bind().dialect.name, column, values=ids)
+    return in_list(dialect_of(session), column, values=ids)
 
 
 def scope_clause(scope: Scope) -> ColumnElement[bool]:
@@ -408,7 +408,7 @@ async def insert_decision_audit(
 ) -> None:
     """One audit row per bulk decision, built in the database (INSERT ... SELECT)
     with the same details a single decision records, plus ``bulk: true``."""
-    dialect = session.get_bind().dialect.name
+    dialect = dialect_of(session)
     details: dict[str, Any] = {"note": literal(note, String())}
     if status is RequestStatus.APPROVED:
         details["amount"] = TokenRequest.approved_amount
