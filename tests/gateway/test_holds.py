@@ -168,6 +168,7 @@ class TestHoldBatcher:
             raise RuntimeError("database went away")
 
         monkeypatch.setattr(holds, "hold_many", broken)
+        monkeypatch.setattr(holds, "reserve_each", broken)
         batcher = HoldBatcher(database, ttl_seconds=60)
         # alice's call fits; nora's seven together do not (some may, one by one).
         calls = [(world.alice.id, 1_000)] + [(world.nora.id, 1_000)] * 7

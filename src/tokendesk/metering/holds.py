@@ -29,6 +29,7 @@ from tokendesk.metering.holds_repository import (
     hold_each,
     hold_in_one_round_trip,
     hold_many,
+    reserve_each,
     settle_many,
 )
 
@@ -96,10 +97,12 @@ class HoldBatcher:
         results: list[int | Exception | None] = list(quick or [None] * len(requests))
         rest = [i for i, result in enumerate(results) if result is None]
         if rest:
+            # What the quick path tried (each user's fit) need not be tried again.
+            general = hold_many if quick is None else reserve_each
             held: list[int | AppError] | list[Exception]
             try:
                 async with self.database.transaction() as session:
-                    held = await hold_many(session, [requests[i] for i in rest], ttl_seconds=ttl)
+                    held = await general(session, [requests[i] for i in rest], ttl_seconds=ttl)
             except Exception as exc:
                 held = [exc] * len(rest)
             for i, result in zip(rest, held, strict=True):

@@ -189,9 +189,22 @@ async def hold_many(
         )
         for i, reservation_id in zip(fast, ids.all(), strict=True):
             results[i] = reservation_id
-    for i, request in enumerate(requests):
-        if request.user_id in held_users:
-            continue
+    rest = [i for i, r in enumerate(requests) if r.user_id not in held_users]
+    if rest:
+        exact = await reserve_each(session, [requests[i] for i in rest], ttl_seconds=ttl_seconds)
+        for i, result in zip(rest, exact, strict=True):
+            results[i] = result
+    return results
+
+
+async def reserve_each(
+    session: AsyncSession, requests: list[HoldRequest], *, ttl_seconds: int
+) -> list[int | AppError]:
+    """The exact path, call by call in batch order: rolls an ended period over first,
+    and refuses precisely the calls that cannot be covered (402 with the amounts)."""
+    now = utcnow()
+    results: list[int | AppError] = []
+    for request in requests:
         try:
             async with session.begin_nested():
                 reservation = await ledger.reserve(
@@ -201,9 +214,9 @@ async def hold_many(
                     ttl_seconds=ttl_seconds,
                     now=now,
                 )
-            results[i] = reservation.id
+            results.append(reservation.id)
         except AppError as exc:
-            results[i] = exc
+            results.append(exc)
     return results
 
 
