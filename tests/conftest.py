@@ -88,6 +88,13 @@ def backend(db_url: str) -> str:
     return "sqlite" if db_url.startswith("sqlite") else "postgres"
 
 
+@pytest.fixture
+def sqlite_only(backend: str) -> None:
+    """For tests of SQLite's own paths: skipped on PostgreSQL."""
+    if backend != "sqlite":
+        pytest.skip("SQLite only")
+
+
 @pytest.fixture(scope="session")
 async def _session_database(db_url: str) -> AsyncIterator[Database]:
     database = Database(db_url)

@@ -1,24 +1,33 @@
-"""Lists and tables of values bound as single parameters, on each backend."""
+"""Lists and tables of values bound as single parameters, on each backend; SQLite's quick
+transactions."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import make_url, select, text
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.factories import World
 from tokendesk.accounts.models import User
 from tokendesk.db import (
     Database,
     UTCDateTime,
+    after_commit,
     bound_rows,
     in_list,
     listed,
     rows_bound,
+    run_core,
     sqlite_timestamp,
 )
+from tokendesk.ledger import service as ledger
 
 
 class TestBoundRows:
@@ -71,3 +80,162 @@ class TestSqliteTimestamp:
         assert process(value) == sqlite_timestamp(value) == "2026-11-28 23:00:00.000000"
         with pytest.raises(ValueError):
             process(datetime(2026, 11, 28))
+
+
+ADJUST = text("UPDATE balances SET adjusted = adjusted + 7 WHERE user_id = :user")
+
+
+async def adjusted(database: Database, user_id: int) -> int:
+    async with database.transaction(write=False) as s:
+        return (await ledger.get_balance(s, user_id=user_id)).adjusted
+
+
+class TestQuickTransaction:
+    """Core statements on the quick connection, in one turn of the loop (SQLite)."""
+
+    async def test_commits_the_statements_then_runs_what_waits_for_the_commit(
+        self, database: Database, world: World, backend: str
+    ) -> None:
+        seen: list[int] = []
+
+        async def work(session: AsyncSession) -> int:
+            result = await run_core(session, ADJUST, {"user": world.nora.id})
+            after_commit(session, lambda: seen.append(1))
+            return result.rowcount
+
+        result = await database.quick_transaction(work)
+        if backend == "postgres":
+            assert (result, seen) == (None, [])  # no shortcut: nothing ran
+            return
+        assert (result, seen) == (1, [1])
+        assert await adjusted(database, world.nora.id) == 7
+
+    async def test_work_needing_more_than_core_statements_is_undone_and_left_to_the_caller(
+        self, database: Database, world: World, sqlite_only: None
+    ) -> None:
+        seen: list[int] = []
+
+        async def work(session: AsyncSession) -> int:
+            await run_core(session, ADJUST, {"user": world.nora.id})
+            after_commit(session, lambda: seen.append(1))
+            # The ORM would need a connection of its own: the quick path gives up.
+            await ledger.get_balance(session, user_id=world.nora.id)
+            return 1
+
+        assert await database.quick_transaction(work) is None
+        assert (await adjusted(database, world.nora.id), seen) == (0, [])
+
+    async def test_an_error_undoes_the_work_and_reaches_the_caller(
+        self, database: Database, world: World, sqlite_only: None
+    ) -> None:
+
+        async def work(session: AsyncSession) -> None:
+            await run_core(session, ADJUST, {"user": world.nora.id})
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            await database.quick_transaction(work)
+        assert await adjusted(database, world.nora.id) == 0
+        assert await database.quick_write(lambda connection: 1) == 1  # usable again
+
+    async def test_a_failed_commit_is_rolled_back(
+        self, database: Database, world: World, sqlite_only: None
+    ) -> None:
+
+        async def work(session: AsyncSession) -> None:
+            await run_core(session, ADJUST, {"user": world.nora.id})
+            # A deferred foreign key is checked at COMMIT, which then fails.
+            await run_core(session, text("PRAGMA defer_foreign_keys = ON"))
+            await run_core(
+                session,
+                text("UPDATE users SET team_id = 999999 WHERE id = :user"),
+                {"user": world.nora.id},
+            )
+
+        with pytest.raises(IntegrityError):
+            await database.quick_transaction(work)
+        assert await adjusted(database, world.nora.id) == 0
+        assert await database.quick_write(lambda connection: 1) == 1  # not left in a transaction
+
+    async def test_gives_way_at_once_to_another_process_writing(
+        self, database: Database, world: World, sqlite_only: None
+    ) -> None:
+        other = sqlite3.connect(make_url(database.url).database, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.monotonic()
+            result = await database.quick_transaction(
+                lambda session: run_core(session, ADJUST, {"user": world.nora.id})
+            )
+            assert result is None
+            assert time.monotonic() - started < 1  # did not wait for the lock
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert await adjusted(database, world.nora.id) == 0
+
+    async def test_quick_writes_are_checkpointed_soon_after(
+        self, database: Database, world: World, sqlite_only: None
+    ) -> None:
+        path = make_url(database.url).database
+        quick = Database(database.url, checkpoint_delay=0.01)
+
+        def adjust(connection: sqlite3.Connection) -> None:
+            connection.execute(str(ADJUST).replace(":user", "?"), (world.nora.id,))
+
+        # Each quick write adds a frame or more to the WAL, which SQLite starts over only
+        # once everything in it has been checkpointed into the database file.
+        try:
+            for _ in range(100):
+                await quick.quick_write(adjust)
+                await asyncio.sleep(0.002)
+            await asyncio.sleep(0.1)
+        finally:
+            await quick.dispose()
+        probe = sqlite3.connect(path, isolation_level=None)
+        try:
+            busy, frames, copied = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            probe.close()
+        assert busy == 0 and frames == copied
+        assert frames < 50  # started over since the first of the hundred writes
+        assert await adjusted(database, world.nora.id) == 7 * 100
+
+
+class TestQuickRead:
+    async def test_reads_committed_rows_on_the_loop(
+        self, database: Database, world: World, backend: str
+    ) -> None:
+        async def emails(session: AsyncSession) -> set[str]:
+            rows = await run_core(session, select(User.email).where(User.id == world.nora.id))
+            return set(rows.scalars())
+
+        found = await database.quick_read(emails)
+        if backend == "postgres":
+            assert found is None  # no shortcut: nothing ran
+            return
+        assert found == {world.nora.email}
+
+    async def test_does_not_see_a_write_in_progress(
+        self, database: Database, world: World, sqlite_only: None
+    ) -> None:
+
+        async def nora_adjusted(session: AsyncSession) -> int:
+            query = text("SELECT adjusted FROM balances WHERE user_id = :user")
+            return int((await run_core(session, query, {"user": world.nora.id})).scalar_one())
+
+        async def write_then_read(session: AsyncSession) -> int | None:
+            await run_core(session, ADJUST, {"user": world.nora.id})
+            return await database.quick_read(nora_adjusted)
+
+        assert await database.quick_transaction(write_then_read) == 0
+        assert await database.quick_read(nora_adjusted) == 7
+
+    async def test_work_needing_more_than_core_statements_is_left_to_the_caller(
+        self, database: Database, world: World, sqlite_only: None
+    ) -> None:
+
+        async def work(session: AsyncSession) -> int:
+            return (await ledger.get_balance(session, user_id=world.nora.id)).adjusted
+
+        assert await database.quick_read(work) is None

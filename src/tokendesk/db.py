@@ -11,22 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Connection,
     CursorResult,
     DateTime,
+    Engine,
     Executable,
     Integer,
     MetaData,
     String,
     any_,
     bindparam,
+    create_engine,
     event,
     func,
     literal_column,
@@ -35,6 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -42,7 +47,10 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
+
+log = logging.getLogger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -111,6 +119,15 @@ AfterCommit = Callable[[], Any]
 T = TypeVar("T")
 
 
+class QuickPathUnavailable(Exception):
+    """Work inside :meth:`Database.quick_transaction` needed more than Core statements
+    (the ORM, say): it is rolled back and the caller takes the normal path."""
+
+
+async def _refuse_connection() -> Any:
+    raise QuickPathUnavailable("this session runs Core statements on the quick connection only")
+
+
 class Database:
     """Owns the engines and hands out transactions.
 
@@ -122,8 +139,10 @@ class Database:
     PostgreSQL; neither publishes events.
     """
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, checkpoint_delay: float = 1.0) -> None:
         self.url = url
+        # How long after a quick write its WAL frames are checkpointed (see _checkpoint_soon).
+        self.checkpoint_delay = checkpoint_delay
         self.is_sqlite = url.startswith("sqlite")
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
@@ -136,7 +155,11 @@ class Database:
             self.read_engine = self.write_engine
         self._write_sessions = async_sessionmaker(self.write_engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
-        self._quick: sqlite3.Connection | None = None
+        # Plain connections for quick writes and reads (see quick_write), by kind.
+        self._plain: dict[str, sqlite3.Connection] = {}
+        self._plain_engines: dict[str, Engine] = {}
+        self._no_connection: AsyncEngine | None = None
+        self._checkpoint: asyncio.Task[None] | None = None
 
     @staticmethod
     def _sqlite_engine(url: str, *, immediate: bool, echo: bool) -> AsyncEngine:
@@ -198,7 +221,7 @@ class Database:
         if self._write_lock is None:
             return None
         async with self._write_lock:
-            connection = self._quick_connection()
+            connection = self._plain_connection("write")
             if connection is None:
                 return None
             try:
@@ -214,16 +237,122 @@ class Database:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
-            return result
+        self._checkpoint_soon()
+        return result
 
-    def _quick_connection(self) -> sqlite3.Connection | None:
-        if self._quick is None:
+    async def quick_transaction(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T | None:
+        """Run ``work`` in a write transaction on the quick connection, without handing
+        each statement to the driver's thread.
+
+        For a batch of Core statements on SQLite's hot paths (the gateway's
+        settlements): ``work`` gets a session whose Core statements
+        (:func:`run_core`) run on the quick connection, one after the other in the
+        same turn of the loop, under the process's write lock, so nothing else
+        interleaves while SQLite's writer is held. Anything else the session is
+        asked to do (the ORM, say) raises :class:`QuickPathUnavailable`: the work
+        is rolled back and None returned, as when there is no quick connection or
+        another process is writing; the caller then takes the normal path. Events
+        are published after the commit, as :meth:`transaction` does.
+        """
+        if self._write_lock is None:
+            return None
+        async with self._write_lock:
+            engine = self._plain_engine("write")
+            if engine is None:
+                return None
+            with engine.connect() as connection:
+                try:
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")
+                except OperationalError:
+                    return None  # locked by another process: never wait on the loop
+                try:
+                    async with self._quick_session(connection) as session:
+                        result = await work(session)
+                    connection.commit()
+                except BaseException as exc:
+                    _roll_back(connection)
+                    if isinstance(exc, QuickPathUnavailable):
+                        return None
+                    raise
+        self._checkpoint_soon()
+        for callback in session.info["after_commit"]:
+            done = callback()
+            if asyncio.iscoroutine(done):
+                await done
+        return result
+
+    async def quick_read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T | None:
+        """Run ``work``'s Core statements in a read transaction on a plain connection of
+        its own, on the loop itself.
+
+        For small indexed reads on SQLite's hot paths (an API key's owner): the
+        read costs microseconds, the round trips through the driver's thread far
+        more while the loop is busy. Returns None where :meth:`quick_transaction`
+        would, and when the read cannot start at once; the caller then reads the
+        normal way.
+        """
+        engine = self._plain_engine("read")
+        if engine is None:
+            return None
+        with engine.connect() as connection:
+            try:
+                connection.exec_driver_sql("BEGIN")  # one snapshot for all the statements
+                async with self._quick_session(connection) as session:
+                    result = await work(session)
+            except (QuickPathUnavailable, OperationalError):
+                return None
+            finally:
+                _roll_back(connection)
+        return result
+
+    @contextlib.asynccontextmanager
+    async def _quick_session(self, connection: Connection) -> AsyncIterator[AsyncSession]:
+        if self._no_connection is None:
+            # What a quick session is bound to: it must never connect.
+            self._no_connection = create_async_engine(
+                "sqlite+aiosqlite://", async_creator=_refuse_connection
+            )
+        async with AsyncSession(self._no_connection) as session:
+            session.info["after_commit"] = []
+            session.info["quick"] = connection
+            yield session
+
+    def _checkpoint_soon(self) -> None:
+        """Quick writes never checkpoint the WAL themselves (that would block the loop,
+        and hold the writer): a passive checkpoint runs on the driver's thread a
+        moment later, so the WAL stays small and reads stay fast."""
+        if self._checkpoint is None or self._checkpoint.done():
+            self._checkpoint = asyncio.create_task(self._checkpoint_later())
+
+    async def _checkpoint_later(self) -> None:
+        await asyncio.sleep(self.checkpoint_delay)
+        try:
+            async with self.read_engine.connect() as connection:
+                await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception:  # the next quick write tries again
+            log.warning("WAL checkpoint failed", exc_info=True)
+
+    def _plain_engine(self, kind: str) -> Engine | None:
+        """SQLAlchemy's synchronous engine over the plain connection of this ``kind``."""
+        engine = self._plain_engines.get(kind)
+        if engine is None:
+            connection = self._plain_connection(kind)
+            if connection is None:
+                return None
+            engine = create_engine("sqlite://", creator=lambda: connection, poolclass=StaticPool)
+            self._plain_engines[kind] = engine
+        return engine
+
+    def _plain_connection(self, kind: str) -> sqlite3.Connection | None:
+        """The plain ``sqlite3`` connection for quick writes ("write") or reads ("read")."""
+        connection = self._plain.get(kind)
+        if connection is None:
             path = make_url(self.url).database
-            if not path or path == ":memory:" or path.startswith("file:"):
+            if not self.is_sqlite or not path or path == ":memory:" or path.startswith("file:"):
                 return None
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             # As the driver's connections, except: fail at once rather than wait on the
-            # loop, and leave checkpoints to the driver's connections (on their thread).
+            # loop, and leave checkpoints to the driver's thread (see _checkpoint_soon).
             for pragma in (
                 "journal_mode=WAL",
                 "busy_timeout=0",
@@ -232,16 +361,37 @@ class Database:
                 "wal_autocheckpoint=0",
             ):
                 connection.execute(f"PRAGMA {pragma}")
-            self._quick = connection
-        return self._quick
+            self._plain[kind] = connection
+        return connection
 
     async def dispose(self) -> None:
-        if self._quick is not None:
-            self._quick.close()
-            self._quick = None
+        if self._checkpoint is not None:
+            self._checkpoint.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoint
+            self._checkpoint = None
+        for engine in self._plain_engines.values():
+            engine.dispose()
+        self._plain_engines.clear()
+        if self._no_connection is not None:
+            await self._no_connection.dispose()
+            self._no_connection = None
+        for connection in self._plain.values():
+            connection.close()
+        self._plain.clear()
         await self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()
+
+
+def _roll_back(connection: Connection) -> None:
+    """Never leave a plain connection inside a transaction, whatever failed (a COMMIT
+    too): it would keep SQLite's write lock from every process, or its WAL from
+    being checkpointed."""
+    connection.rollback()
+    driver: Any = connection.connection.driver_connection
+    if driver.in_transaction:
+        driver.execute("ROLLBACK")
 
 
 def dialect_of(session: AsyncSession) -> str:
@@ -254,8 +404,12 @@ async def run_core(
     """Run a Core statement on the session's connection, without the ORM's per-call work.
 
     The connection does not flush pending ORM changes by itself: flush first where
-    the statement must see them.
+    the statement must see them. Inside :meth:`Database.quick_transaction` the
+    statement runs at once on the quick connection.
     """
+    quick: Connection | None = session.info.get("quick")
+    if quick is not None:
+        return quick.execute(statement, params)
     connection = await session.connection()
     return await connection.execute(statement, params)
 

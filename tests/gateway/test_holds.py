@@ -41,6 +41,23 @@ async def hold(database: Database, world: World, user_id: int, amount: int) -> i
     )
 
 
+async def end_period(database: Database, user_id: int, **values: int) -> datetime:
+    """Move the user's period (and its ledger) a month back, so it has ended by now;
+    returns the start of the current period, the one to roll over to."""
+    async with database.transaction() as s:
+        start = (await ledger.get_balance(s, user_id=user_id)).period_start
+        old_start, old_end = start - timedelta(days=31), start - timedelta(seconds=1)
+        await s.execute(
+            update(Balance)
+            .where(Balance.user_id == user_id)
+            .values(period_start=old_start, period_end=old_end, **values)
+        )
+        await s.execute(
+            update(LedgerEntry).where(LedgerEntry.user_id == user_id).values(period_start=old_start)
+        )
+    return start
+
+
 class TestHoldBatcher:
     async def test_holds_sharing_a_batch_never_exceed_the_balance(
         self, database: Database, world: World
@@ -92,21 +109,7 @@ class TestHoldBatcher:
     async def test_a_hold_after_the_period_ended_starts_the_new_period_first(
         self, database: Database, world: World
     ) -> None:
-        async with database.transaction() as s:
-            balance = await ledger.get_balance(s, user_id=world.nora.id)
-            start = balance.period_start
-            # Move nora's period (and its ledger) a month back: it has ended by now.
-            old_start, old_end = start - timedelta(days=31), start - timedelta(seconds=1)
-            await s.execute(
-                update(Balance)
-                .where(Balance.user_id == world.nora.id)
-                .values(period_start=old_start, period_end=old_end, used=5_000)
-            )
-            await s.execute(
-                update(LedgerEntry)
-                .where(LedgerEntry.user_id == world.nora.id)
-                .values(period_start=old_start)
-            )
+        start = await end_period(database, world.nora.id, used=5_000)
         # Spent out in the old period: only the new period's allocation can cover this.
         await hold(database, world, world.nora.id, 4_000)
         async with database.transaction(write=False) as s:
@@ -267,4 +270,42 @@ class TestSettler:
         async with database.transaction(write=False) as s:
             balance = await ledger.get_balance(s, user_id=world.alice.id)
             assert (balance.used, balance.reserved) == (30, 0)
+            assert await check_balances(s) == []
+
+    async def test_settles_on_sqlites_quick_path(
+        self,
+        database: Database,
+        world: World,
+        sqlite_only: None,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        hold_id = await hold(database, world, world.alice.id, 100)
+
+        def no_normal_transactions(*args: object, **kwargs: object) -> None:
+            raise AssertionError("settled through a normal transaction")
+
+        monkeypatch.setattr(database, "transaction", no_normal_transactions)
+        settler = Settler(database, linger_seconds=0)
+        settler.submit(Settlement(hold_id, world.org_id, usage("quick", world.alice.id, 30)))
+        await settler.stop()
+        monkeypatch.undo()
+        async with database.transaction(write=False) as s:
+            balance = await ledger.get_balance(s, user_id=world.alice.id)
+            assert (balance.used, balance.reserved) == (30, 0)
+            assert await check_balances(s) == []
+
+    async def test_a_settlement_after_the_period_ended_starts_the_new_period_first(
+        self, database: Database, world: World
+    ) -> None:
+        hold_id = await hold(database, world, world.alice.id, 100)
+        start = await end_period(database, world.alice.id)
+        # The quick path cannot start a period: the settlement goes the normal way.
+        settler = Settler(database, linger_seconds=0)
+        settler.submit(Settlement(hold_id, world.org_id, usage("late", world.alice.id, 30)))
+        await settler.stop()
+        async with database.transaction(write=False) as s:
+            balance = await ledger.get_balance(s, user_id=world.alice.id)
+            assert (balance.period_start, balance.used, balance.reserved) == (start, 30, 0)
+            event = (await s.scalars(select(UsageEvent))).one()
+            assert (event.event_id, event.total_tokens) == ("late", 30)
             assert await check_balances(s) == []

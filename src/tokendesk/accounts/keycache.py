@@ -19,9 +19,11 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,9 +31,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokendesk.accounts.auth import LAST_USED_RESOLUTION
 from tokendesk.accounts.models import ApiKey, Role, User
 from tokendesk.accounts.security import hash_api_key, usable_key
-from tokendesk.db import Database
+from tokendesk.db import Database, run_core
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Confirmations per query: keeps the IN lists of one background refresh bounded.
 REFRESH_BATCH = 500
@@ -137,8 +141,7 @@ class KeyCache:
             self._asking = misses
             confirmed = self._clock()
             try:
-                async with self.database.transaction(write=False) as session:
-                    owners = await _key_owners(session, hashes)
+                owners = await self._read(partial(_key_owners, key_hashes=hashes))
             except Exception as exc:
                 for _, answer in misses.values():
                     if not answer.done():
@@ -161,8 +164,8 @@ class KeyCache:
         if found:
             return owner
         generation, confirmed = self._generation, self._clock()
-        async with self.database.transaction(write=False) as session:
-            owner = (await _members(session, organization_id, [email])).get(email)
+        members = await self._read(lambda session: _members(session, organization_id, [email]))
+        owner = members.get(email)
         if generation == self._generation:
             self._put(cache_key, owner, confirmed=confirmed)
         return owner
@@ -185,12 +188,9 @@ class KeyCache:
                     emails[int(organization)].append(email)
             generation, confirmed = self._generation, self._clock()
             try:
-                async with self.database.transaction(write=False) as session:
-                    owners = await _key_owners(session, hashes) if hashes else {}
-                    members = {
-                        organization_id: await _members(session, organization_id, wanted)
-                        for organization_id, wanted in emails.items()
-                    }
+                owners, members = await self._read(
+                    partial(_confirm, key_hashes=hashes, emails=emails)
+                )
             except Exception:
                 # The entries simply expire; the next call looks its key up itself.
                 log.exception("confirming %d cached credentials failed", len(due))
@@ -204,6 +204,15 @@ class KeyCache:
                     owner = members[organization_id].get(email)
                     self._put(f"e:{organization_id}:{email}", owner, confirmed=confirmed)
 
+    async def _read(self, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        # On SQLite a read on the loop itself: through the driver's thread a lookup
+        # waits its turn on a busy loop several times, for a read of microseconds.
+        found = await self.database.quick_read(read)
+        if found is not None:
+            return found
+        async with self.database.transaction(write=False) as session:
+            return await read(session)
+
     async def stop(self) -> None:
         for _, answer in [*self._misses.values(), *self._asking.values()]:
             answer.cancel()  # their callers see the cancellation rather than wait forever
@@ -216,11 +225,23 @@ class KeyCache:
         self._refresher = self._lookup = None
 
 
+async def _confirm(
+    session: AsyncSession, key_hashes: Collection[str], emails: Mapping[int, Collection[str]]
+) -> tuple[dict[str, KeyOwner], dict[int, dict[str, KeyOwner]]]:
+    owners = await _key_owners(session, key_hashes) if key_hashes else {}
+    members = {
+        organization_id: await _members(session, organization_id, wanted)
+        for organization_id, wanted in emails.items()
+    }
+    return owners, members
+
+
 async def _key_owners(session: AsyncSession, key_hashes: Collection[str]) -> dict[str, KeyOwner]:
-    rows = await session.execute(
+    rows = await run_core(
+        session,
         select(User.id, User.organization_id, User.role, User.email, ApiKey.id, ApiKey.key_hash)
         .join(ApiKey, ApiKey.user_id == User.id)
-        .where(*usable_key(key_hashes))
+        .where(*usable_key(key_hashes)),
     )
     return {
         key_hash: KeyOwner(user_id, organization_id, Role(role), email, key_id)
@@ -232,12 +253,13 @@ async def _members(
     session: AsyncSession, organization_id: int, emails: Collection[str]
 ) -> dict[str, KeyOwner]:
     """Active members by lower-cased email."""
-    rows = await session.execute(
+    rows = await run_core(
+        session,
         select(User.id, User.organization_id, User.role, User.email).where(
             func.lower(User.email).in_(emails),
             User.organization_id == organization_id,
             User.is_active.is_(True),
-        )
+        ),
     )
     return {
         email.lower(): KeyOwner(user_id, organization, Role(role), email)

@@ -20,7 +20,7 @@ from sqlalchemy import Table, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import ApiKey
-from tokendesk.db import Database
+from tokendesk.db import Database, run_core
 from tokendesk.errors import AppError
 from tokendesk.ledger import service as ledger
 from tokendesk.metering.holds_repository import (
@@ -186,12 +186,18 @@ class Settler:
             await self._commit(batch)
             if not self._waiting:
                 self._idle.set()
+            else:
+                # Quick transactions run without yielding: let the holds and requests
+                # that arrived meanwhile in before the next batch takes the writer.
+                await asyncio.sleep(0)
 
     async def _commit(self, batch: list[Settlement]) -> None:
         try:
-            async with self.database.transaction() as session:
-                await settle_many(session, batch)
-                await self._stamp_keys(session)
+            # On SQLite every statement in one turn of the loop: the writer is then
+            # held for the SQL alone, not also for the requests served in between.
+            if await self.database.quick_transaction(lambda s: self._settle(s, batch)) is None:
+                async with self.database.transaction() as session:
+                    await self._settle(session, batch)
         except Exception:
             if len(batch) == 1:
                 log.exception("settling hold %s failed", batch[0].reservation_id)
@@ -200,17 +206,26 @@ class Settler:
             for settlement in batch:
                 await self._commit([settlement])
 
+    async def _settle(self, session: AsyncSession, batch: list[Settlement]) -> bool:
+        await settle_many(session, batch)
+        await self._stamp_keys(session)
+        return True
+
     async def _stamp_keys(self, session: AsyncSession) -> None:
         if not self.keys_used:
             return
         used = dict(self.keys_used)
-        self.keys_used.clear()
-        await session.execute(
+        await run_core(
+            session,
             update(API_KEYS)
             .where(API_KEYS.c.id == bindparam("kid"))
             .values(last_used_at=bindparam("at")),
             [{"kid": key_id, "at": at} for key_id, at in used.items()],
         )
+        # Only now: a quick transaction that gives up is tried again the normal way.
+        for key_id, at in used.items():
+            if self.keys_used.get(key_id) == at:
+                del self.keys_used[key_id]
 
     async def stop(self) -> None:
         await self.drain()
