@@ -11,9 +11,11 @@ generator, so the differences are meaningful on a noisy machine:
    them as a consequence of the throughput, not as the gateway's overhead.
 2. Added latency below saturation: an open loop at the same 32 connections with
    a fixed offered rate, ``--paced`` (25% and 50%) of the capacity just measured
-   through tokendesk, and the same rate direct. A request counts from when it was
-   due, so falling behind shows. The p50 / p99 difference is the gateway's
-   overhead at a realistic load. A call costs the server more CPU at a lower rate
+   through tokendesk, and at fixed rates, ``--rates`` (500 and 1,000 requests/s,
+   the target throughput), which compare across runs and machines of different
+   speed; each also direct. A request counts from when it was due, so falling
+   behind shows. The p50 / p99 difference is the gateway's overhead at a
+   realistic load. A call costs the server more CPU at a lower rate
    (fewer calls share each settlement, and each reply wakes a sleeping client),
    so half the closed-loop rate is not half the CPU.
 3. Added latency alone: one connection, one call at a time.
@@ -171,13 +173,12 @@ async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str
         await analyze(db_url)
         d, t, t_cpu = await pair(concurrency=c, total=args.requests)
         paced_runs = []
-        for share in args.paced:
-            rate = t.rps * share
+        offered = [(t.rps * share, f"{share:.0%}") for share in args.paced]
+        offered += [(rate, "fixed") for rate in args.rates]
+        for rate, share in offered:
             paced_total = max(1, int(rate * args.paced_seconds))
             pd, pt, pt_cpu = await pair(concurrency=c, total=paced_total, rate=rate)
-            paced_runs.append(
-                (f"paced {rate:,.0f}/s ({share:.0%}), {c} connections", pd, pt, pt_cpu)
-            )
+            paced_runs.append((f"paced {rate:,.0f}/s ({share}), {c} connections", pd, pt, pt_cpu))
         sd, st, st_cpu = await pair(concurrency=1, total=args.single_requests)
     used, reserved, mismatches = await used_total(db_url)
     ok = 1000 + sum(r.statuses.get(200, 0) for r in (t, st, *(run[2] for run in paced_runs)))
@@ -197,7 +198,7 @@ async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str
         *rows,
         "",
         added(f"{closed} (mostly queueing, see above)", d, t),
-        *(added(f"{paced} (share of capacity)", pd, pt) for paced, pd, pt, _ in paced_runs),
+        *(added(paced, pd, pt) for paced, pd, pt, _ in paced_runs),
         added("one at a time", sd, st),
         "",
         f"Check: {used} tokens debited for {ok} successful calls "
@@ -216,9 +217,15 @@ async def main() -> None:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument(
         "--paced",
-        type=lambda text: [float(share) for share in text.split(",")],
+        type=lambda text: [float(share) for share in text.split(",") if share],
         default=[0.25, 0.5],
         help="offered rates of the paced runs, as shares of measured capacity (comma-separated)",
+    )
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [float(rate) for rate in text.split(",") if rate],
+        default=[500.0, 1000.0],
+        help="more paced runs at these fixed offered rates, requests/s (comma-separated)",
     )
     parser.add_argument("--paced-seconds", type=float, default=15.0)
     parser.add_argument("--single-requests", type=int, default=2000)

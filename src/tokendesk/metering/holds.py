@@ -127,12 +127,13 @@ class Settler:
     that made the calls.
 
     On SQLite a settlement runs on the loop itself (Database.quick_transaction),
-    so while it writes, every call in flight waits: about 5 ms for a hundred
-    settlements on a quiet 2-core machine, about 2 ms for a handful. The linger
-    sets how often that happens: at 100 ms a call at a time meets one about one
-    call in twenty; at 50 ms twice as often, for barely shorter settlements
-    (each costs about 1 ms whatever its size). A member's balance shows a call's
-    usage that much later, still far below anything a person notices.
+    so while it writes, every call in flight waits: about 1 ms plus 50 us per
+    call settled on a quiet 2-core machine. The linger trades how long those
+    waits are against how often they come: at 1,000 calls/s a 100 ms linger
+    stalled the loop about 7 ms ten times a second, and the p99 of the calls
+    around 20 ms; at 20 ms it stalls about 2 ms fifty times a second, for a p99
+    around 10 ms and no more CPU per call. A member's balance shows a call's
+    usage that much later, far below anything a person notices.
     """
 
     def __init__(
@@ -140,7 +141,7 @@ class Settler:
         database: Database,
         *,
         max_batch: int = 250,
-        linger_seconds: float = 0.1,
+        linger_seconds: float = 0.02,
         keys_used: dict[int, datetime] | None = None,
     ) -> None:
         self.database = database
