@@ -125,6 +125,32 @@ class TestQuickTransaction:
         assert await database.quick_transaction(work) is None
         assert (await adjusted(database, world.nora.id), seen) == (0, [])
 
+    async def test_unflushed_orm_changes_make_it_give_way_rather_than_be_lost(
+        self, database: Database, world: World, sqlite_only: None
+    ) -> None:
+        async def work(session: AsyncSession) -> int:
+            await run_core(session, ADJUST, {"user": world.nora.id})
+            session.add(User(organization_id=world.org_id, email="late@example.com", name="L"))
+            return 1
+
+        assert await database.quick_transaction(work) is None
+        assert await adjusted(database, world.nora.id) == 0
+
+    async def test_nothing_else_runs_on_the_loop_while_the_transaction_is_open(
+        self, database: Database, world: World, sqlite_only: None
+    ) -> None:
+        order: list[str] = []
+
+        async def work(session: AsyncSession) -> int:
+            asyncio.get_running_loop().call_soon(order.append, "other task")
+            await run_core(session, ADJUST, {"user": world.nora.id})
+            after_commit(session, lambda: order.append("committed"))
+            return 1
+
+        assert await database.quick_transaction(work) == 1
+        await asyncio.sleep(0)
+        assert order == ["committed", "other task"]
+
     async def test_an_error_undoes_the_work_and_reaches_the_caller(
         self, database: Database, world: World, sqlite_only: None
     ) -> None:
@@ -230,6 +256,15 @@ class TestQuickRead:
 
         assert await database.quick_transaction(write_then_read) == 0
         assert await database.quick_read(nora_adjusted) == 7
+
+    async def test_reads_started_together_each_get_their_answer(
+        self, database: Database, world: World, sqlite_only: None
+    ) -> None:
+        async def count(session: AsyncSession) -> int:
+            return int((await run_core(session, text("SELECT count(*) FROM users"))).scalar_one())
+
+        answers = await asyncio.gather(*(database.quick_read(count) for _ in range(5)))
+        assert len(set(answers)) == 1 and None not in answers
 
     async def test_work_needing_more_than_core_statements_is_left_to_the_caller(
         self, database: Database, world: World, sqlite_only: None

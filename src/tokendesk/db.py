@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -160,6 +160,7 @@ class Database:
         self._plain_engines: dict[str, Engine] = {}
         self._no_connection: AsyncEngine | None = None
         self._checkpoint: asyncio.Task[None] | None = None
+        self._disposed = False
 
     @staticmethod
     def _sqlite_engine(url: str, *, immediate: bool, echo: bool) -> AsyncEngine:
@@ -251,8 +252,9 @@ class Database:
         interleaves while SQLite's writer is held. Anything else the session is
         asked to do (the ORM, say) raises :class:`QuickPathUnavailable`: the work
         is rolled back and None returned, as when there is no quick connection or
-        another process is writing; the caller then takes the normal path. Events
-        are published after the commit, as :meth:`transaction` does.
+        another process is writing; the caller then takes the normal path. So
+        ``work`` must not return None itself. Events are published after the
+        commit, as :meth:`transaction` does.
         """
         if self._write_lock is None:
             return None
@@ -266,8 +268,11 @@ class Database:
                 except OperationalError:
                     return None  # locked by another process: never wait on the loop
                 try:
-                    async with self._quick_session(connection) as session:
+                    with self._quick_session(connection) as session:
                         result = await work(session)
+                        # ORM changes left unflushed would otherwise be lost: flushing
+                        # them needs a connection, so the work gives way instead.
+                        await session.flush()
                     connection.commit()
                 except BaseException as exc:
                     _roll_back(connection)
@@ -288,16 +293,17 @@ class Database:
         For small indexed reads on SQLite's hot paths (an API key's owner): the
         read costs microseconds, the round trips through the driver's thread far
         more while the loop is busy. Returns None where :meth:`quick_transaction`
-        would, and when the read cannot start at once; the caller then reads the
-        normal way.
+        would (so ``work`` must not return None either), and when the read cannot
+        start at once; the caller then reads the normal way.
         """
         engine = self._plain_engine("read")
-        if engine is None:
-            return None
+        plain = self._plain.get("read")
+        if engine is None or plain is None or plain.in_transaction:
+            return None  # none here, or a read that awaited something is still open
         with engine.connect() as connection:
             try:
                 connection.exec_driver_sql("BEGIN")  # one snapshot for all the statements
-                async with self._quick_session(connection) as session:
+                with self._quick_session(connection) as session:
                     result = await work(session)
             except (QuickPathUnavailable, OperationalError):
                 return None
@@ -305,22 +311,29 @@ class Database:
                 _roll_back(connection)
         return result
 
-    @contextlib.asynccontextmanager
-    async def _quick_session(self, connection: Connection) -> AsyncIterator[AsyncSession]:
+    @contextlib.contextmanager
+    def _quick_session(self, connection: Connection) -> Iterator[AsyncSession]:
         if self._no_connection is None:
             # What a quick session is bound to: it must never connect.
             self._no_connection = create_async_engine(
                 "sqlite+aiosqlite://", async_creator=_refuse_connection
             )
-        async with AsyncSession(self._no_connection) as session:
-            session.info["after_commit"] = []
-            session.info["quick"] = connection
+        session = AsyncSession(self._no_connection)
+        session.info["after_commit"] = []
+        session.info["quick"] = connection
+        try:
             yield session
+        finally:
+            # Closed as it is, without a connection: AsyncSession's own close would
+            # hand the loop to other tasks while the transaction is still open.
+            session.sync_session.close()
 
     def _checkpoint_soon(self) -> None:
         """Quick writes never checkpoint the WAL themselves (that would block the loop,
         and hold the writer): a passive checkpoint runs on the driver's thread a
         moment later, so the WAL stays small and reads stay fast."""
+        if self._disposed:
+            return  # a write that finished during dispose(): nothing left to run it
         if self._checkpoint is None or self._checkpoint.done():
             self._checkpoint = asyncio.create_task(self._checkpoint_later())
 
@@ -365,6 +378,7 @@ class Database:
         return connection
 
     async def dispose(self) -> None:
+        self._disposed = True
         if self._checkpoint is not None:
             self._checkpoint.cancel()
             with contextlib.suppress(asyncio.CancelledError):
