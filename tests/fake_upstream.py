@@ -25,8 +25,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class FakeUpstream:
-    def __init__(self, *, slow_seconds: float = SLOW_SECONDS) -> None:
+    def __init__(self, *, slow_seconds: float = SLOW_SECONDS, record: bool = True) -> None:
         self.slow_seconds = slow_seconds
+        # What each request carried, for tests to inspect; not kept under a benchmark's
+        # load, where the growing lists made the collector's full passes ever longer.
+        self.record = record
         self.authorizations: list[str | None] = []
         self.bodies: list[dict[str, Any]] = []
 
@@ -47,12 +50,14 @@ class FakeUpstream:
                 break
         headers = dict(scope["headers"])
         auth = headers.get(b"authorization")
-        self.authorizations.append(auth.decode() if auth else None)
+        if self.record:
+            self.authorizations.append(auth.decode() if auth else None)
         if scope["path"].endswith("/models"):
             await _json(send, 200, {"object": "list", "data": [{"id": "fast"}]})
             return
         request = json.loads(body or b"{}")
-        self.bodies.append(request)
+        if self.record:
+            self.bodies.append(request)
         model = request.get("model", "fast")
         if model == "error":
             await _json(send, 500, {"error": {"message": "upstream exploded", "type": "server"}})
@@ -182,12 +187,12 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     # As a server process should: what was imported lives for good, so keep it out of
-    # the collector's generations (its full passes paused this stand-in for 30-45 ms,
-    # noise in the timings of whatever is being measured through it).
+    # the collector's generations (with the requests it kept, its full passes paused
+    # this stand-in for 30-45 ms: noise in whatever is measured through it).
     gc.collect()
     gc.freeze()
     uvicorn.run(
-        FakeUpstream(),
+        FakeUpstream(record=False),
         host="127.0.0.1",
         port=args.port or free_port(),
         log_level="warning",
