@@ -227,6 +227,34 @@ class TestQuickTransaction:
         assert frames < 50  # started over since the first of the hundred writes
         assert await adjusted(database, world.nora.id) == 7 * 100
 
+    async def test_the_wal_starts_over_under_steady_quick_writes(
+        self, database: Database, world: World, sqlite_only: None
+    ) -> None:
+        path = make_url(database.url).database
+        quick = Database(database.url, checkpoint_delay=0.05)
+
+        def adjust(connection: sqlite3.Connection) -> None:
+            connection.execute(str(ADJUST).replace(":user", "?"), (world.nora.id,))
+
+        # Writes never stop long enough for a checkpoint alone to catch up with them.
+        writes = 0
+        try:
+            deadline = time.monotonic() + 0.6
+            while time.monotonic() < deadline:
+                await quick.quick_write(adjust)
+                writes += 1
+                await asyncio.sleep(0)
+        finally:
+            await quick.dispose()
+        probe = sqlite3.connect(path, isolation_level=None)
+        try:
+            _, frames, _ = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            probe.close()
+        assert writes > 200
+        assert frames < writes / 2  # started over since most of them
+        assert await adjusted(database, world.nora.id) == 7 * writes
+
 
 class TestQuickRead:
     async def test_reads_committed_rows_on_the_loop(

@@ -329,9 +329,9 @@ class Database:
             session.sync_session.close()
 
     def _checkpoint_soon(self) -> None:
-        """Quick writes never checkpoint the WAL themselves (that would block the loop,
-        and hold the writer): a passive checkpoint runs on the driver's thread a
-        moment later, so the WAL stays small and reads stay fast."""
+        """Quick writes never checkpoint the WAL themselves (that would block the loop):
+        a checkpoint runs on the driver's thread a moment later, so the WAL stays
+        small and reads stay fast."""
         if self._disposed:
             return  # a write that finished during dispose(): nothing left to run it
         if self._checkpoint is None or self._checkpoint.done():
@@ -340,10 +340,21 @@ class Database:
     async def _checkpoint_later(self) -> None:
         await asyncio.sleep(self.checkpoint_delay)
         try:
-            async with self.read_engine.connect() as connection:
-                await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            # SQLite starts the WAL over only once a checkpoint has caught up with its
+            # end. Under steady writes a checkpoint alone never does (new frames keep
+            # coming while it copies), and the WAL grew by megabytes a second. So: the
+            # bulk while writers carry on, then what they added meanwhile, a short
+            # copy with this process's writers held back.
+            await self._wal_checkpoint()
+            assert self._write_lock is not None
+            async with self._write_lock:
+                await self._wal_checkpoint()
         except Exception:  # the next quick write tries again
             log.warning("WAL checkpoint failed", exc_info=True)
+
+    async def _wal_checkpoint(self) -> None:
+        async with self.read_engine.connect() as connection:
+            await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _plain_engine(self, kind: str) -> Engine | None:
         """SQLAlchemy's synchronous engine over the plain connection of this ``kind``."""
