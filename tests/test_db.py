@@ -215,7 +215,6 @@ class TestQuickTransaction:
             for _ in range(100):
                 await quick.quick_write(adjust)
                 await asyncio.sleep(0.002)
-            await asyncio.sleep(0.1)
         finally:
             await quick.dispose()
         probe = sqlite3.connect(path, isolation_level=None)

@@ -207,6 +207,15 @@ class Database:
             if asyncio.iscoroutine(result):
                 await result
 
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]], *, write: bool = True) -> T:
+        """``work`` in one transaction: on SQLite's quick path where it can run there
+        (:meth:`quick_transaction`, :meth:`quick_read`), otherwise a normal one."""
+        quick = await (self.quick_transaction if write else self.quick_read)(work)
+        if quick is not None:
+            return quick
+        async with self.transaction(write=write) as session:
+            return await work(session)
+
     async def quick_write(self, work: Callable[[sqlite3.Connection], T]) -> T | None:
         """Run ``work`` in a write transaction of its own, on the event loop itself.
 

@@ -19,11 +19,10 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,7 +34,6 @@ from tokendesk.db import Database, run_core
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 # Confirmations per query: keeps the IN lists of one background refresh bounded.
 REFRESH_BATCH = 500
@@ -141,7 +139,11 @@ class KeyCache:
             self._asking = misses
             confirmed = self._clock()
             try:
-                owners = await self._read(partial(_key_owners, key_hashes=hashes))
+                # On SQLite a read on the loop itself: through the driver's thread a lookup
+                # waits its turn on a busy loop several times, for a read of microseconds.
+                owners = await self.database.run(
+                    partial(_key_owners, key_hashes=hashes), write=False
+                )
             except Exception as exc:
                 for _, answer in misses.values():
                     if not answer.done():
@@ -164,7 +166,9 @@ class KeyCache:
         if found:
             return owner
         generation, confirmed = self._generation, self._clock()
-        members = await self._read(lambda session: _members(session, organization_id, [email]))
+        members = await self.database.run(
+            partial(_members, organization_id=organization_id, emails=[email]), write=False
+        )
         owner = members.get(email)
         if generation == self._generation:
             self._put(cache_key, owner, confirmed=confirmed)
@@ -188,8 +192,8 @@ class KeyCache:
                     emails[int(organization)].append(email)
             generation, confirmed = self._generation, self._clock()
             try:
-                owners, members = await self._read(
-                    partial(_confirm, key_hashes=hashes, emails=emails)
+                owners, members = await self.database.run(
+                    partial(_confirm, key_hashes=hashes, emails=emails), write=False
                 )
             except Exception:
                 # The entries simply expire; the next call looks its key up itself.
@@ -203,15 +207,6 @@ class KeyCache:
                 for email in wanted:
                     owner = members[organization_id].get(email)
                     self._put(f"e:{organization_id}:{email}", owner, confirmed=confirmed)
-
-    async def _read(self, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        # On SQLite a read on the loop itself: through the driver's thread a lookup
-        # waits its turn on a busy loop several times, for a read of microseconds.
-        found = await self.database.quick_read(read)
-        if found is not None:
-            return found
-        async with self.database.transaction(write=False) as session:
-            return await read(session)
 
     async def stop(self) -> None:
         for _, answer in [*self._misses.values(), *self._asking.values()]:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from datetime import datetime
+from functools import partial
 from typing import cast
 
 from sqlalchemy import Table, bindparam, update
@@ -203,9 +204,7 @@ class Settler:
         try:
             # On SQLite every statement in one turn of the loop: the writer is then
             # held for the SQL alone, not also for the requests served in between.
-            if await self.database.quick_transaction(lambda s: self._settle(s, batch)) is None:
-                async with self.database.transaction() as session:
-                    await self._settle(session, batch)
+            await self.database.run(partial(self._settle, batch=batch))
         except Exception:
             if len(batch) == 1:
                 log.exception("settling hold %s failed", batch[0].reservation_id)
@@ -217,7 +216,7 @@ class Settler:
     async def _settle(self, session: AsyncSession, batch: list[Settlement]) -> bool:
         await settle_many(session, batch)
         await self._stamp_keys(session)
-        return True
+        return True  # not None: Database.run would take None for a quick path given up
 
     async def _stamp_keys(self, session: AsyncSession) -> None:
         if not self.keys_used:
