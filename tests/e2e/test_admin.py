@@ -209,6 +209,8 @@ class TestLiveQueue:
         page = contexts.page()
         sign_in(page, site.url, site.email("admin"))
         page.get_by_label("Team").select_option(label="Crowd")
+        # The unfiltered queue has a full page of 50 too: wait for the filtered one.
+        expect(page.locator("#queue")).to_have_attribute("data-matching-pending", str(CROWD_SIZE))
         expect(page.locator("#queue .row-select")).to_have_count(50)
         page.get_by_label("Select every pending request on this page").check()
         offer = page.locator("#select-matching")
