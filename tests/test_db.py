@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tests.factories import World
 from tokendesk.accounts.models import User
 from tokendesk.db import (
+    CHECKPOINT_PASSES,
     Database,
     UTCDateTime,
     after_commit,
@@ -253,6 +254,45 @@ class TestQuickTransaction:
         assert writes > 200
         assert frames < writes / 2  # started over since most of them
         assert await adjusted(database, world.nora.id) == 7 * writes
+
+    async def test_writers_are_held_back_only_for_the_last_of_a_checkpoint(
+        self, database: Database, world: World, sqlite_only: None
+    ) -> None:
+        quick = Database(database.url, checkpoint_delay=0.05)
+        passes: list[tuple[bool, int]] = []  # (writers held back, frames in the WAL)
+        checkpoint = quick._wal_checkpoint
+
+        async def watched() -> int:
+            held = quick._write_lock is not None and quick._write_lock.locked()
+            frames = await checkpoint()
+            passes.append((held, frames))
+            return frames
+
+        quick._wal_checkpoint = watched  # type: ignore[method-assign]
+
+        def adjust(connection: sqlite3.Connection) -> None:
+            connection.execute(str(ADJUST).replace(":user", "?"), (world.nora.id,))
+
+        try:
+            deadline = time.monotonic() + 0.6
+            while time.monotonic() < deadline:
+                await quick.quick_write(adjust)
+                await asyncio.sleep(0)
+        finally:
+            await quick.dispose()
+        rounds: list[list[tuple[bool, int]]] = [[]]
+        for held, frames in passes:
+            rounds[-1].append((held, frames))
+            if held:
+                rounds.append([])
+        finished = [r for r in rounds if r and r[-1][0]]
+        assert finished, passes
+        for checkpoint_round in finished:
+            free = [frames for held, frames in checkpoint_round if not held]
+            assert 2 <= len(free) <= CHECKPOINT_PASSES
+            # What the writers added during the last free pass is all that is left to
+            # copy with them held back: far less than the bulk copied while they ran.
+            assert free[-1] - free[-2] < free[0] / 4, checkpoint_round
 
 
 class TestQuickRead:

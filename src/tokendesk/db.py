@@ -118,6 +118,11 @@ def utcnow() -> datetime:
 AfterCommit = Callable[[], Any]
 T = TypeVar("T")
 
+# A background WAL checkpoint copies while writers carry on, at most this many times,
+# until they added at most this many frames (pages) during one; then a short last pass.
+CHECKPOINT_PASSES = 4
+CHECKPOINT_LEFT_FRAMES = 32
+
 
 class QuickPathUnavailable(Exception):
     """Work inside :meth:`Database.quick_transaction` needed more than Core statements
@@ -349,21 +354,30 @@ class Database:
     async def _checkpoint_later(self) -> None:
         await asyncio.sleep(self.checkpoint_delay)
         try:
-            # SQLite starts the WAL over only once a checkpoint has caught up with its
-            # end. Under steady writes a checkpoint alone never does (new frames keep
-            # coming while it copies), and the WAL grew by megabytes a second. So: the
-            # bulk while writers carry on, then what they added meanwhile, a short
-            # copy with this process's writers held back.
-            await self._wal_checkpoint()
+            # SQLite starts the WAL over (at the next write) only once a checkpoint has
+            # caught up with its end. Under steady writes a checkpoint alone never does
+            # (new frames keep coming while it copies), and the WAL grew by megabytes a
+            # second. So: the bulk while writers carry on, then what they added
+            # meanwhile, again while they carry on, until they added little; only that
+            # is copied with this process's writers held back (every hold waits then).
+            end = await self._wal_checkpoint()
+            for _ in range(CHECKPOINT_PASSES - 1):
+                start, end = end, await self._wal_checkpoint()
+                if end - start <= CHECKPOINT_LEFT_FRAMES:
+                    break
             assert self._write_lock is not None
             async with self._write_lock:
                 await self._wal_checkpoint()
         except Exception:  # the next quick write tries again
             log.warning("WAL checkpoint failed", exc_info=True)
 
-    async def _wal_checkpoint(self) -> None:
+    async def _wal_checkpoint(self) -> int:
+        """Copy what it can of the WAL into the database file; returns how many frames
+        the WAL held when it started (frames written meanwhile are left for later)."""
         async with self.read_engine.connect() as connection:
-            await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            result = await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            frames = result.one()[1]  # (busy, frames in the WAL, frames copied)
+        return int(frames)
 
     def _plain_engine(self, kind: str) -> Engine | None:
         """SQLAlchemy's synchronous engine over the plain connection of this ``kind``."""
