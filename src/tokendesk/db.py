@@ -15,7 +15,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -376,8 +376,9 @@ class Database:
         the WAL held when it started (frames written meanwhile are left for later)."""
         async with self.read_engine.connect() as connection:
             result = await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-            frames = result.one()[1]  # (busy, frames in the WAL, frames copied)
-        return int(frames)
+            # (busy, frames in the WAL, frames copied)
+            _busy, frames, _copied = cast(tuple[int, int, int], tuple(result.one()))
+        return frames
 
     def _plain_engine(self, kind: str) -> Engine | None:
         """SQLAlchemy's synchronous engine over the plain connection of this ``kind``."""
