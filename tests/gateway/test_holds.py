@@ -8,16 +8,17 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import make_url, select, update
+from sqlalchemy import make_url, select, text, update
 
 from tests.factories import World
 from tokendesk.db import Database
-from tokendesk.errors import InsufficientTokens
+from tokendesk.errors import AppError, InsufficientTokens
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.doctor import check_balances
 from tokendesk.ledger.models import Balance, LedgerEntry, Reservation, ReservationStatus
 from tokendesk.metering import holds
 from tokendesk.metering.holds import HoldBatcher, Settlement, Settler
+from tokendesk.metering.holds_repository import HoldRequest, reserve_each, settle_many
 from tokendesk.metering.models import UsageEvent
 from tokendesk.metering.service import UsageInput
 
@@ -193,6 +194,66 @@ class TestHoldBatcher:
             nora = await ledger.get_balance(s, user_id=world.nora.id)
             held_for_nora = sum(isinstance(o, int) for o in outcomes[1:])
             assert (alice.reserved, nora.reserved) == (1_000, 1_000 * held_for_nora)
+
+
+async def waiting_for_locks(database: Database, count: int) -> None:
+    """Return once ``count`` sessions wait for a row lock (PostgreSQL)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        async with database.transaction(write=False) as s:
+            waiting = await s.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            )
+        if waiting is not None and waiting >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {count} sessions waiting for locks")
+
+
+class TestLockOrder:
+    async def test_holds_one_by_one_and_a_settlement_never_wait_for_each_other(
+        self, database: Database, world: World, backend: str
+    ) -> None:
+        if backend != "postgres":
+            pytest.skip("row locks between connections: PostgreSQL")
+        low, high = sorted([world.alice.id, world.bob.id])
+        held = [await hold(database, world, user, 100) for user in (low, high)]
+        settlements = [
+            Settlement(hold_id, world.org_id, usage(f"order-{user}", user, 30))
+            for hold_id, user in zip(held, (low, high), strict=True)
+        ]
+        calls = [HoldRequest(user, world.org_id, 200) for user in (high, low)]
+
+        async def settle() -> None:
+            async with database.transaction() as s:
+                await settle_many(s, settlements)
+
+        async def reserve() -> list[int | AppError]:
+            async with database.transaction() as s:
+                return await reserve_each(s, calls, ttl_seconds=60)
+
+        # The settlement queues first for the lower user's row, then the one-by-one
+        # holds (the exact path: a period to roll over, or a balance that may not
+        # cover them all) queue too. Taking the higher user first, they would hold
+        # the row the settlement needs next while waiting for the one it gets.
+        async with database.transaction() as gate:
+            await gate.execute(
+                select(Balance.user_id).where(Balance.user_id == low).with_for_update()
+            )
+            settling = asyncio.create_task(settle())
+            await waiting_for_locks(database, 1)
+            reserving = asyncio.create_task(reserve())
+            await waiting_for_locks(database, 2)
+        _, reserved = await asyncio.wait_for(asyncio.gather(settling, reserving), 10)
+        assert all(isinstance(result, int) for result in reserved), reserved
+        async with database.transaction(write=False) as s:
+            for user in (low, high):
+                balance = await ledger.get_balance(s, user_id=user)
+                assert (balance.used, balance.reserved) == (30, 200)
+            assert await check_balances(s) == []
 
 
 class TestQuickWrite:

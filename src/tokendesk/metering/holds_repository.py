@@ -49,6 +49,22 @@ class HoldRequest:
     amount: int
 
 
+@cache
+def _lock_balances_in_order(dialect: str) -> Any:
+    """PostgreSQL: lock the balances of ``ids`` in user order, as every batch does first.
+
+    A set-based UPDATE takes its rows in whatever order its plan visits them, so
+    two batches updating the same users could each hold a row the other waits for.
+    """
+    b = BALANCES
+    return (
+        select(b.c.user_id)
+        .where(in_list(dialect, b.c.user_id))
+        .order_by(b.c.user_id)
+        .with_for_update()
+    )
+
+
 WANTED = ("uid", "amount")
 
 
@@ -164,6 +180,8 @@ async def hold_many(
     for request in requests:
         totals[request.user_id] += request.amount
     dialect = dialect_of(session)
+    if dialect == "postgresql":
+        await run_core(session, _lock_balances_in_order(dialect), {"ids": listed(dialect, totals)})
     params = rows_bound(dialect, "wanted", WANTED, sorted(totals.items()))
     held_users = set(
         (await run_core(session, _hold_totals(dialect), {**params, "now": now})).scalars()
@@ -200,11 +218,17 @@ async def hold_many(
 async def reserve_each(
     session: AsyncSession, requests: list[HoldRequest], *, ttl_seconds: int
 ) -> list[int | AppError]:
-    """The exact path, call by call in batch order: rolls an ended period over first,
-    and refuses precisely the calls that cannot be covered (402 with the amounts)."""
+    """The exact path, call by call: rolls an ended period over first, and refuses
+    precisely the calls that cannot be covered (402 with the amounts).
+
+    Users are taken in id order (each user's calls in batch order), as every batch
+    that locks balances takes them: in arrival order, a batch could lock one user
+    while a settlement held another and each wait for the other (PostgreSQL).
+    """
     now = utcnow()
-    results: list[int | AppError] = []
-    for request in requests:
+    results: list[int | AppError] = [0] * len(requests)
+    for i in sorted(range(len(requests)), key=lambda i: requests[i].user_id):
+        request = requests[i]
         try:
             async with session.begin_nested():
                 reservation = await ledger.reserve(
@@ -214,9 +238,9 @@ async def reserve_each(
                     ttl_seconds=ttl_seconds,
                     now=now,
                 )
-            results.append(reservation.id)
+            results[i] = reservation.id
         except AppError as exc:
-            results.append(exc)
+            results[i] = exc
     return results
 
 
@@ -281,26 +305,13 @@ def _settle_holds(dialect: str) -> Any:
     )
 
 
-@cache
-def _lock_balances_in_order(dialect: str) -> Any:
-    b = BALANCES
-    return (
-        select(b.c.user_id)
-        .where(in_list(dialect, b.c.user_id))
-        .order_by(b.c.user_id)
-        .with_for_update()
-    )
-
-
 async def settle_many(session: AsyncSession, settlements: list[Settlement]) -> None:
     """Close many holds and record their usage in a handful of statements."""
     # Core on the connection, which does not flush pending ORM changes by itself.
     await session.flush()
     dialect = dialect_of(session)
     if dialect == "postgresql":
-        # Lock the balances in user order first, as every batch does: the set-based
-        # updates below would otherwise take their rows in whatever order the plan
-        # visits them, and two processes settling could deadlock.
+        # The set-based updates below would take their rows in plan order.
         users = listed(dialect, {s.usage.user_id for s in settlements})
         await run_core(session, _lock_balances_in_order(dialect), {"ids": users})
     actual = sorted((s.reservation_id, s.usage.debit) for s in settlements)
