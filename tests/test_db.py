@@ -259,14 +259,14 @@ class TestQuickTransaction:
         self, database: Database, world: World, sqlite_only: None
     ) -> None:
         quick = Database(database.url, checkpoint_delay=0.05)
-        passes: list[tuple[bool, int]] = []  # (writers held back, frames in the WAL)
+        passes: list[tuple[bool, int, int, int]] = []  # writers held back?, and the result
         checkpoint = quick._wal_checkpoint
 
-        async def watched() -> int:
+        async def watched() -> tuple[int, int, int]:
             held = quick._write_lock is not None and quick._write_lock.locked()
-            frames = await checkpoint()
-            passes.append((held, frames))
-            return frames
+            busy, frames, copied = await checkpoint()
+            passes.append((held, busy, frames, copied))
+            return busy, frames, copied
 
         quick._wal_checkpoint = watched  # type: ignore[method-assign]
 
@@ -280,19 +280,58 @@ class TestQuickTransaction:
                 await asyncio.sleep(0)
         finally:
             await quick.dispose()
-        rounds: list[list[tuple[bool, int]]] = [[]]
-        for held, frames in passes:
-            rounds[-1].append((held, frames))
-            if held:
+        rounds: list[list[tuple[bool, int, int, int]]] = [[]]
+        for result in passes:
+            rounds[-1].append(result)
+            if result[0]:
                 rounds.append([])
-        finished = [r for r in rounds if r and r[-1][0]]
+        finished = [r for r in rounds if r and r[-1][0] and not any(p[1] for p in r)]
         assert finished, passes
         for checkpoint_round in finished:
-            free = [frames for held, frames in checkpoint_round if not held]
-            assert 2 <= len(free) <= CHECKPOINT_PASSES
-            # What the writers added during the last free pass is all that is left to
-            # copy with them held back: far less than the bulk copied while they ran.
-            assert free[-1] - free[-2] < free[0] / 4, checkpoint_round
+            *free, last = checkpoint_round
+            assert len(free) >= 2  # the bulk, then at least what came meanwhile
+            # What the writers waited for, what came during the last free pass, is far
+            # less than the bulk copied while they carried on.
+            first_found, waited_for = free[0][2], last[2] - free[-1][3]
+            assert waited_for < first_found / 2, checkpoint_round
+
+    @pytest.mark.parametrize(
+        ("results", "free_passes"),
+        [
+            # Each pass finds less: stop once one finds at most a few frames.
+            ([(0, 3000, 3000), (0, 3100, 3100), (0, 3120, 3120)], 3),
+            # Another checkpoint was running: that pass tells nothing.
+            ([(0, 3000, 3000), (1, -1, -1), (0, 3010, 3010)], 3),
+            # The WAL started over between passes: all its frames are new.
+            ([(0, 3000, 3000), (0, 20, 20)], 2),
+            ([(0, 3000, 3000), (0, 400, 400), (0, 420, 420)], 3),
+            # A reader kept frames from being copied: they are still to copy.
+            ([(0, 3000, 2000), (0, 3010, 3010), (0, 3020, 3020)], 3),
+            # Writers never slow down: at most CHECKPOINT_PASSES passes all the same.
+            ([(0, 1000 * n, 1000 * n) for n in range(1, 9)], CHECKPOINT_PASSES),
+        ],
+    )
+    async def test_a_checkpoint_copies_while_writers_carry_on_until_a_pass_finds_little(
+        self,
+        database: Database,
+        sqlite_only: None,
+        results: list[tuple[int, int, int]],
+        free_passes: int,
+    ) -> None:
+        quick = Database(database.url, checkpoint_delay=0)
+        script = iter(results)
+        held: list[bool] = []
+
+        async def scripted() -> tuple[int, int, int]:
+            held.append(quick._write_lock is not None and quick._write_lock.locked())
+            return next(script, (0, 0, 0))
+
+        quick._wal_checkpoint = scripted  # type: ignore[method-assign]
+        try:
+            await quick._checkpoint_later()
+        finally:
+            await quick.dispose()
+        assert held == [False] * free_passes + [True]
 
 
 class TestQuickRead:

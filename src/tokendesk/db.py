@@ -118,10 +118,10 @@ def utcnow() -> datetime:
 AfterCommit = Callable[[], Any]
 T = TypeVar("T")
 
-# A background WAL checkpoint copies while writers carry on, at most this many times,
-# until they added at most this many frames (pages) during one; then a short last pass.
+# A background WAL checkpoint copies while writers carry on, at most this many passes,
+# until one finds at most this many new frames (page writes) to copy.
 CHECKPOINT_PASSES = 4
-CHECKPOINT_LEFT_FRAMES = 32
+CHECKPOINT_FEW_FRAMES = 32
 
 
 class QuickPathUnavailable(Exception):
@@ -358,12 +358,18 @@ class Database:
             # caught up with its end. Under steady writes a checkpoint alone never does
             # (new frames keep coming while it copies), and the WAL grew by megabytes a
             # second. So: the bulk while writers carry on, then what they added
-            # meanwhile, again while they carry on, until they added little; only that
-            # is copied with this process's writers held back (every hold waits then).
-            end = await self._wal_checkpoint()
-            for _ in range(CHECKPOINT_PASSES - 1):
-                start, end = end, await self._wal_checkpoint()
-                if end - start <= CHECKPOINT_LEFT_FRAMES:
+            # meanwhile, again while they carry on, until a pass had little to copy;
+            # what came during that pass is copied with this process's writers held
+            # back (every hold waits then).
+            copied = 0
+            for _ in range(CHECKPOINT_PASSES):
+                busy, frames, done = await self._wal_checkpoint()
+                if busy:
+                    continue  # another checkpoint is running: it copies for this one
+                # What this pass found to copy (all of it if the WAL had started over).
+                found = frames - copied if frames >= copied else frames
+                copied = done
+                if found <= CHECKPOINT_FEW_FRAMES:
                     break
             assert self._write_lock is not None
             async with self._write_lock:
@@ -371,14 +377,13 @@ class Database:
         except Exception:  # the next quick write tries again
             log.warning("WAL checkpoint failed", exc_info=True)
 
-    async def _wal_checkpoint(self) -> int:
-        """Copy what it can of the WAL into the database file; returns how many frames
-        the WAL held when it started (frames written meanwhile are left for later)."""
+    async def _wal_checkpoint(self) -> tuple[int, int, int]:
+        """Copy what it can of the WAL into the database file: PASSIVE, so it never
+        waits for anyone. Returns SQLite's (busy, frames in the WAL when it started,
+        frames copied so far); (1, -1, -1) if another checkpoint was running."""
         async with self.read_engine.connect() as connection:
             result = await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-            # (busy, frames in the WAL, frames copied)
-            _busy, frames, _copied = cast(tuple[int, int, int], tuple(result.one()))
-        return frames
+            return cast(tuple[int, int, int], tuple(result.one()))
 
     def _plain_engine(self, kind: str) -> Engine | None:
         """SQLAlchemy's synchronous engine over the plain connection of this ``kind``."""
