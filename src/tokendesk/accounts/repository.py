@@ -254,6 +254,14 @@ async def move_period_end(
     session: AsyncSession, *, organization_id: int, end: datetime
 ) -> list[Balance]:
     """Move every current period of the organization to end at ``end``; the moved balances."""
+    # Locked in user order first, as every transaction that changes several balances
+    # takes them (see ledger.lock_in_user_order); the UPDATE alone goes in plan order.
+    await session.execute(
+        select(Balance.user_id)
+        .where(Balance.organization_id == organization_id)
+        .order_by(Balance.user_id)
+        .with_for_update()
+    )
     result = await session.scalars(
         update(Balance)
         .where(Balance.organization_id == organization_id)

@@ -2,7 +2,9 @@
 
 Every change to a balance is a ledger entry written in the same transaction as
 the cached ``balances`` row, so ``doctor`` can always prove the two agree.
-Concurrency is handled by conditional updates, never by read-modify-write.
+Concurrency is handled by conditional updates, never by read-modify-write, and
+a transaction that changes several balances takes their rows in user order
+(:func:`lock_in_user_order`), so two transactions never deadlock on them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Organization, Team, User
-from tokendesk.db import bound_rows, dialect_of, rows_bound, run_core, utcnow
+from tokendesk.db import bound_rows, dialect_of, in_list, listed, rows_bound, run_core, utcnow
 from tokendesk.errors import InsufficientTokens, InvalidInput, NotFound
 from tokendesk.events.bus import Event, emit
 from tokendesk.ledger.models import (
@@ -166,14 +168,21 @@ async def rollover_due(
     period end with it; held reservations carry over to the new one.
     """
     now = now or utcnow()
-    due = select(Balance.organization_id).where(Balance.period_end <= now).distinct()
+    # The rows to reset, locked in user order (PostgreSQL) before any is updated, as
+    # every transaction that changes several balances takes them (see lock_in_user_order).
+    due = (
+        select(Balance.organization_id)
+        .where(Balance.period_end <= now)
+        .order_by(Balance.user_id)
+        .with_for_update()
+    )
     if user_ids is not None:
         if not user_ids:
             return 0
         due = due.where(Balance.user_id.in_(user_ids))
     if organization_id is not None:
         due = due.where(Balance.organization_id == organization_id)
-    org_ids = list((await session.scalars(due)).all())
+    org_ids = sorted(set((await session.scalars(due)).all()))
     total = 0
     for org_id in org_ids:
         org = await session.get(Organization, org_id)
@@ -401,6 +410,31 @@ RETURNED = ("uid", "amount")
 
 
 @cache
+def _lock_in_user_order(dialect: str) -> Any:
+    return (
+        select(BALANCES.c.user_id)
+        .where(in_list(dialect, BALANCES.c.user_id))
+        .order_by(BALANCES.c.user_id)
+        .with_for_update()
+    )
+
+
+async def lock_in_user_order(session: AsyncSession, user_ids: Iterable[int]) -> None:
+    """PostgreSQL: lock these users' balances in user order, as every transaction that
+    changes several balances does before it changes any.
+
+    A set-based UPDATE takes its rows in whatever order its plan visits them, and
+    one-by-one updates in the order of their callers: two transactions could then
+    each hold a row the other waits for. On SQLite one writer at a time has the
+    whole database, so there is nothing to order.
+    """
+    dialect = dialect_of(session)
+    ids = set(user_ids)
+    if dialect == "postgresql" and ids:
+        await run_core(session, _lock_in_user_order(dialect), {"ids": listed(dialect, ids)})
+
+
+@cache
 def _return_holds(dialect: str) -> Any:
     returned = bound_rows(dialect, "returned", *RETURNED)
     return (
@@ -424,10 +458,16 @@ async def return_holds(
 async def expire_holds(session: AsyncSession, *, now: datetime | None = None) -> int:
     """Release holds nobody settled before they expired (a crashed or stuck call)."""
     now = now or utcnow()
+    expired = (Reservation.status == ReservationStatus.HELD, Reservation.expires_at <= now)
+    # Balances before reservations, as settlements take them: a hold settled just as it
+    # expires would otherwise be locked by each while it waits for the other's row.
+    await lock_in_user_order(
+        session, (await session.scalars(select(Reservation.user_id).where(*expired))).all()
+    )
     rows = (
         await session.execute(
             update(Reservation)
-            .where(Reservation.status == ReservationStatus.HELD, Reservation.expires_at <= now)
+            .where(*expired)
             .values(status=ReservationStatus.EXPIRED.value)
             .returning(Reservation.user_id, Reservation.amount)
             .execution_options(synchronize_session=False)

@@ -26,8 +26,6 @@ from tokendesk.db import (
     UTCDateTime,
     bound_rows,
     dialect_of,
-    in_list,
-    listed,
     rows_bound,
     run_core,
     sqlite_timestamp,
@@ -47,22 +45,6 @@ class HoldRequest:
     user_id: int
     organization_id: int
     amount: int
-
-
-@cache
-def _lock_balances_in_order(dialect: str) -> Any:
-    """PostgreSQL: lock the balances of ``ids`` in user order, as every batch does first.
-
-    A set-based UPDATE takes its rows in whatever order its plan visits them, so
-    two batches updating the same users could each hold a row the other waits for.
-    """
-    b = BALANCES
-    return (
-        select(b.c.user_id)
-        .where(in_list(dialect, b.c.user_id))
-        .order_by(b.c.user_id)
-        .with_for_update()
-    )
 
 
 WANTED = ("uid", "amount")
@@ -180,8 +162,7 @@ async def hold_many(
     for request in requests:
         totals[request.user_id] += request.amount
     dialect = dialect_of(session)
-    if dialect == "postgresql":
-        await run_core(session, _lock_balances_in_order(dialect), {"ids": listed(dialect, totals)})
+    await ledger.lock_in_user_order(session, totals)
     params = rows_bound(dialect, "wanted", WANTED, sorted(totals.items()))
     held_users = set(
         (await run_core(session, _hold_totals(dialect), {**params, "now": now})).scalars()
@@ -310,10 +291,7 @@ async def settle_many(session: AsyncSession, settlements: list[Settlement]) -> N
     # Core on the connection, which does not flush pending ORM changes by itself.
     await session.flush()
     dialect = dialect_of(session)
-    if dialect == "postgresql":
-        # The set-based updates below would take their rows in plan order.
-        users = listed(dialect, {s.usage.user_id for s in settlements})
-        await run_core(session, _lock_balances_in_order(dialect), {"ids": users})
+    await ledger.lock_in_user_order(session, {s.usage.user_id for s in settlements})
     actual = sorted((s.reservation_id, s.usage.debit) for s in settlements)
     params = rows_bound(dialect, "settled", SETTLED, actual)
     closed = (await run_core(session, _settle_holds(dialect), params)).all()

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tokendesk.db import Database
+from tokendesk.ledger import service as ledger
 from tokendesk.metering.service import UsageInput, UsageResult, record_usage
 
 # Events per transaction: keeps one transaction (and the writer's wait) short.
@@ -96,7 +97,11 @@ class UsageRecorder:
             by_org[batch.organization_id].append(batch)
         answers: dict[int, list[UsageResult]] = {}
         async with self.database.transaction() as session:
-            # Organizations in id order, so concurrent processes lock in one order.
+            # All the group's users at once: organization by organization, they would
+            # be locked in user order within each organization only.
+            await ledger.lock_in_user_order(
+                session, {usage.user_id for batch in group for usage in batch.events}
+            )
             for organization_id, batches in sorted(by_org.items()):
                 results = await record_usage(
                     session,

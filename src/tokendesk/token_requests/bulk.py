@@ -162,6 +162,7 @@ async def _grant(
     now: datetime,
 ) -> dict[int, AnyRow]:
     """Credit every approved amount into its requester's current period."""
+    await ledger.lock_in_user_order(session, {found[row.id].user_id for row in changed})
     due = sorted({found[row.id].user_id for row in changed if found[row.id].period_ended})
     # A period that had not ended at the classifying read cannot have ended since:
     # ``now`` is fixed and a rollover only moves the end forward.
