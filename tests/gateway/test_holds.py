@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import make_url, select, text, update
 
 from tests.factories import World
+from tokendesk.accounts import service as accounts
 from tokendesk.db import Database
 from tokendesk.errors import AppError, InsufficientTokens
 from tokendesk.ledger import service as ledger
@@ -19,6 +22,7 @@ from tokendesk.ledger.models import Balance, LedgerEntry, Reservation, Reservati
 from tokendesk.metering import holds
 from tokendesk.metering.holds import HoldBatcher, Settlement, Settler
 from tokendesk.metering.holds_repository import HoldRequest, reserve_each, settle_many
+from tokendesk.metering.ingest import UsageRecorder
 from tokendesk.metering.models import UsageEvent
 from tokendesk.metering.service import UsageInput
 
@@ -213,6 +217,24 @@ async def waiting_for_locks(database: Database, count: int) -> None:
     raise AssertionError(f"fewer than {count} sessions waiting for locks")
 
 
+async def queued_for_one_row(
+    database: Database,
+    user_id: int,
+    first: Callable[[], Awaitable[Any]],
+    then: Callable[[], Awaitable[Any]],
+) -> list[Any]:
+    """Run ``first``, then ``then``, each in its own transaction, so that both queue for
+    the user's balance row, ``first`` ahead; their results once both are done."""
+    async with database.transaction() as gate:
+        row = select(Balance.user_id).where(Balance.user_id == user_id)
+        await gate.execute(row.with_for_update())
+        ahead = asyncio.create_task(first())
+        await waiting_for_locks(database, 1)
+        behind = asyncio.create_task(then())
+        await waiting_for_locks(database, 2)
+    return list(await asyncio.wait_for(asyncio.gather(ahead, behind), 10))
+
+
 class TestLockOrder:
     async def test_holds_one_by_one_and_a_settlement_never_wait_for_each_other(
         self, database: Database, world: World, backend: str
@@ -239,20 +261,92 @@ class TestLockOrder:
         # holds (the exact path: a period to roll over, or a balance that may not
         # cover them all) queue too. Taking the higher user first, they would hold
         # the row the settlement needs next while waiting for the one it gets.
-        async with database.transaction() as gate:
-            await gate.execute(
-                select(Balance.user_id).where(Balance.user_id == low).with_for_update()
-            )
-            settling = asyncio.create_task(settle())
-            await waiting_for_locks(database, 1)
-            reserving = asyncio.create_task(reserve())
-            await waiting_for_locks(database, 2)
-        _, reserved = await asyncio.wait_for(asyncio.gather(settling, reserving), 10)
+        _, reserved = await queued_for_one_row(database, low, settle, reserve)
         assert all(isinstance(result, int) for result in reserved), reserved
         async with database.transaction(write=False) as s:
             for user in (low, high):
                 balance = await ledger.get_balance(s, user_id=user)
                 assert (balance.used, balance.reserved) == (30, 200)
+            assert await check_balances(s) == []
+
+    async def test_expiring_holds_and_a_settlement_never_wait_for_each_other(
+        self, database: Database, world: World, backend: str
+    ) -> None:
+        if backend != "postgres":
+            pytest.skip("row locks between connections: PostgreSQL")
+        hold_id = await hold(database, world, world.alice.id, 100)
+        async with database.transaction() as s:
+            await s.execute(
+                update(Reservation)
+                .where(Reservation.id == hold_id)
+                .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+            )
+        late = Settlement(hold_id, world.org_id, usage("just-expired", world.alice.id, 30))
+
+        async def settle() -> None:
+            async with database.transaction() as s:
+                await settle_many(s, [late])
+
+        async def expire() -> int:
+            async with database.transaction() as s:
+                return await ledger.expire_holds(s)
+
+        # The settlement queues for the balance, then the expiry comes for the same hold.
+        # Taking the reservation before the balance, it would hold the row the
+        # settlement needs next while waiting for the balance the settlement gets.
+        _, expired = await queued_for_one_row(database, world.alice.id, settle, expire)
+        assert expired == 0  # settled first: nothing left to expire
+        async with database.transaction(write=False) as s:
+            balance = await ledger.get_balance(s, user_id=world.alice.id)
+            assert (balance.used, balance.reserved) == (30, 0)
+            assert await check_balances(s) == []
+
+    async def test_usage_across_organizations_and_a_settlement_never_wait_for_each_other(
+        self, database: Database, world: World, backend: str
+    ) -> None:
+        if backend != "postgres":
+            pytest.skip("row locks between connections: PostgreSQL")
+        async with database.transaction() as s:
+            newcomer = await accounts.create_user(
+                s, organization_id=world.org_id, email="newcomer@example.com", name="Newcomer"
+            )
+        # Organizations go in id order: the first one's user comes after the second's.
+        low, high = world.oscar.id, newcomer.id
+        assert world.org_id < world.other_org_id and low < high
+        held = [
+            await HoldBatcher(database, ttl_seconds=60).hold(
+                user_id=user, organization_id=org, amount=100
+            )
+            for user, org in ((low, world.other_org_id), (high, world.org_id))
+        ]
+        settlements = [
+            Settlement(held[0], world.other_org_id, usage("settled-low", low, 30)),
+            Settlement(held[1], world.org_id, usage("settled-high", high, 30)),
+        ]
+
+        async def settle() -> None:
+            async with database.transaction() as s:
+                await settle_many(s, settlements)
+
+        recorder = UsageRecorder(database)
+
+        async def record() -> None:
+            # Reported at the same time, so recorded in one transaction.
+            await asyncio.gather(
+                recorder.record(organization_id=world.org_id, events=[usage("u-high", high, 5)]),
+                recorder.record(
+                    organization_id=world.other_org_id, events=[usage("u-low", low, 5)]
+                ),
+            )
+
+        # The settlement queues first for the lower user's row. Organization by
+        # organization, the usage would lock the higher user (first organization) and
+        # queue for the lower, which the settlement gets and then needs the higher.
+        await queued_for_one_row(database, low, settle, record)
+        async with database.transaction(write=False) as s:
+            for user in (low, high):
+                balance = await ledger.get_balance(s, user_id=user)
+                assert (balance.used, balance.reserved) == (35, 0)
             assert await check_balances(s) == []
 
 
