@@ -97,11 +97,11 @@ class UsageRecorder:
             by_org[batch.organization_id].append(batch)
         answers: dict[int, list[UsageResult]] = {}
         async with self.database.transaction() as session:
-            # All the group's users at once: organization by organization, they would
-            # be locked in user order within each organization only.
-            await ledger.lock_in_user_order(
-                session, {usage.user_id for batch in group for usage in batch.events}
-            )
+            if len(by_org) > 1:
+                # All the group's users at once: organization by organization, they
+                # would be locked in user order within each organization only.
+                users = {usage.user_id for batch in group for usage in batch.events}
+                await ledger.lock_in_user_order(session, users)
             for organization_id, batches in sorted(by_org.items()):
                 results = await record_usage(
                     session,
