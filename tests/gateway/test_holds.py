@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -235,6 +236,23 @@ async def queued_for_one_row(
     return list(await asyncio.wait_for(asyncio.gather(ahead, behind), 10))
 
 
+async def expired_hold(database: Database, world: World, user_id: int) -> int:
+    """A hold of 100 tokens that expired a second ago, not yet released."""
+    hold_id = await hold(database, world, user_id, 100)
+    async with database.transaction() as s:
+        await s.execute(
+            update(Reservation)
+            .where(Reservation.id == hold_id)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    return hold_id
+
+
+async def expire(database: Database) -> int:
+    async with database.transaction() as s:
+        return await ledger.expire_holds(s)
+
+
 class TestLockOrder:
     async def test_holds_one_by_one_and_a_settlement_never_wait_for_each_other(
         self, database: Database, world: World, backend: str
@@ -274,31 +292,47 @@ class TestLockOrder:
     ) -> None:
         if backend != "postgres":
             pytest.skip("row locks between connections: PostgreSQL")
-        hold_id = await hold(database, world, world.alice.id, 100)
-        async with database.transaction() as s:
-            await s.execute(
-                update(Reservation)
-                .where(Reservation.id == hold_id)
-                .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
-            )
+        hold_id = await expired_hold(database, world, world.alice.id)
         late = Settlement(hold_id, world.org_id, usage("just-expired", world.alice.id, 30))
 
         async def settle() -> None:
             async with database.transaction() as s:
                 await settle_many(s, [late])
 
-        async def expire() -> int:
-            async with database.transaction() as s:
-                return await ledger.expire_holds(s)
-
         # The settlement queues for the balance, then the expiry comes for the same hold.
         # Taking the reservation before the balance, it would hold the row the
         # settlement needs next while waiting for the balance the settlement gets.
-        _, expired = await queued_for_one_row(database, world.alice.id, settle, expire)
+        _, expired = await queued_for_one_row(
+            database, world.alice.id, settle, partial(expire, database)
+        )
         assert expired == 0  # settled first: nothing left to expire
         async with database.transaction(write=False) as s:
             balance = await ledger.get_balance(s, user_id=world.alice.id)
             assert (balance.used, balance.reserved) == (30, 0)
+            assert await check_balances(s) == []
+
+    async def test_a_release_and_expiring_holds_never_wait_for_each_other(
+        self, database: Database, world: World, backend: str
+    ) -> None:
+        if backend != "postgres":
+            pytest.skip("row locks between connections: PostgreSQL")
+        hold_id = await expired_hold(database, world, world.alice.id)
+
+        async def release() -> None:
+            await holds.release(database, reservation_id=hold_id)
+
+        # The expiry queues for the balance, then the call's failure releases the same
+        # hold. Taking the reservation first, the release would hold the row the
+        # expiry needs next while waiting for the balance the expiry gets.
+        expired, _ = await queued_for_one_row(
+            database, world.alice.id, partial(expire, database), release
+        )
+        assert expired == 1  # expired first: the release found it gone
+        async with database.transaction(write=False) as s:
+            reservation = await s.get(Reservation, hold_id)
+            assert reservation is not None and reservation.status == ReservationStatus.EXPIRED
+            balance = await ledger.get_balance(s, user_id=world.alice.id)
+            assert (balance.used, balance.reserved) == (0, 0)
             assert await check_balances(s) == []
 
     async def test_usage_across_organizations_and_a_settlement_never_wait_for_each_other(
@@ -329,6 +363,16 @@ class TestLockOrder:
                 await settle_many(s, settlements)
 
         recorder = UsageRecorder(database)
+        transactions = 0
+        record_group = recorder._record
+
+        async def counted(group: Any) -> Any:
+            nonlocal transactions
+            transactions += 1
+            return await record_group(group)
+
+        # A combined transaction that fails (a deadlock too) is retried batch by batch.
+        recorder._record = counted  # type: ignore[method-assign]
 
         async def record() -> None:
             # Reported at the same time, so recorded in one transaction.
@@ -343,6 +387,7 @@ class TestLockOrder:
         # organization, the usage would lock the higher user (first organization) and
         # queue for the lower, which the settlement gets and then needs the higher.
         await queued_for_one_row(database, low, settle, record)
+        assert transactions == 1
         async with database.transaction(write=False) as s:
             for user in (low, high):
                 balance = await ledger.get_balance(s, user_id=user)

@@ -113,6 +113,12 @@ async def update_settings(
     fields = data.model_fields_set
     if data.timezone is not None and not is_valid_timezone(data.timezone):
         raise InvalidInput(f"timezone: unknown IANA time zone {data.timezone!r}", field="timezone")
+    # The organization, then its balances in user order, as bulk approvals take them;
+    # the reset and the updates below would take balances in other orders.
+    await session.execute(
+        select(Organization.id).where(Organization.id == actor.organization_id).with_for_update()
+    )
+    await ledger.lock_in_user_order(session, organization_id=actor.organization_id)
     # Periods that ended under the old settings close under them, before anything moves.
     await ledger.rollover_due(session, now=now, organization_id=actor.organization_id)
     org = await get_organization(session, actor.organization_id)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import aliased
 
 from tokendesk.accounts.models import ApiKey, Role, Team, TeamOwner, User
 from tokendesk.accounts.schemas import AllocationSource
+from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
 
 
@@ -254,14 +255,8 @@ async def move_period_end(
     session: AsyncSession, *, organization_id: int, end: datetime
 ) -> list[Balance]:
     """Move every current period of the organization to end at ``end``; the moved balances."""
-    # Locked in user order first, as every transaction that changes several balances
-    # takes them (see ledger.lock_in_user_order); the UPDATE alone goes in plan order.
-    await session.execute(
-        select(Balance.user_id)
-        .where(Balance.organization_id == organization_id)
-        .order_by(Balance.user_id)
-        .with_for_update()
-    )
+    # Locked in user order first (the UPDATE alone goes in plan order).
+    await ledger.lock_in_user_order(session, organization_id=organization_id)
     result = await session.scalars(
         update(Balance)
         .where(Balance.organization_id == organization_id)

@@ -246,17 +246,17 @@ async def reapply_allocations(
     Each difference is an ``allocation_change`` ledger entry, so the change takes
     effect at once; later periods pick the new value up at their reset.
     """
+    if user_ids is not None and not user_ids:
+        return 0
     org = await get_organization(session, organization_id)
+    # All the rows first, in user order: the reset below locks only the ended ones.
+    await ledger.lock_in_user_order(session, user_ids, organization_id=organization_id)
     await ledger.rollover_due(session, organization_id=organization_id, user_ids=user_ids)
     target = ledger.allocation_expression(org.default_allocation)
-    query = (
-        select(Balance.user_id, Balance.period_start, Balance.allocation, target.label("target"))
-        .where(Balance.organization_id == organization_id)
-        .with_for_update()
-    )
+    query = select(
+        Balance.user_id, Balance.period_start, Balance.allocation, target.label("target")
+    ).where(Balance.organization_id == organization_id)
     if user_ids is not None:
-        if not user_ids:
-            return 0
         query = query.where(Balance.user_id.in_(user_ids))
     rows = [row for row in (await session.execute(query)).all() if row.allocation != row.target]
     if not rows:

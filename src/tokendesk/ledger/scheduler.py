@@ -28,8 +28,11 @@ class TickResult:
 
 async def run_once(database: Database, *, now: datetime | None = None) -> TickResult:
     now = now or utcnow()
+    # One transaction each: each locks its balances in user order, and one after the
+    # other in a single transaction they would not be in user order together.
     async with database.transaction() as session:
         reset = await ledger.rollover_due(session, now=now)
+    async with database.transaction() as session:
         expired = await ledger.expire_holds(session, now=now)
     if reset or expired:
         log.info("scheduler: %d balances reset, %d holds expired", reset, expired)

@@ -360,6 +360,12 @@ async def reserve(
 async def _close_hold(
     session: AsyncSession, *, reservation_id: int, status: ReservationStatus, settled: int | None
 ) -> Reservation:
+    # The balance before the reservation, as settlements and expiry take them.
+    user_id = await session.scalar(
+        select(Reservation.user_id).where(Reservation.id == reservation_id)
+    )
+    if user_id is not None:
+        await lock_in_user_order(session, [user_id])
     closed = await session.execute(
         update(Reservation)
         .where(Reservation.id == reservation_id, Reservation.status == ReservationStatus.HELD)
@@ -419,9 +425,15 @@ def _lock_in_user_order(dialect: str) -> Any:
     )
 
 
-async def lock_in_user_order(session: AsyncSession, user_ids: Iterable[int]) -> None:
-    """PostgreSQL: lock these users' balances in user order, as every transaction that
-    changes several balances does before it changes any.
+async def lock_in_user_order(
+    session: AsyncSession,
+    user_ids: Iterable[int] | None = None,
+    *,
+    organization_id: int | None = None,
+) -> None:
+    """PostgreSQL: lock these users' balances (or all of ``organization_id``'s) in user
+    order, as every transaction that changes several balances does before it
+    changes any.
 
     A set-based UPDATE takes its rows in whatever order its plan visits them, and
     one-by-one updates in the order of their callers: two transactions could then
@@ -429,8 +441,19 @@ async def lock_in_user_order(session: AsyncSession, user_ids: Iterable[int]) -> 
     whole database, so there is nothing to order.
     """
     dialect = dialect_of(session)
+    if dialect != "postgresql":
+        return
+    if user_ids is None:
+        assert organization_id is not None, "lock whose balances?"
+        await session.execute(
+            select(Balance.user_id)
+            .where(Balance.organization_id == organization_id)
+            .order_by(Balance.user_id)
+            .with_for_update()
+        )
+        return
     ids = set(user_ids)
-    if dialect == "postgresql" and ids:
+    if ids:
         await run_core(session, _lock_in_user_order(dialect), {"ids": listed(dialect, ids)})
 
 
