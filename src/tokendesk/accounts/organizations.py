@@ -118,7 +118,7 @@ async def update_settings(
     await session.execute(
         select(Organization.id).where(Organization.id == actor.organization_id).with_for_update()
     )
-    await ledger.lock_in_user_order(session, organization_id=actor.organization_id)
+    await ledger.lock_in_user_order(session, ledger.users_of(actor.organization_id))
     # Periods that ended under the old settings close under them, before anything moves.
     await ledger.rollover_due(session, now=now, organization_id=actor.organization_id)
     org = await get_organization(session, actor.organization_id)

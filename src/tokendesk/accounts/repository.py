@@ -13,7 +13,6 @@ from sqlalchemy.orm import aliased
 
 from tokendesk.accounts.models import ApiKey, Role, Team, TeamOwner, User
 from tokendesk.accounts.schemas import AllocationSource
-from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
 
 
@@ -254,9 +253,11 @@ async def revoke_api_key(session: AsyncSession, *, key_id: int, now: datetime) -
 async def move_period_end(
     session: AsyncSession, *, organization_id: int, end: datetime
 ) -> list[Balance]:
-    """Move every current period of the organization to end at ``end``; the moved balances."""
-    # Locked in user order first (the UPDATE alone goes in plan order).
-    await ledger.lock_in_user_order(session, organization_id=organization_id)
+    """Move every current period of the organization to end at ``end``; the moved balances.
+
+    The caller has locked them in user order (``ledger.lock_in_user_order``): the
+    UPDATE alone would take them in plan order.
+    """
     result = await session.scalars(
         update(Balance)
         .where(Balance.organization_id == organization_id)

@@ -250,7 +250,9 @@ async def reapply_allocations(
         return 0
     org = await get_organization(session, organization_id)
     # All the rows first, in user order: the reset below locks only the ended ones.
-    await ledger.lock_in_user_order(session, user_ids, organization_id=organization_id)
+    await ledger.lock_in_user_order(
+        session, ledger.users_of(organization_id) if user_ids is None else user_ids
+    )
     await ledger.rollover_due(session, organization_id=organization_id, user_ids=user_ids)
     target = ledger.allocation_expression(org.default_allocation)
     query = select(

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Select, Table, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Organization, Team, User
@@ -361,11 +361,9 @@ async def _close_hold(
     session: AsyncSession, *, reservation_id: int, status: ReservationStatus, settled: int | None
 ) -> Reservation:
     # The balance before the reservation, as settlements and expiry take them.
-    user_id = await session.scalar(
-        select(Reservation.user_id).where(Reservation.id == reservation_id)
+    await lock_in_user_order(
+        session, select(Reservation.user_id).where(Reservation.id == reservation_id)
     )
-    if user_id is not None:
-        await lock_in_user_order(session, [user_id])
     closed = await session.execute(
         update(Reservation)
         .where(Reservation.id == reservation_id, Reservation.status == ReservationStatus.HELD)
@@ -425,36 +423,35 @@ def _lock_in_user_order(dialect: str) -> Any:
     )
 
 
-async def lock_in_user_order(
-    session: AsyncSession,
-    user_ids: Iterable[int] | None = None,
-    *,
-    organization_id: int | None = None,
-) -> None:
-    """PostgreSQL: lock these users' balances (or all of ``organization_id``'s) in user
+async def lock_in_user_order(session: AsyncSession, users: Iterable[int] | Select[Any]) -> None:
+    """PostgreSQL: lock the balances of ``users`` (ids, or a query of user ids) in user
     order, as every transaction that changes several balances does before it
     changes any.
 
     A set-based UPDATE takes its rows in whatever order its plan visits them, and
     one-by-one updates in the order of their callers: two transactions could then
     each hold a row the other waits for. On SQLite one writer at a time has the
-    whole database, so there is nothing to order.
+    whole database, so there is nothing to order (and nothing runs).
     """
     dialect = dialect_of(session)
     if dialect != "postgresql":
         return
-    if user_ids is None:
-        assert organization_id is not None, "lock whose balances?"
+    if isinstance(users, Select):
         await session.execute(
             select(Balance.user_id)
-            .where(Balance.organization_id == organization_id)
+            .where(Balance.user_id.in_(users))
             .order_by(Balance.user_id)
             .with_for_update()
         )
         return
-    ids = set(user_ids)
+    ids = set(users)
     if ids:
         await run_core(session, _lock_in_user_order(dialect), {"ids": listed(dialect, ids)})
+
+
+def users_of(organization_id: int) -> Select[Any]:
+    """The organization's users, as a query (for :func:`lock_in_user_order`)."""
+    return select(Balance.user_id).where(Balance.organization_id == organization_id)
 
 
 @cache
@@ -484,9 +481,7 @@ async def expire_holds(session: AsyncSession, *, now: datetime | None = None) ->
     expired = (Reservation.status == ReservationStatus.HELD, Reservation.expires_at <= now)
     # Balances before reservations, as settlements take them: a hold settled just as it
     # expires would otherwise be locked by each while it waits for the other's row.
-    await lock_in_user_order(
-        session, (await session.scalars(select(Reservation.user_id).where(*expired))).all()
-    )
+    await lock_in_user_order(session, select(Reservation.user_id).where(*expired))
     rows = (
         await session.execute(
             update(Reservation)
