@@ -95,6 +95,14 @@ def sqlite_only(backend: str) -> None:
         pytest.skip("SQLite only")
 
 
+@pytest.fixture
+def postgres_only(backend: str) -> None:
+    """For tests of what only PostgreSQL has (row locks between connections, say):
+    skipped on SQLite."""
+    if backend != "postgres":
+        pytest.skip("PostgreSQL only")
+
+
 @pytest.fixture(scope="session")
 async def _session_database(db_url: str) -> AsyncIterator[Database]:
     database = Database(db_url)

@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 
 import pytest
 from sqlalchemy import make_url, select, text
@@ -85,6 +86,11 @@ class TestSqliteTimestamp:
 
 
 ADJUST = text("UPDATE balances SET adjusted = adjusted + 7 WHERE user_id = :user")
+
+
+def adjust_on(connection: sqlite3.Connection, user_id: int) -> None:
+    """ADJUST, on a plain connection (a quick write's)."""
+    connection.execute(str(ADJUST).replace(":user", "?"), (user_id,))
 
 
 async def adjusted(database: Database, user_id: int) -> int:
@@ -208,14 +214,11 @@ class TestQuickTransaction:
         path = make_url(database.url).database
         quick = Database(database.url, checkpoint_delay=0.01)
 
-        def adjust(connection: sqlite3.Connection) -> None:
-            connection.execute(str(ADJUST).replace(":user", "?"), (world.nora.id,))
-
         # Each quick write adds a frame or more to the WAL, which SQLite starts over only
         # once everything in it has been checkpointed into the database file.
         try:
             for _ in range(100):
-                await quick.quick_write(adjust)
+                await quick.quick_write(partial(adjust_on, user_id=world.nora.id))
                 await asyncio.sleep(0.002)
         finally:
             await quick.dispose()
@@ -234,15 +237,12 @@ class TestQuickTransaction:
         path = make_url(database.url).database
         quick = Database(database.url, checkpoint_delay=0.05)
 
-        def adjust(connection: sqlite3.Connection) -> None:
-            connection.execute(str(ADJUST).replace(":user", "?"), (world.nora.id,))
-
         # Writes never stop long enough for a checkpoint alone to catch up with them.
         writes = 0
         try:
             deadline = time.monotonic() + 0.6
             while time.monotonic() < deadline:
-                await quick.quick_write(adjust)
+                await quick.quick_write(partial(adjust_on, user_id=world.nora.id))
                 writes += 1
                 await asyncio.sleep(0)
         finally:
@@ -271,13 +271,10 @@ class TestQuickTransaction:
 
         quick._wal_checkpoint = watched  # type: ignore[method-assign]
 
-        def adjust(connection: sqlite3.Connection) -> None:
-            connection.execute(str(ADJUST).replace(":user", "?"), (world.nora.id,))
-
         try:
             deadline = time.monotonic() + 0.6
             while time.monotonic() < deadline:
-                await quick.quick_write(adjust)
+                await quick.quick_write(partial(adjust_on, user_id=world.nora.id))
                 await asyncio.sleep(0)
         finally:
             await quick.dispose()

@@ -253,12 +253,13 @@ async def expire(database: Database) -> int:
         return await ledger.expire_holds(s)
 
 
+@pytest.mark.usefixtures("postgres_only")
 class TestLockOrder:
+    """Transactions that change the same balances take them in one order (PostgreSQL)."""
+
     async def test_holds_one_by_one_and_a_settlement_never_wait_for_each_other(
-        self, database: Database, world: World, backend: str
+        self, database: Database, world: World
     ) -> None:
-        if backend != "postgres":
-            pytest.skip("row locks between connections: PostgreSQL")
         low, high = sorted([world.alice.id, world.bob.id])
         held = [await hold(database, world, user, 100) for user in (low, high)]
         settlements = [
@@ -288,10 +289,8 @@ class TestLockOrder:
             assert await check_balances(s) == []
 
     async def test_expiring_holds_and_a_settlement_never_wait_for_each_other(
-        self, database: Database, world: World, backend: str
+        self, database: Database, world: World
     ) -> None:
-        if backend != "postgres":
-            pytest.skip("row locks between connections: PostgreSQL")
         hold_id = await expired_hold(database, world, world.alice.id)
         late = Settlement(hold_id, world.org_id, usage("just-expired", world.alice.id, 30))
 
@@ -312,10 +311,8 @@ class TestLockOrder:
             assert await check_balances(s) == []
 
     async def test_a_release_and_expiring_holds_never_wait_for_each_other(
-        self, database: Database, world: World, backend: str
+        self, database: Database, world: World
     ) -> None:
-        if backend != "postgres":
-            pytest.skip("row locks between connections: PostgreSQL")
         hold_id = await expired_hold(database, world, world.alice.id)
 
         async def release() -> None:
@@ -336,10 +333,8 @@ class TestLockOrder:
             assert await check_balances(s) == []
 
     async def test_usage_across_organizations_and_a_settlement_never_wait_for_each_other(
-        self, database: Database, world: World, backend: str
+        self, database: Database, world: World
     ) -> None:
-        if backend != "postgres":
-            pytest.skip("row locks between connections: PostgreSQL")
         async with database.transaction() as s:
             newcomer = await accounts.create_user(
                 s, organization_id=world.org_id, email="newcomer@example.com", name="Newcomer"

@@ -134,11 +134,11 @@ class Settler:
     length: at 1,000 calls/s a 100 ms linger stalled the loop about 7 ms ten
     times a second, for a p99 around 20 ms; 20 ms stalls it about 2 ms, and
     10 ms about 1 ms a hundred times a second, which took another 0.7 to 4 ms
-    off the p99 in each of five paired runs, at the same CPU per call. On PostgreSQL a
-    settlement is a transaction of several round trips that holds never wait for
-    as a whole, so it lingers 100 ms: at 20 ms a call cost its server up to 70%
-    more CPU. A member's balance shows a call's usage that much later, far below
-    anything a person notices.
+    off the p99 in each of five paired runs, at the same CPU per call. On
+    PostgreSQL a settlement is a transaction of several round trips that holds
+    never wait for as a whole, so it lingers 100 ms: at 20 ms a call cost its
+    server up to 70% more CPU. A member's balance shows a call's usage that much
+    later, far below anything a person notices.
     """
 
     def __init__(
