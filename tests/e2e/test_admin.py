@@ -258,6 +258,40 @@ class TestLiveQueue:
             decided = api.get(f"/api/v1/token-requests/{request_id}").json()
         assert decided["status"] == "approved" and decided["decided_by"]["name"] == "Ada Admin"
 
+    def test_a_late_second_load_leaves_the_open_dialog_as_typed(
+        self, site: Site, contexts: Contexts
+    ) -> None:
+        request_id = site.submit("bob", 4_000, "Two clicks, one dialog")
+        page = contexts.page()
+        sign_in(page, site.url, site.email("admin"))
+        wait_live(page)
+        # Two loads into the dialog, both sent before it opens (a click replayed on a
+        # row a live refresh re-rendered): the second is answered only once the admin
+        # has typed into the dialog the first one opened.
+        held: list[Any] = []
+
+        def hold(route: Any) -> None:
+            held.append(route)
+
+        page.route(f"**/admin/requests/{request_id}/reject", hold)
+        page.evaluate(
+            """id => {
+                document.getElementById("approve-" + id).click();
+                document.getElementById("reject-" + id).click();
+            }""",
+            request_id,
+        )
+        dialog = page.get_by_role("dialog")
+        expect(dialog.locator("[autofocus]")).to_be_focused()
+        dialog.get_by_label("Note to Bob Beta").fill("typed before the late answer")
+        assert len(held) == 1
+        with page.expect_response(f"**/admin/requests/{request_id}/reject"):
+            held[0].continue_()
+        expect(dialog.get_by_role("heading")).to_have_text("Approve request from Bob Beta")
+        expect(dialog.get_by_label("Note to Bob Beta")).to_have_value(
+            "typed before the late answer"
+        )
+
     def test_team_owner_sees_only_their_team(self, site: Site, contexts: Contexts) -> None:
         mine = site.submit("ana", 3_000, "Alpha work")
         other = site.submit("bea", 4_000, "Beta work")

@@ -263,24 +263,31 @@
       if (box.matches && box.matches("#select-page, .row-select")) onBoxChange(box);
     });
 
-    // A second load into an open dialog (a double click, or a click replayed while a live
-    // refresh re-rendered the row) would replace the form and wipe what the admin typed.
-    // Requests from inside the dialog (confirm, summary) still swap it as they should.
-    document.body.addEventListener("htmx:beforeRequest", (event) => {
-      const target = event.detail.target;
+    // A second load into a loaded dialog (a double click, or a click replayed while a live
+    // refresh re-rendered the row) would replace the form and wipe what the admin typed:
+    // it is not sent, or, if it was sent before the first load arrived, its answer is
+    // dropped. Requests from inside the dialog (confirm, summary) still swap it. The
+    // content is emptied when the dialog closes.
+    function secondLoad(target, requester) {
       const d = dialog();
-      if (target && target.id === "dialog-content" && d && d.open && !d.contains(event.detail.elt)) {
-        event.preventDefault();
-      }
+      return Boolean(
+        target && target.id === "dialog-content" && target.childElementCount > 0 && d && !d.contains(requester),
+      );
+    }
+    document.body.addEventListener("htmx:beforeRequest", (event) => {
+      if (secondLoad(event.detail.target, event.detail.elt)) event.preventDefault();
     });
-
-    document.body.addEventListener("htmx:afterSwap", (event) => {
-      const target = event.detail.target;
-      if (target && target.id === "dialog-content") openDialog();
+    document.body.addEventListener("htmx:beforeSwap", (event) => {
+      // Here the event's own element is the target; the requester is in its request.
+      const requester = event.detail.requestConfig && event.detail.requestConfig.elt;
+      if (secondLoad(event.detail.target, requester)) event.detail.shouldSwap = false;
     });
 
     document.body.addEventListener("htmx:afterSettle", (event) => {
       const target = event.detail.target;
+      // Opened once settled: htmx focuses [autofocus] as it settles, and focus must not
+      // jump away from a field the admin has started typing in.
+      if (target && target.id === "dialog-content") openDialog();
       if (!target || target.id !== "queue") return;
       if (liveSwap) keepVisibleSelection();
       else clearSelection();
