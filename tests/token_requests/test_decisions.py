@@ -74,12 +74,30 @@ class TestApprove:
         assert (grant.amount, grant.reason) == (700, "700 is enough for now")
         await assert_ledger_consistent(database)
 
-    async def test_an_edited_amount_may_exceed_the_requested_one_up_to_the_maximum(
+    async def test_an_approval_above_the_requested_amount_is_refused_naming_the_amount(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        request = await submit(database, world.alice, amount=1_000)
+        before = await snapshot(database)
+        response = await client.post(
+            f"{URL}/{request.id}/approve", json={"amount": 1_001}, headers=world.admin.headers
+        )
+        assert response.status_code == 422
+        assert response.json()["errors"] == [
+            {
+                "field": "amount",
+                "message": "amount: must be at most the requested 1000 tokens; "
+                "to give more, adjust the balance",
+            }
+        ]
+        assert await snapshot(database) == before
+
+    async def test_an_approval_of_exactly_the_requested_amount_is_granted(
         self, database: Database, world: World
     ) -> None:
         request = await submit(database, world.alice, amount=1_000)
-        approved = await decide(database, world.admin, request.id, amount=1_000_000)
-        assert approved.approved_amount == 1_000_000
+        approved = await decide(database, world.admin, request.id, amount=1_000)
+        assert approved.approved_amount == 1_000
         await assert_ledger_consistent(database)
 
     @pytest.mark.parametrize(

@@ -256,6 +256,22 @@ class TestDecide:
         assert 'aria-invalid="true"' in response.text and 'value="2000000"' in response.text
         assert await snapshot(database) == before
 
+    async def test_an_amount_above_the_requested_one_is_refused_next_to_the_field(
+        self, client: httpx.AsyncClient, database: Database, world: World, login: LoginFactory
+    ) -> None:
+        request_id = await submit(client, world.alice, 1_000)
+        admin = await login(world.admin)
+        dialog = (await admin.htmx_get(f"/admin/requests/{request_id}/approve")).text
+        assert 'max="1000"' in dialog and "At most the 1,000 requested" in dialog
+        before = await snapshot(database)
+        response = await admin.post(f"/admin/requests/{request_id}/approve", {"amount": "1001"})
+        assert response.status_code == 422
+        assert (
+            'id="decide-amount-error">must be at most the requested 1000 tokens; '
+            "to give more, adjust the balance<"
+        ) in response.text
+        assert await snapshot(database) == before
+
     async def test_a_non_numeric_amount_is_refused_next_to_the_field(
         self, client: httpx.AsyncClient, database: Database, world: World, login: LoginFactory
     ) -> None:

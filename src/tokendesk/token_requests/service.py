@@ -347,7 +347,7 @@ async def approve(
     note: str | None = None,
     now: datetime | None = None,
 ) -> TokenRequestOut:
-    """Grant the requested amount (or ``amount``) into the requester's current period."""
+    """Grant the requested amount (or a smaller ``amount``) into the requester's current period."""
     return await _decide(
         session,
         actor=actor,
@@ -404,6 +404,14 @@ async def _decide(
         raise not_pending(request_id, row["status"])
     approving = to is RequestStatus.APPROVED
     grant = row["amount"] if amount is None else amount
+    if approving and grant > row["amount"]:
+        # An approval answers the request; more than was asked is an adjustment,
+        # which has its own note, audit row and pool check.
+        raise InvalidInput(
+            f"amount: must be at most the requested {row['amount']} tokens; "
+            "to give more, adjust the balance",
+            field="amount",
+        )
     if approving and has_pool:
         await pool.check_pool(session, organization_id=org_id, needed=grant, now=now)
     changed = await repo.transition(

@@ -232,7 +232,6 @@ async def _dialog(
         note=note,
         errors=errors,
         own=item is not None and item.user.id == actor.user_id,
-        max_request=org.max_request,
         tz=org.timezone,
     )
 
