@@ -33,7 +33,14 @@ class Unauthorized(AppError):
 
 
 class InsufficientTokens(AppError):
+    """Too few tokens left; ``could_wait`` when tokens the member's calls in flight hold
+    may come back and cover it (waiting can help), not when the balance is spent."""
+
     status_code = 402
+
+    def __init__(self, message: str, *, could_wait: bool = False) -> None:
+        super().__init__(message)
+        self.could_wait = could_wait
 
 
 class InvalidInput(AppError):

@@ -16,12 +16,12 @@ from sqlalchemy import make_url, select, text, update
 from tests.factories import World
 from tokendesk.accounts import service as accounts
 from tokendesk.db import Database
-from tokendesk.errors import AppError, InsufficientTokens
+from tokendesk.errors import AppError, InsufficientTokens, InvalidInput
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.doctor import check_balances
 from tokendesk.ledger.models import Balance, LedgerEntry, Reservation, ReservationStatus
 from tokendesk.metering import holds
-from tokendesk.metering.holds import HoldBatcher, Settlement, Settler
+from tokendesk.metering.holds import Hold, HoldBatcher, Settlement, Settler
 from tokendesk.metering.holds_repository import HoldRequest, reserve_each, settle_many
 from tokendesk.metering.ingest import UsageRecorder
 from tokendesk.metering.models import UsageEvent
@@ -42,9 +42,10 @@ def usage(event_id: str, user_id: int, tokens: int) -> UsageInput:
 
 
 async def hold(database: Database, world: World, user_id: int, amount: int) -> int:
-    return await HoldBatcher(database, ttl_seconds=60).hold(
+    taken = await HoldBatcher(database, ttl_seconds=60).hold(
         user_id=user_id, organization_id=world.org_id, amount=amount
     )
+    return taken.id
 
 
 async def end_period(database: Database, user_id: int, **values: int) -> datetime:
@@ -77,7 +78,7 @@ class TestHoldBatcher:
             ),
             return_exceptions=True,
         )
-        held = [o for o in outcomes if isinstance(o, int)]
+        held = [o.id for o in outcomes if isinstance(o, Hold)]
         refused = [o for o in outcomes if isinstance(o, InsufficientTokens)]
         assert (len(set(held)), len(refused)) == (5, 7)
         assert "0 left, 1000 needed" in refused[0].message
@@ -97,12 +98,14 @@ class TestHoldBatcher:
         batcher = HoldBatcher(database, ttl_seconds=60)
         people = [world.alice, world.bob, world.amy, world.admin]
         calls = [(p.id, amount) for amount in (300, 100, 300, 200) for p in people]
-        ids = await asyncio.gather(
+        taken = await asyncio.gather(
             *(
                 batcher.hold(user_id=user, organization_id=world.org_id, amount=amount)
                 for user, amount in calls
             )
         )
+        ids = [t.id for t in taken]
+        assert [t.amount for t in taken] == [amount for _, amount in calls]
         assert len(set(ids)) == len(calls)
         async with database.transaction(write=False) as s:
             rows = {r.id: r for r in (await s.scalars(select(Reservation))).all()}
@@ -162,9 +165,9 @@ class TestHoldBatcher:
         finally:
             for db in databases:
                 await db.dispose()
-        held = [o for o in outcomes if isinstance(o, int)]
+        held = [o.id for o in outcomes if isinstance(o, Hold)]
         assert len(set(held)) == 5, outcomes
-        assert all(isinstance(o, int | InsufficientTokens) for o in outcomes), outcomes
+        assert all(isinstance(o, Hold | InsufficientTokens) for o in outcomes), outcomes
         async with database.transaction(write=False) as s:
             balance = await ledger.get_balance(s, user_id=world.nora.id)
             assert (balance.reserved, balance.remaining) == (5_000, 0)
@@ -178,9 +181,11 @@ class TestHoldBatcher:
 
         monkeypatch.setattr(holds, "hold_many", broken)
         monkeypatch.setattr(holds, "reserve_each", broken)
+        await end_period(database, world.nora.id)
         batcher = HoldBatcher(database, ttl_seconds=60)
-        # alice's call fits; nora's seven together do not (some may, one by one).
-        calls = [(world.alice.id, 1_000)] + [(world.nora.id, 1_000)] * 7
+        # alice's call is held at once; nora's period has ended, which only the general
+        # path can roll over.
+        calls = [(world.alice.id, 1_000)] + [(world.nora.id, 1_000)] * 3
         outcomes = await asyncio.wait_for(
             asyncio.gather(
                 *(
@@ -191,14 +196,165 @@ class TestHoldBatcher:
             ),
             10,
         )
-        assert isinstance(outcomes[0], int)
-        assert all(isinstance(o, int | RuntimeError) for o in outcomes)
-        assert any(isinstance(o, RuntimeError) for o in outcomes[1:])
+        assert isinstance(outcomes[0], Hold)
+        assert all(isinstance(o, RuntimeError) for o in outcomes[1:]), outcomes
         async with database.transaction(write=False) as s:
-            alice = await ledger.get_balance(s, user_id=world.alice.id)
-            nora = await ledger.get_balance(s, user_id=world.nora.id)
-            held_for_nora = sum(isinstance(o, int) for o in outcomes[1:])
-            assert (alice.reserved, nora.reserved) == (1_000, 1_000 * held_for_nora)
+            alice = await s.get(Balance, world.alice.id)
+            nora = await s.get(Balance, world.nora.id)
+            assert alice is not None and nora is not None
+            assert (alice.reserved, nora.reserved) == (1_000, 0)
+
+
+def quick_path_broken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the quick paths fail, so that every hold goes the general way (hold_many)."""
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("quick path unavailable")
+
+    monkeypatch.setattr(holds, "hold_each", broken)
+    monkeypatch.setattr(holds, "hold_in_one_round_trip", broken)
+
+
+# How a batch reaches the balance: the quick path (SQLite's plain connection or
+# PostgreSQL's one statement), the one-by-one path after an ended period, or the
+# general path when the quick one failed.
+PATHS = ["quick", "period ended", "general"]
+
+
+async def take_path(
+    path: str, database: Database, user_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if path == "period ended":
+        await end_period(database, user_id, used=5_000)
+    elif path == "general":
+        quick_path_broken(monkeypatch)
+
+
+async def held_and_reserved(database: Database, user_id: int) -> tuple[list[int], int]:
+    """The amounts of the user's holds, in order, and what the balance has reserved."""
+    async with database.transaction(write=False) as s:
+        amounts = (
+            await s.scalars(
+                select(Reservation.amount)
+                .where(Reservation.user_id == user_id)
+                .order_by(Reservation.id)
+            )
+        ).all()
+        balance = await ledger.get_balance(s, user_id=user_id)
+        assert await check_balances(s) == []
+        return list(amounts), balance.reserved
+
+
+class TestShrinkingHold:
+    """``at_least``: hold what remains, up to the amount, or refuse below the floor."""
+
+    @pytest.mark.parametrize("path", PATHS)
+    async def test_a_hold_shrinks_to_what_remains(
+        self, database: Database, world: World, path: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await take_path(path, database, world.nora.id, monkeypatch)
+        batcher = HoldBatcher(database, ttl_seconds=60)
+        # nora has 5,000 tokens (a new period's, where the old one ended).
+        first = await batcher.hold(
+            user_id=world.nora.id, organization_id=world.org_id, amount=4_000, at_least=100
+        )
+        second = await batcher.hold(
+            user_id=world.nora.id, organization_id=world.org_id, amount=4_000, at_least=100
+        )
+        assert (first.amount, second.amount) == (4_000, 1_000)
+        assert await held_and_reserved(database, world.nora.id) == ([4_000, 1_000], 5_000)
+
+    @pytest.mark.parametrize("path", PATHS)
+    async def test_a_hold_is_refused_below_its_floor_with_what_is_left(
+        self, database: Database, world: World, path: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await take_path(path, database, world.nora.id, monkeypatch)
+        batcher = HoldBatcher(database, ttl_seconds=60)
+        await batcher.hold(user_id=world.nora.id, organization_id=world.org_id, amount=4_950)
+        with pytest.raises(InsufficientTokens) as refused:
+            await batcher.hold(
+                user_id=world.nora.id, organization_id=world.org_id, amount=4_000, at_least=64
+            )
+        assert "50 left, 64 needed" in refused.value.message
+        assert await held_and_reserved(database, world.nora.id) == ([4_950], 4_950)
+
+    @pytest.mark.parametrize("path", PATHS)
+    async def test_a_hold_that_fits_is_held_whole(
+        self, database: Database, world: World, path: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await take_path(path, database, world.nora.id, monkeypatch)
+        taken = await HoldBatcher(database, ttl_seconds=60).hold(
+            user_id=world.nora.id, organization_id=world.org_id, amount=3_000, at_least=64
+        )
+        assert taken.amount == 3_000
+        assert await held_and_reserved(database, world.nora.id) == ([3_000], 3_000)
+
+    @pytest.mark.parametrize("path", PATHS)
+    async def test_shrinking_holds_sharing_a_batch_never_exceed_the_balance(
+        self, database: Database, world: World, path: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await take_path(path, database, world.nora.id, monkeypatch)
+        batcher = HoldBatcher(database, ttl_seconds=60)
+        outcomes = await asyncio.gather(
+            *(
+                batcher.hold(
+                    user_id=world.nora.id, organization_id=world.org_id, amount=1_500, at_least=300
+                )
+                for _ in range(6)
+            ),
+            return_exceptions=True,
+        )
+        taken = sorted(o.amount for o in outcomes if isinstance(o, Hold))
+        assert taken == [500, 1_500, 1_500, 1_500], outcomes
+        assert sum(isinstance(o, InsufficientTokens) for o in outcomes) == 2
+        assert await held_and_reserved(database, world.nora.id) == (
+            [1_500, 1_500, 1_500, 500],
+            5_000,
+        )
+
+    @pytest.mark.parametrize("calls_per_process", [1, 4])
+    async def test_processes_holding_shrinking_holds_at_once_never_overspend(
+        self, database: Database, world: World, calls_per_process: int
+    ) -> None:
+        # Six processes' worth of batchers, each with its own connection pool; one call
+        # each is a batch of one (PostgreSQL's one statement), four share batches.
+        databases = [Database(database.url) for _ in range(6)]
+        try:
+            batchers = [HoldBatcher(db, ttl_seconds=60) for db in databases]
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        batcher.hold(
+                            user_id=world.nora.id,
+                            organization_id=world.org_id,
+                            amount=1_500,
+                            at_least=300,
+                        )
+                        for batcher in batchers
+                        for _ in range(calls_per_process)
+                    ),
+                    return_exceptions=True,
+                ),
+                30,
+            )
+        finally:
+            for db in databases:
+                await db.dispose()
+        assert all(isinstance(o, Hold | InsufficientTokens) for o in outcomes), outcomes
+        taken = sorted(o.amount for o in outcomes if isinstance(o, Hold))
+        assert taken == [500, 1_500, 1_500, 1_500], outcomes
+        amounts, reserved = await held_and_reserved(database, world.nora.id)
+        assert (sorted(amounts), reserved) == (taken, 5_000)
+
+    async def test_a_floor_above_the_amount_is_refused_naming_the_field(
+        self, database: Database, world: World
+    ) -> None:
+        with pytest.raises(InvalidInput) as refused:
+            await HoldBatcher(database, ttl_seconds=60).hold(
+                user_id=world.nora.id, organization_id=world.org_id, amount=100, at_least=200
+            )
+        assert refused.value.field == "at_least"
+        assert await held_and_reserved(database, world.nora.id) == ([], 0)
 
 
 async def waiting_for_locks(database: Database, count: int) -> None:
@@ -272,7 +428,7 @@ class TestLockOrder:
             async with database.transaction() as s:
                 await settle_many(s, settlements)
 
-        async def reserve() -> list[int | AppError]:
+        async def reserve() -> list[Hold | AppError]:
             async with database.transaction() as s:
                 return await reserve_each(s, calls, ttl_seconds=60)
 
@@ -281,7 +437,7 @@ class TestLockOrder:
         # cover them all) queue too. Taking the higher user first, they would hold
         # the row the settlement needs next while waiting for the one it gets.
         _, reserved = await queued_for_one_row(database, low, settle, reserve)
-        assert all(isinstance(result, int) for result in reserved), reserved
+        assert all(isinstance(result, Hold) for result in reserved), reserved
         async with database.transaction(write=False) as s:
             for user in (low, high):
                 balance = await ledger.get_balance(s, user_id=user)
@@ -343,9 +499,11 @@ class TestLockOrder:
         low, high = world.oscar.id, newcomer.id
         assert world.org_id < world.other_org_id and low < high
         held = [
-            await HoldBatcher(database, ttl_seconds=60).hold(
-                user_id=user, organization_id=org, amount=100
-            )
+            (
+                await HoldBatcher(database, ttl_seconds=60).hold(
+                    user_id=user, organization_id=org, amount=100
+                )
+            ).id
             for user, org in ((low, world.other_org_id), (high, world.org_id))
         ]
         settlements = [

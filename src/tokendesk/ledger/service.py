@@ -313,24 +313,58 @@ async def credit(
     return balance
 
 
+# The largest amount a BigInteger column holds: a hold beyond it could not be written.
+MAX_TOKENS = 2**63 - 1
+
+
+def check_hold(amount: int, at_least: int | None = None) -> None:
+    """Refuse (422, naming the field) a hold that could not be written or makes no sense,
+    before it touches the database or shares a batch with anyone else's."""
+    if not 0 < amount <= MAX_TOKENS:
+        # A non-positive hold would raise the balance instead of holding any of it.
+        raise InvalidInput(f"amount: must be from 1 to {MAX_TOKENS}, got {amount}", field="amount")
+    if at_least is not None and not 0 < at_least <= amount:
+        raise InvalidInput(
+            f"at_least: must be from 1 to the amount ({amount}), got {at_least}", field="at_least"
+        )
+
+
+def insufficient(*, remaining: int, needed: int, held: int) -> InsufficientTokens:
+    """The refusal of a hold of ``needed`` tokens, as every path that holds words it;
+    ``held`` is what the member's calls in flight hold (some of it may come back)."""
+    return InsufficientTokens(
+        f"not enough tokens: {max(remaining, 0)} left, {needed} needed; "
+        "ask for more with a token request",
+        could_wait=remaining + held >= needed,
+    )
+
+
 async def reserve(
     session: AsyncSession,
     *,
     user_id: int,
     amount: int,
+    at_least: int | None = None,
     ttl_seconds: int = 600,
     now: datetime | None = None,
 ) -> Reservation:
     """Hold ``amount`` tokens, or refuse with 402 if fewer remain.
 
-    The check and the hold are one conditional UPDATE, so concurrent holds can
-    never together exceed the balance.
+    With ``at_least``, hold what remains, up to ``amount``, and refuse only if
+    that is less than ``at_least``: the reservation's amount is what was held.
+    The check and the hold are one conditional UPDATE (after locking the row,
+    where the amount depends on what remains), so concurrent holds can never
+    together exceed the balance.
     """
-    if amount <= 0:
-        # A non-positive hold would raise the balance instead of holding any of it.
-        raise InvalidInput(f"amount: must be positive, got {amount}", field="amount")
+    check_hold(amount, at_least)
     now = now or utcnow()
     balance = await get_balance(session, user_id=user_id, now=now)
+    needed = amount if at_least is None else at_least
+    if at_least is not None:
+        remaining = await session.scalar(
+            select(REMAINING).where(Balance.user_id == user_id).with_for_update()
+        )
+        amount = min(amount, max(remaining or 0, needed))
     held = await session.execute(
         update(Balance)
         .where(Balance.user_id == user_id, amount <= REMAINING)
@@ -340,10 +374,7 @@ async def reserve(
     )
     if held.first() is None:
         await session.refresh(balance)
-        raise InsufficientTokens(
-            f"not enough tokens: {max(balance.remaining, 0)} left, {amount} needed; "
-            "ask for more with a token request"
-        )
+        raise insufficient(remaining=balance.remaining, needed=needed, held=balance.reserved)
     reservation = Reservation(
         organization_id=balance.organization_id,
         user_id=user_id,

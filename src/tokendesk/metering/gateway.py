@@ -248,7 +248,7 @@ async def chat_completions(request: Request) -> Response:
     estimate_prompt = prompt_tokens(messages)
     budget = max_tokens or gateway.settings.gateway_default_max_tokens
     try:
-        hold_id = await gateway.holds.hold(
+        hold = await gateway.holds.hold(
             user_id=caller.user_id,
             organization_id=caller.organization_id,
             amount=weighted(estimate_prompt + budget, model.weight),
@@ -259,7 +259,7 @@ async def chat_completions(request: Request) -> Response:
         return openai_error(exc.status_code, exc.message, type_="invalid_request_error")
     if caller.key_id is not None:
         gateway.keys.note_used(caller.key_id)
-    call = Completion(gateway, caller, model, hold_id, estimate_prompt)
+    call = Completion(gateway, caller, model, hold.id, estimate_prompt)
     if model.is_demo:
         return await call.demo(messages, max_tokens, stream)
     return await call.upstream(body, stream)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import cast
@@ -25,6 +26,7 @@ from tokendesk.db import Database, run_core
 from tokendesk.errors import AppError
 from tokendesk.ledger import service as ledger
 from tokendesk.metering.holds_repository import (
+    Hold,
     HoldRequest,
     Settlement,
     hold_each,
@@ -38,7 +40,9 @@ log = logging.getLogger(__name__)
 
 API_KEYS = cast(Table, ApiKey.__table__)
 
-__all__ = ["HoldBatcher", "HoldRequest", "Settlement", "Settler", "release"]
+GeneralHold = Callable[..., Awaitable[Sequence[Hold | AppError]]]
+
+__all__ = ["Hold", "HoldBatcher", "HoldRequest", "Settlement", "Settler", "release"]
 
 
 class HoldBatcher:
@@ -52,13 +56,19 @@ class HoldBatcher:
         self.database = database
         self.ttl_seconds = ttl_seconds
         self.max_batch = max_batch
-        self._waiting: list[tuple[HoldRequest, asyncio.Future[int]]] = []
+        self._waiting: list[tuple[HoldRequest, asyncio.Future[Hold]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def hold(self, *, user_id: int, organization_id: int, amount: int) -> int:
-        """The hold's id, or raises InsufficientTokens (402) like ledger.reserve."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiting.append((HoldRequest(user_id, organization_id, amount), future))
+    async def hold(
+        self, *, user_id: int, organization_id: int, amount: int, at_least: int | None = None
+    ) -> Hold:
+        """Hold ``amount`` tokens, or with ``at_least`` what remains up to ``amount`` if
+        that is at least ``at_least``; otherwise raises InsufficientTokens (402) like
+        ledger.reserve. A nonsense amount is refused (422) before it joins a batch."""
+        ledger.check_hold(amount, at_least)
+        future: asyncio.Future[Hold] = asyncio.get_running_loop().create_future()
+        request = HoldRequest(user_id, organization_id, amount, at_least)
+        self._waiting.append((request, future))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
         return await future
@@ -76,14 +86,14 @@ class HoldBatcher:
                 else:
                     future.set_result(result)
 
-    async def _hold(self, requests: list[HoldRequest]) -> list[int | Exception]:
-        """One result per request, in order: the hold's id or why there is none.
+    async def _hold(self, requests: list[HoldRequest]) -> list[Hold | Exception]:
+        """One result per request, in order: the hold or why there is none.
 
         Never raises: holds already committed by the quick path stand (and reach
         their callers) even if the general path then fails for the others.
         """
         ttl = self.ttl_seconds
-        quick: list[int | None] | None = None
+        quick: list[Hold | AppError | None] | None = None
         try:
             if self.database.is_sqlite:
                 quick = await self.database.quick_write(
@@ -95,22 +105,31 @@ class HoldBatcher:
             # Nothing was committed (one transaction, or one statement): all go the
             # general way, which waits for locks and reports each call's own error.
             log.warning("quick hold of %d calls failed", len(requests), exc_info=True)
-        results: list[int | Exception | None] = list(quick or [None] * len(requests))
+        results: list[Hold | Exception | None] = list(quick or [None] * len(requests))
         rest = [i for i, result in enumerate(results) if result is None]
         if rest:
             # What the quick path tried (each user's fit) need not be tried again.
             general = hold_many if quick is None else reserve_each
-            held: list[int | AppError] | list[Exception]
-            try:
-                async with self.database.transaction() as session:
-                    held = await general(session, [requests[i] for i in rest], ttl_seconds=ttl)
-            except Exception as exc:
-                held = [exc] * len(rest)
+            held = await self._hold_generally([requests[i] for i in rest], general)
             for i, result in zip(rest, held, strict=True):
                 results[i] = result
         done = [result for result in results if result is not None]
         assert len(done) == len(requests)
         return done
+
+    async def _hold_generally(
+        self, requests: list[HoldRequest], general: GeneralHold
+    ) -> list[Hold | Exception]:
+        try:
+            async with self.database.transaction() as session:
+                return list(await general(session, requests, ttl_seconds=self.ttl_seconds))
+        except Exception as exc:
+            if len(requests) == 1:
+                return [exc]
+            # One call's failure must not reach the others: each again on its own, as
+            # the settler does, so only the call that caused it gets the error.
+            log.warning("hold of %d calls failed; holding one by one", len(requests))
+            return [(await self._hold_generally([r], reserve_each))[0] for r in requests]
 
 
 async def release(database: Database, *, reservation_id: int) -> None:

@@ -18,7 +18,21 @@ from datetime import timedelta
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.db import (
@@ -42,8 +56,24 @@ BALANCES = ledger.BALANCES
 
 @dataclass(frozen=True)
 class HoldRequest:
+    """A call's hold: all of ``amount``, or with ``at_least`` what remains up to it."""
+
     user_id: int
     organization_id: int
+    amount: int
+    at_least: int | None = None
+
+    @property
+    def least(self) -> int:
+        """The smallest hold that will do."""
+        return self.amount if self.at_least is None else self.at_least
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A hold taken: its reservation and the tokens it holds."""
+
+    id: int
     amount: int
 
 
@@ -66,68 +96,108 @@ def _hold_totals(dialect: str) -> Any:
     )
 
 
-CALLS = ("org", "uid", "amount")
+CALLS = ("org", "uid", "amount", "least")
 
 
 @cache
 def _hold_in_one_statement() -> Any:
-    """PostgreSQL: hold each user's total where the whole of it fits, and insert the
-    reservations of those users' calls, in one statement."""
+    """PostgreSQL: hold what each user's calls want where that can be decided at once,
+    insert their reservations, and return the users refused, in one statement.
+
+    A user's calls are held in full where their total fits, and a user's only call
+    in the batch down to what remains where that is at least its ``least``; every
+    call of a user whose remaining covers none of them is refused. The rest (a
+    user's several calls that fit only in part, an ended period, no balance) is
+    left for :func:`hold_many`. Rows are ``(id, user, amount, None, None)`` per hold
+    and ``(None, user, None, remaining, reserved)`` per user refused.
+    """
     now = bindparam("now", type_=UTCDateTime())
     calls = bound_rows("postgresql", "calls", *CALLS)
     wanted = (
-        select(calls.c.uid, func.sum(calls.c.amount).label("amount"))
+        select(
+            calls.c.uid,
+            func.sum(calls.c.amount).label("total"),
+            func.min(calls.c.least).label("least"),
+            func.count().label("calls"),
+        )
         .group_by(calls.c.uid)
         .cte("wanted")
     )
-    # The rows are locked in user order first, as every other batch locks them: the
-    # UPDATE alone would take them in whatever order its plan visits them.
+    # The rows are locked in user order first, as every other batch locks them. What
+    # this reads is each balance as it stands once locked, and stays so until the
+    # statement ends: the decisions below are exact.
     locked = (
-        select(BALANCES.c.user_id)
-        .where(BALANCES.c.user_id.in_(select(wanted.c.uid)))
+        select(BALANCES.c.user_id, ledger.REMAINING.label("remaining"), BALANCES.c.reserved)
+        .where(BALANCES.c.user_id.in_(select(wanted.c.uid)), BALANCES.c.period_end > now)
         .order_by(BALANCES.c.user_id)
         .with_for_update()
         .cte("locked")
     )
+    fits = wanted.c.total <= locked.c.remaining
+    decided = (
+        select(
+            wanted.c.uid,
+            case((fits, wanted.c.total), else_=locked.c.remaining).cast(BigInteger).label("amount"),
+        )
+        .join_from(wanted, locked, locked.c.user_id == wanted.c.uid)
+        .where(or_(fits, and_(wanted.c.calls == 1, wanted.c.least <= locked.c.remaining)))
+        .cte("decided")
+    )
     held = (
         update(BALANCES)
-        .where(
-            BALANCES.c.user_id == wanted.c.uid,
-            BALANCES.c.user_id.in_(select(locked.c.user_id)),
-            BALANCES.c.period_end > now,
-            wanted.c.amount <= ledger.REMAINING,
-        )
-        .values(reserved=BALANCES.c.reserved + wanted.c.amount, updated_at=now)
-        .returning(BALANCES.c.user_id)
+        .where(BALANCES.c.user_id == decided.c.uid, decided.c.amount <= ledger.REMAINING)
+        .values(reserved=BALANCES.c.reserved + decided.c.amount, updated_at=now)
+        .returning(BALANCES.c.user_id, decided.c.amount)
         .cte("held")
+    )
+    refused = (
+        select(locked.c.user_id, locked.c.remaining, locked.c.reserved)
+        .join_from(wanted, locked, locked.c.user_id == wanted.c.uid)
+        .where(locked.c.remaining < wanted.c.least)
+        .cte("refused")
     )
     source = select(
         calls.c.org,
         calls.c.uid,
-        calls.c.amount,
+        # A user's total held in full covers each call's amount; a lone call shrunk
+        # to what remained gets all of it.
+        func.least(calls.c.amount, held.c.amount),
         literal(ReservationStatus.HELD.value),
         now,
         bindparam("expires", type_=UTCDateTime()),
     ).join_from(calls, held, held.c.user_id == calls.c.uid)
     columns = ["organization_id", "user_id", "amount", "status", "created_at", "expires_at"]
-    return (
+    inserted = (
         insert(RESERVATIONS)
         .from_select(columns, source)
         .returning(RESERVATIONS.c.id, RESERVATIONS.c.user_id, RESERVATIONS.c.amount)
+        .cte("inserted")
     )
+    nothing = null().cast(BigInteger)
+    return union_all(
+        select(inserted.c.id, inserted.c.user_id, inserted.c.amount, nothing, nothing),
+        select(nothing, refused.c.user_id, nothing, refused.c.remaining, refused.c.reserved),
+    )
+
+
+def _holdable(request: HoldRequest) -> bool:
+    """What the quick paths take; anything else is left for ledger.reserve to refuse."""
+    return 0 < request.least <= request.amount <= ledger.MAX_TOKENS
 
 
 async def hold_in_one_round_trip(
     database: Database, requests: list[HoldRequest], *, ttl_seconds: int
-) -> list[int | None]:
-    """PostgreSQL: each call's hold, or None where its user's total did not fit (or the
-    period has ended): those are left for :func:`hold_many`.
+) -> list[Hold | AppError | None]:
+    """PostgreSQL: each call's hold or refusal, or None where it could not be decided
+    at once (see :func:`_hold_in_one_statement`): those are left for :func:`hold_many`.
 
     One statement outside any transaction block, so the database is asked once
     (the UPDATE and the INSERT it feeds commit together, as one statement does).
     """
     now = utcnow()
-    calls = sorted((r.organization_id, r.user_id, r.amount) for r in requests if r.amount > 0)
+    calls = sorted(
+        (r.organization_id, r.user_id, r.amount, r.least) for r in requests if _holdable(r)
+    )
     params = {
         **rows_bound("postgresql", "calls", CALLS, calls),
         "now": now,
@@ -136,20 +206,34 @@ async def hold_in_one_round_trip(
     async with database.write_engine.connect() as connection:
         await connection.execution_options(isolation_level="AUTOCOMMIT")
         rows = (await connection.execute(_hold_in_one_statement(), params)).all()
-    # A user's calls of the same amount are interchangeable: any of their holds will do.
-    held: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for reservation_id, user_id, amount in rows:
-        held[(user_id, amount)].append(reservation_id)
-    results: list[int | None] = []
+    held: dict[int, list[Hold]] = defaultdict(list)
+    refused: dict[int, tuple[int, int]] = {}
+    for reservation_id, user_id, amount, remaining, reserved in rows:
+        if reservation_id is None:
+            refused[user_id] = (remaining, reserved)
+        else:
+            held[user_id].append(Hold(reservation_id, amount))
+    results: list[Hold | AppError | None] = []
     for request in requests:
-        ids = held.get((request.user_id, request.amount))
-        results.append(ids.pop() if ids else None)
+        holds = held.get(request.user_id)
+        if holds and _holdable(request):
+            # A user's calls of the same amount are interchangeable: any of their holds
+            # will do. A hold of another amount is a lone call's, shrunk.
+            same = [n for n, h in enumerate(holds) if h.amount == request.amount]
+            results.append(holds.pop(same[0] if same else 0))
+        elif request.user_id in refused and _holdable(request):
+            remaining, reserved = refused[request.user_id]
+            results.append(
+                ledger.insufficient(remaining=remaining, needed=request.least, held=reserved)
+            )
+        else:
+            results.append(None)
     return results
 
 
 async def hold_many(
     session: AsyncSession, requests: list[HoldRequest], *, ttl_seconds: int
-) -> list[int | AppError]:
+) -> list[Hold | AppError]:
     """Hold tokens for many calls in a few statements; one result (id or error) per request.
 
     Requests are summed per user, and one conditional UPDATE holds each user's
@@ -161,13 +245,15 @@ async def hold_many(
     totals: dict[int, int] = defaultdict(int)
     for request in requests:
         totals[request.user_id] += request.amount
+    # A total the database could not hold in a number is taken call by call instead.
+    totals = {user: total for user, total in totals.items() if total <= ledger.MAX_TOKENS}
     dialect = dialect_of(session)
     await ledger.lock_in_user_order(session, totals)
     params = rows_bound(dialect, "wanted", WANTED, sorted(totals.items()))
     held_users = set(
         (await run_core(session, _hold_totals(dialect), {**params, "now": now})).scalars()
     )
-    results: list[int | AppError] = [0] * len(requests)
+    results: list[Hold | AppError] = [Hold(0, 0)] * len(requests)
     fast = [i for i, r in enumerate(requests) if r.user_id in held_users]
     if fast:
         expires = now + timedelta(seconds=ttl_seconds)
@@ -187,7 +273,7 @@ async def hold_many(
             ],
         )
         for i, reservation_id in zip(fast, ids.all(), strict=True):
-            results[i] = reservation_id
+            results[i] = Hold(reservation_id, requests[i].amount)
     rest = [i for i, r in enumerate(requests) if r.user_id not in held_users]
     if rest:
         exact = await reserve_each(session, [requests[i] for i in rest], ttl_seconds=ttl_seconds)
@@ -198,16 +284,17 @@ async def hold_many(
 
 async def reserve_each(
     session: AsyncSession, requests: list[HoldRequest], *, ttl_seconds: int
-) -> list[int | AppError]:
-    """The exact path, call by call: rolls an ended period over first, and refuses
-    precisely the calls that cannot be covered (402 with the amounts).
+) -> list[Hold | AppError]:
+    """The exact path, call by call (:func:`ledger.reserve`): rolls an ended period over
+    first, shrinks the holds that may shrink, and refuses precisely the calls that
+    cannot be covered (402 with the amounts).
 
     Users are taken in id order (each user's calls in batch order), as every batch
     that locks balances takes them: in arrival order, a batch could lock one user
     while a settlement held another and each wait for the other (PostgreSQL).
     """
     now = utcnow()
-    results: list[int | AppError] = [0] * len(requests)
+    results: list[Hold | AppError] = [Hold(0, 0)] * len(requests)
     for i in sorted(range(len(requests)), key=lambda i: requests[i].user_id):
         request = requests[i]
         try:
@@ -216,10 +303,11 @@ async def reserve_each(
                     session,
                     user_id=request.user_id,
                     amount=request.amount,
+                    at_least=request.at_least,
                     ttl_seconds=ttl_seconds,
                     now=now,
                 )
-            results[i] = reservation.id
+            results[i] = Hold(reservation.id, reservation.amount)
         except AppError as exc:
             results[i] = exc
     return results
@@ -232,6 +320,10 @@ _HOLD_SQL = (
     "WHERE user_id = ?3 AND period_end > ?2 "
     "AND ?1 <= allocation + granted + adjusted - used - reserved"
 )
+_BALANCE_SQL = (
+    "SELECT allocation + granted + adjusted - used - reserved, reserved, period_end > ?2 "
+    "FROM balances WHERE user_id = ?1"
+)
 _RESERVATION_SQL = (
     "INSERT INTO reservations (organization_id, user_id, amount, status, created_at, expires_at)"
     f" VALUES (?, ?, ?, '{ReservationStatus.HELD.value}', ?, ?)"
@@ -240,27 +332,46 @@ _RESERVATION_SQL = (
 
 def hold_each(
     connection: sqlite3.Connection, requests: list[HoldRequest], *, ttl_seconds: int
-) -> list[int | None]:
-    """SQLite: hold each request in turn, in batch order; None where it did not fit.
+) -> list[Hold | AppError | None]:
+    """SQLite: hold or refuse each request in turn, in batch order; None where only
+    :func:`hold_many` can decide (no balance, or its period has ended: it rolls
+    periods over).
 
-    Runs inside :meth:`Database.quick_write`, so each statement costs microseconds.
-    A request that does not fit, or whose user's period has ended, is left for
-    :func:`hold_many`, which rolls periods over and refuses with the exact message.
+    Runs inside :meth:`Database.quick_write`, so each statement costs microseconds,
+    and nothing else writes until it commits: what it reads of a balance stays true.
     """
     now = utcnow()
     at = sqlite_timestamp(now)
     expires = sqlite_timestamp(now + timedelta(seconds=ttl_seconds))
-    results: list[int | None] = []
+    results: list[Hold | AppError | None] = []
     for request in requests:
-        held = request.amount > 0 and (
-            connection.execute(_HOLD_SQL, (request.amount, at, request.user_id)).rowcount == 1
-        )
-        if not held:
-            results.append(None)
-            continue
-        row = (request.organization_id, request.user_id, request.amount, at, expires)
-        results.append(connection.execute(_RESERVATION_SQL, row).lastrowid)
+        result = _hold_one(connection, request, at) if _holdable(request) else None
+        if isinstance(result, int):
+            row = (request.organization_id, request.user_id, result, at, expires)
+            reservation_id = connection.execute(_RESERVATION_SQL, row).lastrowid
+            assert reservation_id is not None
+            results.append(Hold(reservation_id, result))
+        else:
+            results.append(result)
     return results
+
+
+def _hold_one(
+    connection: sqlite3.Connection, request: HoldRequest, at: str
+) -> int | AppError | None:
+    """The tokens held on the request's balance, its refusal, or None (see hold_each)."""
+    if connection.execute(_HOLD_SQL, (request.amount, at, request.user_id)).rowcount == 1:
+        return request.amount
+    balance = connection.execute(_BALANCE_SQL, (request.user_id, at)).fetchone()
+    if balance is None or not balance[2]:
+        return None
+    remaining, reserved, _ = balance
+    if remaining < request.least:
+        return ledger.insufficient(remaining=remaining, needed=request.least, held=reserved)
+    # Less remains than the whole amount, but enough for the least that will do.
+    if connection.execute(_HOLD_SQL, (remaining, at, request.user_id)).rowcount != 1:
+        return None
+    return int(remaining)
 
 
 @dataclass(frozen=True)
