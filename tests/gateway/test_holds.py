@@ -205,6 +205,88 @@ class TestHoldBatcher:
             assert (alice.reserved, nora.reserved) == (1_000, 0)
 
 
+class TestOneCallsFailure:
+    """A failure inside a batched hold reaches only the call that caused it."""
+
+    @pytest.mark.parametrize("path", ["quick", "general"])
+    async def test_an_amount_beyond_what_a_balance_can_hold_fails_only_its_own_call(
+        self, database: Database, world: World, path: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await take_path(path, database, world.alice.id, monkeypatch)
+        batcher = HoldBatcher(database, ttl_seconds=60)
+        calls = [(world.nora.id, 2**64), (world.alice.id, 300), (world.alice.id, 200)]
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    batcher.hold(user_id=user, organization_id=world.org_id, amount=amount)
+                    for user, amount in calls
+                ),
+                return_exceptions=True,
+            ),
+            10,
+        )
+        assert isinstance(outcomes[0], InvalidInput) and outcomes[0].field == "amount"
+        assert [o.amount for o in outcomes[1:] if isinstance(o, Hold)] == [300, 200], outcomes
+        amounts, reserved = await held_and_reserved(database, world.alice.id)
+        assert (sorted(amounts), reserved) == ([200, 300], 500)
+        assert await held_and_reserved(database, world.nora.id) == ([], 0)
+
+    @pytest.mark.parametrize("path", ["quick", "general"])
+    async def test_a_call_that_fails_any_batch_fails_alone_and_the_batcher_carries_on(
+        self, database: Database, world: World, path: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await take_path(path, database, world.alice.id, monkeypatch)
+        poison = 13  # an amount no transaction holding it can commit
+
+        def failing_with_poison(work: Callable[..., Any]) -> Callable[..., Any]:
+            """``work``, failing before it runs on any batch that holds the poison."""
+
+            def check(requests: list[HoldRequest]) -> None:
+                if any(r.amount == poison for r in requests):
+                    raise RuntimeError("poisoned")
+
+            if asyncio.iscoroutinefunction(work):
+
+                async def run_async(where: Any, requests: Any, **kw: Any) -> Any:
+                    check(requests)
+                    return await work(where, requests, **kw)
+
+                return run_async
+
+            def run(where: Any, requests: Any, **kw: Any) -> Any:
+                check(requests)
+                return work(where, requests, **kw)
+
+            return run
+
+        for name in ("hold_each", "hold_in_one_round_trip", "hold_many", "reserve_each"):
+            monkeypatch.setattr(holds, name, failing_with_poison(getattr(holds, name)))
+        batcher = HoldBatcher(database, ttl_seconds=60)
+        calls = [(world.alice.id, 300), (world.nora.id, poison), (world.bob.id, 200)]
+        calls += [(world.alice.id, 100)]
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    batcher.hold(user_id=user, organization_id=world.org_id, amount=amount)
+                    for user, amount in calls
+                ),
+                return_exceptions=True,
+            ),
+            10,
+        )
+        assert isinstance(outcomes[1], RuntimeError), outcomes
+        good = [o for n, o in enumerate(outcomes) if n != 1]
+        assert [o.amount for o in good if isinstance(o, Hold)] == [300, 200, 100], outcomes
+        later = await asyncio.wait_for(
+            batcher.hold(user_id=world.nora.id, organization_id=world.org_id, amount=100), 10
+        )
+        assert later.amount == 100
+        amounts, reserved = await held_and_reserved(database, world.alice.id)
+        assert (sorted(amounts), reserved) == ([100, 300], 400)
+        assert await held_and_reserved(database, world.bob.id) == ([200], 200)
+        assert await held_and_reserved(database, world.nora.id) == ([100], 100)
+
+
 def quick_path_broken(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the quick paths fail, so that every hold goes the general way (hold_many)."""
 
@@ -623,6 +705,31 @@ class TestSettler:
         async with database.transaction(write=False) as s:
             balance = await ledger.get_balance(s, user_id=world.alice.id)
             assert (balance.used, balance.reserved) == (30, 0)
+            assert await check_balances(s) == []
+
+    async def test_usage_beyond_what_a_balance_can_hold_fails_only_its_own_settlement(
+        self, database: Database, world: World
+    ) -> None:
+        people = [world.alice, world.bob, world.amy]
+        held = [await hold(database, world, p.id, 100) for p in people]
+        settler = Settler(database, linger_seconds=0.05)
+        for n, (person, hold_id) in enumerate(zip(people, held, strict=True)):
+            tokens = 2**64 if person is world.bob else 30
+            settler.submit(
+                Settlement(hold_id, world.org_id, usage(f"poison-{n}", person.id, tokens))
+            )
+        await asyncio.wait_for(settler.drain(), 10)
+        # Nothing stays stuck: a settlement submitted next is committed too.
+        late = await hold(database, world, world.amy.id, 100)
+        settler.submit(Settlement(late, world.org_id, usage("after", world.amy.id, 20)))
+        await asyncio.wait_for(settler.stop(), 10)
+        async with database.transaction(write=False) as s:
+            balances = {p.id: await ledger.get_balance(s, user_id=p.id) for p in people}
+            assert [(b.used, b.reserved) for b in balances.values()] == [
+                (30, 0),
+                (0, 100),  # bob's hold expires on schedule
+                (50, 0),
+            ]
             assert await check_balances(s) == []
 
     async def test_settles_on_sqlites_quick_path(
