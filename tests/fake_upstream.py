@@ -4,6 +4,9 @@ The requested model name picks the behaviour: ``fast`` (usage reported),
 ``nousage`` (no usage anywhere), ``error`` (HTTP 500), ``slow`` (answers after
 ``SLOW_SECONDS``), ``drop`` (streams a few chunks, then cuts the connection).
 It records the Authorization header of every call so tests can check what was sent.
+A test may set ``usage`` (what every reply reports as its usage, valid or not)
+and ``deltas`` (the stream's deltas, and the message of a whole reply, instead of
+the words of ``REPLY``), or ``raw`` (the body of a whole reply, as is).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import uvicorn
 
 REPLY = "Hello from the fake upstream, one two three four five."
+USAGE = {"prompt_tokens": 11, "completion_tokens": 13, "total_tokens": 24}
 SLOW_SECONDS = 1.0
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -32,6 +36,9 @@ class FakeUpstream:
         self.record = record
         self.authorizations: list[str | None] = []
         self.bodies: list[dict[str, Any]] = []
+        self.usage: Any = USAGE
+        self.deltas: list[dict[str, Any]] | None = None
+        self.raw: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -64,10 +71,19 @@ class FakeUpstream:
             return
         if model == "slow":
             await asyncio.sleep(self.slow_seconds)
-        usage = {"prompt_tokens": 11, "completion_tokens": 13, "total_tokens": 24}
+        usage = self.usage
+        deltas = self.deltas or [{"content": word + " "} for word in REPLY.split(" ")]
         if request.get("stream"):
-            await _stream(send, model, usage, request)
+            # A dropped stream breaks off after its third chunk, or before the last one of its own.
+            drop_at = 2 if self.deltas is None else len(deltas) - 2
+            await _stream(send, model, usage, request, deltas, drop_at)
             return
+        if self.raw is not None:
+            await _send_body(send, self.raw)
+            return
+        message: dict[str, Any] = {"role": "assistant", "content": REPLY}
+        for delta in self.deltas or []:
+            message.update(delta)
         reply: dict[str, Any] = {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
@@ -76,7 +92,7 @@ class FakeUpstream:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": REPLY},
+                    "message": message,
                     "finish_reason": "stop",
                 }
             ],
@@ -87,7 +103,10 @@ class FakeUpstream:
 
 
 async def _json(send: Send, status: int, data: Any) -> None:
-    payload = json.dumps(data).encode()
+    await _send_body(send, json.dumps(data).encode(), status)
+
+
+async def _send_body(send: Send, payload: bytes, status: int = 200) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -101,7 +120,14 @@ async def _json(send: Send, status: int, data: Any) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-async def _stream(send: Send, model: str, usage: dict[str, int], request: dict[str, Any]) -> None:
+async def _stream(
+    send: Send,
+    model: str,
+    usage: Any,
+    request: dict[str, Any],
+    deltas: list[dict[str, Any]],
+    drop_at: int,
+) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -109,13 +135,12 @@ async def _stream(send: Send, model: str, usage: dict[str, int], request: dict[s
             "headers": [(b"content-type", b"text/event-stream")],
         }
     )
-    words = REPLY.split(" ")
-    for index, word in enumerate(words):
+    for index, delta in enumerate(deltas):
         chunk = {
             "id": "c",
             "object": "chat.completion.chunk",
             "model": model,
-            "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
         }
         await send(
             {
@@ -124,7 +149,7 @@ async def _stream(send: Send, model: str, usage: dict[str, int], request: dict[s
                 "more_body": True,
             }
         )
-        if model == "drop" and index == 2:
+        if model == "drop" and index == drop_at:
             raise ConnectionResetError("fake upstream drops the stream")
     wants_usage = (request.get("stream_options") or {}).get("include_usage")
     if wants_usage and model != "nousage":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "change-me"
@@ -33,8 +33,11 @@ class Settings(BaseSettings):
     # [[models]] tables. With neither, the built-in "demo" model answers locally.
     models: str | None = None
     models_file: str | None = None
-    # Completion budget assumed when a request gives no max_tokens (the hold is refunded after).
-    gateway_default_max_tokens: int = 1024
+    # Completion budget of a call that names none, capped by the model's max_output_tokens
+    # and shrunk to what the balance covers, down to the floor below.
+    gateway_default_max_tokens: int = Field(default=1024, ge=1)
+    # The smallest completion budget worth a call: below it a call is refused.
+    gateway_min_completion_tokens: int = Field(default=64, ge=1)
     upstream_timeout_seconds: float = 120.0
     # Trusted-header mode (off unless set): a proxy authenticating with an org admin's key may
     # name the end user in this header, e.g. X-OpenWebUI-User-Email.
@@ -43,6 +46,15 @@ class Settings(BaseSettings):
     key_cache_seconds: float = 5.0
     # "auto": PostgreSQL LISTEN/NOTIFY on PostgreSQL (events cross processes), in-process on SQLite.
     event_bus: str = "auto"
+
+    @model_validator(mode="after")
+    def _floor_within_default(self) -> Settings:
+        if self.gateway_min_completion_tokens > self.gateway_default_max_tokens:
+            raise ValueError(
+                "TOKENDESK_GATEWAY_MIN_COMPLETION_TOKENS must not exceed "
+                "TOKENDESK_GATEWAY_DEFAULT_MAX_TOKENS"
+            )
+        return self
 
     def check_secret(self) -> None:
         """Refuse to serve with a guessable session secret outside demo mode."""

@@ -22,6 +22,7 @@ class Harness:
 
     async def settled(self) -> None:
         await self.gateway.settler.drain()
+        await self.gateway.overruns.drain()
 
 
 @pytest.fixture
@@ -42,6 +43,23 @@ async def harness(
     ]
     models.append(
         {"name": "heavy", "base_url": f"{url}/v1", "upstream_model": "fast", "weight": 2.5}
+    )
+    models.append(
+        {
+            "name": "modern",
+            "base_url": f"{url}/v1",
+            "upstream_model": "fast",
+            "max_tokens_field": "max_completion_tokens",
+        }
+    )
+    models.append(
+        {
+            "name": "single",
+            "base_url": f"{url}/v1",
+            "upstream_model": "fast",
+            "allow_n": False,
+            "max_output_tokens": 500,
+        }
     )
     settings = Settings(
         database_url=db_url,

@@ -1,8 +1,10 @@
 """One metered completion: relayed to an upstream or answered by the demo model.
 
 A completion knows its hold and settles it exactly once: with the usage the
-upstream reported, else with what was actually delivered, and releases it
-untouched when nothing was.
+upstream reported when that is believable, else with a conservative count of
+what was delivered plus the prompt estimate. A call that costs more than was
+held (an upstream that ignored the budget) is charged in full and recorded as
+an overrun. The hold is released untouched only when the upstream failed.
 """
 
 from __future__ import annotations
@@ -10,26 +12,34 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import aiohttp
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tokendesk.accounts.keycache import KeyOwner
+from tokendesk.audit import service as audit
+from tokendesk.db import Database
 from tokendesk.metering import demo_model
+from tokendesk.metering.budget import ChatRequest, completion_budget, upstream_body
 from tokendesk.metering.holds import Settlement, release
-from tokendesk.metering.model_config import ModelConfig
 from tokendesk.metering.service import UsageInput
-from tokendesk.metering.tokens import text_tokens, weighted
+from tokendesk.metering.tokens import text_tokens, unweighted, weighted
 
 if TYPE_CHECKING:
     from tokendesk.metering.gateway import Gateway
 
+log = logging.getLogger(__name__)
+
 DEMO_DELAY_SECONDS = 0.02
+# Reported usage beyond this many times both the hold and what was delivered is taken
+# for a fault, not an upstream that ignored its budget.
+ABSURD_FACTOR = 10
 
 # Completion ids double as usage event ids, so they must never repeat: a random
 # prefix per process and a counter are unique without a system call per call.
@@ -37,24 +47,81 @@ _ID_PREFIX = secrets.token_hex(12)
 _ids = itertools.count()
 
 
-def openai_error(status: int, message: str, *, type_: str, code: str | None = None) -> JSONResponse:
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    type_: str,
+    code: str | None = None,
+    param: str | None = None,
+) -> JSONResponse:
     return JSONResponse(
         status_code=status,
-        content={"error": {"message": message, "type": type_, "param": None, "code": code}},
+        content={"error": {"message": message, "type": type_, "param": param, "code": code}},
     )
+
+
+class Overruns:
+    """Calls charged more than they held, and upstream usage that could not be believed.
+
+    The counts live on the gateway's runtime for a metrics endpoint to expose; each
+    overrun is also written to the audit log, off the call's path.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.calls = 0
+        self.tokens = 0
+        self.unusable_usage = 0
+        self._writes: set[asyncio.Task[None]] = set()
+
+    def record(
+        self, *, caller: KeyOwner, model: str, call_id: str, held: int, charged: int
+    ) -> None:
+        self.calls += 1
+        self.tokens += charged - held
+        log.warning("call %s cost %d tokens against a hold of %d", call_id, charged, held)
+        details = {"model": model, "call_id": call_id, "held": held, "charged": charged}
+        task = asyncio.get_running_loop().create_task(self._audit(caller, details))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _audit(self, caller: KeyOwner, details: dict[str, Any]) -> None:
+        try:
+            async with self.database.transaction() as session:
+                await audit.record(
+                    session,
+                    organization_id=caller.organization_id,
+                    actor_id=None,
+                    action="gateway.overrun",
+                    target_type="user",
+                    target_id=caller.user_id,
+                    details=details,
+                )
+        except Exception:
+            log.exception("recording the overrun of call %s failed", details["call_id"])
+
+    async def drain(self) -> None:
+        """Wait until every overrun seen so far is in the audit log."""
+        while self._writes:
+            await asyncio.gather(*self._writes)
 
 
 class Completion:
     """One metered completion: knows its hold and settles it exactly once."""
 
     def __init__(
-        self, gateway: Gateway, caller: KeyOwner, model: ModelConfig, hold_id: int, prompt: int
+        self, gateway: Gateway, caller: KeyOwner, chat: ChatRequest, hold_id: int, *, held: int
     ) -> None:
         self.gateway = gateway
         self.caller = caller
-        self.model = model
+        self.chat = chat
+        self.model = chat.model
         self.hold_id = hold_id
-        self.estimate_prompt = prompt
+        self.held = held
+        # The completion budget per choice that goes upstream: what the hold pays for.
+        self.budget = completion_budget(chat, held)
+        self.estimate_prompt = chat.prompt
         self.id = f"chatcmpl-{_ID_PREFIX}{next(_ids):x}"
         self._done = False
 
@@ -62,6 +129,15 @@ class Completion:
         if self._done:
             return
         self._done = True
+        charged = weighted(prompt + completion, self.model.weight)
+        if charged > self.held:
+            self.gateway.overruns.record(
+                caller=self.caller,
+                model=self.model.name,
+                call_id=self.id,
+                held=self.held,
+                charged=charged,
+            )
         self.gateway.settler.submit(
             Settlement(
                 reservation_id=self.hold_id,
@@ -72,7 +148,7 @@ class Completion:
                     model=self.model.name,
                     prompt_tokens=prompt,
                     completion_tokens=completion,
-                    total_tokens=weighted(prompt + completion, self.model.weight),
+                    total_tokens=charged,
                     occurred_at=datetime.now(UTC),
                     source="gateway",
                 ),
@@ -86,22 +162,41 @@ class Completion:
         await release(self.gateway.database, reservation_id=self.hold_id)
 
     def settle_delivered(self, usage: Any, delivered: str) -> None:
-        """Charge what the upstream reported, else what was actually delivered."""
-        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            self.settle(int(usage.get("prompt_tokens") or 0), int(usage["completion_tokens"]))
-        elif delivered:
-            self.settle(self.estimate_prompt, text_tokens(delivered))
+        """Charge what the upstream reported if it is believable, else a conservative
+        count of what was delivered plus the prompt estimate.
+
+        The upstream took the prompt once it answered, so even a reply cut before its
+        first word pays for the prompt.
+        """
+        counted = text_tokens(delivered)
+        reported = self._believable(usage, counted)
+        if reported is None:
+            self.settle(self.estimate_prompt, counted)
         else:
-            # Nothing reached the member: the whole hold goes back.
-            self.settle(0, 0)
+            self.settle(*reported)
+
+    def _believable(self, usage: Any, counted: int) -> tuple[int, int] | None:
+        if usage is None:
+            return None
+        fields = usage if isinstance(usage, dict) else {}
+        prompt, completion = fields.get("prompt_tokens"), fields.get("completion_tokens")
+        if _is_count(prompt) and _is_count(completion):
+            ceiling = ABSURD_FACTOR * max(
+                unweighted(self.held, self.model.weight), self.estimate_prompt + counted
+            )
+            if prompt > 0 and (completion > 0 or counted == 0) and prompt + completion <= ceiling:
+                return prompt, completion
+        self.gateway.overruns.unusable_usage += 1
+        log.warning("call %s: upstream usage %r is unusable; counting the reply", self.id, usage)
+        return None
 
     # -- the built-in demo model ---------------------------------------------------------
 
-    async def demo(self, messages: list[Any], max_tokens: int | None, stream: bool) -> Response:
-        reply = demo_model.compose_reply(messages, max_tokens)
-        usage = demo_model.usage_for(messages, reply)
+    async def demo(self) -> Response:
+        reply = demo_model.compose_reply(self.chat.messages, self.budget)
+        usage = demo_model.usage_for(self.estimate_prompt, reply)
         created = int(time.time())
-        if not stream:
+        if not self.chat.stream:
             self.settle(usage["prompt_tokens"], usage["completion_tokens"])
             return JSONResponse(
                 {
@@ -148,14 +243,8 @@ class Completion:
 
     # -- real upstreams ------------------------------------------------------------------
 
-    async def upstream(self, body: dict[str, Any], stream: bool) -> Response:
-        payload = dict(body)
-        payload["model"] = self.model.upstream_model or self.model.name
-        payload.pop("user", None)
-        if stream:
-            options = dict(payload.get("stream_options") or {})
-            options["include_usage"] = True
-            payload["stream_options"] = options
+    async def upstream(self) -> Response:
+        payload = upstream_body(self.chat, self.budget)
         headers = {"content-type": "application/json"}
         # The member's tokendesk key never leaves tokendesk; only the configured upstream key.
         if self.model.api_key:
@@ -182,9 +271,9 @@ class Completion:
                 status_code=response.status,
                 media_type=response.headers.get("content-type", "application/json"),
             )
-        if not stream:
+        if not self.chat.stream:
             return await self._whole(response)
-        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        wants_usage = bool((self.chat.body.get("stream_options") or {}).get("include_usage"))
         return _event_stream(self._relay(response, wants_usage))
 
     async def _whole(self, response: aiohttp.ClientResponse) -> Response:
@@ -200,10 +289,13 @@ class Completion:
         except ValueError:
             await self.release()
             return openai_error(502, "upstream sent invalid JSON", type_="upstream_error")
+        if not isinstance(data, dict):
+            data = {}
         delivered = "".join(
-            str((choice.get("message") or {}).get("content") or "")
-            for choice in data.get("choices") or []
+            text
+            for choice in _listed(data.get("choices"))
             if isinstance(choice, dict)
+            for text in _output_texts(choice.get("message"))
         )
         self.settle_delivered(data.get("usage"), delivered)
         return Response(content=content, media_type="application/json")
@@ -226,14 +318,16 @@ class Completion:
                     chunk = json.loads(data)
                 except ValueError:
                     continue
+                if not isinstance(chunk, dict):
+                    yield f"data: {data}\n\n"
+                    continue
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                     if not chunk.get("choices") and not wants_usage:
                         continue  # we asked for usage; the client did not
-                for choice in chunk.get("choices") or []:
-                    content = (choice.get("delta") or {}).get("content")
-                    if content:
-                        delivered.append(content)
+                for choice in _listed(chunk.get("choices")):
+                    if isinstance(choice, dict):
+                        delivered.extend(_output_texts(choice.get("delta")))
                 yield f"data: {data}\n\n"
         except UPSTREAM_ERRORS as exc:
             error = {
@@ -249,6 +343,40 @@ class Completion:
 
 
 UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+
+# Everything a model writes that it is billed for, besides tool calls.
+OUTPUT_FIELDS = ("content", "refusal", "reasoning_content", "reasoning")
+
+
+def _output_texts(message: Any) -> Iterator[str]:
+    """The text a reply message (or a stream's delta) carries: content, refusals,
+    reasoning, and the names and arguments of tool and function calls."""
+    if not isinstance(message, dict):
+        return
+    for field in OUTPUT_FIELDS:
+        value = message.get(field)
+        if isinstance(value, str):
+            yield value
+    functions = [
+        call.get("function")
+        for call in _listed(message.get("tool_calls"))
+        if isinstance(call, dict)
+    ]
+    functions.append(message.get("function_call"))
+    for function in functions:
+        if isinstance(function, dict):
+            for field in ("name", "arguments"):
+                value = function.get(field)
+                if isinstance(value, str):
+                    yield value
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _is_count(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _describe(exc: BaseException) -> str:

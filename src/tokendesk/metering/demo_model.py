@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from tokendesk.metering.tokens import _content_text, prompt_tokens, text_tokens
+from tokendesk.metering.tokens import _content_text, fit_text, text_tokens
 
 
 def _last_user_text(messages: list[Any]) -> str:
@@ -15,7 +15,7 @@ def _last_user_text(messages: list[Any]) -> str:
     return ""
 
 
-def compose_reply(messages: list[Any], max_tokens: int | None) -> str:
+def compose_reply(messages: list[Any], max_tokens: int) -> str:
     said = _last_user_text(messages)
     words = len(said.split())
     preview = said if len(said) <= 80 else said[:77] + "..."
@@ -25,13 +25,11 @@ def compose_reply(messages: list[Any], max_tokens: int | None) -> str:
         "Every reply is metered like a real one: the prompt and this answer were counted "
         "and debited from your monthly token balance, which you can watch in the indicator."
     )
-    if max_tokens is not None:
-        reply = reply[: max(1, max_tokens) * 4]
-    return reply
+    # Like a real model, the demo stops at its completion budget.
+    return fit_text(reply, max_tokens)
 
 
-def usage_for(messages: list[Any], reply: str) -> dict[str, int]:
-    prompt = prompt_tokens(messages)
+def usage_for(prompt: int, reply: str) -> dict[str, int]:
     completion = text_tokens(reply)
     return {
         "prompt_tokens": prompt,

@@ -27,10 +27,16 @@ from tokendesk.config import Settings, get_settings
 from tokendesk.db import Database, get_database
 from tokendesk.errors import AppError, InsufficientTokens
 from tokendesk.events.bus import get_bus
-from tokendesk.metering.completion import Completion, openai_error
+from tokendesk.metering.budget import (
+    BadParameter,
+    ChatRequest,
+    UnknownModel,
+    hold_size,
+    parse_chat,
+)
+from tokendesk.metering.completion import Completion, Overruns, openai_error
 from tokendesk.metering.holds import HoldBatcher, Settler
-from tokendesk.metering.model_config import ModelConfig, load_models
-from tokendesk.metering.tokens import prompt_tokens, weighted
+from tokendesk.metering.model_config import load_models
 
 router = APIRouter(prefix="/v1", tags=["gateway"])
 
@@ -50,6 +56,7 @@ class Gateway:
         self.keys = KeyCache(database, ttl_seconds=settings.key_cache_seconds)
         self.settler = Settler(database, keys_used=self.keys.used)
         self.holds = HoldBatcher(database, ttl_seconds=settings.reservation_ttl_seconds)
+        self.overruns = Overruns(database)
         self._client: aiohttp.ClientSession | None = None
         self._listener: asyncio.Task[None] | None = None
 
@@ -84,6 +91,7 @@ class Gateway:
 
     async def close(self) -> None:
         await self.settler.stop()
+        await self.overruns.drain()
         await self.keys.stop()
         if self._listener is not None:
             self._listener.cancel()
@@ -190,35 +198,27 @@ async def list_models(request: Request) -> Response:
 
 
 def _bad_request(message: str, param: str) -> GatewayError:
-    response = openai_error(400, f"{param}: {message}", type_="invalid_request_error")
+    response = openai_error(400, f"{param}: {message}", type_="invalid_request_error", param=param)
     return GatewayError(response)
 
 
-def _parse(body: Any, gateway: Gateway) -> tuple[ModelConfig, list[Any], int | None, bool]:
-    if not isinstance(body, dict):
-        raise _bad_request("the body must be a JSON object", "body")
-    name = body.get("model")
-    if not isinstance(name, str) or not name:
-        raise _bad_request("required", "model")
-    model = gateway.models.get(name)
-    if model is None:
+def _parse(body: Any, gateway: Gateway) -> ChatRequest:
+    try:
+        return parse_chat(body, gateway.models)
+    except BadParameter as exc:
+        raise GatewayError(
+            openai_error(400, exc.message, type_="invalid_request_error", param=exc.param)
+        ) from None
+    except UnknownModel as exc:
         raise GatewayError(
             openai_error(
                 404,
-                f"model {name!r} does not exist; see GET /v1/models",
+                f"model {exc.name!r} does not exist; see GET /v1/models",
                 type_="invalid_request_error",
                 code="model_not_found",
+                param="model",
             )
-        )
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _bad_request("a non-empty list is required", "messages")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
-    ):
-        raise _bad_request("must be a positive integer", "max_tokens")
-    return model, messages, max_tokens, bool(body.get("stream"))
+        ) from None
 
 
 def _insufficient(exc: InsufficientTokens) -> JSONResponse:
@@ -242,16 +242,16 @@ async def chat_completions(request: Request) -> Response:
             body = json.loads(await request.body())
         except ValueError:
             raise _bad_request("invalid JSON", "body") from None
-        model, messages, max_tokens, stream = _parse(body, gateway)
+        chat = _parse(body, gateway)
     except GatewayError as exc:
         return exc.response
-    estimate_prompt = prompt_tokens(messages)
-    budget = max_tokens or gateway.settings.gateway_default_max_tokens
+    size = hold_size(chat, gateway.settings)
     try:
         hold = await gateway.holds.hold(
             user_id=caller.user_id,
             organization_id=caller.organization_id,
-            amount=weighted(estimate_prompt + budget, model.weight),
+            amount=size.amount,
+            at_least=size.at_least,
         )
     except InsufficientTokens as exc:
         return _insufficient(exc)
@@ -259,10 +259,10 @@ async def chat_completions(request: Request) -> Response:
         return openai_error(exc.status_code, exc.message, type_="invalid_request_error")
     if caller.key_id is not None:
         gateway.keys.note_used(caller.key_id)
-    call = Completion(gateway, caller, model, hold.id, estimate_prompt)
-    if model.is_demo:
-        return await call.demo(messages, max_tokens, stream)
-    return await call.upstream(body, stream)
+    call = Completion(gateway, caller, chat, hold.id, held=hold.amount)
+    if chat.model.is_demo:
+        return await call.demo()
+    return await call.upstream()
 
 
 COMPLETIONS_PATH = "/v1/chat/completions"

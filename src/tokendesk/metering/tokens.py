@@ -1,34 +1,117 @@
-"""Token estimates for holds and for output an upstream did not count."""
+"""Token estimates for holds and for output an upstream did not count.
+
+The estimates err high: a hold that is too small lets a call cost more than was
+held, while one that is too large only returns the difference at settlement.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 # Roughly four characters per token for English text with common tokenizers.
 CHARS_PER_TOKEN = 4
 PER_MESSAGE_OVERHEAD = 4
+# Every reply is primed with a few tokens of its own.
+REPLY_PRIMING = 3
+# Images are billed by their size, which only the upstream sees: a low-detail image
+# costs 85 tokens; any other is counted as a 1024x1024 high-detail image (85 plus
+# four 512-pixel tiles of 170), the size common clients scale images down to.
+IMAGE_TOKENS_LOW = 85
+IMAGE_TOKENS = 765
+# Request fields the upstream reads as part of the prompt besides the messages.
+PROMPT_FIELDS = ("tools", "functions", "response_format", "tool_choice", "function_call")
 
 
 def text_tokens(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN) if text else 0
+    """Four ASCII characters to a token, and every other character a token of its own
+    (scripts such as Chinese or emoji take a token or more per character)."""
+    if not text:
+        return 0
+    if text.isascii():
+        return math.ceil(len(text) / CHARS_PER_TOKEN)
+    wide = sum(1 for char in text if not char.isascii())
+    return math.ceil((len(text) - wide) / CHARS_PER_TOKEN) + wide
+
+
+def fit_text(text: str, tokens: int) -> str:
+    """The longest start of ``text`` that :func:`text_tokens` counts as at most ``tokens``."""
+    narrow = wide = 0
+    for index, char in enumerate(text):
+        if char.isascii():
+            narrow += 1
+        else:
+            wide += 1
+        if math.ceil(narrow / CHARS_PER_TOKEN) + wide > tokens:
+            return text[:index]
+    return text
+
+
+def _json_tokens(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        return text_tokens(value)
+    return text_tokens(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
 
 
 def _content_text(content: Any) -> str:
+    """The text of a message's content (a string, or the text of its parts)."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):  # multi-part content: count the text parts
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return ""
 
 
-def prompt_tokens(messages: list[Any]) -> int:
-    total = 3
-    for message in messages:
-        if isinstance(message, dict):
-            total += PER_MESSAGE_OVERHEAD + text_tokens(_content_text(message.get("content")))
+def _part_tokens(part: Any) -> int:
+    if not isinstance(part, dict):
+        return _json_tokens(part)
+    kind = part.get("type")
+    if kind == "text" or (kind is None and "text" in part):
+        return _json_tokens(part.get("text"))
+    if kind == "image_url":
+        image = part.get("image_url")
+        detail = image.get("detail") if isinstance(image, dict) else None
+        return IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS
+    # Audio, files and anything newer: counted by their full text, which errs high.
+    return _json_tokens(part)
+
+
+def content_tokens(content: Any) -> int:
+    if isinstance(content, list):
+        return sum(_part_tokens(part) for part in content)
+    return _json_tokens(content)
+
+
+def _message_tokens(message: Any) -> int:
+    if not isinstance(message, dict):
+        return PER_MESSAGE_OVERHEAD + _json_tokens(message)
+    total = PER_MESSAGE_OVERHEAD + content_tokens(message.get("content"))
+    for field in ("name", "tool_calls", "function_call", "tool_call_id", "refusal"):
+        total += _json_tokens(message.get(field))
+    return total
+
+
+def prompt_tokens(messages: list[Any], request: dict[str, Any] | None = None) -> int:
+    """Everything the upstream bills as input: each message's text, content parts,
+    tool calls and tool results, and the tool and function definitions of ``request``."""
+    total = REPLY_PRIMING + sum(_message_tokens(message) for message in messages)
+    if request is not None:
+        total += sum(_json_tokens(request.get(field)) for field in PROMPT_FIELDS)
     return total
 
 
 def weighted(tokens: int, weight: float) -> int:
     return tokens if weight == 1.0 else math.ceil(tokens * weight)
+
+
+def unweighted(tokens: int, weight: float) -> int:
+    """The most raw tokens whose weighted cost fits in ``tokens``."""
+    if weight == 1.0:
+        return tokens
+    raw = math.floor(tokens / weight)
+    while raw > 0 and weighted(raw, weight) > tokens:
+        raw -= 1
+    return raw

@@ -32,6 +32,7 @@ ACTIONS = (
     "token_request.rejected",
     "token_request.cancelled",
     "balance.adjusted",
+    "gateway.overrun",
     "user.created",
     "user.updated",
     "user.login",

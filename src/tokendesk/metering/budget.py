@@ -1,0 +1,149 @@
+"""What a chat call may cost, decided before it goes upstream.
+
+tokendesk, not the client, sets the completion budget of every call and sends
+exactly that upstream, so the hold is the ceiling of what the call can cost:
+the prompt estimate plus the budget of each choice. The client's own
+``max_tokens`` or ``max_completion_tokens`` may only lower it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tokendesk.config import Settings
+from tokendesk.metering.model_config import MAX_N, ModelConfig
+from tokendesk.metering.tokens import prompt_tokens, unweighted, weighted
+
+BUDGET_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
+class BadParameter(Exception):
+    """A request field tokendesk refuses (a 400 naming ``param``)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+        self.message = f"{param}: {message}"
+
+
+class UnknownModel(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A checked chat completion request."""
+
+    body: dict[str, Any]
+    model: ModelConfig
+    messages: list[Any]
+    # The completion budget per choice the client asked for, if any.
+    requested: int | None
+    n: int
+    stream: bool
+    # Tokens the upstream will bill as input, estimated (unweighted).
+    prompt: int
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(body: dict[str, Any], param: str, *, most: int, why: str) -> int | None:
+    value = body.get(param)
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise BadParameter(param, "must be an integer")
+    if value < 1:
+        raise BadParameter(param, "must be at least 1")
+    if value > most:
+        raise BadParameter(param, f"must be at most {most} {why}")
+    return int(value)
+
+
+def parse_chat(body: Any, models: dict[str, ModelConfig]) -> ChatRequest:
+    """Check a chat completion body; raises BadParameter or UnknownModel."""
+    if not isinstance(body, dict):
+        raise BadParameter("body", "the body must be a JSON object")
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise BadParameter("model", "required")
+    model = models.get(name)
+    if model is None:
+        raise UnknownModel(name)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadParameter("messages", "a non-empty list is required")
+    limit = model.max_output_tokens
+    asked = [
+        count
+        for field in BUDGET_FIELDS
+        if (count := _count(body, field, most=limit, why=f"for model {name!r}")) is not None
+    ]
+    n = _count(body, "n", most=MAX_N, why="choices per call") or 1
+    if n > 1 and not model.allow_n:
+        raise BadParameter("n", f"model {name!r} answers one choice per call")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadParameter("stream_options", "must be an object")
+    return ChatRequest(
+        body=body,
+        model=model,
+        messages=messages,
+        requested=min(asked) if asked else None,
+        n=n,
+        stream=bool(body.get("stream")),
+        prompt=prompt_tokens(messages, body),
+    )
+
+
+@dataclass(frozen=True)
+class HoldSize:
+    """Tokens to hold: ``amount`` at most, and at the very least ``at_least``."""
+
+    amount: int
+    at_least: int
+
+
+def hold_size(request: ChatRequest, settings: Settings) -> HoldSize:
+    """A client's own budget is held whole; without one the call takes the default
+    budget (within the model's limit) or, with little left, what the balance covers
+    down to the floor."""
+    weight = request.model.weight
+    if request.requested is not None:
+        amount = weighted(request.prompt + request.n * request.requested, weight)
+        return HoldSize(amount, amount)
+    budget = min(settings.gateway_default_max_tokens, request.model.max_output_tokens)
+    floor = min(settings.gateway_min_completion_tokens, budget)
+    return HoldSize(
+        weighted(request.prompt + request.n * budget, weight),
+        weighted(request.prompt + request.n * floor, weight),
+    )
+
+
+def completion_budget(request: ChatRequest, held: int) -> int:
+    """The completion budget per choice that ``held`` tokens pay for."""
+    budget = (unweighted(held, request.model.weight) - request.prompt) // request.n
+    if request.requested is not None:
+        budget = min(budget, request.requested)
+    return max(min(budget, request.model.max_output_tokens), 1)
+
+
+def upstream_body(request: ChatRequest, budget: int) -> dict[str, Any]:
+    """The client's body as the upstream gets it: the upstream's own model name, the
+    completion budget in the field that upstream reads, and usage always asked for."""
+    payload = dict(request.body)
+    payload["model"] = request.model.upstream_model or request.model.name
+    payload.pop("user", None)
+    for field in BUDGET_FIELDS:
+        payload.pop(field, None)
+    payload[request.model.max_tokens_field] = budget
+    if request.stream:
+        options = dict(payload.get("stream_options") or {})
+        options["include_usage"] = True
+        payload["stream_options"] = options
+    return payload
