@@ -11,6 +11,8 @@ from tests.factories import World
 from tests.gateway.conftest import Harness
 from tests.gateway.test_gateway import MESSAGES, balance_of, body
 from tokendesk.db import Database
+from tokendesk.ledger import service as ledger
+from tokendesk.ledger.models import EntryKind
 from tokendesk.metering.tokens import prompt_tokens
 
 
@@ -151,3 +153,78 @@ class TestChoices:
         assert r.status_code == 400
         assert r.json()["error"]["param"] == "n"
         await unchanged(harness, database, world.alice.id)
+
+
+async def leave(database: Database, user_id: int, remaining: int) -> None:
+    """Adjust the user's balance so that ``remaining`` tokens are left."""
+    async with database.transaction() as session:
+        balance = await ledger.get_balance(session, user_id=user_id)
+        await ledger.credit(
+            session,
+            user_id=user_id,
+            kind=EntryKind.ADJUSTMENT,
+            amount=remaining - balance.remaining,
+            actor_id=None,
+            reason="spent elsewhere",
+        )
+
+
+PROMPT = prompt_tokens(MESSAGES)
+
+
+class TestShrinkingBudget:
+    async def test_member_with_little_left_still_gets_an_answer_within_the_balance(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        await leave(database, world.nora.id, 80)  # under the default budget of 100
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast"), headers=world.nora.headers
+        )
+        assert r.status_code == 200, r.text
+        assert harness.upstream.bodies[0]["max_tokens"] == 80 - PROMPT
+        await harness.settled()
+        after = await balance_of(database, world.nora.id)
+        assert (after.remaining, after.reserved) == (80 - 24, 0)
+
+    async def test_below_the_floor_the_call_is_refused_with_insufficient_quota(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        await leave(database, world.nora.id, PROMPT + 63)  # the floor is 64
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast"), headers=world.nora.headers
+        )
+        assert r.status_code == 429
+        assert r.json()["error"]["code"] == "insufficient_quota"
+        assert harness.upstream.bodies == []
+        assert (await balance_of(database, world.nora.id)).reserved == 0
+
+    async def test_a_budget_the_client_chose_is_held_whole(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        await leave(database, world.nora.id, 80)
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast", max_tokens=100), headers=world.nora.headers
+        )
+        assert r.status_code == 429
+        assert harness.upstream.bodies == []
+
+    async def test_several_choices_share_what_the_balance_covers(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        await leave(database, world.nora.id, 150)
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast", n=2), headers=world.nora.headers
+        )
+        assert r.status_code == 200, r.text
+        assert harness.upstream.bodies[0]["max_tokens"] == (150 - PROMPT) // 2
+
+    async def test_a_weighted_models_budget_fits_the_weighted_hold(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        await leave(database, world.nora.id, 200)
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("heavy"), headers=world.nora.headers
+        )
+        assert r.status_code == 200, r.text
+        # 2.5 tokens debited per token used: 200 pay for 80, the prompt's included.
+        assert harness.upstream.bodies[0]["max_tokens"] == 80 - PROMPT

@@ -11,10 +11,12 @@ import pytest
 
 from tests.factories import Person, World
 from tests.fake_upstream import FakeUpstream, RunningServer
+from tests.gateway.test_budget import leave
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
 from tokendesk.metering.gateway import get_gateway
+from tokendesk.metering.tokens import prompt_tokens
 
 QUESTION = [{"role": "user", "content": "Say hello"}]
 
@@ -81,6 +83,15 @@ class TestThroughTheSdk:
                 model="single", messages=QUESTION, n=2
             )
         assert raised.value.param == "n"
+
+    async def test_member_with_1000_tokens_left_can_say_hi(
+        self, live: Live, world: World, database: Database
+    ) -> None:
+        await leave(database, world.nora.id, 1000)
+        hi = [{"role": "user", "content": "hi"}]
+        reply = await live.client(world.nora).chat.completions.create(model="fast", messages=hi)
+        assert reply.choices[0].message.content
+        assert live.upstream.bodies[0]["max_tokens"] == 1000 - prompt_tokens(hi)
 
     async def test_running_out_is_insufficient_quota(self, live: Live, world: World) -> None:
         with pytest.raises(openai.RateLimitError) as raised:
