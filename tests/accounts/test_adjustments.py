@@ -41,7 +41,7 @@ class TestAdjustBalance:
         self, client: httpx.AsyncClient, database: Database, world: World
     ) -> None:
         before = await snapshot(database)
-        for person in (world.admin, world.owner):
+        for person in (world.admin, world.owner, world.root):
             response = await _adjust(client, person, person, 1_000)
             assert response.status_code == 403
             assert "own balance" in response.json()["detail"]

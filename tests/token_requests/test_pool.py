@@ -31,7 +31,7 @@ class TestPoolUsage:
         async with database.transaction(write=False) as s:
             usage = await pool.pool_usage(s, organization_id=pooled.org_id)
         assert usage == pool.PoolUsage(
-            pool=ALLOCATED + 5_000, allocated=ALLOCATED, granted=2_000, left=3_000
+            pool=ALLOCATED + 5_000, allocated=ALLOCATED, granted=2_000, adjusted=0, left=3_000
         )
 
     async def test_an_organization_without_pool_has_no_usage(

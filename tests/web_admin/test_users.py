@@ -6,7 +6,23 @@ import httpx
 
 from tests.factories import World, snapshot
 from tests.web_admin.conftest import LoginFactory, remaining, submit
+from tokendesk.accounts.models import Organization
 from tokendesk.db import Database
+from tokendesk.token_requests import pool
+
+
+async def _set_pool(database: Database, world: World, *, left: int) -> None:
+    """Give Acme a pool with ``left`` tokens to spare this period."""
+    async with database.transaction() as s:
+        usage = await pool.pool_usage(s, organization_id=world.org_id)
+        assert usage is None
+        org = await s.get(Organization, world.org_id)
+        assert org is not None
+        org.pool = 0
+        await s.flush()
+        usage = await pool.pool_usage(s, organization_id=world.org_id)
+        assert usage is not None
+        org.pool = -usage.left + left
 
 
 class TestDirectory:
@@ -190,6 +206,37 @@ class TestAdjustments:
         )
         assert response.status_code == 422
         assert 'id="adjust-note-error"' in response.text
+        assert await snapshot(database) == before
+
+    async def test_an_adjustment_beyond_the_pool_is_shown_next_to_the_amount(
+        self, database: Database, world: World, login: LoginFactory
+    ) -> None:
+        await _set_pool(database, world, left=1_000)
+        owner = await login(world.owner)
+        before = await snapshot(database)
+        response = await owner.post(
+            f"/admin/users/{world.alice.id}/adjustments", {"amount": "1,001", "note": "extra"}
+        )
+        assert response.status_code == 409
+        assert (
+            '<p class="field-error" id="adjust-amount-error">the organization&#39;s token pool '
+            "has 1000 tokens left this period; granting 1001 would exceed it</p>"
+        ) in response.text
+        assert await snapshot(database) == before
+
+    async def test_an_override_raise_beyond_the_pool_is_shown_next_to_the_field(
+        self, database: Database, world: World, login: LoginFactory
+    ) -> None:
+        await _set_pool(database, world, left=1_000)
+        owner = await login(world.owner)
+        before = await snapshot(database)
+        response = await owner.post(
+            f"/admin/users/{world.alice.id}", {"allocation_override": "51,001"}
+        )
+        assert response.status_code == 409
+        assert 'id="edit-allocation_override-error">the organization&#39;s token pool' in (
+            response.text
+        )
         assert await snapshot(database) == before
 
     async def test_nobody_adjusts_their_own_balance(

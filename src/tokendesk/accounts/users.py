@@ -32,6 +32,7 @@ from tokendesk.db import utcnow
 from tokendesk.errors import Forbidden, InvalidInput, NotFound
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance, EntryKind
+from tokendesk.token_requests import pool
 
 # What a person may change about themselves; allocation, team, role and the active
 # flag are someone else's call (nobody raises their own budget).
@@ -130,6 +131,13 @@ async def create_user_as(session: AsyncSession, *, actor: Actor, data: UserIn) -
             raise Forbidden("role: team owners may only create members")
         if data.team_id is None or data.team_id not in actor.owned_team_ids:
             raise Forbidden("team_id: team owners may only add members to a team they own")
+    if data.allocation_override is not None:
+        await _check_new_override(
+            session,
+            organization_id=actor.organization_id,
+            override=data.allocation_override,
+            team_id=data.team_id,
+        )
     user = await create_user(
         session,
         organization_id=actor.organization_id,
@@ -142,6 +150,21 @@ async def create_user_as(session: AsyncSession, *, actor: Actor, data: UserIn) -
         actor_id=actor.user_id,
     )
     return await user_row(session, user_id=user.id, organization_id=actor.organization_id)
+
+
+async def _check_new_override(
+    session: AsyncSession, *, organization_id: int, override: int, team_id: int | None
+) -> None:
+    """A newcomer's override above what the rules would give them is a raise like
+    any other (see ``_check_override_raise``); the default part is not."""
+    org = await pool.lock_organization(session, organization_id=organization_id)
+    team = await session.get(Team, team_id) if team_id is not None else None
+    default = org.default_allocation
+    if team is not None and team.organization_id == org.id and team.default_allocation is not None:
+        default = team.default_allocation
+    await pool.check_increase(
+        session, organization_id=org.id, amount=override - default, field="allocation_override"
+    )
 
 
 def _check_update_allowed(actor: Actor, user: User, data: UserUpdate, fields: set[str]) -> None:
@@ -169,10 +192,17 @@ async def update_user(
     user = await get_user_in_scope(session, actor=actor, user_id=user_id)
     fields = set(data.model_fields_set)
     _check_update_allowed(actor, user, data, fields)
-    if "team_id" in fields and data.team_id is not None:
-        team = await session.get(Team, data.team_id)
-        if team is None or team.organization_id != user.organization_id:
+    new_team = await session.get(Team, user.team_id) if user.team_id is not None else None
+    if "team_id" in fields:
+        new_team = await session.get(Team, data.team_id) if data.team_id is not None else None
+        if data.team_id is not None and (
+            new_team is None or new_team.organization_id != user.organization_id
+        ):
             raise InvalidInput(f"team_id: team {data.team_id} not found", field="team_id")
+    if "allocation_override" in fields and data.allocation_override != user.allocation_override:
+        await _check_override_raise(
+            session, user=user, override=data.allocation_override, team=new_team
+        )
 
     before: dict[str, Any] = {}
     after: dict[str, Any] = {}
@@ -228,16 +258,52 @@ async def update_user(
     return await user_row(session, user_id=uid, organization_id=org_id)
 
 
+async def _check_override_raise(
+    session: AsyncSession, *, user: User, override: int | None, team: Team | None
+) -> None:
+    """An override that raises this period's allocation hands out tokens like a grant:
+    the raise is bound by the maximum per request and the pool (see ``pool.check_increase``).
+
+    Runs before anything about ``user`` changes, so the current allocation (or, for a
+    period that has ended, what its reset would give) is the one in force now.
+    """
+    org = await pool.lock_organization(session, organization_id=user.organization_id)
+    if override is not None:
+        target = override
+    elif team is not None and team.default_allocation is not None:
+        target = team.default_allocation
+    else:
+        target = org.default_allocation
+    balance = await session.get(Balance, user.id)
+    if balance is None:
+        raise NotFound(f"user {user.id} has no balance")
+    current = balance.allocation
+    if balance.period_end <= utcnow():
+        current_team = await session.get(Team, user.team_id) if user.team_id is not None else None
+        current = ledger.resolve_allocation(user, current_team, org)
+    await pool.check_increase(
+        session,
+        organization_id=user.organization_id,
+        amount=target - current,
+        field="allocation_override",
+    )
+
+
 async def adjust_balance(
     session: AsyncSession, *, actor: Actor, user_id: int, amount: int, note: str
 ) -> Balance:
-    """A manual correction of the current period, up or down, always with a note."""
+    """A manual correction of the current period, always with a note.
+
+    Adding tokens is bound like an approval (the maximum per request, the pool);
+    taking them back never is.
+    """
     user = await get_user_in_scope(session, actor=actor, user_id=user_id)
     if user.id == actor.user_id:
         raise Forbidden("you may not adjust your own balance")
     require_manager(actor, user)
     require_outranks(actor, user)
     uid, org_id = user.id, user.organization_id
+    await pool.check_increase(session, organization_id=org_id, amount=amount, field="amount")
     balance = await ledger.credit(
         session,
         user_id=uid,

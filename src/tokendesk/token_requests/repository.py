@@ -449,12 +449,13 @@ async def get_organization(
 
 async def pool_totals(
     session: AsyncSession, *, organization_id: int, now: datetime, org_default: int
-) -> tuple[int, int]:
-    """(allocated, granted) across the organization's current periods.
+) -> tuple[int, int, int]:
+    """(allocated, granted, adjusted) across the organization's current periods,
+    ``adjusted`` counting each person's net adjustment only where it added tokens.
 
     Read from the cached balances, which ``doctor`` proves equal to the ledger;
     a balance whose period ended counts with the allocation its rollover will
-    give it and without the grants that end with the old period.
+    give it and without the grants and adjustments that end with the old period.
     """
     current = Balance.period_end > now
     query = select(
@@ -465,6 +466,9 @@ async def pool_totals(
             0,
         ),
         func.coalesce(func.sum(case((current, Balance.granted), else_=0)), 0),
+        func.coalesce(
+            func.sum(case((and_(current, Balance.adjusted > 0), Balance.adjusted), else_=0)), 0
+        ),
     ).where(Balance.organization_id == organization_id)
-    allocated, granted = (await session.execute(query)).one()
-    return int(allocated), int(granted)
+    allocated, granted, adjusted = (await session.execute(query)).one()
+    return int(allocated), int(granted), int(adjusted)
