@@ -15,7 +15,7 @@ from tokendesk.config import Settings
 from tokendesk.db import Database
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.doctor import check_balances
-from tokendesk.ledger.models import Balance
+from tokendesk.ledger.models import Balance, EntryKind
 from tokendesk.metering.gateway import get_gateway
 from tokendesk.metering.tokens import prompt_tokens, text_tokens
 
@@ -305,3 +305,42 @@ class TestLastUsed:
         )
         assert keys.status_code == 200, keys.text
         assert keys.json()[0]["last_used_at"] is not None
+
+
+class TestRefusal:
+    """A call refused for lack of tokens tells the client whether waiting can help."""
+
+    async def test_a_spent_balance_is_refused_without_retry_after_and_asks_not_to_retry(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        # nora's 5,000 tokens are taken away and nothing is held: waiting cannot help.
+        async with database.transaction() as s:
+            await ledger.credit(
+                s,
+                user_id=world.nora.id,
+                kind=EntryKind.ADJUSTMENT,
+                amount=-5_000,
+                actor_id=None,
+                reason="spent",
+            )
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast", max_tokens=50), headers=world.nora.headers
+        )
+        assert r.status_code == 429
+        assert "0 left" in r.json()["error"]["message"]
+        assert "retry-after" not in r.headers
+        assert r.headers["x-should-retry"] == "false"
+
+    async def test_tokens_held_by_calls_in_flight_get_retry_after(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        # A call in flight holds 4,950 of nora's 5,000: once settled, most may come back.
+        async with database.transaction() as s:
+            await ledger.reserve(s, user_id=world.nora.id, amount=4_950)
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast", max_tokens=100), headers=world.nora.headers
+        )
+        assert r.status_code == 429
+        assert "50 left" in r.json()["error"]["message"]
+        assert r.headers["retry-after"] == "1"
+        assert "x-should-retry" not in r.headers

@@ -19,7 +19,13 @@ from tokendesk.db import Database
 from tokendesk.errors import AppError, InsufficientTokens, InvalidInput
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.doctor import check_balances
-from tokendesk.ledger.models import Balance, LedgerEntry, Reservation, ReservationStatus
+from tokendesk.ledger.models import (
+    Balance,
+    EntryKind,
+    LedgerEntry,
+    Reservation,
+    ReservationStatus,
+)
 from tokendesk.metering import holds
 from tokendesk.metering.holds import Hold, HoldBatcher, Settlement, Settler
 from tokendesk.metering.holds_repository import HoldRequest, reserve_each, settle_many
@@ -203,6 +209,67 @@ class TestHoldBatcher:
             nora = await s.get(Balance, world.nora.id)
             assert alice is not None and nora is not None
             assert (alice.reserved, nora.reserved) == (1_000, 0)
+
+
+class TestQuickRefusal:
+    """Calls refused for lack of tokens are decided on the quick path, where the
+    balance's period is current, with the exact message."""
+
+    @pytest.fixture(autouse=True)
+    def no_general_path(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        async def general(*_: object, **__: object) -> None:
+            raise AssertionError("took the general path")
+
+        monkeypatch.setattr(holds, "hold_many", general)
+        monkeypatch.setattr(holds, "reserve_each", general)
+
+    async def test_calls_beyond_the_balance_are_refused_at_once(
+        self, database: Database, world: World
+    ) -> None:
+        batcher = HoldBatcher(database, ttl_seconds=60)
+        await batcher.hold(user_id=world.nora.id, organization_id=world.org_id, amount=4_950)
+        # nora's three calls share a batch with alice's, which is held.
+        calls = [(world.nora.id, 100, None)] * 3 + [(world.alice.id, 100, None)]
+        calls += [(world.nora.id, 200, 60)]
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    batcher.hold(
+                        user_id=user, organization_id=world.org_id, amount=amount, at_least=least
+                    )
+                    for user, amount, least in calls
+                ),
+                return_exceptions=True,
+            ),
+            10,
+        )
+        refused = [o for o in outcomes if isinstance(o, InsufficientTokens)]
+        assert len(refused) == 4 and isinstance(outcomes[3], Hold), outcomes
+        assert [r.message.split(";")[0] for r in refused] == 3 * [
+            "not enough tokens: 50 left, 100 needed"
+        ] + ["not enough tokens: 50 left, 60 needed"]
+        # What nora's call in flight holds may come back: waiting can help.
+        assert all(r.could_wait for r in refused)
+        assert await held_and_reserved(database, world.nora.id) == ([4_950], 4_950)
+
+    async def test_a_lone_call_beyond_a_spent_balance_is_refused_at_once(
+        self, database: Database, world: World
+    ) -> None:
+        async with database.transaction() as s:
+            await ledger.credit(
+                s,
+                user_id=world.nora.id,
+                kind=EntryKind.ADJUSTMENT,
+                amount=-5_000,
+                actor_id=None,
+                reason="spent",
+            )
+        with pytest.raises(InsufficientTokens) as refused:
+            await HoldBatcher(database, ttl_seconds=60).hold(
+                user_id=world.nora.id, organization_id=world.org_id, amount=100
+            )
+        assert "0 left, 100 needed" in refused.value.message
+        assert not refused.value.could_wait  # nothing held that could come back
 
 
 class TestOneCallsFailure:

@@ -221,14 +221,28 @@ def _parse(body: Any, gateway: Gateway) -> ChatRequest:
         ) from None
 
 
+# How long a refused member is told to wait when tokens their calls in flight hold may
+# come back: a call's hold returns once it is settled, moments after its reply.
+RETRY_AFTER_SECONDS = 1
+
+
 def _insufficient(exc: InsufficientTokens) -> JSONResponse:
-    return openai_error(
+    """429 ``insufficient_quota``. ``Retry-After`` only where waiting can help (the
+    member's calls in flight hold tokens that may come back); otherwise the OpenAI
+    SDKs' ``x-should-retry: false``, since they retry a 429 by default and a spent
+    balance refuses every retry alike."""
+    response = openai_error(
         429,
         f"{exc.message}. Open the chat app and use 'Request more tokens', or POST "
         "/api/v1/token-requests with the amount you need.",
         type_="insufficient_quota",
         code="insufficient_quota",
     )
+    if exc.could_wait:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    else:
+        response.headers["x-should-retry"] = "false"
+    return response
 
 
 # Declared for the OpenAPI schema (and served here if the shortcut is not installed);
