@@ -19,6 +19,11 @@ generator, so the differences are meaningful on a noisy machine:
    (fewer calls share each settlement, and each reply wakes a sleeping client),
    so half the closed-loop rate is not half the CPU.
 3. Added latency alone: one connection, one call at a time.
+4. Refused calls: the closed loop again, from members whose balance is spent
+   (every call answered 429 ``insufficient_quota``), ``--refused-requests`` of
+   them: refused calls per second and the server's CPU per refusal, next to the
+   served calls of run 1. A client that is out of tokens and retries its 429s
+   should cost the server no more than one that pays.
 
 The server's own CPU time per request (from /proc, user + system) is printed for
 each run through tokendesk: unlike wall-clock figures it barely moves when other
@@ -59,24 +64,30 @@ BODY = json.dumps(
 TOKENS_PER_CALL = 24  # what the fake upstream reports
 
 
-async def seed(url: str, users: int) -> list[str]:
+async def seed(url: str, users: int) -> tuple[list[str], list[str]]:
+    """API keys of ``users`` members with tokens to spare, and of as many with none."""
     from tokendesk.accounts import service as accounts
     from tokendesk.db import Database
     from tokendesk.migrations.runner import upgrade_async
 
     await upgrade_async(url)
     database = Database(url)
-    keys = []
+    keys: list[str] = []
+    spent: list[str] = []
     async with database.transaction() as s:
         org = await accounts.create_organization(s, name="Bench", default_allocation=10**12)
-        for n in range(users):
+        for n in range(2 * users):
             user = await accounts.create_user(
-                s, organization_id=org.id, email=f"user{n}@bench.example", name=f"User {n}"
+                s,
+                organization_id=org.id,
+                email=f"user{n}@bench.example",
+                name=f"User {n}",
+                allocation_override=None if n < users else 0,
             )
             _, key = await accounts.issue_api_key(s, user=user)
-            keys.append(key)
+            (keys if n < users else spent).append(key)
     await database.dispose()
-    return keys
+    return keys, spent
 
 
 async def used_total(url: str) -> tuple[int, int, int]:
@@ -125,7 +136,7 @@ def added(run: str, direct: LoadResult, through: LoadResult) -> str:
 
 
 async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str]:
-    keys = await seed(db_url, args.users)
+    keys, spent = await seed(db_url, args.users)
     up_port, td_port = free_port(), free_port()
     upstream_cmd = [sys.executable, "tests/fake_upstream.py", "--port", str(up_port)]
     models = json.dumps([{"name": "fast", "base_url": f"http://127.0.0.1:{up_port}/v1"}])
@@ -139,16 +150,19 @@ async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str
         wait_ready(f"http://127.0.0.1:{up_port}/v1/models")
         wait_ready(f"http://127.0.0.1:{td_port}/healthz")
         direct_request = build_request("127.0.0.1", up_port, "/v1/chat/completions", BODY, {})
-        prepared = [
-            build_request(
-                "127.0.0.1",
-                td_port,
-                "/v1/chat/completions",
-                BODY,
-                {"Authorization": f"Bearer {key}"},
-            )
-            for key in keys
-        ]
+        prepared, refusing = (
+            [
+                build_request(
+                    "127.0.0.1",
+                    td_port,
+                    "/v1/chat/completions",
+                    BODY,
+                    {"Authorization": f"Bearer {key}"},
+                )
+                for key in group
+            ]
+            for group in (keys, spent)
+        )
 
         def direct(n: int) -> bytes:
             return direct_request
@@ -156,22 +170,32 @@ async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str
         def through(n: int) -> bytes:
             return prepared[n % len(prepared)]
 
+        def refused(n: int) -> bytes:
+            return refusing[n % len(refusing)]
+
+        async def charged(make: Any, **load: Any) -> tuple[LoadResult, float | None]:
+            """A load through tokendesk, with the server's CPU milliseconds per request."""
+            before = await settled(server.pid)
+            t = await run_load("127.0.0.1", td_port, make, **load)
+            after = await settled(server.pid)
+            if before is None or after is None or not t.requests:
+                return t, None
+            return t, (after - before) * 1000 / t.requests
+
         async def pair(**load: Any) -> tuple[LoadResult, LoadResult, float | None]:
             """The same load direct and through tokendesk, with the server's CPU
             milliseconds per request through it."""
             d = await run_load("127.0.0.1", up_port, direct, **load)
-            before = await settled(server.pid)
-            t = await run_load("127.0.0.1", td_port, through, **load)
-            after = await settled(server.pid)
-            if before is None or after is None or not t.requests:
-                return d, t, None
-            return d, t, (after - before) * 1000 / t.requests
+            t, cpu = await charged(through, **load)
+            return d, t, cpu
 
         c = args.concurrency
         await run_load("127.0.0.1", up_port, direct, concurrency=c, total=1000)
         await run_load("127.0.0.1", td_port, through, concurrency=c, total=1000)
+        await run_load("127.0.0.1", td_port, refused, concurrency=c, total=1000)
         await analyze(db_url)
         d, t, t_cpu = await pair(concurrency=c, total=args.requests)
+        r, r_cpu = await charged(refused, concurrency=c, total=args.refused_requests)
         paced_runs = []
         offered = [(t.rps * share, f"{share:.0%}") for share in args.paced]
         offered += [(rate, "fixed") for rate in args.rates]
@@ -184,6 +208,7 @@ async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str
     ok = 1000 + sum(r.statuses.get(200, 0) for r in (t, st, *(run[2] for run in paced_runs)))
     closed = f"closed loop, {c} connections"
     rows = [row(closed, "direct to upstream", d), row(closed, "through tokendesk", t, t_cpu)]
+    rows += [row(f"{closed}, balance spent", "refused by tokendesk", r, r_cpu)]
     for paced, pd, pt, pt_cpu in paced_runs:
         rows += [row(paced, "direct to upstream", pd), row(paced, "through tokendesk", pt, pt_cpu)]
     rows += [
@@ -203,7 +228,8 @@ async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str
         "",
         f"Check: {used} tokens debited for {ok} successful calls "
         f"(expected {ok * TOKENS_PER_CALL}), {reserved} still held, "
-        f"doctor mismatches: {mismatches}.",
+        f"doctor mismatches: {mismatches}; refused: {r.statuses.get(429, 0)} "
+        f"of {r.requests} calls from spent balances.",
         "",
     ]
 
@@ -229,6 +255,9 @@ async def main() -> None:
     )
     parser.add_argument("--paced-seconds", type=float, default=15.0)
     parser.add_argument("--single-requests", type=int, default=2000)
+    parser.add_argument(
+        "--refused-requests", type=int, default=10_000, help="closed-loop calls refused (429)"
+    )
     args = parser.parse_args()
     print(f"Machine: {machine()}\n")
     out = await measure("SQLite", sqlite_url(), args)

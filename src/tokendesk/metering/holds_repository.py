@@ -1,12 +1,14 @@
 """All SQL of the gateway's holds and settlements (see :mod:`holds` for when it runs).
 
 A hold must be exact under concurrency: one conditional UPDATE both checks and
-reserves. SQLite holds run on a plain connection in microseconds
-(:func:`hold_each`); PostgreSQL holds are one statement, one round trip
-(:func:`hold_in_one_round_trip`); either leaves what it cannot decide to the
-general path (:func:`hold_many`), which rolls periods over and refuses with the
-exact message. Settlements close many holds and record their usage in a handful
-of set-based statements (:func:`settle_many`).
+reserves, and a hold that shrinks to what remains reads it where nothing else
+can change it (SQLite's write lock, PostgreSQL's row lock). SQLite holds run on a
+plain connection in microseconds (:func:`hold_each`); PostgreSQL holds are one
+statement, one round trip (:func:`hold_in_one_round_trip`). Both hold, shrink or
+refuse (with the exact message) where the balance's period is current, so a
+refusal costs no more than a hold, and leave the rest to the general path
+(:func:`hold_many`), which rolls periods over. Settlements close many holds and
+record their usage in a handful of set-based statements (:func:`settle_many`).
 """
 
 from __future__ import annotations
