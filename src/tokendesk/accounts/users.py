@@ -33,6 +33,7 @@ from tokendesk.errors import Forbidden, InvalidInput, NotFound
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance, EntryKind
 from tokendesk.token_requests import pool
+from tokendesk.token_requests import service as token_requests
 
 # What a person may change about themselves; allocation, team, role and the active
 # flag are someone else's call (nobody raises their own budget).
@@ -238,6 +239,13 @@ async def update_user(
         for key, label in (("team_id", "team changed"), ("allocation_override", "override changed"))
         if key in after
     ]
+    if "team_id" in after:
+        await token_requests.requester_moved(
+            session,
+            user_id=uid,
+            organization_id=org_id,
+            teams=(before["team_id"], after["team_id"]),
+        )
     if reasons:
         await reapply_allocations(
             session,

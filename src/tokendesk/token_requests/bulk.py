@@ -111,12 +111,14 @@ async def bulk(
         now=now,
         decided_by_id=actor.user_id,
         note=note,
+        within_teams=service.deciding_teams(actor),
     )
     decided = {row.id: row for row in changed}
     raced = [row.id for row in candidates if row.id not in decided]
     if raced:
         current = await repo.statuses(session, ids=raced)
         for request_id in raced:
+            # Still pending means its requester moved out of the caller's teams meanwhile.
             skipped[request_id] = SKIP_REASONS.get(current.get(request_id, ""), NOT_FOUND)
 
     balances: dict[int, AnyRow] = {}

@@ -47,7 +47,8 @@ class TokenRequest(Base):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    # The requester's team when they asked; scoping for team owners follows it.
+    # The requester's team when the request was decided (or, until then, when they
+    # asked); a pending request follows its requester's current team instead.
     team_id: Mapped[int | None] = mapped_column(
         ForeignKey("teams.id", ondelete="SET NULL"), nullable=True
     )

@@ -67,13 +67,33 @@ def among(session: AsyncSession, column: Any, ids: Sequence[int]) -> ColumnEleme
     return in_list(dialect_of(session), column, values=ids)
 
 
+def request_team() -> ColumnElement[int | None]:
+    """The request's team; needs ``Requester`` joined.
+
+    A pending request belongs to its requester's team now, wherever they were
+    when they asked: a move needs no update of their requests, and no path that
+    moves people can forget one. A decision writes the team it was decided in
+    (see :func:`transition`), which then stays with the request as history.
+    """
+    return case(
+        (TokenRequest.status == RequestStatus.PENDING.value, Requester.team_id),
+        else_=TokenRequest.team_id,
+    )
+
+
+def _requester_team() -> ColumnElement[int | None]:
+    """The requester's current team, for statements without the ``Requester`` join."""
+    return select(User.team_id).where(User.id == TokenRequest.user_id).scalar_subquery()
+
+
 def scope_clause(scope: Scope) -> ColumnElement[bool]:
+    """Needs ``Requester`` joined (every read here joins it)."""
     in_org = TokenRequest.organization_id == scope.organization_id
     if scope.everything:
         return in_org
     visible = TokenRequest.user_id == scope.user_id
     if scope.team_ids:
-        visible = or_(visible, TokenRequest.team_id.in_(sorted(scope.team_ids)))
+        visible = or_(visible, request_team().in_(sorted(scope.team_ids)))
     return and_(in_org, visible)
 
 
@@ -93,7 +113,7 @@ def _items(*, now: datetime, org_default: int) -> Select[*tuple[Any, ...]]:
             TokenRequest.id,
             TokenRequest.organization_id,
             TokenRequest.user_id,
-            TokenRequest.team_id,
+            request_team().label("team_id"),
             TokenRequest.status,
             TokenRequest.amount,
             TokenRequest.approved_amount,
@@ -112,7 +132,7 @@ def _items(*, now: datetime, org_default: int) -> Select[*tuple[Any, ...]]:
             (Balance.period_end <= now).label("period_ended"),
         )
         .join(Requester, Requester.id == TokenRequest.user_id)
-        .outerjoin(RequestTeam, RequestTeam.id == TokenRequest.team_id)
+        .outerjoin(RequestTeam, RequestTeam.id == request_team())
         .outerjoin(Decider, Decider.id == TokenRequest.decided_by_id)
         .outerjoin(Balance, Balance.user_id == TokenRequest.user_id)
     )
@@ -125,7 +145,7 @@ def _filters(
     if status is not None:
         clauses.append(TokenRequest.status == status)
     if team_id is not None:
-        clauses.append(TokenRequest.team_id == team_id)
+        clauses.append(request_team() == team_id)
     if q:
         needle = q.lower()
         clauses.append(
@@ -176,21 +196,24 @@ async def count_items(
     team_id: int | None,
     q: str | None,
 ) -> int:
-    query = select(func.count()).select_from(TokenRequest)
-    if q:
-        query = query.join(Requester, Requester.id == TokenRequest.user_id)
-    query = query.where(*_filters(scope, status=status, team_id=team_id, q=q))
+    query = (
+        select(func.count())
+        .select_from(TokenRequest)
+        .join(Requester, Requester.id == TokenRequest.user_id)
+        .where(*_filters(scope, status=status, team_id=team_id, q=q))
+    )
     return int(await session.scalar(query) or 0)
 
 
 async def status_counts(
     session: AsyncSession, *, scope: Scope, team_id: int | None, q: str | None
 ) -> dict[str, int]:
-    query = select(TokenRequest.status, func.count()).select_from(TokenRequest)
-    if q:
-        query = query.join(Requester, Requester.id == TokenRequest.user_id)
-    query = query.where(*_filters(scope, status=None, team_id=team_id, q=q)).group_by(
-        TokenRequest.status
+    query = (
+        select(TokenRequest.status, func.count())
+        .select_from(TokenRequest)
+        .join(Requester, Requester.id == TokenRequest.user_id)
+        .where(*_filters(scope, status=None, team_id=team_id, q=q))
+        .group_by(TokenRequest.status)
     )
     return {status: int(count) for status, count in (await session.execute(query)).all()}
 
@@ -275,15 +298,20 @@ async def transition(
     note: str | None = None,
     approved_amount: int | None = None,
     requester_id: int | None = None,
+    within_teams: frozenset[int] | None = None,
 ) -> list[AnyRow]:
     """Move pending requests to ``to``; only rows still pending change.
 
     The ``status = 'pending'`` condition is what makes concurrent deciders
     safe: of two transactions racing on one row, the second updates nothing.
+    ``within_teams`` (a team owner's decision) changes only requests whose
+    requester is in one of those teams when the update runs, so a requester
+    moved away since the caller's read is not decided by their old team.
+    A decision records the requester's team at that moment.
     An approval without ``approved_amount`` grants the requested amount.
     Returns ``(id, user_id, team_id, approved_amount)`` for each changed row.
     """
-    values: dict[str, Any] = {"status": to.value}
+    values: dict[str, Any] = {"status": to.value, "team_id": _requester_team()}
     if to is not RequestStatus.CANCELLED:
         values.update(decided_at=now, decided_by_id=decided_by_id, decision_note=note)
     if to is RequestStatus.APPROVED:
@@ -305,6 +333,8 @@ async def transition(
     )
     if requester_id is not None:
         stmt = stmt.where(TokenRequest.user_id == requester_id)
+    if within_teams is not None:
+        stmt = stmt.where(_requester_team().in_(sorted(within_teams)))
     return list((await session.execute(stmt)).all())
 
 

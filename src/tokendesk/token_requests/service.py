@@ -21,6 +21,7 @@ from tokendesk.accounts.models import Organization, Role
 from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
 from tokendesk.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound
+from tokendesk.events.bus import emit
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import EntryKind
 from tokendesk.token_requests import events, pool
@@ -69,8 +70,16 @@ def clean_text(value: str | None, *, field: str) -> str | None:
     return value.strip() or None
 
 
+def deciding_teams(actor: Actor) -> frozenset[int] | None:
+    """The teams whose requests the caller decides; None for everything in the organization."""
+    scope = scope_for(actor)
+    return None if scope.everything else scope.team_ids
+
+
 def not_pending(request_id: int, status: str | None) -> AppError:
-    if status is None:
+    """Why a transition changed nothing: gone, decided, or (still pending) no longer
+    in the caller's scope, because the requester moved to another team meanwhile."""
+    if status is None or status == RequestStatus.PENDING:
         return NotFound(f"token request {request_id} not found")
     return Conflict(f"token request {request_id} is already {status}")
 
@@ -238,6 +247,31 @@ async def pending_count(session: AsyncSession, *, actor: Actor) -> int:
     return await repo.count_items(
         session, scope=scope_for(actor), status=RequestStatus.PENDING, team_id=None, q=None
     )
+
+
+async def requester_moved(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    organization_id: int,
+    teams: tuple[int | None, int | None],
+) -> None:
+    """A pending request moves with its requester: the queues of the team they
+    left and the team they joined both change (no row does, see ``repo.request_team``)."""
+    pending = await repo.pending_of_user(session, user_id=user_id)
+    if pending is None:
+        return
+    for team_id in dict.fromkeys(teams):
+        emit(
+            session,
+            events.queue_event(
+                organization_id=organization_id,
+                team_id=team_id,
+                change="moved",
+                status=RequestStatus.PENDING.value,
+                request_id=pending.id,
+            ),
+        )
 
 
 # ---------------------------------------------------------------- transitions
@@ -422,9 +456,11 @@ async def _decide(
         decided_by_id=actor.user_id,
         note=note,
         approved_amount=grant if approving else None,
+        within_teams=deciding_teams(actor),
     )
     if not changed:
-        # Another decider got there between our read and our update.
+        # Another decider got there between our read and our update, or the
+        # requester moved out of the caller's teams.
         current = await repo.statuses(session, ids=[request_id])
         raise not_pending(request_id, current.get(request_id))
     details: dict[str, Any] = {"note": note}
