@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from tokendesk import __version__
+from tokendesk.bodies import BodyLimits, WholeBodies
 from tokendesk.config import Settings, get_settings
 from tokendesk.db import configure_database, get_database, set_database
 from tokendesk.errors import AppError
@@ -120,4 +121,6 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
 
     include_routers(app)
     app.add_middleware(Shortcut)
+    # Outermost: every body is whole before the gateway's shortcut or any route runs.
+    app.add_middleware(WholeBodies, limits=BodyLimits.of(settings))
     return app

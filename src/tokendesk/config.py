@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     key_cache_seconds: float = 5.0
     # "auto": PostgreSQL LISTEN/NOTIFY on PostgreSQL (events cross processes), in-process on SQLite.
     event_bus: str = "auto"
+    # Request bodies are read whole before anything runs (see bodies.py): at most this
+    # many bytes per kind of route, and all of it within the timeout.
+    api_body_max_bytes: int = Field(default=1 << 20, gt=0)
+    gateway_body_max_bytes: int = Field(default=10 << 20, gt=0)
+    # Forms are small, but a bulk decision on the largest selection sends every id.
+    form_body_max_bytes: int = Field(default=1 << 20, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _floor_within_default(self) -> Settings:

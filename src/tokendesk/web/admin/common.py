@@ -80,7 +80,9 @@ class AdminRoute(APIRoute):
         return guarded
 
 
-async def _submitted_csrf(request: Request) -> str | None:
+async def submitted_csrf(request: Request) -> str | None:
+    """The CSRF token a state change carries; every admin route reads it first (see
+    routes.py), so a form is never read with a transaction open."""
     header = request.headers.get("x-csrf-token")
     if header:
         return header
@@ -91,12 +93,16 @@ async def _submitted_csrf(request: Request) -> str | None:
     return None
 
 
-async def _admin_actor(request: Request, session: DbSession) -> Actor:
+async def _admin_actor(
+    request: Request,
+    csrf: Annotated[str | None, Depends(submitted_csrf)],
+    session: DbSession,
+) -> Actor:
     actor = await page_actor(request, session)
     if not actor.is_admin:
         raise NotAnAdmin()
     # Cookies ride along automatically, so every state change must prove intent.
-    if request.method not in SAFE_METHODS and not csrf_ok(request, await _submitted_csrf(request)):
+    if request.method not in SAFE_METHODS and not csrf_ok(request, csrf):
         raise BadCsrf()
     return actor
 

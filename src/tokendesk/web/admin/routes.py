@@ -7,7 +7,7 @@ needs the session's CSRF token.
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from tokendesk.web.admin import (
     analytics,
@@ -19,7 +19,10 @@ from tokendesk.web.admin import (
     teams,
     users,
 )
+from tokendesk.web.admin.common import submitted_csrf
 
 router = APIRouter(include_in_schema=False)
 for section in (requests, bulk, users, teams, analytics, settings, audit, organization):
-    router.include_router(section.router)
+    # Ahead of every other dependency (a route's own session among them): the form is
+    # read before any transaction begins.
+    router.include_router(section.router, dependencies=[Depends(submitted_csrf)])
