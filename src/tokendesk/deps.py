@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import actor_from_api_key, actor_from_session_cookie, csrf_ok
 from tokendesk.db import get_database
-from tokendesk.errors import Forbidden, Unauthorized
+from tokendesk.errors import AppError, Forbidden, Unauthorized
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -62,6 +62,16 @@ async def _authenticate(request: Request, session: AsyncSession, *, session_writ
 
 
 CurrentActor = Annotated[Actor, Depends(_current_actor)]
+
+
+async def reauthenticate(request: Request) -> Actor | None:
+    """The request's caller as of now, in a short read transaction of its own, or None
+    when its credentials no longer hold (a long-lived stream asks again after a change)."""
+    async with get_database().transaction(write=False) as session:
+        try:
+            return await _authenticate(request, session, session_writes=False)
+        except AppError:
+            return None
 
 
 async def _admin_actor(actor: CurrentActor) -> Actor:

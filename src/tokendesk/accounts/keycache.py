@@ -269,8 +269,10 @@ def credentials_changed(session: AsyncSession, *, user_id: int) -> None:
     """Tell every server process (after commit) to forget cached key owners.
 
     Sent when a key is revoked or a user is deactivated or changes role, so the
-    gateway's cache never lets a revoked key through longer than one event hop.
+    gateway's cache never lets a revoked key through longer than one event hop;
+    the user's open event streams hear of it too.
     """
-    from tokendesk.events.bus import Event, emit
+    from tokendesk.events.bus import Event, access_changed, emit
 
     emit(session, Event(type=CREDENTIALS_CHANGED, data={"user_id": user_id}, audience="system"))
+    access_changed(session, user_id)

@@ -20,7 +20,7 @@ from tokendesk.accounts.security import hash_api_key, hash_password, new_api_key
 from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
 from tokendesk.errors import Conflict, Forbidden, InvalidInput, NotFound
-from tokendesk.events.bus import emit
+from tokendesk.events.bus import access_changed, emit
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
 from tokendesk.ledger.periods import is_valid_timezone
@@ -148,6 +148,7 @@ async def add_team_owner(
     if user.role == Role.MEMBER:
         user.role = Role.TEAM_OWNER.value
     await session.flush()
+    access_changed(session, user.id)
     await audit.record(
         session,
         organization_id=team.organization_id,
@@ -167,6 +168,7 @@ async def remove_team_owner(
         return
     await session.delete(existing)
     await session.flush()
+    access_changed(session, user.id)
     await audit.record(
         session,
         organization_id=team.organization_id,

@@ -26,6 +26,7 @@ from tokendesk.accounts.service import (
 )
 from tokendesk.audit import service as audit
 from tokendesk.errors import Conflict, InvalidInput, NotFound
+from tokendesk.events.bus import access_changed
 
 
 def _duplicate(name: str) -> Conflict:
@@ -163,6 +164,7 @@ async def delete_team(session: AsyncSession, *, actor: Actor, team_id: int) -> N
     await session.execute(delete(Team).where(Team.id == tid))
     session.expunge(team)
     demoted = await repo.demote_idle_owners(session, user_ids=owner_ids)
+    access_changed(session, *owner_ids, *member_ids)
     await audit.record(
         session,
         organization_id=org_id,

@@ -30,6 +30,7 @@ from tokendesk.accounts.service import (
 from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
 from tokendesk.errors import Forbidden, InvalidInput, NotFound
+from tokendesk.events.bus import access_changed
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance, EntryKind
 from tokendesk.token_requests import pool
@@ -225,6 +226,8 @@ async def update_user(
         user.session_version = user.session_version + 1
     if "is_active" in after or "role" in after:
         credentials_changed(session, user_id=user.id)
+    elif "team_id" in after or details.get("password_changed"):
+        access_changed(session, user.id)
     if not before and "password_changed" not in details:
         return await user_row(session, user_id=user.id, organization_id=user.organization_id)
     if after.get("role") == Role.MEMBER.value:

@@ -160,3 +160,23 @@ def emit(session: AsyncSession, *events: Event) -> None:
 
         after_commit(session, _flush)
     pending.extend(events)
+
+
+ACCESS_CHANGED = "access.changed"
+
+
+def access_changed(session: AsyncSession, *user_ids: int) -> None:
+    """Tell these users' open event streams (after commit, on every instance) that
+    what their caller may see has changed: each checks its credentials again and
+    ends if they no longer hold or no longer mean the same (see ``routes``).
+
+    Sent when a user is deactivated, changes role or team, loses or gains a team to
+    own, changes password, or has a key revoked.
+    """
+    emit(
+        session,
+        *(
+            Event(type=ACCESS_CHANGED, data={"user_id": user_id}, user_id=user_id)
+            for user_id in dict.fromkeys(user_ids)
+        ),
+    )

@@ -7,11 +7,11 @@ import itertools
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from tokendesk.deps import CurrentActor, DbSession
-from tokendesk.events.bus import get_bus
+from tokendesk.deps import CurrentActor, DbSession, reauthenticate
+from tokendesk.events.bus import ACCESS_CHANGED, get_bus
 from tokendesk.events.service import snapshot, visible_to
 
 router = APIRouter(tags=["events"])
@@ -30,10 +30,14 @@ def _frame(event_type: str, data: object) -> str:
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def events(actor: CurrentActor, session: DbSession) -> StreamingResponse:
+async def events(request: Request, actor: CurrentActor, session: DbSession) -> StreamingResponse:
     """Stream balance, request and queue events; a fresh ``snapshot`` opens every connection.
 
     The database session is only used for the snapshot: it closes before streaming starts.
+    When the caller's access changes (deactivated, another role or team, a team
+    owned or no longer owned, a revoked key), the stream checks its credentials
+    again and ends unless they still mean the same caller: the client reconnects
+    with what it may see now, or is refused.
     """
     first = await snapshot(session, actor=actor)
     bus = get_bus()
@@ -48,6 +52,10 @@ async def events(actor: CurrentActor, session: DbSession) -> StreamingResponse:
                     event = await asyncio.wait_for(queue.get(), timeout=HEARTBEAT_SECONDS)
                 except TimeoutError:
                     yield ": ping\n\n"
+                    continue
+                if event.type == ACCESS_CHANGED:
+                    if event.user_id == actor.user_id and await reauthenticate(request) != actor:
+                        return
                     continue
                 if visible_to(actor, event):
                     yield _frame(event.type, event.data)
