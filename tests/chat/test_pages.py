@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import httpx
 import pytest
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.chat.support import login
@@ -13,7 +15,10 @@ from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import build_actor
 from tokendesk.accounts.models import Organization, User
 from tokendesk.chat import service as chat
-from tokendesk.db import Database
+from tokendesk.db import Database, utcnow
+from tokendesk.ledger import service as ledger
+from tokendesk.ledger.models import Balance, LedgerEntry
+from tokendesk.ledger.periods import period_bounds
 from tokendesk.metering import service as metering
 from tokendesk.metering.service import UsageInput
 from tokendesk.token_requests import service as token_requests
@@ -168,6 +173,49 @@ class TestSettingsPage:
         assert "http://test/v1" in response.text
 
 
+async def end_the_period_in_debt(database: Database, person: Person, org_id: int) -> str:
+    """Make the person's current period the last one, ended 1,200 tokens below zero, and
+    start the new one; the month the debit comes from."""
+    await spend(database, person, org_id, 6_200)  # nora has 5,000
+    start, _ = period_bounds(utcnow(), reset_day=1, timezone="UTC")
+    previous, _ = period_bounds(start - timedelta(days=1), reset_day=1, timezone="UTC")
+    async with database.transaction() as s:
+        await s.execute(
+            update(Balance)
+            .where(Balance.user_id == person.id)
+            .values(period_start=previous, period_end=start)
+        )
+        await s.execute(
+            update(LedgerEntry)
+            .where(LedgerEntry.user_id == person.id)
+            .values(period_start=previous)
+        )
+        await ledger.rollover_due(s, user_ids=[person.id])
+    return previous.strftime("%B")
+
+
+class TestCarriedDebit:
+    async def test_indicator_shows_the_debit_carried_from_last_month(
+        self, client: httpx.AsyncClient, world: World, database: Database
+    ) -> None:
+        month = await end_the_period_in_debt(database, world.nora, world.org_id)
+        await login(client, world.nora)
+        html = (await client.get("/chat")).text
+        # The indicator writes a minus sign (U+2212), as it does for negative extras.
+        text = f"\u22121,200 carried from {month}"
+        assert f'<span id="ind-carried-text">{text}</span>' in html
+        assert re.search(r'<span id="ind-carried" >', html)
+        assert '<strong id="ind-remaining">3,800</strong>' in html
+        assert '<span id="ind-total">5,000</span>' in html
+        # The debit is not shown again among the extra tokens.
+        assert re.search(r'<span id="ind-extra" hidden>', html)
+
+    async def test_no_debit_no_carried_line(self, client: httpx.AsyncClient, world: World) -> None:
+        await login(client, world.nora)
+        html = (await client.get("/chat")).text
+        assert re.search(r'<span id="ind-carried" hidden>', html)
+
+
 class TestIndicatorRules:
     @pytest.mark.parametrize(
         ("remaining", "granted", "level", "percent"),
@@ -188,6 +236,13 @@ class TestIndicatorRules:
         balance = {"allocation": 50_000, "granted": granted, "adjusted": 0, "used": 0}
         shown = indicator_for({**balance, "remaining": remaining}, low_percent=20)
         assert (shown.level, shown.percent) == (level, percent)
+
+    def test_a_carried_debit_counts_against_what_is_left_not_what_the_period_gives(
+        self,
+    ) -> None:
+        balance = {"allocation": 50_000, "granted": 0, "adjusted": -1_200, "used": 0}
+        shown = indicator_for({**balance, "remaining": 48_800}, low_percent=20, carried=-1_200)
+        assert (shown.total, shown.extra, shown.carried, shown.percent) == (50_000, 0, -1_200, 97)
 
     def test_presets_never_exceed_the_maximum(self) -> None:
         assert request_presets(1_000_000) == [10_000, 50_000, 100_000, 250_000]

@@ -72,6 +72,7 @@ MEMBERS = {
     "keyboard": ("keyboard@e2e.example", None),
     "resetter": ("resetter@e2e.example", None),
     "rescheduled": ("rescheduled@e2e.example", None),
+    "debtor": ("debtor@e2e.example", None),
 }
 
 

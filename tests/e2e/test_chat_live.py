@@ -122,6 +122,35 @@ class TestMonthlyReset:
         assert page.evaluate("window.__samePage") is True
 
 
+class TestCarriedDebit:
+    def test_a_reset_after_overspending_shows_the_carried_debit_without_reload(
+        self, page: Page, site: ChatSite
+    ) -> None:
+        sign_in(page, site, "debtor")
+        member = user_id(site, MEMBERS["debtor"][0])
+        with site.admin() as api:
+            response = api.post(
+                f"/api/v1/users/{member}/adjustments", json={"amount": -51_200, "note": "overrun"}
+            )
+            assert response.status_code in (200, 201), response.text
+        expect(page.locator("#ind-remaining")).to_have_text("-1,200", timeout=2000)
+        expect(page.locator("#ind-carried")).to_be_hidden()
+
+        with sqlite3.connect(site.database_file) as db:
+            past = (datetime.now(UTC) - timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S.%f")
+            db.execute("UPDATE balances SET period_end = ? WHERE user_id = ?", (past, member))
+        with site.admin() as api:
+            assert api.get(f"/api/v1/users/{member}").status_code == 200
+
+        # The new period started this month: the debit comes from the month before.
+        month = (datetime.now(UTC).replace(day=1) - timedelta(days=1)).strftime("%B")
+        expect(page.locator("#ind-remaining")).to_have_text("48,800", timeout=2000)
+        expect(page.locator("#ind-total")).to_have_text("50,000")
+        expect(page.locator("#ind-carried")).to_have_text(f"· \u22121,200 carried from {month}")
+        expect(page.locator("#ind-extra")).to_be_hidden()
+        shoot(page, "carried-debit")
+
+
 class TestResetSchedule:
     def test_a_new_reset_day_moves_the_reset_date_without_reload(
         self, page: Page, site: ChatSite

@@ -203,3 +203,36 @@ class TestAuditLog:
         page = (await owner.get("/admin/audit")).text
         assert "The audit log is for org admins." in page
         assert "<code>" not in page
+
+
+SETTINGS_FORM = {
+    "name": "Acme",
+    "default_allocation": "100000",
+    "reset_day": "1",
+    "timezone": "UTC",
+    "max_request": "1000000",
+    "low_balance_percent": "20",
+    "pool": "",
+    "carry_shown": "1",
+}
+
+
+class TestCarryOver:
+    async def test_the_box_is_ticked_by_default(self, world: World, login: LoginFactory) -> None:
+        admin = await login(world.admin)
+        page = (await admin.get("/admin/settings")).text
+        assert re.search(r'<input id="set-carry_over_debt"[^>]* checked', page)
+
+    async def test_unticking_the_box_turns_carrying_over_off_and_ticking_it_on(
+        self, client: httpx.AsyncClient, world: World, login: LoginFactory
+    ) -> None:
+        admin = await login(world.admin)
+        off = await admin.post("/admin/settings", SETTINGS_FORM)
+        assert off.status_code == 200
+        assert not re.search(r'<input id="set-carry_over_debt"[^>]* checked', off.text)
+        org = await client.get("/api/v1/organization", headers=world.admin.headers)
+        assert org.json()["carry_over_debt"] is False
+        on = await admin.post("/admin/settings", {**SETTINGS_FORM, "carry_over_debt": "1"})
+        assert on.status_code == 200
+        org = await client.get("/api/v1/organization", headers=world.admin.headers)
+        assert org.json()["carry_over_debt"] is True

@@ -3,7 +3,16 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    true,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tokendesk.db import Base, BigIntPK, UTCDateTime, utcnow
@@ -29,6 +38,9 @@ class Organization(Base):
     pool: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # Percent of the allocation under which a member is "running low".
     low_balance_percent: Mapped[int] = mapped_column(Integer, default=20)
+    # A balance below zero when a period ends opens the next period as a debit, so
+    # overspending is never wiped by the reset; off, every period starts afresh.
+    carry_over_debt: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

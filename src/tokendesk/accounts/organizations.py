@@ -37,6 +37,7 @@ SETTINGS = (
     "max_request",
     "pool",
     "low_balance_percent",
+    "carry_over_debt",
 )
 
 

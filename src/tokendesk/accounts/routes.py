@@ -79,6 +79,7 @@ def _organization_out(view: OrganizationView) -> OrganizationOut:
         max_request=org.max_request,
         pool=org.pool,
         low_balance_percent=org.low_balance_percent,
+        carry_over_debt=org.carry_over_debt,
         period_start=view.period_start,
         next_reset_at=view.next_reset_at,
         pool_usage=(

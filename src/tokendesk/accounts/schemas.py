@@ -49,6 +49,8 @@ class OrganizationIn(StrictModel):
     max_request: int = Field(default=1_000_000, gt=0, le=MAX_TOKENS, strict=True)
     pool: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
     low_balance_percent: int = Field(default=20, ge=0, le=100, strict=True)
+    # A balance below zero at a period's end opens the next period as a debit.
+    carry_over_debt: bool = Field(default=True, strict=True)
 
     _name = field_validator("name")(_clean_name)
 
@@ -63,6 +65,7 @@ class OrganizationUpdate(StrictModel):
     max_request: int | None = Field(default=None, gt=0, le=MAX_TOKENS, strict=True)
     pool: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
     low_balance_percent: int | None = Field(default=None, ge=0, le=100, strict=True)
+    carry_over_debt: bool | None = Field(default=None, strict=True)
 
     _required = field_validator(
         "name",
@@ -71,6 +74,7 @@ class OrganizationUpdate(StrictModel):
         "timezone",
         "max_request",
         "low_balance_percent",
+        "carry_over_debt",
     )(_not_null)
     _name = field_validator("name")(_clean_name)
 
@@ -91,6 +95,7 @@ class OrganizationOut(BaseModel):
     max_request: int
     pool: int | None
     low_balance_percent: int
+    carry_over_debt: bool
     period_start: datetime
     next_reset_at: datetime
     pool_usage: PoolOut | None = None

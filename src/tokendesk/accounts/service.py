@@ -41,6 +41,7 @@ async def create_organization(
     max_request: int = 1_000_000,
     pool: int | None = None,
     low_balance_percent: int = 20,
+    carry_over_debt: bool = True,
     actor_id: int | None = None,
 ) -> Organization:
     _check_timezone(timezone)
@@ -56,6 +57,7 @@ async def create_organization(
         max_request=max_request,
         pool=pool,
         low_balance_percent=low_balance_percent,
+        carry_over_debt=carry_over_debt,
         created_at=utcnow(),
     )
     session.add(org)

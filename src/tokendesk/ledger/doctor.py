@@ -48,7 +48,7 @@ async def check_balances(session: AsyncSession) -> list[Mismatch]:
             LedgerEntry.user_id,
             _sum_of(EntryKind.ALLOCATION, EntryKind.ALLOCATION_CHANGE).label("allocation"),
             _sum_of(EntryKind.GRANT).label("granted"),
-            _sum_of(EntryKind.ADJUSTMENT).label("adjusted"),
+            _sum_of(EntryKind.ADJUSTMENT, EntryKind.CARRIED_DEBIT).label("adjusted"),
             (-_sum_of(EntryKind.USAGE)).label("used"),
         )
         .join(

@@ -15,12 +15,16 @@ class EntryKind(enum.StrEnum):
     GRANT = "grant"  # an approved token request
     ADJUSTMENT = "adjustment"  # a manual correction by an admin
     USAGE = "usage"  # tokens consumed (negative)
+    # A period's opening debit: the balance below zero that the previous period ended with.
+    CARRIED_DEBIT = "carried_debit"
 
 
 class Balance(Base):
     """Cached balance for the user's current period, kept equal to the ledger.
 
     remaining = allocation + granted + adjusted - used - reserved
+
+    ``adjusted`` includes the period's carried debit (a ``carried_debit`` entry).
     """
 
     __tablename__ = "balances"

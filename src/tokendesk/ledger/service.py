@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Select, Table, bindparam, func, insert, select, update
+from sqlalchemy import Select, Table, bindparam, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Organization, Team, User
@@ -29,7 +29,7 @@ from tokendesk.ledger.models import (
     Reservation,
     ReservationStatus,
 )
-from tokendesk.ledger.periods import period_bounds
+from tokendesk.ledger.periods import period_bounds, zone
 
 # Which cached column each entry kind moves, and with which sign.
 KIND_COLUMN: dict[str, str] = {
@@ -37,6 +37,8 @@ KIND_COLUMN: dict[str, str] = {
     EntryKind.ALLOCATION_CHANGE: "allocation",
     EntryKind.GRANT: "granted",
     EntryKind.ADJUSTMENT: "adjusted",
+    # A debit carried from the last period opens the new one as an adjustment would.
+    EntryKind.CARRIED_DEBIT: "adjusted",
 }
 
 REMAINING = (
@@ -165,7 +167,10 @@ async def rollover_due(
     The conditional ``UPDATE ... WHERE period_end <= now`` is what makes a reset
     happen exactly once: a second process racing this one updates no rows,
     so it writes no ledger entries either. Tokens granted or adjusted in the old
-    period end with it; held reservations carry over to the new one.
+    period end with it; held reservations carry over to the new one. A balance
+    that ended below zero (held tokens aside, as they carry over) opens the new
+    period with that debit, a ``carried_debit`` entry, unless the organization
+    turned carrying over off.
     """
     now = now or utcnow()
     # The rows to reset, locked in user order (PostgreSQL) before any is updated, as
@@ -189,6 +194,9 @@ async def rollover_due(
         if org is None:
             continue
         start, end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
+        # Right of SET, the columns are the old period's values.
+        ended_with = Balance.allocation + Balance.granted + Balance.adjusted - Balance.used
+        carried = case((ended_with < 0, ended_with), else_=0) if org.carry_over_debt else 0
         stmt = (
             update(Balance)
             .where(Balance.organization_id == org_id, Balance.period_end <= now)
@@ -197,11 +205,11 @@ async def rollover_due(
                 period_end=end,
                 allocation=allocation_expression(org.default_allocation),
                 granted=0,
-                adjusted=0,
+                adjusted=carried,
                 used=0,
                 updated_at=now,
             )
-            .returning(Balance.user_id, Balance.allocation)
+            .returning(Balance.user_id, Balance.allocation, Balance.adjusted)
             .execution_options(synchronize_session=False)
         )
         if user_ids is not None:
@@ -209,23 +217,36 @@ async def rollover_due(
         rows = (await session.execute(stmt)).all()
         if not rows:
             continue
-        await session.execute(
-            insert(LedgerEntry),
-            [
-                {
-                    "organization_id": org_id,
-                    "user_id": user_id,
-                    "period_start": start,
-                    "kind": EntryKind.ALLOCATION.value,
-                    "amount": allocation,
-                    "actor_id": None,
-                    "reason": "monthly reset",
-                    "created_at": now,
-                }
-                for user_id, allocation in rows
-            ],
-        )
-        for user_id, allocation in rows:
+        debits = {user_id: debit for user_id, _, debit in rows if debit}
+        label = carried_from(start, timezone=org.timezone)
+        entries = [
+            {
+                "organization_id": org_id,
+                "user_id": user_id,
+                "period_start": start,
+                "kind": EntryKind.ALLOCATION.value,
+                "amount": allocation,
+                "actor_id": None,
+                "reason": "monthly reset",
+                "created_at": now,
+            }
+            for user_id, allocation, _ in rows
+        ]
+        entries += [
+            {
+                "organization_id": org_id,
+                "user_id": user_id,
+                "period_start": start,
+                "kind": EntryKind.CARRIED_DEBIT.value,
+                "amount": debit,
+                "actor_id": None,
+                "reason": f"carried from {label}",
+                "created_at": now,
+            }
+            for user_id, debit in debits.items()
+        ]
+        await session.execute(insert(LedgerEntry), entries)
+        for user_id, allocation, debit in rows:
             emit(
                 session,
                 Event(
@@ -235,6 +256,8 @@ async def rollover_due(
                     data={
                         "user_id": user_id,
                         "allocation": allocation,
+                        "carried": debit,
+                        "carried_from": label,
                         "period_start": start.isoformat(),
                         "next_reset_at": end.isoformat(),
                     },
@@ -245,6 +268,24 @@ async def rollover_due(
     if total:
         session.expire_all()
     return total
+
+
+def carried_from(period_start: datetime, *, timezone: str) -> str:
+    """The month a debit carried into the period starting at ``period_start`` came
+    from: the month the day before it falls in ("November")."""
+    return (period_start.astimezone(zone(timezone)) - timedelta(days=1)).strftime("%B")
+
+
+async def carried_debit(session: AsyncSession, *, balance: Balance) -> int:
+    """The debit the balance's current period opened with (0 or negative)."""
+    amount = await session.scalar(
+        select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
+            LedgerEntry.user_id == balance.user_id,
+            LedgerEntry.period_start == balance.period_start,
+            LedgerEntry.kind == EntryKind.CARRIED_DEBIT.value,
+        )
+    )
+    return int(amount or 0)
 
 
 async def get_balance(

@@ -44,16 +44,24 @@ class Indicator:
     extra: int
     percent: int
     level: str  # "ok" | "low" | "critical" | "empty"
+    # The debit the period opened with (0 or negative) and the month it came from.
+    carried: int = 0
+    carried_from: str = ""
 
 
-def indicator_for(balance: dict[str, Any], *, low_percent: int) -> Indicator:
+def indicator_for(
+    balance: dict[str, Any], *, low_percent: int, carried: int = 0, carried_from: str = ""
+) -> Indicator:
     """Bar and colour from the balance.
 
     The bar measures what is left of everything this period gives (allocation
     plus grants and adjustments), so an approved request visibly fills it up.
+    A debit carried from the last period is shown on its own and counts against
+    what is left, not against what the period gives.
     """
     remaining = int(balance["remaining"])
-    total = max(int(balance["allocation"]) + int(balance["granted"]) + int(balance["adjusted"]), 0)
+    extra = int(balance["granted"]) + int(balance["adjusted"]) - carried
+    total = max(int(balance["allocation"]) + extra, 0)
     percent = 0 if total <= 0 else max(0, min(100, remaining * 100 // total))
     if remaining <= 0:
         level = "empty"
@@ -67,9 +75,11 @@ def indicator_for(balance: dict[str, Any], *, low_percent: int) -> Indicator:
         remaining=remaining,
         total=total,
         used=int(balance["used"]),
-        extra=int(balance["granted"]) + int(balance["adjusted"]),
+        extra=extra,
         percent=percent,
         level=level,
+        carried=carried,
+        carried_from=carried_from,
     )
 
 
@@ -89,6 +99,8 @@ async def _chat_page(
     profile = await users.me(session, actor=actor)
     org = profile.organization
     balance = ledger.balance_snapshot(profile.balance)
+    carried = await ledger.carried_debit(session, balance=profile.balance)
+    carried_from = ledger.carried_from(profile.balance.period_start, timezone=org.timezone)
     own = await token_requests.own_pending(session, actor=actor)
     pending = None if own is None else {"id": own.id, "amount": own.amount}
     conversations, _ = await chat.list_conversations(session, actor=actor, limit=SIDEBAR_LIMIT)
@@ -109,6 +121,7 @@ async def _chat_page(
         "user_id": actor.user_id,
         "email": actor.email,
         "balance": balance,
+        "carried": {"amount": carried, "from": carried_from},
         "low_balance_percent": org.low_balance_percent,
         "critical_percent": CRITICAL_PERCENT,
         "max_request": org.max_request,
@@ -125,7 +138,12 @@ async def _chat_page(
         org=org,
         balance=balance,
         next_reset_at=profile.balance.period_end,
-        indicator=indicator_for(balance, low_percent=org.low_balance_percent),
+        indicator=indicator_for(
+            balance,
+            low_percent=org.low_balance_percent,
+            carried=carried,
+            carried_from=carried_from,
+        ),
         pending=pending,
         presets=request_presets(org.max_request),
         conversations=[ConversationOut.model_validate(c) for c in conversations],

@@ -37,6 +37,7 @@ FIELDS = (
     "max_request",
     "low_balance_percent",
     "pool",
+    "carry_over_debt",
 )
 
 
@@ -115,6 +116,8 @@ async def save_settings(
     max_request: Annotated[str, Form()] = "",
     low_balance_percent: Annotated[str, Form()] = "",
     pool: Annotated[str, Form()] = "",
+    carry_shown: Annotated[str | None, Form()] = None,
+    carry_over_debt: Annotated[str | None, Form()] = None,
 ) -> Response:
     submitted: dict[str, Any] = {
         "name": name.strip(),
@@ -126,6 +129,9 @@ async def save_settings(
         # An empty pool field means "no pool", which the schema spells as null.
         "pool": number(pool),
     }
+    # An unticked box sends nothing: the hidden marker tells it from a form without it.
+    if carry_shown is not None:
+        submitted["carry_over_debt"] = carry_over_debt is not None
     current = await organizations.get_settings(session, actor=actor)
     changes = {
         key: value
@@ -146,6 +152,9 @@ async def save_settings(
             "max_request": max_request,
             "low_balance_percent": low_balance_percent,
             "pool": pool,
+            "carry_over_debt": submitted.get(
+                "carry_over_debt", current.organization.carry_over_debt
+            ),
         }
         context.update(
             values=raw,

@@ -10,6 +10,9 @@ export function startBalance(boot) {
     criticalPercent: boot.critical_percent,
     maxRequest: boot.max_request,
     pending: boot.pending,
+    // The debit this period opened with (0 or negative), shown on its own.
+    carried: (boot.carried && boot.carried.amount) || 0,
+    carriedFrom: (boot.carried && boot.carried.from) || "",
   };
   const listeners = [];
   function dateFormatIn(timeZone) {
@@ -25,7 +28,7 @@ export function startBalance(boot) {
 
   function levelOf(balance) {
     const remaining = balance.remaining;
-    const total = Math.max(balance.allocation + balance.granted + balance.adjusted, 0);
+    const total = Math.max(balance.allocation + balance.granted + balance.adjusted - state.carried, 0);
     const percent = total <= 0 ? 0 : Math.max(0, Math.min(100, Math.floor((remaining * 100) / total)));
     let level = "ok";
     if (remaining <= 0) level = "empty";
@@ -44,7 +47,10 @@ export function startBalance(boot) {
     $("ind-remaining").textContent = fmt.format(view.remaining);
     $("ind-total").textContent = fmt.format(view.total);
     $("ind-used").textContent = fmt.format(b.used);
-    const extra = b.granted + b.adjusted;
+    const extra = b.granted + b.adjusted - state.carried;
+    $("ind-carried").hidden = state.carried === 0;
+    $("ind-carried-text").textContent =
+      "−" + fmt.format(Math.abs(state.carried)) + " carried from " + state.carriedFrom;
     $("ind-extra").hidden = extra === 0;
     $("ind-extra-amount").textContent = (extra > 0 ? "+" : "−") + fmt.format(Math.abs(extra));
     const bar = $("ind-bar");
@@ -73,14 +79,17 @@ export function startBalance(boot) {
   }
 
   function applyPeriodReset(data) {
-    // A new period: fresh allocation, grants and usage gone, open holds carried over.
+    // A new period: fresh allocation, grants and usage gone, open holds carried over,
+    // and the debit the last period ended with, if any, carried too.
     const reserved = state.balance.reserved || 0;
+    state.carried = data.carried || 0;
+    state.carriedFrom = data.carried_from || "";
     state.balance = Object.assign({}, state.balance, {
       allocation: data.allocation,
       granted: 0,
-      adjusted: 0,
+      adjusted: state.carried,
       used: 0,
-      remaining: data.allocation - reserved,
+      remaining: data.allocation + state.carried - reserved,
       period_start: data.period_start,
       next_reset_at: data.next_reset_at,
     });
@@ -270,6 +279,9 @@ export function startBalance(boot) {
       // Lets people (and browser tests) tell a live page from one still connecting.
       document.documentElement.dataset.events = "live";
       if (data.balance) {
+        // A period that began while disconnected may have opened with a debit we did
+        // not hear of; until the next page load it shows among the extra tokens.
+        if (data.balance.period_start !== state.balance.period_start) state.carried = 0;
         state.balance = data.balance;
         renderBalance();
       }
