@@ -160,6 +160,25 @@ class TestStreamsEnd:
             await _patch_user(live, world, world.owner, {"is_active": False})
             await owner.ends()
 
+    async def test_a_browser_session_stream_ends_when_the_password_changes(
+        self, live: str, world: World
+    ) -> None:
+        async with Streams(live) as streams:
+            browser = await streams.client()
+            signed_in = await browser.post(
+                "/login", data={"email": world.alice.email, "password": PASSWORD}
+            )
+            assert signed_in.status_code == 303, signed_in.text
+            alice = await streams.open(http=browser)
+            await _call(
+                live,
+                "PATCH",
+                f"/api/v1/users/{world.alice.id}",
+                world.alice,
+                json={"password": "another long passphrase"},
+            )
+            await alice.ends()
+
     async def test_a_demoted_team_owners_stream_ends_and_reopens_without_the_queue(
         self, live: str, world: World
     ) -> None:
@@ -189,6 +208,16 @@ class TestStreamsEnd:
                 live, "PATCH", f"/api/v1/teams/{world.team_a}", world.admin, json={"owner_ids": []}
             )
             await owner.ends()
+
+    async def test_deleting_a_team_ends_its_owners_and_members_streams(
+        self, live: str, world: World
+    ) -> None:
+        async with Streams(live) as streams:
+            owner = await streams.open(world.owner.headers)
+            alice = await streams.open(world.alice.headers)
+            await _call(live, "DELETE", f"/api/v1/teams/{world.team_a}", world.admin)
+            await owner.ends()
+            await alice.ends()
 
     async def test_a_moved_members_stream_ends(self, live: str, world: World) -> None:
         async with Streams(live) as streams:
