@@ -282,3 +282,38 @@ class TestConcurrentIncreases:
         assert all(isinstance(e, Conflict) for e in failed), failed
         assert await _left(database, pooled) == 1_000
         assert await ledger_is_consistent(database)
+
+    async def test_adjustments_through_separate_sqlite_engines_never_exceed_the_pool(
+        self, database: Database, pooled: World, backend: str, db_url: str
+    ) -> None:
+        if backend != "sqlite":
+            pytest.skip("concurrent writers on one SQLite file")
+        admin = await actor_of(database, pooled.admin)
+        writers = [Database(db_url) for _ in range(5)]
+
+        async def adjust(writer: Database, person: Person) -> None:
+            async with writer.transaction() as s:
+                await users.adjust_balance(
+                    s, actor=admin, user_id=person.id, amount=2_000, note="event"
+                )
+
+        try:
+            results = await asyncio.gather(
+                *(
+                    adjust(w, p)
+                    for w, p in zip(
+                        writers,
+                        [pooled.alice, pooled.amy, pooled.bob, pooled.nora, pooled.owner],
+                        strict=True,
+                    )
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            for writer in writers:
+                await writer.dispose()
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert len(failed) == 3, results
+        assert all(isinstance(e, Conflict) for e in failed), failed
+        assert await _left(database, pooled) == 1_000
+        assert await ledger_is_consistent(database)
