@@ -4,6 +4,7 @@ request and the organization's pool, for every role; taking tokens back never is
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -16,6 +17,8 @@ from tokendesk.accounts import users
 from tokendesk.accounts.schemas import UserUpdate
 from tokendesk.db import Database
 from tokendesk.errors import Conflict
+from tokendesk.ledger import service as ledger
+from tokendesk.metering.service import UsageInput, record_usage
 from tokendesk.token_requests import pool
 
 # Acme's allocations: admin 100,000 + owner, alice, amy 50,000 each + bob 100,000 + nora 5,000.
@@ -132,6 +135,26 @@ class TestAdjustmentsWithinThePool:
         assert (await _adjust(client, pooled.admin, pooled.bob, LEFT)).status_code == 200
         assert (await _adjust(client, pooled.admin, pooled.bob, -LEFT)).status_code == 200
         assert await _left(database, pooled) == LEFT
+
+    async def test_covering_a_carried_debit_takes_no_room_from_the_pool(
+        self, client: httpx.AsyncClient, database: Database, pooled: World
+    ) -> None:
+        # Nora (5,000 a month) overspends by 1,200, and the next period opens with that debit.
+        async with database.transaction() as s:
+            await record_usage(
+                s,
+                organization_id=pooled.org_id,
+                events=[UsageInput("over", pooled.nora.id, "gpt-4o", 1_000, 5_200)],
+            )
+        ended = (await balance_of(database, pooled.nora.id)).period_end
+        async with database.transaction() as s:
+            await ledger.rollover_due(s, now=ended + timedelta(minutes=1))
+        assert (await balance_of(database, pooled.nora.id)).adjusted == -1_200
+        # Her allocation already took this room: giving the debit back uses none of the pool.
+        assert (await _adjust(client, pooled.admin, pooled.nora, 1_200)).status_code == 200
+        assert await _left(database, pooled) == LEFT
+        assert (await _adjust(client, pooled.admin, pooled.nora, LEFT + 1)).status_code == 409
+        assert await ledger_is_consistent(database)
 
 
 class TestAdjustmentsWithinTheMaximum:
