@@ -52,8 +52,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _count(body: dict[str, Any], param: str, *, most: int, why: str) -> int | None:
-    value = body.get(param)
+def _count(value: Any, param: str, *, most: int, limit: str) -> int | None:
+    """``value`` as a count from 1 to ``most`` (``limit`` says whose), or None if absent."""
     if value is None:
         return None
     if not _is_int(value):
@@ -61,7 +61,7 @@ def _count(body: dict[str, Any], param: str, *, most: int, why: str) -> int | No
     if value < 1:
         raise BadParameter(param, "must be at least 1")
     if value > most:
-        raise BadParameter(param, f"must be at most {most} {why}")
+        raise BadParameter(param, f"must be at most {most} {limit}")
     return int(value)
 
 
@@ -78,13 +78,13 @@ def parse_chat(body: Any, models: dict[str, ModelConfig]) -> ChatRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadParameter("messages", "a non-empty list is required")
-    limit = model.max_output_tokens
+    most = model.max_output_tokens
     asked = [
         count
         for field in BUDGET_FIELDS
-        if (count := _count(body, field, most=limit, why=f"for model {name!r}")) is not None
+        if (count := _count(body.get(field), field, most=most, limit="for this model")) is not None
     ]
-    n = _count(body, "n", most=MAX_N, why="choices per call") or 1
+    n = _count(body.get("n"), "n", most=MAX_N, limit="choices per call") or 1
     if n > 1 and not model.allow_n:
         raise BadParameter("n", f"model {name!r} answers one choice per call")
     options = body.get("stream_options")
