@@ -21,6 +21,7 @@ from tokendesk.db import configure_database, get_database, set_database
 from tokendesk.errors import AppError
 from tokendesk.events.bus import EventBus, InProcessBus, set_bus
 from tokendesk.ledger import scheduler
+from tokendesk.limits import PerUserLimit
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.event_streams = PerUserLimit(settings.event_streams_per_user)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(AppError, _app_error)
 

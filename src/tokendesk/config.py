@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # Forms are small, but a bulk decision on the largest selection sends every id.
     form_body_max_bytes: int = Field(default=1 << 20, gt=0)
     body_timeout_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    # Per user, per instance; far above what a member's chat app or agents need at once.
+    gateway_calls_per_user: int = Field(default=32, gt=0)
+    event_streams_per_user: int = Field(default=32, gt=0)
+    conversations_per_user: int = Field(default=10_000, gt=0)
+    message_max_chars: int = Field(default=200_000, gt=0)
 
     @model_validator(mode="after")
     def _floor_within_default(self) -> Settings:

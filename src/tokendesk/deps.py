@@ -10,10 +10,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import actor_from_api_key, actor_from_session_cookie, csrf_ok
+from tokendesk.config import Settings
 from tokendesk.db import get_database
 from tokendesk.errors import AppError, Forbidden, Unauthorized
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+AppSettings = Annotated[Settings, Depends(_settings)]
 
 
 async def _write_session() -> AsyncIterator[AsyncSession]:

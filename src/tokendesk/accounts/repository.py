@@ -231,6 +231,13 @@ async def ledger_page(
     return [LedgerRow(row[0], row[1]) for row in rows], total
 
 
+async def lock_user(session: AsyncSession, *, user_id: int) -> None:
+    """Hold the user's row until the transaction ends, for a rule that counts what the
+    user has (PostgreSQL; SQLite runs one writer at a time anyway). NO KEY UPDATE: rows
+    that merely refer to the user (usage, ledger entries) are written on meanwhile."""
+    await session.execute(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
+
+
 async def api_keys_of(session: AsyncSession, *, user_id: int) -> list[ApiKey]:
     rows = await session.scalars(
         select(ApiKey).where(ApiKey.user_id == user_id).order_by(ApiKey.id.desc())

@@ -16,7 +16,7 @@ from tokendesk.chat.schemas import (
     MessageIn,
     MessageOut,
 )
-from tokendesk.deps import CurrentActor, DbSession
+from tokendesk.deps import AppSettings, CurrentActor, DbSession
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 
@@ -38,10 +38,14 @@ async def list_conversations(
 
 @router.post("", response_model=ConversationOut, status_code=201)
 async def create_conversation(
-    body: ConversationIn, actor: CurrentActor, session: DbSession
+    body: ConversationIn, actor: CurrentActor, session: DbSession, settings: AppSettings
 ) -> ConversationOut:
     conversation = await service.create_conversation(
-        session, actor=actor, title=body.title, model=body.model
+        session,
+        actor=actor,
+        title=body.title,
+        model=body.model,
+        max_conversations=settings.conversations_per_user,
     )
     return ConversationOut.model_validate(conversation)
 
@@ -77,7 +81,11 @@ async def delete_conversation(
 
 @router.post("/{conversation_id}/messages", response_model=MessageOut, status_code=201)
 async def add_message(
-    conversation_id: int, body: MessageIn, actor: CurrentActor, session: DbSession
+    conversation_id: int,
+    body: MessageIn,
+    actor: CurrentActor,
+    session: DbSession,
+    settings: AppSettings,
 ) -> MessageOut:
     message = await service.add_message(
         session,
@@ -86,5 +94,6 @@ async def add_message(
         role=body.role,
         content=body.content,
         tokens=body.tokens,
+        max_chars=settings.message_max_chars,
     )
     return MessageOut.model_validate(message)

@@ -12,8 +12,6 @@ from tokendesk.chat.models import MessageRole
 
 MAX_TITLE = 200
 MAX_MODEL = 200
-# Generous for pasted documents, small enough that one message cannot bloat the database.
-MAX_CONTENT = 200_000
 
 Title = Annotated[str, Field(min_length=1, max_length=MAX_TITLE)]
 ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL)]
@@ -52,7 +50,9 @@ class ConversationUpdate(StrictModel):
 
 class MessageIn(StrictModel):
     role: MessageRole
-    content: str = Field(min_length=1, max_length=MAX_CONTENT)
+    content: str = Field(
+        min_length=1, description="At most TOKENDESK_MESSAGE_MAX_CHARS characters."
+    )
     tokens: int | None = Field(default=None, ge=0, strict=True)
 
     @field_validator("content")

@@ -9,11 +9,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.accounts import repository as accounts_repo
 from tokendesk.accounts.actor import Actor
 from tokendesk.chat import repository as repo
 from tokendesk.chat.models import Conversation, Message, MessageRole
 from tokendesk.db import utcnow
-from tokendesk.errors import NotFound
+from tokendesk.errors import Conflict, InvalidInput, NotFound
 
 DEFAULT_TITLE = "New chat"
 TITLE_LENGTH = 60
@@ -65,8 +66,23 @@ async def get_with_messages(
 
 
 async def create_conversation(
-    session: AsyncSession, *, actor: Actor, title: str | None = None, model: str | None = None
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    title: str | None = None,
+    model: str | None = None,
+    max_conversations: int | None = None,
 ) -> Conversation:
+    """A new conversation; refused (409) when the caller already keeps
+    ``max_conversations``."""
+    if max_conversations is not None:
+        # Counted under the user's row lock: two creates at once cannot both fit in one place.
+        await accounts_repo.lock_user(session, user_id=actor.user_id)
+        kept = await repo.count_for_user(session, user_id=actor.user_id)
+        if kept >= max_conversations:
+            raise Conflict(
+                f"you keep {kept:,} conversations, the most allowed; delete one to start another"
+            )
     now = utcnow()
     conversation = Conversation(
         user_id=actor.user_id,
@@ -113,8 +129,11 @@ async def add_message(
     role: MessageRole,
     content: str,
     tokens: int | None = None,
+    max_chars: int | None = None,
 ) -> Message:
     """Append a message; the first user message also names an untitled conversation."""
+    if max_chars is not None and len(content) > max_chars:
+        raise InvalidInput(f"content: must be at most {max_chars:,} characters", field="content")
     conversation = await get_conversation(session, actor=actor, conversation_id=conversation_id)
     now = utcnow()
     values: dict[str, Any] = {"updated_at": now}

@@ -8,15 +8,18 @@ import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tokendesk.deps import CurrentActor, DbSession, reauthenticate
 from tokendesk.events.bus import ACCESS_CHANGED, get_bus
 from tokendesk.events.service import snapshot, visible_to
+from tokendesk.limits import PerUserLimit
 
 router = APIRouter(tags=["events"])
 
 HEARTBEAT_SECONDS = 15.0
+# How long a browser waits before it opens a stream again (after a drop or a refusal).
+RECONNECT_SECONDS = 2
 _ids = itertools.count(1)
 
 
@@ -30,7 +33,7 @@ def _frame(event_type: str, data: object) -> str:
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def events(request: Request, actor: CurrentActor, session: DbSession) -> StreamingResponse:
+async def events(request: Request, actor: CurrentActor, session: DbSession) -> Response:
     """Stream balance, request and queue events; a fresh ``snapshot`` opens every connection.
 
     The database session is only used for the snapshot: it closes before streaming starts.
@@ -38,6 +41,8 @@ async def events(request: Request, actor: CurrentActor, session: DbSession) -> S
     owned or no longer owned, a revoked key), the stream checks its credentials
     again and ends unless they still mean the same caller: the client reconnects
     with what it may see now, or is refused.
+    A member may have ``TOKENDESK_EVENT_STREAMS_PER_USER`` streams open at once; one
+    more answers 429.
     """
     first = await snapshot(session, actor=actor)
     bus = get_bus()
@@ -45,7 +50,7 @@ async def events(request: Request, actor: CurrentActor, session: DbSession) -> S
     async def stream() -> AsyncIterator[str]:
         admin_org = actor.organization_id if actor.is_admin else None
         async with bus.subscribe(user_id=actor.user_id, admin_organization_id=admin_org) as queue:
-            yield "retry: 2000\n\n"
+            yield f"retry: {RECONNECT_SECONDS * 1000}\n\n"
             yield _frame("snapshot", first)
             while True:
                 try:
@@ -60,8 +65,18 @@ async def events(request: Request, actor: CurrentActor, session: DbSession) -> S
                 if visible_to(actor, event):
                     yield _frame(event.type, event.data)
 
-    return StreamingResponse(
+    streams: PerUserLimit = request.app.state.event_streams
+    refusal = JSONResponse(
+        status_code=429,
+        content={
+            "detail": f"too many open event streams: at most {streams.limit} per user; "
+            "close another tokendesk tab and try again"
+        },
+        headers={"Retry-After": str(RECONNECT_SECONDS)},
+    )
+    response = StreamingResponse(
         stream(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    return streams.while_sent(response, actor.user_id, refusal=refusal)

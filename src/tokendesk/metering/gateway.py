@@ -27,6 +27,7 @@ from tokendesk.config import Settings, get_settings
 from tokendesk.db import Database, get_database
 from tokendesk.errors import AppError, InsufficientTokens
 from tokendesk.events.bus import get_bus
+from tokendesk.limits import PerUserLimit
 from tokendesk.metering.budget import (
     BadParameter,
     ChatRequest,
@@ -57,6 +58,7 @@ class Gateway:
         self.settler = Settler(database, keys_used=self.keys.used)
         self.holds = HoldBatcher(database, ttl_seconds=settings.reservation_ttl_seconds)
         self.overruns = Overruns(database)
+        self.calls = PerUserLimit(settings.gateway_calls_per_user)
         self._client: aiohttp.ClientSession | None = None
         self._listener: asyncio.Task[None] | None = None
 
@@ -259,6 +261,32 @@ async def chat_completions(request: Request) -> Response:
         chat = _parse(body, gateway)
     except GatewayError as exc:
         return exc.response
+    if not gateway.calls.take(caller.user_id):
+        return _too_many_calls(gateway.calls.limit)
+    try:
+        response = await _metered(gateway, caller, chat)
+    except BaseException:
+        gateway.calls.give_back(caller.user_id)
+        raise
+    # A streamed reply is still a call in progress: it counts until it has been sent.
+    return gateway.calls.until_sent(response, caller.user_id)
+
+
+def _too_many_calls(limit: int) -> JSONResponse:
+    """429 ``rate_limit_exceeded``, as OpenAI's clients know it: they wait ``Retry-After``
+    and try again, and by then one of the member's calls has usually finished."""
+    response = openai_error(
+        429,
+        f"too many calls at once: at most {limit} gateway calls per user run at the same "
+        "time; try again when one has finished",
+        type_="requests",
+        code="rate_limit_exceeded",
+    )
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+async def _metered(gateway: Gateway, caller: KeyOwner, chat: ChatRequest) -> Response:
     size = hold_size(chat, gateway.settings)
     try:
         hold = await gateway.holds.hold(
