@@ -272,7 +272,7 @@ class TestQuickRefusal:
         assert not refused.value.could_wait  # nothing held that could come back
 
 
-class TestOneCallsFailure:
+class TestPoisonedCall:
     """A failure inside a batched hold reaches only the call that caused it."""
 
     @pytest.mark.parametrize("path", ["quick", "general"])
