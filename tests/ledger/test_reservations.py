@@ -77,8 +77,32 @@ class TestReserve:
 
         assert "0 left" in refused.value.message
 
-    @pytest.mark.parametrize("amount", [0, -100])
-    async def test_a_hold_must_be_positive(
+    async def test_a_hold_with_a_floor_takes_what_remains_up_to_its_amount(
+        self, database: Database, world: World
+    ) -> None:
+        await hold(database, world.nora.id, 3_500)
+
+        held = await hold(database, world.nora.id, 4_000, at_least=64)
+
+        assert held.amount == 1_500
+        assert (await balance_of(database, world.nora.id)).remaining == 0
+        await assert_ledger_consistent(database)
+
+    async def test_a_hold_with_a_floor_is_refused_below_it_naming_the_floor(
+        self, database: Database, world: World
+    ) -> None:
+        await hold(database, world.nora.id, 4_950)
+        before = await snapshot(database)
+
+        with pytest.raises(InsufficientTokens) as refused:
+            await hold(database, world.nora.id, 4_000, at_least=64)
+
+        assert "50 left, 64 needed" in refused.value.message
+        assert refused.value.could_wait  # the 4,950 held may come back
+        assert await snapshot(database) == before
+
+    @pytest.mark.parametrize("amount", [0, -100, 2**63])
+    async def test_a_hold_must_be_positive_and_fit_a_balance(
         self, database: Database, world: World, amount: int
     ) -> None:
         before = await snapshot(database)
