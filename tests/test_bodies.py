@@ -9,6 +9,7 @@ writes and gateway calls go through, and it is cut off after the timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -170,6 +171,16 @@ async def hang_to(live: Live, world: World, route: str) -> Hanging:
     )
 
 
+async def trickled(writer: asyncio.StreamWriter, *, every: float) -> None:
+    """Send one byte of the announced 100 at a time, ``every`` seconds (a slow client),
+    until the server hangs up."""
+    with contextlib.suppress(ConnectionError):
+        for _ in range(99):
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(every)
+
+
 class TestABodyThatNeverArrives:
     @pytest.mark.parametrize("route", ["admin form", "api", "gateway"])
     async def test_holds_nothing_while_others_write_and_is_cut_off(
@@ -184,6 +195,18 @@ class TestABodyThatNeverArrives:
         message = body["error"]["message"] if route == "gateway" else body["detail"]  # type: ignore[index]
         assert message == f"the request body did not arrive within {BODY_TIMEOUT:g} seconds"
         assert waited >= BODY_TIMEOUT
+
+    async def test_a_body_that_trickles_in_is_cut_off_at_the_timeout(
+        self, live: Live, world: World
+    ) -> None:
+        hanging = await hang_to(live, world, "api")
+        # A byte now and then: a client that never goes quiet still gets the timeout.
+        trickle = asyncio.create_task(trickled(hanging.writer, every=BODY_TIMEOUT / 10))
+        status, body, waited = await hanging.answer()
+        trickle.cancel()
+        assert status == "HTTP/1.1 408 Request Timeout"
+        assert waited >= BODY_TIMEOUT
+        assert body["detail"] == f"the request body did not arrive within {BODY_TIMEOUT:g} seconds"
 
     async def test_a_team_survives_a_delete_whose_form_never_came(
         self, live: Live, world: World
