@@ -6,7 +6,7 @@ The requested model name picks the behaviour: ``fast`` (usage reported),
 It records the Authorization header of every call so tests can check what was sent.
 A test may set ``usage`` (what every reply reports as its usage, valid or not)
 and ``deltas`` (the stream's deltas, and the message of a whole reply, instead of
-the words of ``REPLY``), or ``raw`` (the body of a whole reply, as is).
+the words of ``REPLY``), or ``raw`` (the body of a whole reply or a stream, as is).
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ class FakeUpstream:
             await asyncio.sleep(self.slow_seconds)
         usage = self.usage
         deltas = self.deltas or [{"content": word + " "} for word in REPLY.split(" ")]
+        if request.get("stream") and self.raw is not None:
+            await _send_body(send, self.raw, content_type=b"text/event-stream")
+            return
         if request.get("stream"):
             # A dropped stream breaks off after its third chunk, or before the last one of its own.
             drop_at = 2 if self.deltas is None else len(deltas) - 2
@@ -106,13 +109,15 @@ async def _json(send: Send, status: int, data: Any) -> None:
     await _send_body(send, json.dumps(data).encode(), status)
 
 
-async def _send_body(send: Send, payload: bytes, status: int = 200) -> None:
+async def _send_body(
+    send: Send, payload: bytes, status: int = 200, content_type: bytes = b"application/json"
+) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type),
                 (b"content-length", str(len(payload)).encode()),
             ],
         }

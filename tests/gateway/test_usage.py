@@ -121,6 +121,39 @@ class TestUnusableUsage:
         after = await balance_of(database, world.alice.id)
         assert (after.used, after.reserved) == (PROMPT, 0)
 
+    async def test_reply_nested_too_deep_to_read_releases_the_hold(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        harness.upstream.raw = b"[" * 100_000 + b"]" * 100_000
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast"), headers=world.alice.headers
+        )
+        assert r.status_code == 502, r.text
+        assert r.json()["error"]["type"] == "upstream_error"
+        await harness.settled()
+        after = await balance_of(database, world.alice.id)
+        assert (after.used, after.reserved) == (0, 0)
+
+    async def test_stream_chunk_nested_too_deep_is_skipped_and_the_rest_charged(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        words = {"choices": [{"index": 0, "delta": {"content": "one two three"}}]}
+        harness.upstream.raw = (
+            f"data: {json.dumps(words)}\n\n".encode()
+            + b"data: "
+            + b"[" * 100_000
+            + b"]" * 100_000
+            + b"\n\ndata: [DONE]\n\n"
+        )
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast", stream=True), headers=world.alice.headers
+        )
+        assert r.status_code == 200
+        assert sse_data(r.text)[-1] == "[DONE]"
+        await harness.settled()
+        after = await balance_of(database, world.alice.id)
+        assert (after.used, after.reserved) == (PROMPT + text_tokens("one two three"), 0)
+
 
 TOOL_CALL = {
     "tool_calls": [

@@ -47,6 +47,15 @@ _ID_PREFIX = secrets.token_hex(12)
 _ids = itertools.count()
 
 
+def loads(content: bytes | str) -> Any:
+    """JSON as :func:`json.loads` reads it; nesting too deep for the parser is invalid
+    JSON (a ValueError) like any other, not a RecursionError that escapes as a 500."""
+    try:
+        return json.loads(content)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def openai_error(
     status: int,
     message: str,
@@ -285,7 +294,7 @@ class Completion:
         finally:
             response.release()
         try:
-            data = json.loads(content)
+            data = loads(content)
         except ValueError:
             await self.release()
             return openai_error(502, "upstream sent invalid JSON", type_="upstream_error")
@@ -315,7 +324,7 @@ class Completion:
                     yield "data: [DONE]\n\n"
                     break
                 try:
-                    chunk = json.loads(data)
+                    chunk = loads(data)
                 except ValueError:
                     continue
                 if not isinstance(chunk, dict):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import Any
 
 import aiohttp
@@ -35,7 +34,7 @@ from tokendesk.metering.budget import (
     hold_size,
     parse_chat,
 )
-from tokendesk.metering.completion import Completion, Overruns, openai_error
+from tokendesk.metering.completion import Completion, Overruns, loads, openai_error
 from tokendesk.metering.holds import HoldBatcher, Settler
 from tokendesk.metering.model_config import load_models
 
@@ -255,7 +254,7 @@ async def chat_completions(request: Request) -> Response:
     try:
         caller = await _caller(request, gateway)
         try:
-            body = json.loads(await request.body())
+            body = loads(await request.body())
         except ValueError:
             raise _bad_request("invalid JSON", "body") from None
         chat = _parse(body, gateway)
