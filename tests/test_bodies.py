@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +25,7 @@ from tests.fake_upstream import RunningServer
 from tests.web_admin.conftest import CSRF_META, PASSWORD
 from tokendesk.accounts.auth import SESSION_COOKIE
 from tokendesk.app import create_app
+from tokendesk.bodies import BodyLimits, WholeBodies
 from tokendesk.config import Settings
 from tokendesk.db import Database
 from tokendesk.metering.gateway import get_gateway
@@ -336,3 +338,41 @@ class TestBodySettings:
     def test_a_timeout_that_is_no_timeout_is_refused(self, value: float) -> None:
         with pytest.raises(ValidationError, match="body_timeout_seconds"):
             Settings(body_timeout_seconds=value)
+
+
+async def no_app(scope: Scope, receive: Receive, send: Send) -> None:
+    raise AssertionError("the app never runs without its body")
+
+
+def reading(timeout: float, sent: list[Message], asked: asyncio.Event) -> Coroutine[Any, Any, None]:
+    """The middleware waiting for a 10-byte body from a client that sends nothing."""
+
+    async def silence() -> Message:
+        asked.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    limits = BodyLimits(api=100, gateway=100, forms=100, timeout_seconds=timeout)
+    scope = {"type": "http", "path": "/api/v1/me", "headers": [(b"content-length", b"10")]}
+    return WholeBodies(no_app, limits=limits)(scope, silence, send)
+
+
+class TestTheReadTimeout:
+    async def test_a_read_cancelled_from_outside_stays_cancelled(self) -> None:
+        """Shutting down cancels a waiting read: no 408 is sent for it."""
+        sent: list[Message] = []
+        asked = asyncio.Event()
+        task = asyncio.create_task(reading(60.0, sent, asked))
+        await asyncio.wait_for(asked.wait(), 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert sent == []
+
+    async def test_a_read_past_its_deadline_answers_408(self) -> None:
+        sent: list[Message] = []
+        await asyncio.wait_for(reading(0.1, sent, asyncio.Event()), 5)
+        assert sent[0]["status"] == 408
