@@ -3,9 +3,12 @@ nothing is held or sent upstream."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.factories import World
 from tests.gateway.conftest import Harness
 from tests.gateway.test_budget import unchanged
+from tests.gateway.test_gateway import body
 from tokendesk.db import Database
 
 # Deeper than the JSON parser can follow without running out of stack.
@@ -25,3 +28,25 @@ class TestUnreadableBody:
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == "body"
         await unchanged(harness, database, world.alice.id)
+
+
+class TestStreamFlag:
+    @pytest.mark.parametrize("stream", ["false", "yes", 1, 0, [], {}])
+    async def test_stream_that_is_not_a_boolean_is_refused(
+        self, harness: Harness, world: World, database: Database, stream: object
+    ) -> None:
+        # An upstream may read "false" as false while tokendesk reads it as a stream
+        # (or the reverse): the reply would then be relayed, and charged, as neither.
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast", stream=stream), headers=world.alice.headers
+        )
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "stream"
+        await unchanged(harness, database, world.alice.id)
+
+    async def test_stream_null_is_no_stream(self, harness: Harness, world: World) -> None:
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast", stream=None), headers=world.alice.headers
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["object"] == "chat.completion"

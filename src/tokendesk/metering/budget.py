@@ -87,6 +87,9 @@ def parse_chat(body: Any, models: dict[str, ModelConfig]) -> ChatRequest:
     n = _count(body.get("n"), "n", most=MAX_N, limit="choices per call") or 1
     if n > 1 and not model.allow_n:
         raise BadParameter("n", f"model {name!r} answers one choice per call")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadParameter("stream", "must be true or false")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise BadParameter("stream_options", "must be an object")
@@ -96,7 +99,7 @@ def parse_chat(body: Any, models: dict[str, ModelConfig]) -> ChatRequest:
         messages=messages,
         requested=min(asked) if asked else None,
         n=n,
-        stream=bool(body.get("stream")),
+        stream=bool(stream),
         prompt=prompt_tokens(messages, body),
     )
 
