@@ -109,17 +109,18 @@ async def load(url: str, size: int) -> Loaded:
 
 
 async def session_cookie(url: str, user_id: int) -> tuple[str, str]:
-    from tokendesk.accounts.auth import new_session_cookie
+    """A signed-in browser session for the user: its cookie and CSRF token."""
+    from tokendesk.accounts.auth import csrf_token_for, open_login_session, session_serializer
     from tokendesk.accounts.models import User
     from tokendesk.db import Database
 
     database = Database(url)
-    async with database.transaction(write=False) as s:
+    async with database.transaction() as s:
         user = await s.get(User, user_id)
         assert user is not None
-        cookie = new_session_cookie(user)
+        cookie = await open_login_session(s, user=user)
     await database.dispose()
-    return cookie
+    return cookie, csrf_token_for(session_serializer().loads(cookie)["sid"])
 
 
 def summary(samples: list[float]) -> str:

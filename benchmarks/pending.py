@@ -57,7 +57,6 @@ async def add_pending_members(
                         "role": "member",
                         "team_id": team(i),
                         "is_active": True,
-                        "session_version": 1,
                         "created_at": now,
                     }
                     for i in ids

@@ -316,6 +316,40 @@ class TestServe:
         message = failed(invoke("serve"))
         assert "TOKENDESK_SECRET_KEY" in message
 
+    @staticmethod
+    def _served(monkeypatch: pytest.MonkeyPatch, trusted: str) -> dict[str, Any]:
+        """What ``serve`` hands uvicorn with these trusted proxies (uvicorn is not run)."""
+        import uvicorn
+
+        monkeypatch.setenv("TOKENDESK_DEMO", "1")
+        monkeypatch.setenv("TOKENDESK_FORWARDED_ALLOW_IPS", trusted)
+        get_settings.cache_clear()
+        served: dict[str, Any] = {}
+        monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: served.update(kwargs))
+        ok(invoke("serve"))
+        return served
+
+    def test_the_trusted_proxies_are_handed_to_uvicorn(
+        self, acme: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        served = self._served(monkeypatch, "10.0.0.5, 192.168.0.0/16")
+        assert served["proxy_headers"] is True
+        assert served["forwarded_allow_ips"] == "10.0.0.5,192.168.0.0/16"
+
+    def test_no_trusted_proxy_turns_proxy_headers_off(
+        self, acme: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        assert self._served(monkeypatch, "")["proxy_headers"] is False
+
+    def test_a_trusted_proxy_that_is_no_address_is_refused(
+        self, acme: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("TOKENDESK_DEMO", "1")
+        monkeypatch.setenv("TOKENDESK_FORWARDED_ALLOW_IPS", "proxy.internal")
+        get_settings.cache_clear()
+        message = failed(invoke("serve"))
+        assert "TOKENDESK_FORWARDED_ALLOW_IPS" in message and "proxy.internal" in message
+
     def test_an_unmigrated_database_is_refused(
         self, db_file: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -39,7 +39,7 @@ class TestSeedDemo:
         assert {login.email for login in info.logins} == set(users)
         assert all(login.api_key and login.api_key.startswith("td_") for login in info.logins)
         for password_hash in {user.password_hash for user in users.values()}:
-            assert verify_password(password_hash, DEMO_PASSWORD)
+            assert await verify_password(password_hash, DEMO_PASSWORD)
         roles = {login.email: login.role for login in info.logins}
         assert roles["admin@acme.example"] == Role.ORG_ADMIN
         assert roles["owner@acme.example"] == Role.TEAM_OWNER

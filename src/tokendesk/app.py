@@ -22,6 +22,8 @@ from tokendesk.errors import AppError
 from tokendesk.events.bus import EventBus, InProcessBus, set_bus
 from tokendesk.ledger import scheduler
 from tokendesk.limits import PerUserLimit
+from tokendesk.web.headers import SecurityHeaders
+from tokendesk.web.ratelimit import LoginLimiter
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,10 @@ def make_bus(settings: Settings) -> EventBus:
 
 
 def create_app(settings: Settings | None = None, *, manage_database: bool = True) -> FastAPI:
+    """The application; refuses a guessable secret outside demo mode, however it is served
+    (a forged session cookie would otherwise let anyone in as anyone)."""
     settings = settings or get_settings()
+    settings.check_secret()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -109,6 +114,7 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
     )
     app.state.settings = settings
     app.state.event_streams = PerUserLimit(settings.event_streams_per_user)
+    app.state.login_limiter = LoginLimiter()
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(AppError, _app_error)
 
@@ -125,4 +131,6 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
     app.add_middleware(Shortcut)
     # Outermost: every body is whole before the gateway's shortcut or any route runs.
     app.add_middleware(WholeBodies, limits=BodyLimits.of(settings))
+    # Around even that, so a refused body's 413 carries the security headers too.
+    app.add_middleware(SecurityHeaders)
     return app

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "change-me"
+
+
+class InsecureSecret(ValueError):
+    """The session secret is the placeholder or too short, outside demo mode."""
 
 
 class Settings(BaseSettings):
@@ -58,6 +64,45 @@ class Settings(BaseSettings):
     event_streams_per_user: int = Field(default=32, gt=0)
     conversations_per_user: int = Field(default=10_000, gt=0)
     message_max_chars: int = Field(default=200_000, gt=0)
+    # Hours a browser session lasts after signing in; signing out ends it sooner.
+    session_hours: int = Field(default=14 * 24, ge=1, le=366 * 24)
+    # The address people open tokendesk at, e.g. https://tokens.example.com. With https,
+    # session cookies are only ever sent over https.
+    public_url: str | None = None
+    # Proxies trusted to report the client's address (X-Forwarded-For) and scheme: a
+    # comma-separated list of addresses or networks, "*" for any, "" for none.
+    forwarded_allow_ips: str = "127.0.0.1"
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "must be an http:// or https:// address, e.g. https://tokens.example.com"
+            )
+        return value.strip().rstrip("/")
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _forwarded_allow_ips(cls, value: str) -> str:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        for item in items:
+            if item == "*":
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/8, *)"
+                ) from None
+        return ",".join(items)
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.public_url is not None and self.public_url.startswith("https://")
 
     @model_validator(mode="after")
     def _floor_within_default(self) -> Settings:
@@ -69,9 +114,9 @@ class Settings(BaseSettings):
         return self
 
     def check_secret(self) -> None:
-        """Refuse to serve with a guessable session secret outside demo mode."""
+        """Refuse to run with a guessable session secret outside demo mode."""
         if not self.demo and (self.secret_key == PLACEHOLDER_SECRET or len(self.secret_key) < 16):
-            raise SystemExit(
+            raise InsecureSecret(
                 "TOKENDESK_SECRET_KEY is unset, too short or left at its placeholder; set a long "
                 "random value (or TOKENDESK_DEMO=1 for a local demo)"
             )

@@ -117,7 +117,7 @@ async def seed_demo(database: Database, *, now: datetime | None = None) -> DemoI
     """Create the demo organizations once; on later calls list their logins only."""
     # One argon2 hash for every demo account: the password is public anyway, and hashing
     # a dozen times would hold the write transaction for seconds.
-    password_hash = hash_password(DEMO_PASSWORD)
+    password_hash = await hash_password(DEMO_PASSWORD)
     async with database.transaction() as session:
         existing = await session.scalar(
             select(Organization.id).where(Organization.name == DEMO_ORGANIZATION)

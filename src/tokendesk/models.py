@@ -1,6 +1,14 @@
 """Imports every ORM model so ``Base.metadata`` is complete (Alembic, tests)."""
 
-from tokendesk.accounts.models import ApiKey, Organization, Role, Team, TeamOwner, User
+from tokendesk.accounts.models import (
+    ApiKey,
+    LoginSession,
+    Organization,
+    Role,
+    Team,
+    TeamOwner,
+    User,
+)
 from tokendesk.audit.models import AuditEntry
 from tokendesk.chat.models import Conversation, Message
 from tokendesk.db import Base
@@ -22,6 +30,7 @@ __all__ = [
     "Conversation",
     "EntryKind",
     "LedgerEntry",
+    "LoginSession",
     "Message",
     "Organization",
     "RequestStatus",

@@ -2,20 +2,52 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from sqlalchemy import select
+import httpx
+from sqlalchemy import func, select
 
 from tests.factories import Person
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import build_actor
-from tokendesk.accounts.models import ApiKey, User
+from tokendesk.accounts.models import ApiKey, LoginSession, User
 from tokendesk.audit.models import AuditEntry
 from tokendesk.db import Database
 from tokendesk.ledger.doctor import check_balances
 from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
 
 API = "/api/v1"
+# Every person of the test world signs in with it (see tests/factories.py).
+PASSWORD = "correct horse battery"
+LOGIN_TOKEN = re.compile(r'name="login_token" value="([0-9a-f]+)"')
+CSRF_META = re.compile(r'<meta name="csrf-token" content="([0-9a-f]+)">')
+
+
+async def sign_in(
+    http: httpx.AsyncClient, email: str, password: str, *, next_url: str = "/"
+) -> httpx.Response:
+    """Submit the real sign-in form, fetched first for its CSRF token."""
+    form = await http.get("/login")
+    match = LOGIN_TOKEN.search(form.text)
+    assert match is not None, "the sign-in form carries a CSRF token"
+    return await http.post(
+        "/login",
+        data={"email": email, "password": password, "next": next_url, "login_token": match[1]},
+    )
+
+
+def another_browser(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """A second browser (a cookie jar of its own) on the same app as ``client``."""
+    return httpx.AsyncClient(transport=client._transport, base_url="http://test")
+
+
+async def page_csrf(http: httpx.AsyncClient, path: str = "/settings") -> str:
+    """The signed-in session's CSRF token, as a page carries it."""
+    page = await http.get(path)
+    match = CSRF_META.search(page.text)
+    assert match is not None and match[1], page.text[:500]
+    return match[1]
 
 
 def acting_in(person: Person, organization_id: int) -> dict[str, str]:
@@ -82,3 +114,11 @@ async def ledger_is_consistent(database: Database) -> bool:
 
 def error_fields(body: dict[str, Any]) -> list[str]:
     return [e["field"] for e in body.get("errors", [])]
+
+
+async def open_sessions(database: Database, user_id: int) -> int:
+    async with database.transaction(write=False) as s:
+        count = await s.scalar(
+            select(func.count()).select_from(LoginSession).where(LoginSession.user_id == user_id)
+        )
+        return int(count or 0)

@@ -6,6 +6,7 @@ import re
 
 import httpx
 
+from tests.accounts.support import sign_in
 from tests.factories import Person
 
 PASSWORD = "correct horse battery"
@@ -14,9 +15,7 @@ CSRF_META = re.compile(r'<meta name="csrf-token" content="([0-9a-f]+)">')
 
 async def login(client: httpx.AsyncClient, person: Person) -> str:
     """Sign ``person`` in on ``client`` (the cookie stays in its jar); return the CSRF token."""
-    response = await client.post(
-        "/login", data={"email": person.email, "password": PASSWORD, "next": "/chat"}
-    )
+    response = await sign_in(client, person.email, PASSWORD, next_url="/chat")
     assert response.status_code == 303, response.text
     page = await client.get("/chat")
     assert page.status_code == 200, page.text

@@ -73,6 +73,7 @@ MEMBERS = {
     "resetter": ("resetter@e2e.example", None),
     "rescheduled": ("rescheduled@e2e.example", None),
     "debtor": ("debtor@e2e.example", None),
+    "guarded": ("guarded@e2e.example", None),
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.accounts.support import key_id_of
+from tests.accounts.support import key_id_of, page_csrf, sign_in
 from tests.factories import Person, World
 from tests.fake_upstream import RunningServer
 from tokendesk.accounts import service as accounts
@@ -152,9 +152,7 @@ class TestStreamsEnd:
     ) -> None:
         async with Streams(live) as streams:
             browser = await streams.client()
-            signed_in = await browser.post(
-                "/login", data={"email": world.owner.email, "password": PASSWORD}
-            )
+            signed_in = await sign_in(browser, world.owner.email, PASSWORD)
             assert signed_in.status_code == 303, signed_in.text
             owner = await streams.open(http=browser)
             await _patch_user(live, world, world.owner, {"is_active": False})
@@ -165,19 +163,40 @@ class TestStreamsEnd:
     ) -> None:
         async with Streams(live) as streams:
             browser = await streams.client()
-            signed_in = await browser.post(
-                "/login", data={"email": world.alice.email, "password": PASSWORD}
-            )
+            signed_in = await sign_in(browser, world.alice.email, PASSWORD)
             assert signed_in.status_code == 303, signed_in.text
             alice = await streams.open(http=browser)
             await _call(
                 live,
                 "PATCH",
                 f"/api/v1/users/{world.alice.id}",
-                world.alice,
+                world.admin,
                 json={"password": "another long passphrase"},
             )
             await alice.ends()
+
+    async def test_signing_out_everywhere_ends_the_streams_of_every_browser(
+        self, live: str, world: World
+    ) -> None:
+        async with Streams(live) as streams:
+            phone, laptop = await streams.client(), await streams.client()
+            for browser in (phone, laptop):
+                assert (await sign_in(browser, world.alice.email, PASSWORD)).status_code == 303
+            on_phone = await streams.open(http=phone)
+            response = await laptop.post(
+                "/logout/everywhere", data={"csrf_token": await page_csrf(laptop)}
+            )
+            assert response.status_code == 303
+            await on_phone.ends()
+            assert (await phone.get("/events")).status_code == 401
+
+    async def test_signing_out_ends_that_browsers_stream(self, live: str, world: World) -> None:
+        async with Streams(live) as streams:
+            browser = await streams.client()
+            await sign_in(browser, world.alice.email, PASSWORD)
+            stream = await streams.open(http=browser)
+            await browser.post("/logout", data={"csrf_token": await page_csrf(browser)})
+            await stream.ends()
 
     async def test_a_demoted_team_owners_stream_ends_and_reopens_without_the_queue(
         self, live: str, world: World

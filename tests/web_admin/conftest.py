@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
+from tests.accounts.support import sign_in
 from tests.factories import Person, World
 from tokendesk.accounts import service as accounts
 from tokendesk.accounts.auth import build_actor
@@ -57,9 +58,7 @@ async def login(client: httpx.AsyncClient) -> AsyncIterator[LoginFactory]:
     async def log_in(person: Person) -> Browser:
         http = httpx.AsyncClient(transport=client._transport, base_url="http://test")
         opened.append(http)
-        response = await http.post(
-            "/login", data={"email": person.email, "password": PASSWORD, "next": "/admin"}
-        )
+        response = await sign_in(http, person.email, PASSWORD, next_url="/admin")
         assert response.status_code == 303, response.text
         browser = Browser(http)
         await browser.refresh_csrf()

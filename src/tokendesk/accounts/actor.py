@@ -20,6 +20,8 @@ class Actor:
     home_organization_id: int
     team_id: int | None
     owned_team_ids: frozenset[int] = field(default_factory=frozenset)
+    # The browser session this call came with; None for an API key (or a job).
+    session_id: str | None = None
 
     @property
     def is_super_admin(self) -> bool:

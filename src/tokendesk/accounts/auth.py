@@ -8,13 +8,20 @@ import secrets
 from datetime import timedelta
 from typing import Any, Protocol
 
-from fastapi import Request
+from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
-from tokendesk.accounts.models import ApiKey, Organization, Role, TeamOwner, User
+from tokendesk.accounts.models import (
+    ApiKey,
+    LoginSession,
+    Organization,
+    Role,
+    TeamOwner,
+    User,
+)
 from tokendesk.accounts.security import hash_api_key, usable_key
 from tokendesk.config import get_settings
 from tokendesk.db import after_commit, get_database, utcnow
@@ -22,7 +29,6 @@ from tokendesk.errors import NotFound
 
 SESSION_COOKIE = "tokendesk_session"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
-SESSION_MAX_AGE = 14 * 24 * 3600
 
 
 def session_serializer() -> URLSafeTimedSerializer:
@@ -52,8 +58,10 @@ async def build_actor(
     *,
     organization_id: int | None = None,
     owned_team_ids: frozenset[int] | None = None,
+    session_id: str | None = None,
 ) -> Actor:
-    """``owned_team_ids`` when the caller already read them, else they are looked up."""
+    """``owned_team_ids`` when the caller already read them, else they are looked up;
+    ``session_id`` when the caller signed in with a browser session."""
     if owned_team_ids is None:
         owned = await session.scalars(select(TeamOwner.team_id).where(TeamOwner.user_id == user.id))
         owned_team_ids = frozenset(owned.all())
@@ -73,6 +81,7 @@ async def build_actor(
         home_organization_id=user.organization_id,
         team_id=user.team_id,
         owned_team_ids=owned_team_ids,
+        session_id=session_id,
     )
 
 
@@ -148,13 +157,69 @@ def csrf_token_for(session_id: str) -> str:
     return digest.hexdigest()
 
 
-def new_session_cookie(user: User, *, organization_id: int | None = None) -> tuple[str, str]:
-    """Return (cookie value, csrf token) for a fresh login session."""
-    session_id = secrets.token_urlsafe(16)
-    payload = {"uid": user.id, "v": user.session_version, "sid": session_id}
+def session_lifetime() -> timedelta:
+    return timedelta(hours=get_settings().session_hours)
+
+
+def _row_id(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def _cookie(user_id: int, session_id: str, organization_id: int | None) -> str:
+    payload: dict[str, Any] = {"uid": user_id, "sid": session_id}
     if organization_id is not None:
         payload["org"] = organization_id
-    return session_serializer().dumps(payload), csrf_token_for(session_id)
+    return session_serializer().dumps(payload)
+
+
+async def open_login_session(session: AsyncSession, *, user: User) -> str:
+    """Record a fresh browser session for ``user``; return its cookie value.
+
+    The user's sessions that have expired are deleted on the way, so the table holds
+    no more than the sessions people really have open.
+    """
+    now = utcnow()
+    await session.execute(
+        delete(LoginSession).where(LoginSession.user_id == user.id, LoginSession.expires_at <= now)
+    )
+    session_id = secrets.token_urlsafe(32)
+    session.add(
+        LoginSession(
+            id=_row_id(session_id),
+            user_id=user.id,
+            created_at=now,
+            expires_at=now + session_lifetime(),
+        )
+    )
+    await session.flush()
+    return _cookie(user.id, session_id, None)
+
+
+def switched_session_cookie(request: Request, *, organization_id: int | None) -> str | None:
+    """The caller's cookie for the same session, acting in ``organization_id``."""
+    data = read_session_cookie(request)
+    if data is None:
+        return None
+    return _cookie(int(data.get("uid", 0)), str(data.get("sid", "")), organization_id)
+
+
+def secure_cookies(request: Request) -> bool:
+    """Whether cookies may travel only over https: the public URL says so, or this
+    request came over https."""
+    settings = getattr(request.app.state, "settings", None) or get_settings()
+    return bool(settings.secure_cookies) or request.url.scheme == "https"
+
+
+def set_session_cookie(response: Response, request: Request, cookie: str) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        max_age=int(session_lifetime().total_seconds()),
+        httponly=True,
+        samesite="lax",
+        secure=secure_cookies(request),
+        path="/",
+    )
 
 
 def read_session_cookie(request: Request) -> dict[str, Any] | None:
@@ -162,7 +227,7 @@ def read_session_cookie(request: Request) -> dict[str, Any] | None:
     if not raw:
         return None
     try:
-        data = session_serializer().loads(raw, max_age=SESSION_MAX_AGE)
+        data = session_serializer().loads(raw, max_age=int(session_lifetime().total_seconds()))
     except BadSignature:
         return None
     return data if isinstance(data, dict) else None
@@ -175,14 +240,49 @@ def csrf_ok(request: Request, submitted: str | None) -> bool:
     return hmac.compare_digest(csrf_token_for(str(data.get("sid", ""))), submitted)
 
 
-async def actor_from_session_cookie(
-    session: AsyncSession, request: Request, *, organization_header: str | None = None
-) -> Actor | None:
+async def end_login_session(session: AsyncSession, request: Request) -> int | None:
+    """Sign this browser out: its cookie is refused from now on, even if kept.
+    The user whose session it was, if it was open."""
     data = read_session_cookie(request)
     if data is None:
         return None
-    user = await session.get(User, int(data.get("uid", 0)))
-    if user is None or not user.is_active or user.session_version != data.get("v"):
+    row = _row_id(str(data.get("sid", "")))
+    ended = await session.scalar(
+        delete(LoginSession).where(LoginSession.id == row).returning(LoginSession.user_id)
+    )
+    return None if ended is None else int(ended)
+
+
+async def end_every_session(
+    session: AsyncSession, *, user_id: int, keep_session_id: str | None = None
+) -> int:
+    """End the user's browser sessions (all, or all but ``keep_session_id``); how many."""
+    query = delete(LoginSession).where(LoginSession.user_id == user_id)
+    if keep_session_id is not None:
+        query = query.where(LoginSession.id != _row_id(keep_session_id))
+    result = await session.execute(query)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def actor_from_session_cookie(
+    session: AsyncSession, request: Request, *, organization_header: str | None = None
+) -> Actor | None:
+    """The signed-in person, if the cookie names a session that is still open."""
+    data = read_session_cookie(request)
+    if data is None:
+        return None
+    session_id = str(data.get("sid", ""))
+    user = await session.scalar(
+        select(User)
+        .join(LoginSession, LoginSession.user_id == User.id)
+        .where(
+            LoginSession.id == _row_id(session_id),
+            LoginSession.expires_at > utcnow(),
+            User.id == int(data.get("uid", 0)),
+            User.is_active.is_(True),
+        )
+    )
+    if user is None:
         return None
     org = _parse_org(organization_header) or data.get("org")
-    return await build_actor(session, user, organization_id=org)
+    return await build_actor(session, user, organization_id=org, session_id=session_id)

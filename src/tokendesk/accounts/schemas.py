@@ -148,6 +148,8 @@ class UserUpdate(StrictModel):
     allocation_override: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
     is_active: bool | None = Field(default=None, strict=True)
     password: str | None = Field(default=None, min_length=8, max_length=200)
+    # Changing your own password takes the one you have now (and a browser session).
+    current_password: str | None = Field(default=None, max_length=200)
 
     _required = field_validator("name", "role", "is_active", "password")(_not_null)
     _name = field_validator("name")(_clean_name)

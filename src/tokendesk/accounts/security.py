@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import hashlib
 import secrets
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -14,20 +19,52 @@ from tokendesk.accounts.models import ApiKey, User
 
 _hasher = PasswordHasher()
 
+T = TypeVar("T")
+
 API_KEY_PREFIX = "td_"
+# argon2 holds a core and its memory for the whole hash: run it beside the event loop,
+# never on it, and at most this many at once, so a burst of logins queues for the
+# hasher instead of starving every other request. The pool serves any event loop
+# (tests start many), which an asyncio.Semaphore would not.
+HASHING_THREADS = 2
+_hashing = ThreadPoolExecutor(max_workers=HASHING_THREADS, thread_name_prefix="password-hash")
 
 
-def hash_password(password: str) -> str:
+async def _off_loop(work: Callable[[], T]) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_hashing, work)
+
+
+def _hash_now(password: str) -> str:
     return _hasher.hash(password)
 
 
-def verify_password(password_hash: str | None, password: str) -> bool:
+@functools.lru_cache(maxsize=1)
+def _dummy_hash(hasher: PasswordHasher) -> str:
+    """What an unknown email is checked against, made once for the hasher in use."""
+    return hasher.hash(secrets.token_urlsafe(16))
+
+
+def _verify_now(password_hash: str | None, password: str) -> bool:
     if not password_hash:
+        # Somebody without a password (or an unknown email) costs as much as a wrong
+        # password, so the answer's timing tells nobody which emails exist.
+        with contextlib.suppress(VerificationError, InvalidHashError):
+            _hasher.verify(_dummy_hash(_hasher), password)
         return False
     try:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+async def hash_password(password: str) -> str:
+    return await _off_loop(lambda: _hash_now(password))
+
+
+async def verify_password(password_hash: str | None, password: str) -> bool:
+    """Whether ``password`` matches; ``None`` (no such user, no password) never does, in
+    the time a wrong password takes."""
+    return await _off_loop(lambda: _verify_now(password_hash, password))
 
 
 def new_api_key() -> str:

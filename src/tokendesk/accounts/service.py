@@ -213,8 +213,7 @@ async def create_user(
         team_id=team_id,
         allocation_override=allocation_override,
         is_active=True,
-        password_hash=hash_password(password) if password else None,
-        session_version=1,
+        password_hash=await hash_password(password) if password else None,
         created_at=utcnow(),
     )
     session.add(user)

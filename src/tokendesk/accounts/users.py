@@ -15,10 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts import repository as repo
 from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.auth import end_every_session
 from tokendesk.accounts.keycache import credentials_changed
 from tokendesk.accounts.models import Organization, Role, Team, User
 from tokendesk.accounts.schemas import UserIn, UserUpdate
-from tokendesk.accounts.security import hash_password
+from tokendesk.accounts.security import hash_password, verify_password
 from tokendesk.accounts.service import (
     create_user,
     get_organization,
@@ -169,7 +170,30 @@ async def _check_new_override(
     )
 
 
+async def _check_own_password_change(actor: Actor, user: User, data: UserUpdate) -> None:
+    """Your own password changes only with the current one, from a browser session:
+    an API key handed to some client must never be enough to take the account over."""
+    if actor.session_id is None:
+        raise Forbidden(
+            "password: changing your own password needs a signed-in browser session, "
+            "not an API key",
+            field="password",
+        )
+    if not data.current_password:
+        raise InvalidInput(
+            "current_password: required to change your own password", field="current_password"
+        )
+    if not await verify_password(user.password_hash, data.current_password):
+        raise Forbidden("current_password: does not match your password", field="current_password")
+
+
 def _check_update_allowed(actor: Actor, user: User, data: UserUpdate, fields: set[str]) -> None:
+    if "current_password" in fields and (user.id != actor.user_id or "password" not in fields):
+        raise InvalidInput(
+            "current_password: only sent with a new password for yourself",
+            field="current_password",
+        )
+    fields = fields - {"current_password"}
     if user.id == actor.user_id:
         if fields - SELF_EDITABLE:
             names = ", ".join(sorted(fields - SELF_EDITABLE))
@@ -194,6 +218,8 @@ async def update_user(
     user = await get_user_in_scope(session, actor=actor, user_id=user_id)
     fields = set(data.model_fields_set)
     _check_update_allowed(actor, user, data, fields)
+    if "password" in fields and user.id == actor.user_id:
+        await _check_own_password_change(actor, user, data)
     new_team = await session.get(Team, user.team_id) if user.team_id is not None else None
     if "team_id" in fields:
         new_team = await session.get(Team, data.team_id) if data.team_id is not None else None
@@ -219,11 +245,13 @@ async def update_user(
             setattr(user, name, new)
     details: dict[str, Any] = {"before": before, "after": after}
     if "password" in fields and data.password is not None:
-        user.password_hash = hash_password(data.password)
+        user.password_hash = await hash_password(data.password)
         details["password_changed"] = True
     if details.get("password_changed") or after.get("is_active") is False:
-        # Signed session cookies carry this number; bumping it ends every open session.
-        user.session_version = user.session_version + 1
+        # Whoever knew the old password (or the deactivated person) is signed out
+        # everywhere; the browser that made the change stays signed in.
+        keep = actor.session_id if user.id == actor.user_id else None
+        await end_every_session(session, user_id=user.id, keep_session_id=keep)
     if "is_active" in after or "role" in after:
         credentials_changed(session, user_id=user.id)
     elif "team_id" in after or details.get("password_changed"):

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from tokendesk.accounts.models import Organization, User
 from tokendesk.audit import service as audit
 from tokendesk.cli.common import fail, load_settings, run, shown_url, upgrade
+from tokendesk.config import InsecureSecret
 from tokendesk.db import Database
 from tokendesk.ledger import scheduler
 from tokendesk.ledger.doctor import Mismatch, check_balances, check_references
@@ -52,8 +53,8 @@ def serve(
     settings = load_settings()
     try:
         settings.check_secret()
-    except SystemExit as exc:
-        fail(str(exc.code))
+    except InsecureSecret as exc:
+        fail(str(exc))
     current, head = run(_schema_lag)
     if current != head:
         fail(
@@ -67,6 +68,9 @@ def serve(
         port=port or settings.port,
         reload=reload,
         log_level=settings.log_level,
+        # The login limiter must see the client behind a trusted proxy, not the proxy.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
     )
 
 

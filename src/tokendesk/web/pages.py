@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import math
+import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
@@ -12,20 +16,31 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import (
     SESSION_COOKIE,
-    SESSION_MAX_AGE,
     actor_from_session_cookie,
+    csrf_ok,
     csrf_token_for,
-    new_session_cookie,
+    end_every_session,
+    end_login_session,
+    open_login_session,
     read_session_cookie,
+    secure_cookies,
+    set_session_cookie,
 )
 from tokendesk.accounts.models import User
 from tokendesk.accounts.security import verify_password
 from tokendesk.audit import service as audit
+from tokendesk.config import get_settings
+from tokendesk.db import get_database
 from tokendesk.deps import DbSession
-from tokendesk.web.ratelimit import login_limiter
+from tokendesk.events.bus import access_changed
+from tokendesk.web.ratelimit import LoginLimiter
 from tokendesk.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
+
+LOGIN_CSRF_COOKIE = "tokendesk_login"
+# The longest address the users table (and the email standard) allows.
+MAX_EMAIL = 320
 
 
 class LoginRequired(Exception):
@@ -70,73 +85,172 @@ async def favicon() -> RedirectResponse:
     return RedirectResponse("/static/favicon.svg", status_code=308)
 
 
+def _login_token(nonce: str) -> str:
+    digest = hmac.new(
+        get_settings().secret_key.encode(), f"login-csrf:{nonce}".encode(), hashlib.sha256
+    )
+    return digest.hexdigest()
+
+
+def _login_page(
+    request: Request,
+    *,
+    next_url: str | None,
+    email: str = "",
+    error: str | None = None,
+    status_code: int = 200,
+    retry_after: float | None = None,
+) -> HTMLResponse:
+    """The sign-in form with its pre-session CSRF token: a signed double submit, since no
+    session exists yet for the token to be bound to."""
+    nonce = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(16)
+    response = render(
+        request,
+        "login.html",
+        status_code=status_code,
+        next=_safe_next(next_url),
+        email=email,
+        error=error,
+        login_token=_login_token(nonce),
+    )
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        nonce,
+        httponly=True,
+        samesite="lax",
+        secure=secure_cookies(request),
+        path="/login",
+    )
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(math.ceil(retry_after))
+    return response
+
+
+def _wait_text(seconds: float) -> str:
+    if seconds < 90:
+        return f"{math.ceil(seconds)} s"
+    return f"{math.ceil(seconds / 60)} min"
+
+
 @router.get("/login", response_class=HTMLResponse)
 async def login_form(request: Request, next: str | None = None) -> HTMLResponse:
-    return render(request, "login.html", next=_safe_next(next), error=None, email="")
+    return _login_page(request, next_url=next)
 
 
 @router.post("/login", response_model=None)
 async def login(
     request: Request,
-    session: DbSession,
     email: Annotated[str, Form()] = "",
     password: Annotated[str, Form()] = "",
     next: Annotated[str, Form()] = "/",
+    login_token: Annotated[str, Form()] = "",
 ) -> Response:
     email = email.strip().lower()
-    client = request.client.host if request.client else "unknown"
-    keys = (f"ip:{client}", f"email:{email}")
-    wait = max(login_limiter.blocked(key) for key in keys)
-    if wait:
-        minutes = max(1, int(wait // 60) + 1)
-        return render(
+    nonce = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not nonce or not hmac.compare_digest(_login_token(nonce), login_token):
+        return _login_page(
             request,
-            "login.html",
-            status_code=429,
-            next=_safe_next(next),
-            email=email,
-            error=f"Too many attempts. Try again in {minutes} min.",
+            next_url=next,
+            email=email[:MAX_EMAIL],
+            status_code=403,
+            error="This sign-in form has expired. Please sign in again.",
         )
-    user = await session.scalar(select(User).where(func.lower(User.email) == email))
-    if user is None or not user.is_active or not verify_password(user.password_hash, password):
-        for key in keys:
-            login_limiter.hit(key)
-        return render(
+    if len(email) > MAX_EMAIL:
+        return _login_page(
             request,
-            "login.html",
-            status_code=401,
-            next=_safe_next(next),
+            next_url=next,
+            status_code=422,
+            error=f"Email: at most {MAX_EMAIL} characters.",
+        )
+    limiter: LoginLimiter = request.app.state.login_limiter
+    address = request.client.host if request.client else "unknown"
+    wait = limiter.attempt(email, address)
+    if wait:
+        return _login_page(
+            request,
+            next_url=next,
             email=email,
+            status_code=429,
+            error=f"Too many attempts. Try again in {_wait_text(wait)}.",
+            retry_after=wait,
+        )
+    database = get_database()
+    async with database.transaction(write=False) as reading:
+        found = (
+            await reading.execute(
+                select(User.id, User.password_hash).where(
+                    func.lower(User.email) == email, User.is_active.is_(True)
+                )
+            )
+        ).first()
+    # The check runs outside any transaction: no lock or connection waits on the hasher.
+    # Nobody by that email still costs a (stand-in) verification: the answer takes as
+    # long as for a wrong password.
+    matched = await verify_password(found.password_hash if found else None, password)
+    if found is None or not matched:
+        limiter.failed(email, address)
+        return _login_page(
+            request,
+            next_url=next,
+            email=email,
+            status_code=401,
             error="Wrong email or password.",
         )
-    login_limiter.reset(f"email:{email}")
-    cookie, _ = new_session_cookie(user)
-    await audit.record(
-        session,
-        organization_id=user.organization_id,
-        actor_id=user.id,
-        action="user.login",
-        target_type="user",
-        target_id=user.id,
-    )
+    limiter.succeeded(email, address)
+    async with database.transaction() as session:
+        user = await session.get(User, found.id)
+        if user is None or not user.is_active:
+            raise LoginRequired(_safe_next(next))
+        cookie = await open_login_session(session, user=user)
+        await audit.record(
+            session,
+            organization_id=user.organization_id,
+            actor_id=user.id,
+            action="user.login",
+            target_type="user",
+            target_id=user.id,
+        )
     response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        cookie,
-        max_age=SESSION_MAX_AGE,
-        httponly=True,
-        samesite="lax",
-        secure=request.url.scheme == "https",
-        path="/",
-    )
+    set_session_cookie(response, request, cookie)
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return response
 
 
 @router.post("/logout")
-async def logout(request: Request, csrf_token: Annotated[str, Form()] = "") -> Response:
-    from tokendesk.accounts.auth import csrf_ok
-
+async def logout(
+    request: Request, session: DbSession, csrf_token: Annotated[str, Form()] = ""
+) -> Response:
+    """End this browser's session on the server, not only its cookie."""
     response = RedirectResponse("/login", status_code=303)
     if csrf_ok(request, csrf_token):
+        ended = await end_login_session(session, request)
+        if ended is not None:
+            # This browser's open event stream checks its cookie again and ends.
+            access_changed(session, ended)
         response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.post("/logout/everywhere")
+async def logout_everywhere(
+    request: Request, session: DbSession, csrf_token: Annotated[str, Form()] = ""
+) -> Response:
+    """Sign out every browser of the caller, this one included ("Sign out everywhere")."""
+    actor = await page_actor(request, session)
+    if not csrf_ok(request, csrf_token):
+        return RedirectResponse("/settings", status_code=303)
+    ended = await end_every_session(session, user_id=actor.user_id)
+    # Every open event stream of the member checks its cookie again, and ends.
+    access_changed(session, actor.user_id)
+    await audit.record(
+        session,
+        organization_id=actor.home_organization_id,
+        actor_id=actor.user_id,
+        action="user.signed_out_everywhere",
+        target_type="user",
+        target_id=actor.user_id,
+        details={"sessions": ended},
+    )
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
     return response

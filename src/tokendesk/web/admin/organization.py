@@ -8,8 +8,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from tokendesk.accounts import organizations
-from tokendesk.accounts.auth import SESSION_COOKIE, SESSION_MAX_AGE, new_session_cookie
-from tokendesk.accounts.models import User
+from tokendesk.accounts.auth import set_session_cookie, switched_session_cookie
 from tokendesk.deps import DbSession
 from tokendesk.web.admin.common import AdminPageActor, AdminRoute, optional_int
 from tokendesk.web.pages import LoginRequired
@@ -39,24 +38,15 @@ async def switch_organization(
     wanted = optional_int(organization_id)
     if wanted not in {view.organization.id for view in views}:
         return RedirectResponse(_local_path(next), status_code=303)
-    user = await session.get(User, actor.user_id)
-    if user is None:
-        raise LoginRequired(request.url.path)
     home = wanted == actor.home_organization_id
-    cookie, _ = new_session_cookie(user, organization_id=None if home else wanted)
+    cookie = switched_session_cookie(request, organization_id=None if home else wanted)
+    if cookie is None:
+        raise LoginRequired(request.url.path)
     # Object pages (a user, a team) belong to the old organization; land on the list instead.
     target = _local_path(next)
     parts = target.split("/")
     if len(parts) > 3:
         target = "/".join(parts[:3])
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        cookie,
-        max_age=SESSION_MAX_AGE,
-        httponly=True,
-        samesite="lax",
-        secure=request.url.scheme == "https",
-        path="/",
-    )
+    set_session_cookie(response, request, cookie)
     return response

@@ -1,0 +1,116 @@
+"""Changing a password: your own takes the current one and a browser session."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.accounts.support import (
+    API,
+    PASSWORD,
+    another_browser,
+    open_sessions,
+    page_csrf,
+    sign_in,
+    user_of,
+)
+from tests.factories import World, snapshot
+from tokendesk.accounts.security import verify_password
+from tokendesk.db import Database
+
+NEW = "a new passphrase"
+
+
+async def _change_own(
+    http: httpx.AsyncClient, user_id: int, body: dict[str, str]
+) -> httpx.Response:
+    csrf = await page_csrf(http)
+    return await http.patch(f"{API}/users/{user_id}", json=body, headers={"X-CSRF-Token": csrf})
+
+
+class TestOwnPassword:
+    async def test_the_current_password_and_a_browser_session_change_it(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        assert (await sign_in(client, world.alice.email, PASSWORD)).status_code == 303
+        response = await _change_own(
+            client, world.alice.id, {"password": NEW, "current_password": PASSWORD}
+        )
+        assert response.status_code == 200, response.text
+        assert await verify_password((await user_of(database, world.alice.id)).password_hash, NEW)
+
+    async def test_an_api_key_cannot_change_its_owners_password(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        before = await snapshot(database)
+        response = await client.patch(
+            f"{API}/users/{world.alice.id}",
+            json={"password": NEW, "current_password": PASSWORD},
+            headers=world.alice.headers,
+        )
+        assert response.status_code == 403
+        assert "browser session" in response.json()["detail"]
+        assert response.json()["errors"][0]["field"] == "password"
+        assert await snapshot(database) == before
+        assert (await sign_in(client, world.alice.email, NEW)).status_code == 401
+
+    async def test_a_wrong_current_password_is_refused_and_changes_nothing(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        await sign_in(client, world.alice.email, PASSWORD)
+        before = (await user_of(database, world.alice.id)).password_hash
+        response = await _change_own(
+            client, world.alice.id, {"password": NEW, "current_password": "not my password"}
+        )
+        assert response.status_code == 403
+        assert response.json()["errors"][0]["field"] == "current_password"
+        assert (await user_of(database, world.alice.id)).password_hash == before
+
+    async def test_a_missing_current_password_is_named(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        await sign_in(client, world.alice.email, PASSWORD)
+        before = (await user_of(database, world.alice.id)).password_hash
+        response = await _change_own(client, world.alice.id, {"password": NEW})
+        assert response.status_code == 422
+        assert response.json()["errors"][0]["field"] == "current_password"
+        assert (await user_of(database, world.alice.id)).password_hash == before
+
+    async def test_the_change_signs_out_the_other_browsers_but_not_this_one(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        async with another_browser(client) as other:
+            await sign_in(other, world.alice.email, PASSWORD)
+            await sign_in(client, world.alice.email, PASSWORD)
+            response = await _change_own(
+                client, world.alice.id, {"password": NEW, "current_password": PASSWORD}
+            )
+            assert response.status_code == 200, response.text
+            assert (await other.get("/settings")).status_code == 303
+        assert (await client.get("/settings")).status_code == 200
+        assert await open_sessions(database, world.alice.id) == 1
+
+
+class TestSomeoneElsesPassword:
+    async def test_an_org_admin_sets_it_and_their_sessions_end(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        await sign_in(client, world.bob.email, PASSWORD)
+        response = await client.patch(
+            f"{API}/users/{world.bob.id}", json={"password": NEW}, headers=world.admin.headers
+        )
+        assert response.status_code == 200, response.text
+        assert (await client.get("/settings")).status_code == 303
+        assert await verify_password((await user_of(database, world.bob.id)).password_hash, NEW)
+
+    async def test_a_current_password_for_someone_else_is_refused(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        before = await snapshot(database)
+        response = await client.patch(
+            f"{API}/users/{world.bob.id}",
+            json={"password": NEW, "current_password": PASSWORD},
+            headers=world.admin.headers,
+        )
+        assert response.status_code == 422
+        assert response.json()["errors"][0]["field"] == "current_password"
+        assert await snapshot(database) == before

@@ -1,0 +1,87 @@
+"""Password hashing runs beside the event loop, a few at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import pytest
+from argon2 import PasswordHasher
+
+from tests.accounts.support import PASSWORD, another_browser, sign_in
+from tests.factories import World
+from tokendesk.accounts import security
+
+HOLD_SECONDS = 10.0
+
+
+class HeldHasher(PasswordHasher):
+    """Cheap argon2 whose verifications wait until the test lets them go."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.most_inside = 0
+        self.entered = threading.Semaphore(0)
+        self.threads: set[int] = set()
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+        with self.lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.threads.add(threading.get_ident())
+        self.entered.release()
+        try:
+            self.release.wait(HOLD_SECONDS)
+            return super().verify(hash, password)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+@pytest.fixture
+def held(monkeypatch: pytest.MonkeyPatch) -> HeldHasher:
+    hasher = HeldHasher()
+    monkeypatch.setattr(security, "_hasher", hasher)
+    return hasher
+
+
+async def _entered(hasher: HeldHasher) -> None:
+    assert await asyncio.to_thread(hasher.entered.acquire, True, HOLD_SECONDS)
+
+
+class TestOffTheEventLoop:
+    async def test_the_server_answers_while_a_password_is_being_checked(
+        self, client: httpx.AsyncClient, world: World, held: HeldHasher
+    ) -> None:
+        login = asyncio.create_task(sign_in(client, world.alice.email, PASSWORD))
+        await _entered(held)
+        # Inline, the check would hold the loop until HOLD_SECONDS ran out: nothing answers.
+        health = await asyncio.wait_for(client.get("/healthz"), timeout=HOLD_SECONDS / 2)
+        assert health.status_code == 200
+        assert held.inside == 1, "the password check was still running"
+        held.release.set()
+        assert (await login).status_code == 303
+        assert threading.get_ident() not in held.threads
+
+    async def test_no_more_than_two_checks_run_at_once(
+        self, client: httpx.AsyncClient, world: World, held: HeldHasher
+    ) -> None:
+        browsers = [another_browser(client) for _ in range(5)]
+        logins = [
+            asyncio.create_task(sign_in(browser, world.alice.email, PASSWORD))
+            for browser in browsers
+        ]
+        await _entered(held)
+        await _entered(held)
+        # What must not happen cannot be awaited: give a third check time to start.
+        await asyncio.sleep(0.3)
+        assert held.inside == security.HASHING_THREADS == 2
+        held.release.set()
+        assert [(await login).status_code for login in logins] == [303] * 5
+        assert held.most_inside == 2
+        for browser in browsers:
+            await browser.aclose()
