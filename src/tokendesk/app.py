@@ -129,7 +129,7 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
 
     include_routers(app)
     app.add_middleware(Shortcut)
-    # Outermost: every body is whole before the gateway's shortcut or any route runs.
+    # Every body is whole before the gateway's shortcut or any route runs.
     app.add_middleware(WholeBodies, limits=BodyLimits.of(settings))
     # Around even that, so a refused body's 413 carries the security headers too.
     app.add_middleware(SecurityHeaders)
