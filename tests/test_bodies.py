@@ -20,6 +20,7 @@ import pytest
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tests.accounts.support import sign_in
 from tests.factories import World
 from tests.fake_upstream import RunningServer
 from tests.web_admin.conftest import CSRF_META, PASSWORD
@@ -74,7 +75,7 @@ class Live:
     async def owner_cookie(self, email: str) -> tuple[str, str]:
         """A signed-in session cookie and its CSRF token."""
         async with httpx.AsyncClient(base_url=self.url, timeout=STEP_SECONDS) as http:
-            response = await http.post("/login", data={"email": email, "password": PASSWORD})
+            response = await sign_in(http, email, PASSWORD)
             assert response.status_code == 303, response.text
             page = await http.get("/login")
             match = CSRF_META.search(page.text)
