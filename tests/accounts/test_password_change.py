@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.accounts.support import (
     API,
@@ -114,3 +115,54 @@ class TestSomeoneElsesPassword:
         assert response.status_code == 422
         assert response.json()["errors"][0]["field"] == "current_password"
         assert await snapshot(database) == before
+
+
+class TestSettingsForm:
+    async def test_the_settings_page_changes_the_password(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        await sign_in(client, world.alice.email, PASSWORD)
+        csrf = await page_csrf(client)
+        response = await client.post(
+            "/settings/password",
+            data={"csrf_token": csrf, "current_password": PASSWORD, "password": NEW},
+        )
+        assert response.headers["location"] == "/settings?password=changed#password-title"
+        page = await client.get("/settings?password=changed")
+        assert "Your password is changed" in page.text
+        assert await verify_password((await user_of(database, world.alice.id)).password_hash, NEW)
+
+    @pytest.mark.parametrize(
+        ("current", "new", "outcome"),
+        [("not my password", NEW, "wrong"), ("", NEW, "missing"), (PASSWORD, "short", "short")],
+    )
+    async def test_a_refused_change_says_why_and_changes_nothing(
+        self,
+        client: httpx.AsyncClient,
+        database: Database,
+        world: World,
+        current: str,
+        new: str,
+        outcome: str,
+    ) -> None:
+        await sign_in(client, world.alice.email, PASSWORD)
+        before = (await user_of(database, world.alice.id)).password_hash
+        csrf = await page_csrf(client)
+        response = await client.post(
+            "/settings/password",
+            data={"csrf_token": csrf, "current_password": current, "password": new},
+        )
+        assert response.headers["location"] == f"/settings?password={outcome}#password-title"
+        assert (await user_of(database, world.alice.id)).password_hash == before
+
+    async def test_it_needs_the_csrf_token(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        await sign_in(client, world.alice.email, PASSWORD)
+        before = (await user_of(database, world.alice.id)).password_hash
+        response = await client.post(
+            "/settings/password",
+            data={"csrf_token": "forged", "current_password": PASSWORD, "password": NEW},
+        )
+        assert response.headers["location"] == "/settings?password=expired#password-title"
+        assert (await user_of(database, world.alice.id)).password_hash == before

@@ -74,6 +74,7 @@ MEMBERS = {
     "rescheduled": ("rescheduled@e2e.example", None),
     "debtor": ("debtor@e2e.example", None),
     "guarded": ("guarded@e2e.example", None),
+    "passworder": ("passworder@e2e.example", None),
 }
 
 

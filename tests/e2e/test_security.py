@@ -105,6 +105,23 @@ class TestContentSecurityPolicy:
         watched.assert_clean()
 
 
+class TestPasswordForm:
+    def test_a_member_changes_their_password_on_the_settings_page(
+        self, watched: Watched, site: ChatSite
+    ) -> None:
+        page = watched.page
+        sign_in(page, site, "passworder")
+        page.goto(f"{site.url}/settings")
+        page.get_by_label("Current password").fill(PASSWORD)
+        page.get_by_label("New password").fill("a brand new passphrase")
+        page.get_by_role("button", name="Change password").click()
+        expect(
+            page.get_by_role("status").filter(has_text="Your password is changed")
+        ).to_be_visible()
+        shoot(page, "settings-password-changed-1280x800")
+        watched.assert_clean()
+
+
 class TestSignOutEverywhere:
     def test_another_browser_is_signed_out_and_its_stream_refused(
         self, browser: Browser, site: ChatSite

@@ -10,9 +10,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.accounts import users
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import (
     SESSION_COOKIE,
@@ -27,11 +29,13 @@ from tokendesk.accounts.auth import (
     set_session_cookie,
 )
 from tokendesk.accounts.models import User
+from tokendesk.accounts.schemas import UserUpdate
 from tokendesk.accounts.security import verify_password
 from tokendesk.audit import service as audit
 from tokendesk.config import get_settings
 from tokendesk.db import get_database
 from tokendesk.deps import DbSession
+from tokendesk.errors import AppError
 from tokendesk.events.bus import access_changed
 from tokendesk.web.ratelimit import LoginLimiter
 from tokendesk.web.templating import templates
@@ -254,3 +258,37 @@ async def logout_everywhere(
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
+
+
+# What the settings page says after a password change: a fixed set of outcomes, so
+# nothing a link carries is ever shown as text.
+PASSWORD_OUTCOMES = frozenset({"changed", "wrong", "missing", "short", "expired"})
+
+
+@router.post("/settings/password")
+async def change_password(
+    request: Request,
+    session: DbSession,
+    csrf_token: Annotated[str, Form()] = "",
+    current_password: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+) -> Response:
+    """The settings page's password form: the same rule as the REST API (the current
+    password, from this browser session), and the other browsers are signed out."""
+    actor = await page_actor(request, session)
+    outcome = "changed"
+    if not csrf_ok(request, csrf_token):
+        outcome = "expired"
+    elif not current_password:
+        outcome = "missing"
+    else:
+        try:
+            data = UserUpdate(password=password, current_password=current_password)
+        except ValidationError:
+            outcome = "short"
+        else:
+            try:
+                await users.update_user(session, actor=actor, user_id=actor.user_id, data=data)
+            except AppError as exc:
+                outcome = "wrong" if exc.field == "current_password" else "missing"
+    return RedirectResponse(f"/settings?password={outcome}#password-title", status_code=303)
