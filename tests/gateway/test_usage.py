@@ -64,6 +64,8 @@ UNUSABLE = [
     {"prompt_tokens": -5, "completion_tokens": -13},
     {"prompt_tokens": 11, "completion_tokens": -13},
     {"prompt_tokens": 11, "completion_tokens": 10**12},
+    # The reply's 55 characters count 14 tokens: one is more than ten times too few.
+    {"prompt_tokens": 11, "completion_tokens": 1},
     {"prompt_tokens": 11, "completion_tokens": 1.5},
     {"prompt_tokens": 11, "completion_tokens": True},
     {"prompt_tokens": 0, "completion_tokens": 0},
@@ -75,6 +77,20 @@ UNUSABLE = [
 
 
 class TestUnusableUsage:
+    async def test_usage_below_the_reply_yet_within_a_tenth_of_it_is_believed(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        # Tokenizers differ from the count of four characters a token: 2 for 14 is taken.
+        harness.upstream.usage = {"prompt_tokens": 11, "completion_tokens": 2}
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast"), headers=world.alice.headers
+        )
+        assert r.status_code == 200, r.text
+        await harness.settled()
+        after = await balance_of(database, world.alice.id)
+        assert (after.used, after.reserved) == (13, 0)
+        assert harness.gateway.overruns.unusable_usage == 0
+
     @pytest.mark.parametrize("usage", UNUSABLE)
     async def test_whole_reply_is_charged_its_text_and_the_prompt_estimate(
         self, harness: Harness, world: World, database: Database, usage: Any

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 DEMO_DELAY_SECONDS = 0.02
 # Reported usage beyond this many times both the hold and what was delivered is taken
-# for a fault, not an upstream that ignored its budget.
+# for a fault, not an upstream that ignored its budget; so are fewer completion tokens
+# than a tenth of what the reply's text counts: tokenizers differ, but not by so much.
 ABSURD_FACTOR = 10
 
 # Completion ids double as usage event ids, so they must never repeat: a random
@@ -193,7 +194,11 @@ class Completion:
             ceiling = ABSURD_FACTOR * max(
                 unweighted(self.held, self.model.weight), self.estimate_prompt + counted
             )
-            if prompt > 0 and (completion > 0 or counted == 0) and prompt + completion <= ceiling:
+            if (
+                prompt > 0
+                and ABSURD_FACTOR * completion >= counted
+                and prompt + completion <= ceiling
+            ):
                 return prompt, completion
         self.gateway.overruns.unusable_usage += 1
         log.warning("call %s: upstream usage %r is unusable; counting the reply", self.id, usage)
