@@ -51,6 +51,12 @@ class TestPromptTokens:
             prompt_tokens(QUESTION) + text_tokens(compact([call])) + text_tokens(result)
         )
 
+    def test_a_predicted_output_is_counted(self) -> None:
+        # Its rejected tokens are billed as completion whatever the budget.
+        prediction = {"type": "content", "content": "The forecast for Berlin. " * 40}
+        estimate = prompt_tokens(QUESTION, {"prediction": prediction})
+        assert estimate == prompt_tokens(QUESTION) + text_tokens(compact(prediction))
+
     def test_images_are_counted_by_their_detail(self) -> None:
         def image(detail: str | None) -> list[dict[str, object]]:
             url: dict[str, object] = {"url": "https://example.invalid/cat.png"}
@@ -78,6 +84,20 @@ class TestHold:
         r = await harness.http.post(
             "/v1/chat/completions",
             json={**body("fast", max_tokens=100), "messages": QUESTION, "tools": tools},
+            headers=world.nora.headers,
+        )
+        assert r.status_code == 429, r.text
+        assert harness.upstream.bodies == []
+        assert (await balance_of(database, world.nora.id)).reserved == 0
+
+    async def test_a_predicted_output_counts_against_the_balance(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        # nora has 5,000 tokens; a prediction of some 25,000 tokens is not held in them.
+        prediction = {"type": "content", "content": "x" * 100_000}
+        r = await harness.http.post(
+            "/v1/chat/completions",
+            json={**body("fast", max_tokens=100), "messages": QUESTION, "prediction": prediction},
             headers=world.nora.headers,
         )
         assert r.status_code == 429, r.text

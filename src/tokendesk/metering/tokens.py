@@ -20,8 +20,17 @@ REPLY_PRIMING = 3
 # four 512-pixel tiles of 170), the size common clients scale images down to.
 IMAGE_TOKENS_LOW = 85
 IMAGE_TOKENS = 765
-# Request fields the upstream reads as part of the prompt besides the messages.
-PROMPT_FIELDS = ("tools", "functions", "response_format", "tool_choice", "function_call")
+# Request fields the upstream bills besides the messages: what it reads as part of the
+# prompt, and a predicted output, whose rejected tokens are billed as completion on top
+# of the budget.
+PROMPT_FIELDS = (
+    "tools",
+    "functions",
+    "response_format",
+    "tool_choice",
+    "function_call",
+    "prediction",
+)
 
 
 def text_tokens(text: str) -> int:
