@@ -50,3 +50,19 @@ class TestStreamFlag:
         )
         assert r.status_code == 200, r.text
         assert r.json()["object"] == "chat.completion"
+
+
+class TestFieldsThatOutgrowTheHold:
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [("best_of", 20), ("best_of", 1), ("extra_body", {"max_tokens": 100_000, "n": 50})],
+    )
+    async def test_field_is_refused_naming_it(
+        self, harness: Harness, world: World, database: Database, field: str, value: object
+    ) -> None:
+        r = await harness.http.post(
+            "/v1/chat/completions", json=body("fast", **{field: value}), headers=world.alice.headers
+        )
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == field
+        await unchanged(harness, database, world.alice.id)

@@ -16,6 +16,11 @@ from tokendesk.metering.model_config import MAX_N, ModelConfig
 from tokendesk.metering.tokens import prompt_tokens, unweighted, weighted
 
 BUDGET_FIELDS = ("max_tokens", "max_completion_tokens")
+# Fields no chat client needs that let an upstream generate more than the hold pays for:
+# best_of samples choices that are never returned (nor counted), and some proxies merge
+# a literal extra_body into the request, budget fields and n included. OpenAI's own API
+# refuses both on chat calls; the SDKs send extra_body's contents at the top level.
+REFUSED_FIELDS = ("best_of", "extra_body")
 
 
 class BadParameter(Exception):
@@ -78,6 +83,9 @@ def parse_chat(body: Any, models: dict[str, ModelConfig]) -> ChatRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadParameter("messages", "a non-empty list is required")
+    for field in REFUSED_FIELDS:
+        if body.get(field) is not None:
+            raise BadParameter(field, "not accepted on chat calls")
     most = model.max_output_tokens
     asked = [
         count
