@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.accounts.support import API, audit_rows, entries_of, ledger_is_consistent
 from tests.factories import Person, World, snapshot
+from tokendesk.bounds import MAX_TOKENS
 from tokendesk.db import Database
+from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import EntryKind
 
 
@@ -100,3 +103,35 @@ class TestUserLedger:
         own = await client.get(f"{API}/users/{world.bob.id}/ledger", headers=world.bob.headers)
         other = await client.get(f"{API}/users/{world.amy.id}/ledger", headers=world.bob.headers)
         assert (own.status_code, other.status_code) == (200, 404)
+
+
+class TestAdjustmentBounds:
+    async def test_an_amount_past_the_documented_maximum_is_refused(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        before = await snapshot(database)
+        for amount in (MAX_TOKENS + 1, -MAX_TOKENS - 1):
+            response = await _adjust(client, world.admin, world.bob, amount)
+            assert response.status_code == 422, response.text
+            assert response.json()["errors"][0]["field"] == "amount"
+        assert await snapshot(database) == before
+
+    async def test_adjustments_that_would_add_up_past_the_ceiling_are_refused_either_way(
+        self,
+        client: httpx.AsyncClient,
+        database: Database,
+        world: World,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr(ledger, "BALANCE_CEILING", 5_000)
+        assert (await _adjust(client, world.admin, world.bob, 4_000)).status_code == 200
+        before = await snapshot(database)
+        up = await _adjust(client, world.admin, world.bob, 1_001)
+        assert up.status_code == 422, up.text
+        assert up.json()["errors"][0]["field"] == "amount"
+        assert "adjusted tokens this period past 5,000" in up.json()["detail"]
+        assert await snapshot(database) == before
+        assert (await _adjust(client, world.admin, world.bob, -9_000)).status_code == 200
+        down = await _adjust(client, world.admin, world.bob, -1)
+        assert down.status_code == 422, down.text
+        assert await ledger_is_consistent(database)

@@ -23,6 +23,7 @@ from tokendesk.accounts.models import (
     User,
 )
 from tokendesk.accounts.security import hash_api_key, usable_key
+from tokendesk.bounds import parse_id
 from tokendesk.config import get_settings
 from tokendesk.db import after_commit, get_database, utcnow
 from tokendesk.errors import NotFound
@@ -88,10 +89,10 @@ async def build_actor(
 def _parse_org(header: str | None) -> int | None:
     if header is None or header == "":
         return None
-    try:
-        return int(header)
-    except ValueError:
-        raise NotFound(f"organization {header!r} not found") from None
+    organization_id = parse_id(header)
+    if organization_id is None:
+        raise NotFound(f"organization {header!r} not found")
+    return organization_id
 
 
 # Every API call starts here: one statement of plain columns, the owned teams joined

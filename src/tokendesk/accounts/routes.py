@@ -34,12 +34,15 @@ from tokendesk.accounts.schemas import (
     UserOut,
     UserUpdate,
 )
+from tokendesk.bounds import Offset, QueryId, path_id
 from tokendesk.deps import AdminActor, CurrentActor, DbSession, OrgAdminActor
 
 router = APIRouter()
 
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
-Offset = Annotated[int, Query(ge=0, le=10_000_000)]
+UserId = Annotated[int, path_id("user")]
+TeamId = Annotated[int, path_id("team")]
+KeyId = Annotated[int, path_id("api key")]
 
 
 def _user_out(row: UserRow) -> UserOut:
@@ -154,13 +157,13 @@ async def create_my_key(
 
 
 @router.delete("/me/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["api keys"])
-async def revoke_my_key(key_id: int, session: DbSession, actor: CurrentActor) -> Response:
+async def revoke_my_key(key_id: KeyId, session: DbSession, actor: CurrentActor) -> Response:
     await api_keys.revoke_own_key(session, actor=actor, key_id=key_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["api keys"])
-async def revoke_key(key_id: int, session: DbSession, actor: AdminActor) -> Response:
+async def revoke_key(key_id: KeyId, session: DbSession, actor: AdminActor) -> Response:
     """Revoke a key of anyone in the caller's scope; other keys answer 404."""
     await api_keys.revoke_key(session, actor=actor, key_id=key_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -174,7 +177,7 @@ async def list_users(
     session: DbSession,
     actor: AdminActor,
     q: Annotated[str | None, Query(max_length=200, description="Name or email contains")] = None,
-    team_id: int | None = None,
+    team_id: QueryId | None = None,
     role: Role | None = None,
     active: bool | None = None,
     limit: Limit = 50,
@@ -200,13 +203,13 @@ async def create_user(data: UserIn, session: DbSession, actor: AdminActor) -> Us
 
 
 @router.get("/users/{user_id}", response_model=UserOut, tags=["users"])
-async def read_user(user_id: int, session: DbSession, actor: CurrentActor) -> UserOut:
+async def read_user(user_id: UserId, session: DbSession, actor: CurrentActor) -> UserOut:
     return _user_out(await users.get_user(session, actor=actor, user_id=user_id))
 
 
 @router.patch("/users/{user_id}", response_model=UserOut, tags=["users"])
 async def update_user(
-    user_id: int, data: UserUpdate, session: DbSession, actor: CurrentActor
+    user_id: UserId, data: UserUpdate, session: DbSession, actor: CurrentActor
 ) -> UserOut:
     """Change only the fields sent; ``null`` clears ``team_id`` or ``allocation_override``.
 
@@ -219,7 +222,7 @@ async def update_user(
 
 @router.post("/users/{user_id}/adjustments", response_model=BalanceOut, tags=["users"])
 async def adjust_balance(
-    user_id: int, data: AdjustmentIn, session: DbSession, actor: AdminActor
+    user_id: UserId, data: AdjustmentIn, session: DbSession, actor: AdminActor
 ) -> BalanceOut:
     """Correct the current period up or down, with a note; nobody adjusts their own."""
     balance = await users.adjust_balance(
@@ -230,7 +233,7 @@ async def adjust_balance(
 
 @router.get("/users/{user_id}/ledger", response_model=Page[LedgerEntryOut], tags=["users"])
 async def user_ledger(
-    user_id: int,
+    user_id: UserId,
     session: DbSession,
     actor: CurrentActor,
     limit: Limit = 50,
@@ -243,7 +246,7 @@ async def user_ledger(
 
 
 @router.get("/users/{user_id}/api-keys", response_model=list[ApiKeyOut], tags=["api keys"])
-async def list_user_keys(user_id: int, session: DbSession, actor: AdminActor) -> list[ApiKeyOut]:
+async def list_user_keys(user_id: UserId, session: DbSession, actor: AdminActor) -> list[ApiKeyOut]:
     keys = await api_keys.list_user_keys(session, actor=actor, user_id=user_id)
     return [ApiKeyOut.model_validate(key) for key in keys]
 
@@ -257,7 +260,7 @@ async def list_teams(session: DbSession, actor: CurrentActor) -> list[TeamOut]:
 
 
 @router.get("/teams/{team_id}", response_model=TeamOut, tags=["teams"])
-async def read_team(team_id: int, session: DbSession, actor: CurrentActor) -> TeamOut:
+async def read_team(team_id: TeamId, session: DbSession, actor: CurrentActor) -> TeamOut:
     return _team_out(await teams.get_team(session, actor=actor, team_id=team_id))
 
 
@@ -268,13 +271,13 @@ async def create_team(data: TeamIn, session: DbSession, actor: OrgAdminActor) ->
 
 @router.patch("/teams/{team_id}", response_model=TeamOut, tags=["teams"])
 async def update_team(
-    team_id: int, data: TeamUpdate, session: DbSession, actor: OrgAdminActor
+    team_id: TeamId, data: TeamUpdate, session: DbSession, actor: OrgAdminActor
 ) -> TeamOut:
     return _team_out(await teams.update_team(session, actor=actor, team_id=team_id, data=data))
 
 
 @router.delete("/teams/{team_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["teams"])
-async def delete_team(team_id: int, session: DbSession, actor: OrgAdminActor) -> Response:
+async def delete_team(team_id: TeamId, session: DbSession, actor: OrgAdminActor) -> Response:
     """Members become team-less and fall back to the organization default at once."""
     await teams.delete_team(session, actor=actor, team_id=team_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from tokendesk.accounts.models import Role
+from tokendesk.bounds import MAX_TOKENS, Id, PositiveTokens, Tokens
 from tokendesk.ledger.models import Balance
 
-MAX_TOKENS = 10**15  # far above any real allocation, well inside BigInteger
 AllocationSource = Literal["override", "team", "organization"]
 
 
@@ -43,11 +43,11 @@ class Ref(BaseModel):
 
 class OrganizationIn(StrictModel):
     name: str = Field(min_length=1, max_length=200)
-    default_allocation: int = Field(default=100_000, ge=0, le=MAX_TOKENS, strict=True)
+    default_allocation: Tokens = 100_000
     reset_day: int = Field(default=1, ge=1, le=28, strict=True)
     timezone: str = Field(default="UTC", min_length=1, max_length=64)
-    max_request: int = Field(default=1_000_000, gt=0, le=MAX_TOKENS, strict=True)
-    pool: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
+    max_request: PositiveTokens = 1_000_000
+    pool: Tokens | None = None
     low_balance_percent: int = Field(default=20, ge=0, le=100, strict=True)
     # A balance below zero at a period's end opens the next period as a debit.
     carry_over_debt: bool = Field(default=True, strict=True)
@@ -59,11 +59,11 @@ class OrganizationUpdate(StrictModel):
     """Absent fields stay as they are; ``pool: null`` removes the pool."""
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
-    default_allocation: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
+    default_allocation: Tokens | None = None
     reset_day: int | None = Field(default=None, ge=1, le=28, strict=True)
     timezone: str | None = Field(default=None, min_length=1, max_length=64)
-    max_request: int | None = Field(default=None, gt=0, le=MAX_TOKENS, strict=True)
-    pool: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
+    max_request: PositiveTokens | None = None
+    pool: Tokens | None = None
     low_balance_percent: int | None = Field(default=None, ge=0, le=100, strict=True)
     carry_over_debt: bool | None = Field(default=None, strict=True)
 
@@ -103,7 +103,7 @@ class OrganizationOut(BaseModel):
 
 class TeamIn(StrictModel):
     name: str = Field(min_length=1, max_length=200)
-    default_allocation: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
+    default_allocation: Tokens | None = None
 
     _name = field_validator("name")(_clean_name)
 
@@ -112,8 +112,8 @@ class TeamUpdate(StrictModel):
     """``default_allocation: null`` removes the team default; ``owner_ids`` is the full new set."""
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
-    default_allocation: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
-    owner_ids: list[StrictInt] | None = Field(default=None, max_length=100)
+    default_allocation: Tokens | None = None
+    owner_ids: list[Id] | None = Field(default=None, max_length=100)
 
     _required = field_validator("name", "owner_ids")(_not_null)
     _name = field_validator("name")(_clean_name)
@@ -131,8 +131,8 @@ class UserIn(StrictModel):
     email: EmailStr
     name: str = Field(min_length=1, max_length=200)
     role: Role = Role.MEMBER
-    team_id: int | None = Field(default=None, strict=True)
-    allocation_override: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
+    team_id: Id | None = None
+    allocation_override: Tokens | None = None
     password: str | None = Field(default=None, min_length=8, max_length=200)
 
     _name = field_validator("name")(_clean_name)
@@ -144,8 +144,8 @@ class UserUpdate(StrictModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     role: Role | None = None
-    team_id: int | None = Field(default=None, strict=True)
-    allocation_override: int | None = Field(default=None, ge=0, le=MAX_TOKENS, strict=True)
+    team_id: Id | None = None
+    allocation_override: Tokens | None = None
     is_active: bool | None = Field(default=None, strict=True)
     password: str | None = Field(default=None, min_length=8, max_length=200)
     # Changing your own password takes the one you have now (and a browser session).

@@ -24,16 +24,21 @@ from tokendesk.analytics.schemas import (
     TopUsersOut,
     UsageOverTimeOut,
 )
+from tokendesk.bounds import DB_INT_MAX
 from tokendesk.deps import CurrentActor, DbSession
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
+
+TeamFilter = Annotated[
+    int | None, Query(ge=0, le=DB_INT_MAX, description="0: users without a team")
+]
 
 
 def _query(
     period: Annotated[Period | None, Query(description="current period when left out")] = None,
     first_day: Annotated[date | None, Query(alias="from", description="custom range")] = None,
     last_day: Annotated[date | None, Query(alias="to", description="custom range")] = None,
-    team_id: Annotated[int | None, Query(ge=0, description="0: users without a team")] = None,
+    team_id: TeamFilter = None,
     model: Annotated[str | None, Query(max_length=service.MAX_MODEL_LENGTH)] = None,
 ) -> service.Query:
     return service.Query(

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 
 from tokendesk.audit.repository import AuditFilter, AuditRow, audit_page
 from tokendesk.audit.schemas import AuditActor, AuditEntryOut, AuditPage
+from tokendesk.bounds import Offset, QueryId
 from tokendesk.deps import DbSession, OrgAdminActor
 from tokendesk.errors import InvalidInput
 
@@ -39,14 +40,14 @@ def _entry_out(row: AuditRow) -> AuditEntryOut:
 async def list_audit(
     session: DbSession,
     actor: OrgAdminActor,
-    actor_id: int | None = None,
+    actor_id: QueryId | None = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
     target_type: Annotated[str | None, Query(max_length=32)] = None,
     target_id: Annotated[str | None, Query(max_length=64)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    offset: Offset = 0,
 ) -> AuditPage:
     """Newest first. ``since`` is inclusive, ``until`` exclusive."""
     since, until = _aware(since), _aware(until)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from tokendesk.bounds import Offset, path_id
 from tokendesk.chat import service
 from tokendesk.chat.schemas import (
     ConversationDetail,
@@ -20,13 +21,15 @@ from tokendesk.deps import AppSettings, CurrentActor, DbSession
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 
+ConversationId = Annotated[int, path_id("conversation")]
+
 
 @router.get("", response_model=ConversationPage)
 async def list_conversations(
     actor: CurrentActor,
     session: DbSession,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> ConversationPage:
     items, total = await service.list_conversations(
         session, actor=actor, limit=limit, offset=offset
@@ -52,7 +55,7 @@ async def create_conversation(
 
 @router.get("/{conversation_id}", response_model=ConversationDetail)
 async def get_conversation(
-    conversation_id: int, actor: CurrentActor, session: DbSession
+    conversation_id: ConversationId, actor: CurrentActor, session: DbSession
 ) -> ConversationDetail:
     found = await service.get_with_messages(session, actor=actor, conversation_id=conversation_id)
     return ConversationDetail(
@@ -63,7 +66,10 @@ async def get_conversation(
 
 @router.patch("/{conversation_id}", response_model=ConversationOut)
 async def update_conversation(
-    conversation_id: int, body: ConversationUpdate, actor: CurrentActor, session: DbSession
+    conversation_id: ConversationId,
+    body: ConversationUpdate,
+    actor: CurrentActor,
+    session: DbSession,
 ) -> ConversationOut:
     conversation = await service.update_conversation(
         session, actor=actor, conversation_id=conversation_id, title=body.title, model=body.model
@@ -73,7 +79,7 @@ async def update_conversation(
 
 @router.delete("/{conversation_id}", status_code=204)
 async def delete_conversation(
-    conversation_id: int, actor: CurrentActor, session: DbSession
+    conversation_id: ConversationId, actor: CurrentActor, session: DbSession
 ) -> Response:
     await service.delete_conversation(session, actor=actor, conversation_id=conversation_id)
     return Response(status_code=204)
@@ -81,7 +87,7 @@ async def delete_conversation(
 
 @router.post("/{conversation_id}/messages", response_model=MessageOut, status_code=201)
 async def add_message(
-    conversation_id: int,
+    conversation_id: ConversationId,
     body: MessageIn,
     actor: CurrentActor,
     session: DbSession,

@@ -19,6 +19,7 @@ from sqlalchemy import Select, Table, bindparam, case, func, insert, select, upd
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Organization, Team, User
+from tokendesk.bounds import BALANCE_CEILING
 from tokendesk.db import bound_rows, dialect_of, in_list, listed, rows_bound, run_core, utcnow
 from tokendesk.errors import InsufficientTokens, InvalidInput, NotFound
 from tokendesk.events.bus import Event, emit
@@ -325,10 +326,22 @@ async def credit(
     token_request_id: int | None = None,
     now: datetime | None = None,
 ) -> Balance:
-    """Add ``amount`` (may be negative) of ``kind`` to the user's current period."""
+    """Add ``amount`` (may be negative) of ``kind`` to the user's current period.
+
+    Refused (422 on ``amount``) if it would take the column past the period's
+    ``BALANCE_CEILING`` either way, so no run of grants or adjustments can
+    overflow the balance (see :mod:`tokendesk.bounds`).
+    """
     now = now or utcnow()
     balance = await get_balance(session, user_id=user_id, now=now)
-    column = getattr(Balance, KIND_COLUMN[kind])
+    name = KIND_COLUMN[kind]
+    if abs(getattr(balance, name) + amount) > BALANCE_CEILING:
+        raise InvalidInput(
+            f"amount: would take user {user_id}'s {name} tokens this period past "
+            f"{BALANCE_CEILING:,}",
+            field="amount",
+        )
+    column = getattr(Balance, name)
     await session.execute(
         update(Balance)
         .where(Balance.user_id == user_id)

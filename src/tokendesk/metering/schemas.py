@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from tokendesk.accounts.schemas import MAX_TOKENS, StrictModel
+from tokendesk.accounts.schemas import StrictModel
+from tokendesk.bounds import EventTokens, Id
 
 MAX_BATCH = 1000
 
@@ -13,10 +14,10 @@ class UsageEventIn(StrictModel):
     event_id: str = Field(min_length=1, max_length=200, description="Unique per organization.")
     user_email: str | None = Field(default=None, min_length=1, max_length=320)
     # Runs even when absent, so that "neither given" is reported on this field.
-    user_id: int | None = Field(default=None, gt=0, strict=True, validate_default=True)
+    user_id: Id | None = Field(default=None, validate_default=True)
     model: str = Field(min_length=1, max_length=200)
-    prompt_tokens: int = Field(ge=0, le=MAX_TOKENS, strict=True)
-    completion_tokens: int = Field(ge=0, le=MAX_TOKENS, strict=True)
+    prompt_tokens: EventTokens
+    completion_tokens: EventTokens
     occurred_at: AwareDatetime | None = Field(
         default=None, description="When the call happened; default now."
     )

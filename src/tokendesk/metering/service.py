@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.bounds import BALANCE_CEILING, MAX_EVENT_TOKENS
 from tokendesk.db import utcnow
 from tokendesk.errors import InvalidInput, NotFound
 from tokendesk.events.bus import emit
@@ -63,7 +64,7 @@ class UsageResult:
 
 
 def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_EVENT_TOKENS
 
 
 def _check(index: int, usage: UsageInput, now: datetime) -> None:
@@ -79,11 +80,17 @@ def _check(index: int, usage: UsageInput, now: datetime) -> None:
         raise bad("model", f"must be 1 to {MAX_ID_LENGTH} characters")
     if not isinstance(usage.source, str) or not 1 <= len(usage.source) <= MAX_SOURCE_LENGTH:
         raise bad("source", f"must be 1 to {MAX_SOURCE_LENGTH} characters")
+    counts = f"must be a whole number from 0 to {MAX_EVENT_TOKENS:,}"
     for field in ("prompt_tokens", "completion_tokens"):
         if not _is_count(getattr(usage, field)):
-            raise bad(field, "must be a non-negative integer")
+            raise bad(field, counts)
     if usage.total_tokens is not None and not _is_count(usage.total_tokens):
-        raise bad("total_tokens", "must be a non-negative integer")
+        raise bad("total_tokens", counts)
+    if not _is_count(usage.debit):
+        raise bad(
+            "completion_tokens",
+            f"prompt_tokens and completion_tokens together must be at most {MAX_EVENT_TOKENS:,}",
+        )
     if usage.occurred_at is not None:
         if usage.occurred_at.tzinfo is None:
             raise bad("occurred_at", "must carry a time zone")
@@ -114,6 +121,16 @@ def _plan(
         remaining[usage.user_id] -= usage.debit
         plan.balance_after[usage.event_id] = remaining[usage.user_id]
         plan.used[usage.user_id] += usage.debit
+        # A cap per event does not bound a period's sum (a period holds any number of
+        # events), so the sum has its own ceiling: past it the event is refused, the
+        # one exception to "usage is always recorded" (see tokendesk.bounds).
+        if balances[usage.user_id].used + plan.used[usage.user_id] > BALANCE_CEILING:
+            name = f"events.{index}"
+            raise InvalidInput(
+                f"{name}: would take user {usage.user_id}'s used tokens this period past "
+                f"{BALANCE_CEILING:,}",
+                field=name,
+            )
     return plan
 
 

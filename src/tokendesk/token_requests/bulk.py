@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
+from tokendesk.bounds import BALANCE_CEILING, is_id
 from tokendesk.db import utcnow
 from tokendesk.errors import InvalidInput
 from tokendesk.ledger import service as ledger
@@ -39,8 +40,8 @@ def _check_ids(ids: Sequence[object]) -> list[int]:
         raise InvalidInput(f"ids: give between 1 and {MAX_BULK_IDS} ids", field="ids")
     checked: list[int] = []
     for value in ids:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise InvalidInput("ids: every id must be a positive whole number", field="ids")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput("ids: every id must be a whole number", field="ids")
         checked.append(value)
     if len(set(checked)) != len(checked):
         raise InvalidInput("ids: must not contain duplicates", field="ids")
@@ -77,16 +78,16 @@ async def bulk(
         # are all visible by the time this batch is sized against the pool.
         await repo.get_organization(session, organization_id=org_id, lock=True)
 
-    found = {
-        row.id: row
-        for row in await repo.items_by_ids(
-            session,
-            scope=service.scope_for(actor),
-            ids=sorted(ids),
-            now=now,
-            org_default=org_default,
-        )
-    }
+    # An id no request can have is not looked for: it is reported as not found.
+    possible = sorted(request_id for request_id in ids if is_id(request_id))
+    rows = await repo.items_by_ids(
+        session,
+        scope=service.scope_for(actor),
+        ids=possible,
+        now=now,
+        org_default=org_default,
+    )
+    found = {row.id: row for row in rows}
     skipped: dict[int, str] = {}
     candidates: list[AnyRow] = []
     for request_id in ids:
@@ -172,6 +173,16 @@ async def _grant(
         await ledger.rollover_due(session, now=now, user_ids=list(chunk))
     request_ids = [row.id for row in changed]
     balances = await repo.grant_approved(session, request_ids=request_ids, now=now)
+    # One request per user, so each grant moved its balance by at most MAX_TOKENS: past
+    # the ceiling, but nowhere near overflowing. The whole batch is refused (and rolled
+    # back with the request), as a single approval would be.
+    over = sorted(row.user_id for row in balances if row.granted > BALANCE_CEILING)
+    if over:
+        raise InvalidInput(
+            f"ids: approving would take user {over[0]}'s granted tokens this period past "
+            f"{BALANCE_CEILING:,}",
+            field="ids",
+        )
     await repo.insert_grant_entries(
         session, request_ids=request_ids, actor_id=actor.user_id, note=note, now=now
     )

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
+from tokendesk.bounds import Offset, QueryId, path_id
 from tokendesk.deps import CurrentActor, DbSession
 from tokendesk.token_requests import bulk as bulk_service
 from tokendesk.token_requests import service
@@ -25,6 +26,8 @@ from tokendesk.token_requests.schemas import (
 
 router = APIRouter(prefix="/token-requests", tags=["token requests"])
 
+RequestId = Annotated[int, path_id("token request")]
+
 Search = Annotated[
     str | None, Query(max_length=200, description="Part of the requester's name or email.")
 ]
@@ -42,10 +45,10 @@ async def list_requests(
     session: DbSession,
     actor: CurrentActor,
     status: RequestStatus | None = None,
-    team_id: int | None = None,
+    team_id: QueryId | None = None,
     q: Search = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     sort: Sort = "created_at",
 ) -> TokenRequestPage:
     items, total = await service.list_requests(
@@ -69,7 +72,7 @@ async def pending_count(session: DbSession, actor: CurrentActor) -> PendingCount
 
 @router.get("/counts", summary="Requests per status, for the queue's tabs")
 async def status_counts(
-    session: DbSession, actor: CurrentActor, team_id: int | None = None, q: Search = None
+    session: DbSession, actor: CurrentActor, team_id: QueryId | None = None, q: Search = None
 ) -> StatusCounts:
     return await service.counts(session, actor=actor, team_id=team_id, q=q)
 
@@ -82,13 +85,15 @@ async def bulk_decide(body: BulkIn, session: DbSession, actor: CurrentActor) -> 
 
 
 @router.get("/{request_id}")
-async def get_request(request_id: int, session: DbSession, actor: CurrentActor) -> TokenRequestOut:
+async def get_request(
+    request_id: RequestId, session: DbSession, actor: CurrentActor
+) -> TokenRequestOut:
     return await service.get(session, actor=actor, request_id=request_id)
 
 
 @router.post("/{request_id}/approve", summary="Approve, optionally with another amount")
 async def approve_request(
-    request_id: int,
+    request_id: RequestId,
     session: DbSession,
     actor: CurrentActor,
     body: Annotated[ApproveIn | None, Body()] = None,
@@ -101,7 +106,7 @@ async def approve_request(
 
 @router.post("/{request_id}/reject")
 async def reject_request(
-    request_id: int,
+    request_id: RequestId,
     session: DbSession,
     actor: CurrentActor,
     body: Annotated[RejectIn | None, Body()] = None,
@@ -112,6 +117,6 @@ async def reject_request(
 
 @router.post("/{request_id}/cancel", summary="Withdraw your own pending request")
 async def cancel_request(
-    request_id: int, session: DbSession, actor: CurrentActor
+    request_id: RequestId, session: DbSession, actor: CurrentActor
 ) -> TokenRequestOut:
     return await service.cancel(session, actor=actor, request_id=request_id)

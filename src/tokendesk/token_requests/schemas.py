@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tokendesk.accounts.schemas import MAX_TOKENS, Ref
+from tokendesk.accounts.schemas import Ref
+from tokendesk.bounds import PositiveTokens
 from tokendesk.token_requests.models import RequestStatus
 
 MAX_TEXT = 1000
@@ -17,9 +18,11 @@ MAX_BULK_IDS = 100_000
 Sort = Literal["created_at", "-created_at", "amount", "-amount"]
 BulkAction = Literal["approve", "reject"]
 
-# Strict, so 1.5, "10" and true are refused instead of coerced.
-Amount = Annotated[int, Field(strict=True, gt=0, le=MAX_TOKENS)]
-RequestId = Annotated[int, Field(strict=True, gt=0)]
+Amount = PositiveTokens
+# Any whole number: one that no request can have is reported as not found, like a
+# missing one, rather than failing the whole batch (see ``bulk``). Strict, so 1.5,
+# "10" and true are refused instead of coerced.
+RequestId = Annotated[int, Field(strict=True)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 
 

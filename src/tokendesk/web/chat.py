@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts import api_keys, users
 from tokendesk.accounts.actor import Actor
+from tokendesk.bounds import parse_id
 from tokendesk.chat import service as chat
 from tokendesk.chat.schemas import ConversationOut, MessageOut
 from tokendesk.deps import DbSession
@@ -169,7 +170,7 @@ async def new_chat(request: Request, session: DbSession) -> HTMLResponse:
 async def open_chat(request: Request, session: DbSession, conversation_id: str) -> HTMLResponse:
     actor = await page_actor(request, session)
     # A mistyped address gets the page's own "not found", not a JSON validation error.
-    wanted = int(conversation_id) if conversation_id.isdecimal() else 0
+    wanted = parse_id(conversation_id) or 0
     return await _chat_page(request, session, actor, wanted)
 
 

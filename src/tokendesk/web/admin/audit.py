@@ -20,6 +20,7 @@ from tokendesk.web.admin.common import (
     admin_render,
     optional_int,
     org_timezone,
+    parse_page,
     query_string,
 )
 
@@ -124,7 +125,7 @@ async def audit_log(
         error = None
         if since_day and until_day and until_day < since_day:
             error = "To: must not be before From."
-        page_number = max(optional_int(page) or 1, 1)
+        page_number = parse_page(page)
         # Dates are the organization's calendar days; "To" includes the whole day.
         local = zone(tz)
         rows: list[AuditRow] = []

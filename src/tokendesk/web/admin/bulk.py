@@ -14,6 +14,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
 from tokendesk.accounts.actor import Actor
+from tokendesk.bounds import parse_id
 from tokendesk.deps import DbSession
 from tokendesk.errors import AppError
 from tokendesk.token_requests import bulk as bulk_service
@@ -43,9 +44,9 @@ def _parse_ids(raw: str) -> list[int]:
     """'3,1,3,x' -> [3, 1]: the form's comma-separated ids, in order, once each."""
     ids: dict[int, None] = {}
     for part in raw.split(","):
-        part = part.strip()
-        if part.isdigit() and int(part) > 0:
-            ids.setdefault(int(part), None)
+        number = parse_id(part)
+        if number is not None:
+            ids.setdefault(number, None)
     return list(ids)
 
 

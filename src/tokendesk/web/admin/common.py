@@ -20,11 +20,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import csrf_ok
+from tokendesk.bounds import MAX_OFFSET, parse_count, path_id
 from tokendesk.deps import SAFE_METHODS, DbSession
 from tokendesk.errors import AppError
 from tokendesk.web.pages import page_actor, render
 
 PAGE_SIZE = 50
+
+# Path ids the admin pages take: one no row can have shows the page's "not found".
+UserPathId = Annotated[int, path_id("user")]
+TeamPathId = Annotated[int, path_id("team")]
+RequestPathId = Annotated[int, path_id("token request")]
 
 
 class NotAnAdmin(Exception):
@@ -185,13 +191,14 @@ def query_string(**params: Any) -> str:
 
 
 def optional_int(value: str | None) -> int | None:
-    """Empty select boxes and blank inputs arrive as ``""``; treat them as absent."""
-    if value is None or value.strip() == "":
-        return None
-    try:
-        return int(value.strip())
-    except ValueError:
-        return None
+    """A select box's or query string's whole number (ASCII digits, within a BIGINT);
+    blank, or anything else, is absent."""
+    return parse_count(value)
+
+
+def parse_page(value: str | None) -> int:
+    """A list's page from its query string: 1 unless a page the list can reach."""
+    return max(parse_count(value, maximum=MAX_OFFSET // PAGE_SIZE) or 1, 1)
 
 
 async def admin_render(

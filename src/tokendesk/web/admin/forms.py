@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from tokendesk.bounds import parse_count
 from tokendesk.errors import AppError
 from tokendesk.web.admin.common import field_errors
 
@@ -22,11 +23,19 @@ def number(raw: str | None) -> int | str | None:
     text = (raw or "").strip()
     if not text:
         return None
-    compact = text.replace(",", "").replace("_", "").replace(" ", "")
-    digits = compact[1:] if compact[:1] in "+-" else compact
-    if digits.isdigit():
-        return int(compact)
-    return text
+    number = signed_number(text)
+    return text if number is None else number
+
+
+def signed_number(text: str) -> int | None:
+    """'-12,000' → -12000: ASCII digits only, with an optional sign and separators.
+
+    Too long for any bound the schemas allow is left for them to refuse by name.
+    """
+    compact = text.strip().replace(",", "").replace("_", "").replace(" ", "")
+    sign = -1 if compact[:1] == "-" else 1
+    magnitude = parse_count(compact[1:] if compact[:1] in ("+", "-") else compact)
+    return None if magnitude is None else sign * magnitude
 
 
 class FormError(Exception):

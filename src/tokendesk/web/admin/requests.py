@@ -18,12 +18,15 @@ from tokendesk.web.admin.common import (
     PAGE_SIZE,
     AdminPageActor,
     AdminRoute,
+    RequestPathId,
     admin_render,
     field_errors,
     optional_int,
+    parse_page,
     query_string,
     toast_response,
 )
+from tokendesk.web.admin.forms import signed_number
 from tokendesk.web.pages import render
 
 router = APIRouter(route_class=AdminRoute, include_in_schema=False)
@@ -59,13 +62,12 @@ class QueueView:
         # Links are shared and bookmarked: an unknown value falls back instead of failing.
         tab = status if status in dict(TABS) else "pending"
         default_sort = cls.default_sort_for(tab)
-        page_number = optional_int(page) or 1
         return cls(
             status=tab,
             q=(q or "").strip()[:200],
             team_id=optional_int(team_id),
             sort=sort if sort in dict(SORTS) else default_sort,
-            page=max(page_number, 1),
+            page=parse_page(page),
         )
 
     @staticmethod
@@ -251,7 +253,11 @@ def _conflict_message(exc: AppError, item: TokenRequestOut | None) -> str:
 
 @router.get("/admin/requests/{request_id}/{action}", response_class=HTMLResponse)
 async def decide_dialog(
-    request: Request, session: DbSession, actor: AdminPageActor, request_id: int, action: str
+    request: Request,
+    session: DbSession,
+    actor: AdminPageActor,
+    request_id: RequestPathId,
+    action: str,
 ) -> HTMLResponse:
     if action not in ("approve", "reject"):
         raise NotFound(f"no such action {action!r}")
@@ -260,12 +266,13 @@ async def decide_dialog(
 
 def _parse_amount(raw: str | None) -> int | None:
     """Blank means the requested amount; thousands separators are tolerated."""
-    text = (raw or "").strip().replace(",", "").replace("_", "").replace(" ", "")
+    text = (raw or "").strip()
     if not text:
         return None
-    if not text.lstrip("-").isdigit():
+    number = signed_number(text)
+    if number is None:
         raise ValueError(text)
-    return int(text)
+    return number
 
 
 @router.post("/admin/requests/{request_id}/approve", response_model=None)
@@ -273,7 +280,7 @@ async def approve(
     request: Request,
     session: DbSession,
     actor: AdminPageActor,
-    request_id: int,
+    request_id: RequestPathId,
     amount: Annotated[str, Form()] = "",
     note: Annotated[str, Form()] = "",
 ) -> Response:
@@ -287,7 +294,7 @@ async def reject(
     request: Request,
     session: DbSession,
     actor: AdminPageActor,
-    request_id: int,
+    request_id: RequestPathId,
     note: Annotated[str, Form()] = "",
 ) -> Response:
     return await _decide(

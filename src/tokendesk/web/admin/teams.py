@@ -12,11 +12,14 @@ from tokendesk.accounts import teams as teams_service
 from tokendesk.accounts import users as users_service
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.schemas import TeamIn, TeamUpdate, UserUpdate
+from tokendesk.bounds import parse_id
 from tokendesk.deps import DbSession
 from tokendesk.errors import AppError
 from tokendesk.web.admin.common import (
     AdminPageActor,
     AdminRoute,
+    TeamPathId,
+    UserPathId,
     admin_render,
     optional_int,
     org_timezone,
@@ -122,7 +125,7 @@ async def _detail_context(session: AsyncSession, actor: Actor, team_id: int) -> 
 
 @router.get("/admin/teams/{team_id}", response_class=HTMLResponse)
 async def team_page(
-    request: Request, session: DbSession, actor: AdminPageActor, team_id: int
+    request: Request, session: DbSession, actor: AdminPageActor, team_id: TeamPathId
 ) -> HTMLResponse:
     context = await _detail_context(session, actor, team_id)
     return await admin_render(
@@ -161,12 +164,12 @@ async def update_team(
     request: Request,
     session: DbSession,
     actor: AdminPageActor,
-    team_id: int,
+    team_id: TeamPathId,
     name: Annotated[str, Form()] = "",
     default_allocation: Annotated[str, Form()] = "",
     owner_ids: Annotated[list[str] | None, Form()] = None,
 ) -> Response:
-    owners = [int(value) for value in owner_ids or [] if value.isdigit()]
+    owners = [number for number in map(parse_id, owner_ids or []) if number is not None]
     values = {"name": name, "default_allocation": default_allocation, "owner_ids": set(owners)}
     try:
         data = build(
@@ -241,7 +244,7 @@ async def add_member(
     request: Request,
     session: DbSession,
     actor: AdminPageActor,
-    team_id: int,
+    team_id: TeamPathId,
     user_id: Annotated[str, Form()] = "",
 ) -> Response:
     return await _move(
@@ -257,7 +260,11 @@ async def add_member(
 
 @router.post("/admin/teams/{team_id}/members/{user_id}/remove", response_model=None)
 async def remove_member(
-    request: Request, session: DbSession, actor: AdminPageActor, team_id: int, user_id: int
+    request: Request,
+    session: DbSession,
+    actor: AdminPageActor,
+    team_id: TeamPathId,
+    user_id: UserPathId,
 ) -> Response:
     return await _move(
         request,
@@ -272,7 +279,7 @@ async def remove_member(
 
 @router.post("/admin/teams/{team_id}/delete", response_model=None)
 async def delete_team(
-    request: Request, session: DbSession, actor: AdminPageActor, team_id: int
+    request: Request, session: DbSession, actor: AdminPageActor, team_id: TeamPathId
 ) -> Response:
     row = await teams_service.get_team(session, actor=actor, team_id=team_id)
     name = row.team.name

@@ -20,9 +20,11 @@ from tokendesk.web.admin.common import (
     PAGE_SIZE,
     AdminPageActor,
     AdminRoute,
+    UserPathId,
     admin_render,
     optional_int,
     org_timezone,
+    parse_page,
     query_string,
     with_events,
 )
@@ -97,7 +99,7 @@ async def users_page(
         "role": chosen_role.value if chosen_role else None,
         "status": chosen_status,
     }
-    page_number = max(optional_int(page) or 1, 1)
+    page_number = parse_page(page)
     rows, total = await users_service.list_users(
         session,
         actor=actor,
@@ -238,13 +240,11 @@ async def user_page(
     request: Request,
     session: DbSession,
     actor: AdminPageActor,
-    user_id: int,
+    user_id: UserPathId,
     page: Q = None,
     created: Q = None,
 ) -> HTMLResponse:
-    context = await _detail_context(
-        session, actor, user_id, ledger_page=max(optional_int(page) or 1, 1)
-    )
+    context = await _detail_context(session, actor, user_id, ledger_page=parse_page(page))
     return await admin_render(
         request,
         session,
@@ -301,7 +301,7 @@ async def update_user(
     request: Request,
     session: DbSession,
     actor: AdminPageActor,
-    user_id: int,
+    user_id: UserPathId,
     name: Annotated[str | None, Form()] = None,
     role: Annotated[str | None, Form()] = None,
     team_id: Annotated[str | None, Form()] = None,
@@ -374,7 +374,7 @@ async def adjust(
     request: Request,
     session: DbSession,
     actor: AdminPageActor,
-    user_id: int,
+    user_id: UserPathId,
     amount: Annotated[str, Form()] = "",
     note: Annotated[str, Form()] = "",
 ) -> Response:
