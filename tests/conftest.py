@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +31,19 @@ from tokendesk.migrations.runner import upgrade
 security._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 PG_URL = os.environ.get("TOKENDESK_TEST_DATABASE_URL", "")
+# Lines a test adds for the end of the run's report (the API fuzzing's figures, say).
+SUMMARY = pytest.StashKey[list[str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SUMMARY] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    for line in config.stash.get(SUMMARY, []):
+        terminalreporter.write_line(line)
+
+
 REQUIRE_PG = os.environ.get("TOKENDESK_REQUIRE_POSTGRES") == "1"
 
 
@@ -110,7 +124,8 @@ async def _session_database(db_url: str) -> AsyncIterator[Database]:
     await database.dispose()
 
 
-async def _wipe(database: Database) -> None:
+async def wipe(database: Database) -> None:
+    """Empty every table (the schema stays)."""
     tables = [t.name for t in reversed(models.Base.metadata.sorted_tables)]
     async with database.transaction() as session:
         if database.is_sqlite:
@@ -123,7 +138,7 @@ async def _wipe(database: Database) -> None:
 @pytest.fixture
 async def database(_session_database: Database) -> AsyncIterator[Database]:
     """A clean, migrated database for one test, installed as the app's database."""
-    await _wipe(_session_database)
+    await wipe(_session_database)
     set_database(_session_database)
     bus = InProcessBus()
     set_bus(bus)

@@ -18,7 +18,7 @@ from tokendesk import __version__
 from tokendesk.bodies import BodyLimits, WholeBodies
 from tokendesk.config import Settings, get_settings
 from tokendesk.db import configure_database, get_database, set_database
-from tokendesk.errors import AppError
+from tokendesk.errors import AppError, ErrorOut
 from tokendesk.events.bus import EventBus, InProcessBus, set_bus
 from tokendesk.ledger import scheduler
 from tokendesk.limits import PerUserLimit
@@ -52,6 +52,27 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     if exc.field:
         content["errors"] = [{"field": exc.field, "message": exc.message}]
     return JSONResponse(status_code=exc.status_code, content=content)
+
+
+def _describe_errors(app: FastAPI) -> None:
+    """Document the 422 body as :func:`_validation_error` writes it, not FastAPI's default."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        described = ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(described.pop("$defs", {}))
+        # Every operation's 422 refers to this name; pointing it at the real shape
+        # fixes them all at once.
+        components["HTTPValidationError"] = described
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def make_bus(settings: Settings) -> EventBus:
@@ -117,6 +138,7 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
     app.state.login_limiter = LoginLimiter()
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(AppError, _app_error)
+    _describe_errors(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

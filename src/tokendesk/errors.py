@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, Field
+
 
 class AppError(Exception):
     status_code = 400
@@ -47,3 +49,17 @@ class InvalidInput(AppError):
     """Bad input that passed schema validation but breaks a rule; names the field."""
 
     status_code = 422
+
+
+class FieldErrorOut(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error's JSON body, whether schema validation or a rule refused the input."""
+
+    detail: str = Field(description="One line: each failing field and its message.")
+    errors: list[FieldErrorOut] = Field(
+        default_factory=list, description="The failing fields, one entry each."
+    )

@@ -35,6 +35,11 @@ from tokendesk.metering.budget import (
     parse_chat,
 )
 from tokendesk.metering.completion import Completion, Overruns, loads, openai_error
+from tokendesk.metering.gateway_openapi import (
+    CHAT_COMPLETIONS_BODY,
+    CHAT_COMPLETIONS_RESPONSES,
+    MODELS_RESPONSES,
+)
 from tokendesk.metering.holds import HoldBatcher, Settler
 from tokendesk.metering.model_config import load_models
 
@@ -174,7 +179,7 @@ async def _session_caller(request: Request, gateway: Gateway) -> KeyOwner:
     return KeyOwner(actor.user_id, actor.home_organization_id, actor.role, actor.email)
 
 
-@router.get("/models")
+@router.get("/models", responses=MODELS_RESPONSES)
 async def list_models(request: Request) -> Response:
     gateway = get_gateway(request.app)
     try:
@@ -248,7 +253,11 @@ def _insufficient(exc: InsufficientTokens) -> JSONResponse:
 
 # Declared for the OpenAPI schema (and served here if the shortcut is not installed);
 # :class:`Shortcut` answers these calls before routing.
-@router.post("/chat/completions")
+@router.post(
+    "/chat/completions",
+    openapi_extra={"requestBody": CHAT_COMPLETIONS_BODY},
+    responses=CHAT_COMPLETIONS_RESPONSES,
+)
 async def chat_completions(request: Request) -> Response:
     gateway = get_gateway(request.app)
     try:
