@@ -25,12 +25,14 @@ from tests.web_admin.live_server import LiveServer, running
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
+from tokendesk.metering.model_config import DEMO_MODEL
 
 # Generated cases per operation and identity, past the schema's boundary cases (the
 # coverage phase); the run stays within a couple of minutes on a small machine.
 MAX_EXAMPLES = 10
 # The event stream never ends by design, so a call to it cannot complete.
 EXCLUDED_PATHS = ["/events"]
+COMPLETIONS = "/v1/chat/completions"
 
 
 @dataclass
@@ -104,6 +106,11 @@ def test_every_operation_answers_without_server_error_and_as_documented(
 ) -> None:
     label = (identity.email, case.operation.label)
     run_figures.cases[label] += 1
+    body = case.body
+    if case.operation.path == COMPLETIONS and isinstance(body, dict) and "model" in body:
+        # Generated names are models nobody serves (a 404 before anything else); the
+        # server's own model takes the call through holds, the model and settlement.
+        body["model"] = DEMO_MODEL
     try:
         case.call_and_validate(
             base_url=live[0].url,
@@ -111,6 +118,7 @@ def test_every_operation_answers_without_server_error_and_as_documented(
             checks=[not_a_server_error, response_schema_conformance],
             timeout=30,
         )
-    except Exception:
+    except BaseException:
+        # Schemathesis reports its findings as a group of failures, a BaseException.
         run_figures.failures[label] += 1
         raise

@@ -36,7 +36,7 @@ DB_INT_MAX = 2**63 - 1
 # An amount one write may move: a request, an approval, an adjustment, an allocation,
 # a pool or the largest request an organization allows.
 MAX_TOKENS = 10**12
-# Tokens one usage event may report, for each of prompt and completion.
+# Tokens one usage event may report: prompt and completion together.
 MAX_EVENT_TOKENS = 10**9
 # How far granted, adjusted (either way) and used may go within one period.
 BALANCE_CEILING = 10**15

@@ -162,12 +162,12 @@ class TestAdjustmentsWithinTheMaximum:
         self, client: httpx.AsyncClient, database: Database, world: World
     ) -> None:
         before = await snapshot(database)
-        response = await _adjust(client, world.owner, world.alice, 10**15)
+        response = await _adjust(client, world.owner, world.alice, 10**9)
         assert response.status_code == 422
         assert response.json()["errors"] == [
             {
                 "field": "amount",
-                "message": "amount: adds 1000000000000000 tokens, more than the "
+                "message": "amount: adds 1000000000 tokens, more than the "
                 "organization's maximum per request (1000000)",
             }
         ]
@@ -221,7 +221,7 @@ class TestOverridesWithinThePool:
         self, client: httpx.AsyncClient, database: Database, world: World
     ) -> None:
         before = await snapshot(database)
-        response = await _patch(client, world.admin, world.bob, {"allocation_override": 10**15})
+        response = await _patch(client, world.admin, world.bob, {"allocation_override": 10**9})
         assert response.status_code == 422
         assert response.json()["errors"][0]["field"] == "allocation_override"
         assert await snapshot(database) == before

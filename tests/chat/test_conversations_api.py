@@ -233,6 +233,8 @@ class TestAddMessage:
             ({"role": "user"}, "content"),
             ({"role": "assistant", "content": "x", "tokens": -1}, "tokens"),
             ({"role": "assistant", "content": "x", "tokens": 1.5}, "tokens"),
+            ({"role": "assistant", "content": "x", "tokens": 2**63}, "tokens"),
+            ({"role": "assistant", "content": "x", "tokens": 10**9 + 1}, "tokens"),
             ({"role": "user", "content": "x", "extra": 1}, "extra"),
         ],
     )

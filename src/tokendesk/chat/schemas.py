@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from tokendesk.bounds import EventTokens
 from tokendesk.chat.models import MessageRole
 
 MAX_TITLE = 200
@@ -53,7 +54,8 @@ class MessageIn(StrictModel):
     content: str = Field(
         min_length=1, description="At most TOKENDESK_MESSAGE_MAX_CHARS characters."
     )
-    tokens: int | None = Field(default=None, ge=0, strict=True)
+    # What the gateway reported for one reply: no more than one usage event may carry.
+    tokens: EventTokens | None = None
 
     @field_validator("content")
     @classmethod

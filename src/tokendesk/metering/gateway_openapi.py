@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokendesk.metering.model_config import MAX_N
+
 _ERROR: dict[str, Any] = {
     "type": "object",
     "required": ["error"],
@@ -56,8 +58,8 @@ _MESSAGE: dict[str, Any] = {
 _MAX_TOKENS: dict[str, Any] = {
     "type": "integer",
     "minimum": 1,
-    "description": "Completion tokens at most; held before the call, the unused part returned. "
-    "Default: TOKENDESK_GATEWAY_DEFAULT_MAX_TOKENS.",
+    "description": "Lowers the completion budget tokendesk sets (and holds) for the call; "
+    "at most the model's max_output_tokens (400 past it).",
 }
 
 CHAT_COMPLETIONS_BODY: dict[str, Any] = {
@@ -79,7 +81,15 @@ CHAT_COMPLETIONS_BODY: dict[str, Any] = {
                         **_MAX_TOKENS,
                         "description": "Takes precedence over max_tokens.",
                     },
+                    "n": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": MAX_N,
+                        "default": 1,
+                        "description": "Choices per call, where the model allows more than one.",
+                    },
                     "stream": {"type": "boolean", "default": False},
+                    "stream_options": {"type": "object"},
                 },
                 "additionalProperties": True,
             }
@@ -116,7 +126,19 @@ CHAT_COMPLETIONS_RESPONSES: dict[int | str, dict[str, Any]] = {
                     },
                 }
             },
-            "text/event-stream": {"schema": {"type": "string"}},
+            # One server-sent event: a chunk's JSON in ``data``, and ``[DONE]`` last.
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "data": {"type": "string"},
+                        "event": {"type": "string"},
+                        "id": {"type": "string"},
+                        "retry": {"type": "integer"},
+                    },
+                }
+            },
         },
     },
     **_ERRORS,
