@@ -88,7 +88,7 @@ CHAT_COMPLETIONS_BODY: dict[str, Any] = {
                         "default": 1,
                         "description": "Choices per call, where the model allows more than one.",
                     },
-                    "stream": {"type": "boolean", "default": False},
+                    "stream": {"type": ["boolean", "null"], "default": False},
                     "stream_options": {"type": "object"},
                 },
                 "additionalProperties": True,
