@@ -6,7 +6,9 @@ The requested model name picks the behaviour: ``fast`` (usage reported),
 It records the Authorization header of every call so tests can check what was sent.
 A test may set ``usage`` (what every reply reports as its usage, valid or not)
 and ``deltas`` (the stream's deltas, and the message of a whole reply, instead of
-the words of ``REPLY``), or ``raw`` (the body of a whole reply or a stream, as is).
+the words of ``REPLY``), or ``raw`` (the body of a whole reply or a stream, as is),
+and ``trickle`` (awaited before each chunk of a stream and each piece of a whole
+reply, which then comes ``TRICKLE_BYTES`` at a time).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import uvicorn
 REPLY = "Hello from the fake upstream, one two three four five."
 USAGE = {"prompt_tokens": 11, "completion_tokens": 13, "total_tokens": 24}
 SLOW_SECONDS = 1.0
+TRICKLE_BYTES = 16
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -39,6 +42,7 @@ class FakeUpstream:
         self.usage: Any = USAGE
         self.deltas: list[dict[str, Any]] | None = None
         self.raw: bytes | None = None
+        self.trickle: Callable[[], Awaitable[None]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -79,7 +83,7 @@ class FakeUpstream:
         if request.get("stream"):
             # A dropped stream breaks off after its third chunk, or before the last one of its own.
             drop_at = 2 if self.deltas is None else len(deltas) - 2
-            await _stream(send, model, usage, request, deltas, drop_at)
+            await _stream(send, model, usage, request, deltas, drop_at, self.trickle)
             return
         if self.raw is not None:
             await _send_body(send, self.raw)
@@ -102,7 +106,16 @@ class FakeUpstream:
         }
         if model != "nousage":
             reply["usage"] = usage
-        await _json(send, 200, reply)
+        payload = json.dumps(reply).encode()
+        if self.trickle is None:
+            await _send_body(send, payload)
+            return
+        await _start(send, 200, b"application/json", len(payload))
+        for start in range(0, len(payload), TRICKLE_BYTES):
+            await self.trickle()
+            piece = payload[start : start + TRICKLE_BYTES]
+            more = start + TRICKLE_BYTES < len(payload)
+            await send({"type": "http.response.body", "body": piece, "more_body": more})
 
 
 async def _json(send: Send, status: int, data: Any) -> None:
@@ -112,17 +125,21 @@ async def _json(send: Send, status: int, data: Any) -> None:
 async def _send_body(
     send: Send, payload: bytes, status: int = 200, content_type: bytes = b"application/json"
 ) -> None:
+    await _start(send, status, content_type, len(payload))
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _start(send: Send, status: int, content_type: bytes, length: int) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
                 (b"content-type", content_type),
-                (b"content-length", str(len(payload)).encode()),
+                (b"content-length", str(length).encode()),
             ],
         }
     )
-    await send({"type": "http.response.body", "body": payload})
 
 
 async def _stream(
@@ -132,6 +149,7 @@ async def _stream(
     request: dict[str, Any],
     deltas: list[dict[str, Any]],
     drop_at: int,
+    trickle: Callable[[], Awaitable[None]] | None,
 ) -> None:
     await send(
         {
@@ -141,6 +159,8 @@ async def _stream(
         }
     )
     for index, delta in enumerate(deltas):
+        if trickle is not None:
+            await trickle()
         chunk = {
             "id": "c",
             "object": "chat.completion.chunk",

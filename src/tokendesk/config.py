@@ -11,6 +11,11 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "change-me"
+# An upstream call must end, and its hold be settled, before the hold expires: the
+# scheduler may release an expired hold on any tick, so its interval buys no time. The
+# remaining tenth of the TTL covers taking the hold before the call and settling it
+# after; a share rather than a fixed margin keeps it in proportion to any TTL.
+UPSTREAM_DEADLINE_SHARE = 0.9
 
 
 class InsecureSecret(ValueError):
@@ -29,8 +34,9 @@ class Settings(BaseSettings):
     secret_key: str = PLACEHOLDER_SECRET
     # Demo mode tolerates the placeholder secret; `make run` turns it on.
     demo: bool = False
-    # How long a gateway hold may live before the scheduler releases it.
-    reservation_ttl_seconds: int = 600
+    # How long a gateway hold may live before the scheduler releases it; a gateway call
+    # lasts at most UPSTREAM_DEADLINE_SHARE of it (see upstream_deadline_seconds).
+    reservation_ttl_seconds: int = Field(default=600, gt=0)
     # How often the in-server scheduler looks for ended periods and stale holds.
     scheduler_interval_seconds: float = 30.0
     scheduler_enabled: bool = True
@@ -44,7 +50,8 @@ class Settings(BaseSettings):
     gateway_default_max_tokens: int = Field(default=1024, ge=1)
     # The smallest completion budget worth a call: below it a call is refused.
     gateway_min_completion_tokens: int = Field(default=64, ge=1)
-    upstream_timeout_seconds: float = 120.0
+    # Longest wait for an upstream's next bytes; a whole call is bounded by its deadline.
+    upstream_timeout_seconds: float = Field(default=120.0, gt=0, allow_inf_nan=False)
     # Trusted-header mode (off unless set): a proxy authenticating with an org admin's key may
     # name the end user in this header, e.g. X-OpenWebUI-User-Email.
     trusted_user_header: str | None = None
@@ -110,6 +117,21 @@ class Settings(BaseSettings):
             raise ValueError(
                 "TOKENDESK_GATEWAY_MIN_COMPLETION_TOKENS must not exceed "
                 "TOKENDESK_GATEWAY_DEFAULT_MAX_TOKENS"
+            )
+        return self
+
+    @property
+    def upstream_deadline_seconds(self) -> float:
+        """How long a whole upstream call may last, reply or stream, before it is ended."""
+        return self.reservation_ttl_seconds * UPSTREAM_DEADLINE_SHARE
+
+    @model_validator(mode="after")
+    def _calls_end_before_their_holds(self) -> Settings:
+        if self.upstream_timeout_seconds >= self.upstream_deadline_seconds:
+            raise ValueError(
+                "TOKENDESK_UPSTREAM_TIMEOUT_SECONDS must be below the gateway's call deadline, "
+                f"{UPSTREAM_DEADLINE_SHARE:.0%} of TOKENDESK_RESERVATION_TTL_SECONDS "
+                f"({self.upstream_deadline_seconds:g} s): a call ends before its hold expires"
             )
         return self
 

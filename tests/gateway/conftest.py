@@ -34,8 +34,12 @@ async def upstream() -> AsyncIterator[tuple[FakeUpstream, str]]:
 
 @pytest.fixture
 async def harness(
-    database: Database, db_url: str, upstream: tuple[FakeUpstream, str]
+    request: pytest.FixtureRequest,
+    database: Database,
+    db_url: str,
+    upstream: tuple[FakeUpstream, str],
 ) -> AsyncIterator[Harness]:
+    """The gateway before the fake upstream; ``indirect`` parameters override settings."""
     fake, url = upstream
     models = [
         {"name": name, "base_url": f"{url}/v1", "api_key": "sk-upstream-secret"}
@@ -68,6 +72,7 @@ async def harness(
         models=json.dumps(models),
         upstream_timeout_seconds=0.5,
         gateway_default_max_tokens=100,
+        **getattr(request, "param", {}),
     )
     app = create_app(settings, manage_database=False)
     transport = httpx.ASGITransport(app=app)

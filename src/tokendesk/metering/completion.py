@@ -48,13 +48,21 @@ _ID_PREFIX = secrets.token_hex(12)
 _ids = itertools.count()
 
 
-def loads(content: bytes | str) -> Any:
+def loads(content: bytes | str, *, allow_nan: bool = True) -> Any:
     """JSON as :func:`json.loads` reads it; nesting too deep for the parser is invalid
-    JSON (a ValueError) like any other, not a RecursionError that escapes as a 500."""
+    JSON (a ValueError) like any other, not a RecursionError that escapes as a 500.
+
+    ``NaN`` and ``Infinity`` are not JSON: refused with ``allow_nan=False`` (what a member
+    sends, which goes upstream), read as floats otherwise (upstream logprobs carry them).
+    """
     try:
-        return json.loads(content)
+        return json.loads(content, parse_constant=None if allow_nan else _not_json)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not valid JSON")
 
 
 def openai_error(

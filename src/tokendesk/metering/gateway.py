@@ -84,8 +84,10 @@ class Gateway:
         if self._client is None or self._client.closed:
             self._client = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=60),
+                # The total bounds a whole call, a stream's last chunk included, so that
+                # no call outlives its hold; past it a reply fails and a stream is cut.
                 timeout=aiohttp.ClientTimeout(
-                    total=None,
+                    total=self.settings.upstream_deadline_seconds,
                     connect=10.0,
                     sock_read=self.settings.upstream_timeout_seconds,
                 ),
@@ -263,9 +265,9 @@ async def chat_completions(request: Request) -> Response:
     try:
         caller = await _caller(request, gateway)
         try:
-            body = loads(await request.body())
-        except ValueError:
-            raise _bad_request("invalid JSON", "body") from None
+            body = loads(await request.body(), allow_nan=False)
+        except ValueError as exc:
+            raise _bad_request(f"invalid JSON ({exc})", "body") from None
         chat = _parse(body, gateway)
     except GatewayError as exc:
         return exc.response
