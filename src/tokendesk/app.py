@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from tokendesk import __version__
 from tokendesk.bodies import BodyLimits, WholeBodies
 from tokendesk.config import Settings, get_settings
 from tokendesk.db import configure_database, get_database, set_database
-from tokendesk.errors import AppError, ErrorOut
+from tokendesk.errors import AppError, ErrorOut, TooManyAttempts
 from tokendesk.events.bus import EventBus, InProcessBus, set_bus
 from tokendesk.ledger import scheduler
 from tokendesk.limits import PerUserLimit
@@ -51,7 +52,10 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     content: dict[str, Any] = {"detail": exc.message}
     if exc.field:
         content["errors"] = [{"field": exc.field, "message": exc.message}]
-    return JSONResponse(status_code=exc.status_code, content=content)
+    response = JSONResponse(status_code=exc.status_code, content=content)
+    if isinstance(exc, TooManyAttempts):
+        response.headers["Retry-After"] = str(math.ceil(exc.retry_after))
+    return response
 
 
 def _describe_errors(app: FastAPI) -> None:

@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import actor_from_api_key, actor_from_session_cookie, csrf_ok
+from tokendesk.accounts.schemas import UserUpdate
+from tokendesk.accounts.users import NewPassword, prepare_password
 from tokendesk.config import Settings
 from tokendesk.db import get_database
 from tokendesk.errors import AppError, Forbidden, Unauthorized
@@ -95,15 +97,40 @@ async def _org_admin_actor(actor: CurrentActor) -> Actor:
     return actor
 
 
-async def _org_admin_reading(request: Request) -> Actor:
+async def _reading_actor(request: Request) -> Actor:
     # A transaction of its own, over before the endpoint runs: the request then holds
-    # no connection while it waits for the one that writes.
+    # no connection while it waits for the one that writes, or for the password hasher.
     async with get_database().transaction(write=False) as session:
-        actor = await _authenticate(request, session, session_writes=False)
-    return await _org_admin_actor(actor)
+        return await _authenticate(request, session, session_writes=False)
+
+
+async def _org_admin_reading(request: Request) -> Actor:
+    return await _org_admin_actor(await _reading_actor(request))
+
+
+def client_address(request: Request) -> str:
+    """Where the request came from (behind a trusted proxy, the client it names)."""
+    return request.client.host if request.client else "unknown"
+
+
+async def prepared_password(
+    request: Request, *, actor: Actor, user_id: int, data: UserUpdate
+) -> NewPassword | None:
+    """``users.prepare_password`` with the sign-in limiter and this client's address, so
+    guesses at the current password count where guesses at sign-in do."""
+    return await prepare_password(
+        get_database(),
+        actor=actor,
+        user_id=user_id,
+        data=data,
+        guesses=request.app.state.login_limiter,
+        address=client_address(request),
+    )
 
 
 AdminActor = Annotated[Actor, Depends(_admin_actor)]
+# For endpoints that open their write transaction themselves, after slow work.
+ReadingActor = Annotated[Actor, Depends(_reading_actor)]
 OrgAdminActor = Annotated[Actor, Depends(_org_admin_actor)]
 # For endpoints that write in transactions of their own (usage ingest's group commits):
 # the caller is found in a short read transaction, so the request holds no write

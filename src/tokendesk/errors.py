@@ -45,6 +45,16 @@ class InsufficientTokens(AppError):
         self.could_wait = could_wait
 
 
+class TooManyAttempts(AppError):
+    """Too many wrong guesses at a password: the caller waits ``retry_after`` seconds."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: float, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+
 class InvalidInput(AppError):
     """Bad input that passed schema validation but breaks a rule; names the field."""
 

@@ -91,6 +91,41 @@ class TestOwnPassword:
         assert await open_sessions(database, world.alice.id) == 1
 
 
+class TestWrongCurrentPasswords:
+    async def test_wrong_current_passwords_make_the_next_try_wait(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        await sign_in(client, world.alice.email, PASSWORD)
+        before = (await user_of(database, world.alice.id)).password_hash
+        wrong = {"password": NEW, "current_password": "not my password"}
+        for _ in range(3):
+            assert (await _change_own(client, world.alice.id, wrong)).status_code == 403
+        # Even the right one waits now: a stolen cookie guesses no faster than the sign-in form.
+        right = {"password": NEW, "current_password": PASSWORD}
+        response = await _change_own(client, world.alice.id, right)
+        assert response.status_code == 429
+        assert int(response.headers["Retry-After"]) >= 1
+        assert response.json()["errors"][0]["field"] == "current_password"
+        assert (await user_of(database, world.alice.id)).password_hash == before
+
+    async def test_the_settings_form_says_to_wait(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        await sign_in(client, world.alice.email, PASSWORD)
+        before = (await user_of(database, world.alice.id)).password_hash
+        csrf = await page_csrf(client)
+        for current in ("wrong 1", "wrong 2", "wrong 3", PASSWORD):
+            response = await client.post(
+                "/settings/password",
+                data={"csrf_token": csrf, "current_password": current, "password": NEW},
+            )
+        assert response.headers["location"] == "/settings?password=wait#password-title"
+        assert (
+            "Too many wrong current passwords" in (await client.get("/settings?password=wait")).text
+        )
+        assert (await user_of(database, world.alice.id)).password_hash == before
+
+
 class TestSomeoneElsesPassword:
     async def test_an_org_admin_sets_it_and_their_sessions_end(
         self, client: httpx.AsyncClient, database: Database, world: World

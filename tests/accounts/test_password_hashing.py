@@ -9,9 +9,11 @@ import httpx
 import pytest
 from argon2 import PasswordHasher
 
-from tests.accounts.support import PASSWORD, another_browser, sign_in
+from tests.accounts.support import API, PASSWORD, another_browser, page_csrf, sign_in, user_of
 from tests.factories import World
 from tokendesk.accounts import security
+from tokendesk.accounts.security import verify_password
+from tokendesk.db import Database
 
 HOLD_SECONDS = 10.0
 
@@ -42,11 +44,16 @@ class HeldHasher(PasswordHasher):
                 self.inside -= 1
 
 
-@pytest.fixture
-def held(monkeypatch: pytest.MonkeyPatch) -> HeldHasher:
+def hold(monkeypatch: pytest.MonkeyPatch) -> HeldHasher:
+    """From now on, password checks wait for the test."""
     hasher = HeldHasher()
     monkeypatch.setattr(security, "_hasher", hasher)
     return hasher
+
+
+@pytest.fixture
+def held(monkeypatch: pytest.MonkeyPatch) -> HeldHasher:
+    return hold(monkeypatch)
 
 
 async def _entered(hasher: HeldHasher) -> None:
@@ -85,3 +92,67 @@ class TestOffTheEventLoop:
         assert held.most_inside == 2
         for browser in browsers:
             await browser.aclose()
+
+
+class TestOutsideTheWriteTransaction:
+    async def test_another_members_write_completes_while_a_password_change_is_checked(
+        self,
+        client: httpx.AsyncClient,
+        database: Database,
+        world: World,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        held, change = await _alice_changes_her_password(client, world, monkeypatch)
+        assert database.write_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        rename = client.patch(
+            f"{API}/users/{world.bob.id}", json={"name": "Robert"}, headers=world.bob.headers
+        )
+        answer = await asyncio.wait_for(rename, timeout=HOLD_SECONDS / 2)
+        assert answer.status_code == 200, answer.text
+        held.release.set()
+        assert (await change).status_code == 200
+        assert await verify_password((await user_of(database, world.alice.id)).password_hash, NEW)
+
+    async def test_a_password_set_meanwhile_is_not_overwritten(
+        self,
+        client: httpx.AsyncClient,
+        database: Database,
+        world: World,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        held, change = await _alice_changes_her_password(client, world, monkeypatch)
+        reset = client.patch(
+            f"{API}/users/{world.alice.id}",
+            json={"password": "set by the admin"},
+            headers=world.admin.headers,
+        )
+        answer = await asyncio.wait_for(reset, timeout=HOLD_SECONDS / 2)
+        assert answer.status_code == 200, answer.text
+        held.release.set()
+        refused = await change
+        assert refused.status_code == 409
+        assert refused.json()["errors"][0]["field"] == "current_password"
+        stored = (await user_of(database, world.alice.id)).password_hash
+        assert await verify_password(stored, "set by the admin")
+
+
+NEW = "a new passphrase"
+
+
+async def _alice_changes_her_password(
+    client: httpx.AsyncClient, world: World, monkeypatch: pytest.MonkeyPatch
+) -> tuple[HeldHasher, asyncio.Task[httpx.Response]]:
+    """Alice signs in, then changes her password; it returns once the change is
+    checking her current password, held there until the test releases it."""
+    assert (await sign_in(client, world.alice.email, PASSWORD)).status_code == 303
+    held = hold(monkeypatch)
+    csrf = await page_csrf(client)
+    change = asyncio.create_task(
+        client.patch(
+            f"{API}/users/{world.alice.id}",
+            json={"password": NEW, "current_password": PASSWORD},
+            headers={"X-CSRF-Token": csrf},
+        )
+    )
+    await _entered(held)
+    return held, change

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import httpx
 
+from tests.accounts.support import PASSWORD, user_of
 from tests.factories import World, snapshot
 from tests.web_admin.conftest import LoginFactory, remaining, submit
 from tokendesk.accounts.models import Organization
+from tokendesk.accounts.security import verify_password
 from tokendesk.db import Database
 from tokendesk.token_requests import pool
+
+NEW_PASSWORD = "a new passphrase"
 
 
 async def _set_pool(database: Database, world: World, *, left: int) -> None:
@@ -181,6 +185,48 @@ class TestEdit:
         response = await admin.post(f"/admin/users/{world.bob.id}", {"active_shown": "1"})
         assert response.status_code == 200
         assert '<span class="pill pill-cancelled">inactive</span>' in response.text
+
+
+class TestPasswords:
+    async def test_an_admin_changes_their_own_password_with_the_current_one(
+        self, database: Database, world: World, login: LoginFactory
+    ) -> None:
+        admin = await login(world.admin)
+        page = (await admin.get(f"/admin/users/{world.admin.id}")).text
+        assert 'name="current_password"' in page
+        response = await admin.post(
+            f"/admin/users/{world.admin.id}",
+            {"password": NEW_PASSWORD, "current_password": PASSWORD},
+        )
+        assert response.status_code == 200, response.text
+        stored = (await user_of(database, world.admin.id)).password_hash
+        assert await verify_password(stored, NEW_PASSWORD)
+        # The browser that made the change stays signed in.
+        assert (await admin.get("/admin/users")).status_code == 200
+
+    async def test_a_wrong_current_password_is_shown_next_to_its_field(
+        self, database: Database, world: World, login: LoginFactory
+    ) -> None:
+        admin = await login(world.admin)
+        before = await snapshot(database)
+        response = await admin.post(
+            f"/admin/users/{world.admin.id}",
+            {"password": NEW_PASSWORD, "current_password": "not my password"},
+        )
+        assert response.status_code == 403
+        assert 'id="edit-current_password-error"' in response.text
+        assert await snapshot(database) == before
+
+    async def test_someone_elses_password_is_set_without_a_current_one(
+        self, database: Database, world: World, login: LoginFactory
+    ) -> None:
+        admin = await login(world.admin)
+        page = (await admin.get(f"/admin/users/{world.bob.id}")).text
+        assert 'name="current_password"' not in page
+        response = await admin.post(f"/admin/users/{world.bob.id}", {"password": NEW_PASSWORD})
+        assert response.status_code == 200, response.text
+        stored = (await user_of(database, world.bob.id)).password_hash
+        assert await verify_password(stored, NEW_PASSWORD)
 
 
 class TestAdjustments:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from tokendesk.accounts import api_keys, organizations, teams, users
 from tokendesk.accounts.models import Role
@@ -35,7 +35,15 @@ from tokendesk.accounts.schemas import (
     UserUpdate,
 )
 from tokendesk.bounds import Offset, QueryId, path_id
-from tokendesk.deps import AdminActor, CurrentActor, DbSession, OrgAdminActor
+from tokendesk.db import get_database
+from tokendesk.deps import (
+    AdminActor,
+    CurrentActor,
+    DbSession,
+    OrgAdminActor,
+    ReadingActor,
+    prepared_password,
+)
 
 router = APIRouter()
 
@@ -209,7 +217,7 @@ async def read_user(user_id: UserId, session: DbSession, actor: CurrentActor) ->
 
 @router.patch("/users/{user_id}", response_model=UserOut, tags=["users"])
 async def update_user(
-    user_id: UserId, data: UserUpdate, session: DbSession, actor: CurrentActor
+    user_id: UserId, data: UserUpdate, request: Request, actor: ReadingActor
 ) -> UserOut:
     """Change only the fields sent; ``null`` clears ``team_id`` or ``allocation_override``.
 
@@ -217,7 +225,13 @@ async def update_user(
     change the override and team of their members, within teams they own; everyone
     changes their own name and password, never their own allocation, team or role.
     """
-    return _user_out(await users.update_user(session, actor=actor, user_id=user_id, data=data))
+    database = get_database()
+    new_password = await prepared_password(request, actor=actor, user_id=user_id, data=data)
+    async with database.transaction() as session:
+        row = await users.update_user(
+            session, actor=actor, user_id=user_id, data=data, new_password=new_password
+        )
+    return _user_out(row)
 
 
 @router.post("/users/{user_id}/adjustments", response_model=BalanceOut, tags=["users"])

@@ -7,10 +7,12 @@ may read their own record and ledger. Out-of-scope users answer 404.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts import repository as repo
@@ -29,8 +31,8 @@ from tokendesk.accounts.service import (
     require_outranks,
 )
 from tokendesk.audit import service as audit
-from tokendesk.db import utcnow
-from tokendesk.errors import Forbidden, InvalidInput, NotFound
+from tokendesk.db import Database, utcnow
+from tokendesk.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyAttempts
 from tokendesk.events.bus import access_changed
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance, EntryKind
@@ -170,9 +172,60 @@ async def _check_new_override(
     )
 
 
-async def _check_own_password_change(actor: Actor, user: User, data: UserUpdate) -> None:
+class Guesses(Protocol):
+    """Counts wrong guesses at a password per (email, client address) and says how
+    long the next try must wait (the sign-in limiter)."""
+
+    def attempt(self, email: str, address: str) -> float: ...
+    def failed(self, email: str, address: str) -> None: ...
+    def succeeded(self, email: str, address: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class NewPassword:
+    """A password change worked out before the write transaction opens, since argon2
+    is slow and no lock may wait on it. ``replaces``: for your own change, the stored
+    hash the current password matched; it is written only while that is still stored."""
+
+    user_id: int
+    password_hash: str
+    replaces: str | None
+
+
+async def prepare_password(
+    database: Database,
+    *,
+    actor: Actor,
+    user_id: int,
+    data: UserUpdate,
+    guesses: Guesses,
+    address: str,
+) -> NewPassword | None:
+    """Check and hash the password ``data`` sets, outside any transaction; None when it
+    sets none. Hand the result to :func:`update_user`."""
+    if "password" not in data.model_fields_set:
+        return None
+    async with database.transaction(write=False) as reading:
+        user = await get_user_in_scope(reading, actor=actor, user_id=user_id)
+        _check_update_allowed(actor, user, data, set(data.model_fields_set))
+    replaces = None
+    if user.id == actor.user_id:
+        await _check_own_password_change(actor, user, data, guesses=guesses, address=address)
+        replaces = user.password_hash
+    if data.password is None:
+        return None
+    return NewPassword(
+        user_id=user.id, password_hash=await hash_password(data.password), replaces=replaces
+    )
+
+
+async def _check_own_password_change(
+    actor: Actor, user: User, data: UserUpdate, *, guesses: Guesses, address: str
+) -> None:
     """Your own password changes only with the current one, from a browser session:
-    an API key handed to some client must never be enough to take the account over."""
+    an API key handed to some client must never be enough to take the account over.
+    Wrong current passwords slow the next try like wrong sign-ins, so a stolen
+    session cookie is no faster a way to guess the password than the sign-in form."""
     if actor.session_id is None:
         raise Forbidden(
             "password: changing your own password needs a signed-in browser session, "
@@ -183,8 +236,30 @@ async def _check_own_password_change(actor: Actor, user: User, data: UserUpdate)
         raise InvalidInput(
             "current_password: required to change your own password", field="current_password"
         )
+    email = user.email.lower()
+    wait = guesses.attempt(email, address)
+    if wait:
+        raise TooManyAttempts(
+            f"current_password: too many wrong attempts; try again in {math.ceil(wait)} s",
+            retry_after=wait,
+            field="current_password",
+        )
     if not await verify_password(user.password_hash, data.current_password):
+        guesses.failed(email, address)
         raise Forbidden("current_password: does not match your password", field="current_password")
+    guesses.succeeded(email, address)
+
+
+async def _write_password(session: AsyncSession, *, user: User, new: NewPassword) -> None:
+    query = update(User).where(User.id == user.id).values(password_hash=new.password_hash)
+    if new.replaces is not None:
+        query = query.where(User.password_hash == new.replaces)
+    result = await session.execute(query)
+    if not getattr(result, "rowcount", 0):
+        raise Conflict(
+            "current_password: your password was changed meanwhile; sign in with the new one",
+            field="current_password",
+        )
 
 
 def _check_update_allowed(actor: Actor, user: User, data: UserUpdate, fields: set[str]) -> None:
@@ -212,14 +287,20 @@ def _check_update_allowed(actor: Actor, user: User, data: UserUpdate, fields: se
 
 
 async def update_user(
-    session: AsyncSession, *, actor: Actor, user_id: int, data: UserUpdate
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    user_id: int,
+    data: UserUpdate,
+    new_password: NewPassword | None = None,
 ) -> repo.UserRow:
-    """Apply the fields present in ``data``; allocation-related changes take effect at once."""
+    """Apply the fields present in ``data``; allocation-related changes take effect at once.
+    A password in ``data`` is written from ``new_password`` (see :func:`prepare_password`)."""
     user = await get_user_in_scope(session, actor=actor, user_id=user_id)
     fields = set(data.model_fields_set)
     _check_update_allowed(actor, user, data, fields)
-    if "password" in fields and user.id == actor.user_id:
-        await _check_own_password_change(actor, user, data)
+    if data.password is not None and (new_password is None or new_password.user_id != user.id):
+        raise ValueError("a new password is checked and hashed first, by prepare_password")
     new_team = await session.get(Team, user.team_id) if user.team_id is not None else None
     if "team_id" in fields:
         new_team = await session.get(Team, data.team_id) if data.team_id is not None else None
@@ -244,8 +325,8 @@ async def update_user(
             before[name], after[name] = old, new
             setattr(user, name, new)
     details: dict[str, Any] = {"before": before, "after": after}
-    if "password" in fields and data.password is not None:
-        user.password_hash = await hash_password(data.password)
+    if new_password is not None and data.password is not None:
+        await _write_password(session, user=user, new=new_password)
         details["password_changed"] = True
     if details.get("password_changed") or after.get("is_active") is False:
         # Whoever knew the old password (or the deactivated person) is signed out

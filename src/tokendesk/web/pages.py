@@ -34,8 +34,8 @@ from tokendesk.accounts.security import verify_password
 from tokendesk.audit import service as audit
 from tokendesk.config import get_settings
 from tokendesk.db import get_database
-from tokendesk.deps import DbSession
-from tokendesk.errors import AppError
+from tokendesk.deps import DbSession, client_address, prepared_password
+from tokendesk.errors import AppError, TooManyAttempts
 from tokendesk.events.bus import access_changed
 from tokendesk.web.ratelimit import LoginLimiter
 from tokendesk.web.templating import templates
@@ -167,7 +167,7 @@ async def login(
             error=f"Email: at most {MAX_EMAIL} characters.",
         )
     limiter: LoginLimiter = request.app.state.login_limiter
-    address = request.client.host if request.client else "unknown"
+    address = client_address(request)
     wait = limiter.attempt(email, address)
     if wait:
         return _login_page(
@@ -262,20 +262,21 @@ async def logout_everywhere(
 
 # What the settings page says after a password change: a fixed set of outcomes, so
 # nothing a link carries is ever shown as text.
-PASSWORD_OUTCOMES = frozenset({"changed", "wrong", "missing", "short", "expired"})
+PASSWORD_OUTCOMES = frozenset({"changed", "wrong", "missing", "short", "expired", "wait"})
 
 
 @router.post("/settings/password")
 async def change_password(
     request: Request,
-    session: DbSession,
     csrf_token: Annotated[str, Form()] = "",
     current_password: Annotated[str, Form()] = "",
     password: Annotated[str, Form()] = "",
 ) -> Response:
     """The settings page's password form: the same rule as the REST API (the current
     password, from this browser session), and the other browsers are signed out."""
-    actor = await page_actor(request, session)
+    database = get_database()
+    async with database.transaction(write=False) as reading:
+        actor = await page_actor(request, reading)
     outcome = "changed"
     if not csrf_ok(request, csrf_token):
         outcome = "expired"
@@ -288,7 +289,19 @@ async def change_password(
             outcome = "short"
         else:
             try:
-                await users.update_user(session, actor=actor, user_id=actor.user_id, data=data)
+                new_password = await prepared_password(
+                    request, actor=actor, user_id=actor.user_id, data=data
+                )
+                async with database.transaction() as session:
+                    await users.update_user(
+                        session,
+                        actor=actor,
+                        user_id=actor.user_id,
+                        data=data,
+                        new_password=new_password,
+                    )
+            except TooManyAttempts:
+                outcome = "wait"
             except AppError as exc:
                 outcome = "wrong" if exc.field == "current_password" else "missing"
     return RedirectResponse(f"/settings?password={outcome}#password-title", status_code=303)

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import csrf_ok
 from tokendesk.bounds import MAX_OFFSET, parse_count, path_id
+from tokendesk.db import get_database
 from tokendesk.deps import SAFE_METHODS, DbSession
 from tokendesk.errors import AppError
 from tokendesk.web.pages import page_actor, render
@@ -99,12 +100,7 @@ async def submitted_csrf(request: Request) -> str | None:
     return None
 
 
-async def _admin_actor(
-    request: Request,
-    csrf: Annotated[str | None, Depends(submitted_csrf)],
-    session: DbSession,
-) -> Actor:
-    actor = await page_actor(request, session)
+def _admitted(request: Request, csrf: str | None, actor: Actor) -> Actor:
     if not actor.is_admin:
         raise NotAnAdmin()
     # Cookies ride along automatically, so every state change must prove intent.
@@ -113,7 +109,25 @@ async def _admin_actor(
     return actor
 
 
+async def _admin_actor(
+    request: Request,
+    csrf: Annotated[str | None, Depends(submitted_csrf)],
+    session: DbSession,
+) -> Actor:
+    return _admitted(request, csrf, await page_actor(request, session))
+
+
+async def _admin_actor_reading(
+    request: Request, csrf: Annotated[str | None, Depends(submitted_csrf)]
+) -> Actor:
+    async with get_database().transaction(write=False) as session:
+        actor = await page_actor(request, session)
+    return _admitted(request, csrf, actor)
+
+
 AdminPageActor = Annotated[Actor, Depends(_admin_actor)]
+# For a route that opens its write transaction itself, after slow work (a password hash).
+AdminReadingActor = Annotated[Actor, Depends(_admin_actor_reading)]
 
 
 def field_errors(exc: AppError | ValidationError) -> dict[str, str]:

@@ -14,11 +14,13 @@ from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.models import Role
 from tokendesk.accounts.repository import UserRow
 from tokendesk.accounts.schemas import AdjustmentIn, UserIn, UserUpdate
-from tokendesk.deps import DbSession
+from tokendesk.db import get_database
+from tokendesk.deps import DbSession, prepared_password
 from tokendesk.errors import AppError
 from tokendesk.web.admin.common import (
     PAGE_SIZE,
     AdminPageActor,
+    AdminReadingActor,
     AdminRoute,
     UserPathId,
     admin_render,
@@ -223,6 +225,7 @@ async def _detail_context(
         "ledger_pages": max(1, -(-entries_total // LEDGER_PAGE)),
         "editable": _editable(actor, row),
         "can_adjust": row.user.id != actor.user_id,
+        "own_account": row.user.id == actor.user_id,
         "roles": _roles_for(actor) if actor.is_org_admin else ROLE_CHOICES,
         "teams": [(t.team.id, t.team.name) for t in org_teams],
         "movable_teams": {
@@ -299,8 +302,7 @@ def _changed(row: UserRow, submitted: dict[str, Any]) -> dict[str, Any]:
 @router.post("/admin/users/{user_id}", response_model=None)
 async def update_user(
     request: Request,
-    session: DbSession,
-    actor: AdminPageActor,
+    actor: AdminReadingActor,
     user_id: UserPathId,
     name: Annotated[str | None, Form()] = None,
     role: Annotated[str | None, Form()] = None,
@@ -309,8 +311,12 @@ async def update_user(
     is_active: Annotated[str | None, Form()] = None,
     active_shown: Annotated[str | None, Form()] = None,
     password: Annotated[str | None, Form()] = None,
+    current_password: Annotated[str | None, Form()] = None,
 ) -> Response:
-    row = await users_service.get_user(session, actor=actor, user_id=user_id)
+    # Transactions of its own: a new password is checked and hashed between them.
+    database = get_database()
+    async with database.transaction() as session:
+        row = await users_service.get_user(session, actor=actor, user_id=user_id)
     submitted: dict[str, Any] = {}
     if name is not None:
         submitted["name"] = name.strip()
@@ -326,32 +332,41 @@ async def update_user(
     if password:
         submitted["password"] = password
     changes = _changed(row, submitted)
-    if not changes:
-        return with_events(
-            await _detail_fragment(request, session, actor, user_id),
-            toast=("Nothing to save: no field changed.", "ok"),
-        )
+    if "password" in changes and current_password:
+        changes["current_password"] = current_password
     try:
+        if not changes:
+            async with database.transaction() as session:
+                return with_events(
+                    await _detail_fragment(request, session, actor, user_id),
+                    toast=("Nothing to save: no field changed.", "ok"),
+                )
         data = build(UserUpdate, changes)
-        async with session.begin_nested():
-            await users_service.update_user(session, actor=actor, user_id=user_id, data=data)
+        new_password = await prepared_password(request, actor=actor, user_id=user_id, data=data)
+        async with database.transaction() as session:
+            await users_service.update_user(
+                session, actor=actor, user_id=user_id, data=data, new_password=new_password
+            )
+            return with_events(
+                await _detail_fragment(request, session, actor, user_id),
+                toast=(f"Saved {row.user.name}.", "ok"),
+            )
     except (AppError, FormError) as exc:
-        return await _detail_fragment(
-            request,
-            session,
-            actor,
-            user_id,
-            status_code=exc.status_code if isinstance(exc, AppError) else 422,
-            edit_errors=_errors_on_form(errors_of(exc), EDIT_FIELDS),
-            edit_values=submitted,
-        )
-    return with_events(
-        await _detail_fragment(request, session, actor, user_id),
-        toast=(f"Saved {row.user.name}.", "ok"),
-    )
+        async with database.transaction() as session:
+            return await _detail_fragment(
+                request,
+                session,
+                actor,
+                user_id,
+                status_code=exc.status_code if isinstance(exc, AppError) else 422,
+                edit_errors=_errors_on_form(errors_of(exc), EDIT_FIELDS),
+                edit_values=submitted,
+            )
 
 
-EDIT_FIELDS = frozenset({"name", "role", "team_id", "allocation_override", "is_active", "password"})
+EDIT_FIELDS = frozenset(
+    {"name", "role", "team_id", "allocation_override", "is_active", "password", "current_password"}
+)
 
 
 def _errors_on_form(errors: dict[str, str], fields: frozenset[str]) -> dict[str, str]:
