@@ -25,7 +25,7 @@ hundreds of times inside a BIGINT.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, TypeGuard
 
 from fastapi import Query
 from pydantic import AfterValidator, Field
@@ -43,6 +43,12 @@ BALANCE_CEILING = 10**15
 MAX_OFFSET = 10_000_000
 
 _ASCII_INTEGER = re.compile(r"[0-9]{1,30}")
+
+
+def is_count(value: object, *, maximum: int = DB_INT_MAX) -> TypeGuard[int]:
+    """Whether ``value`` is a whole number of tokens from 0 to ``maximum`` (a JSON
+    boolean is not a number here, though Python counts it as one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum
 
 
 def is_id(value: object) -> bool:

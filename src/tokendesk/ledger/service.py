@@ -19,7 +19,7 @@ from sqlalchemy import Select, Table, bindparam, case, func, insert, select, upd
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Organization, Team, User
-from tokendesk.bounds import BALANCE_CEILING
+from tokendesk.bounds import BALANCE_CEILING, DB_INT_MAX
 from tokendesk.db import bound_rows, dialect_of, in_list, listed, rows_bound, run_core, utcnow
 from tokendesk.errors import InsufficientTokens, InvalidInput, NotFound
 from tokendesk.events.bus import Event, emit
@@ -367,16 +367,12 @@ async def credit(
     return balance
 
 
-# The largest amount a BigInteger column holds: a hold beyond it could not be written.
-MAX_TOKENS = 2**63 - 1
-
-
 def check_hold(amount: int, at_least: int | None = None) -> None:
     """Refuse (422, naming the field) a hold that could not be written or makes no sense,
     before it touches the database or shares a batch with anyone else's."""
-    if not 0 < amount <= MAX_TOKENS:
+    if not 0 < amount <= DB_INT_MAX:
         # A non-positive hold would raise the balance instead of holding any of it.
-        raise InvalidInput(f"amount: must be from 1 to {MAX_TOKENS}, got {amount}", field="amount")
+        raise InvalidInput(f"amount: must be from 1 to {DB_INT_MAX}, got {amount}", field="amount")
     if at_least is not None and not 0 < at_least <= amount:
         raise InvalidInput(
             f"at_least: must be from 1 to the amount ({amount}), got {at_least}", field="at_least"

@@ -37,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.bounds import DB_INT_MAX
 from tokendesk.db import (
     Database,
     UTCDateTime,
@@ -184,7 +185,7 @@ def _hold_in_one_statement() -> Any:
 
 def _holdable(request: HoldRequest) -> bool:
     """What the quick paths take; anything else is left for ledger.reserve to refuse."""
-    return 0 < request.least <= request.amount <= ledger.MAX_TOKENS
+    return 0 < request.least <= request.amount <= DB_INT_MAX
 
 
 async def hold_in_one_round_trip(
@@ -221,8 +222,8 @@ async def hold_in_one_round_trip(
         if holds and _holdable(request):
             # A user's calls of the same amount are interchangeable: any of their holds
             # will do. A hold of another amount is a lone call's, shrunk.
-            same = [n for n, h in enumerate(holds) if h.amount == request.amount]
-            results.append(holds.pop(same[0] if same else 0))
+            same = next((n for n, h in enumerate(holds) if h.amount == request.amount), 0)
+            results.append(holds.pop(same))
         elif request.user_id in refused and _holdable(request):
             remaining, reserved = refused[request.user_id]
             results.append(
@@ -248,7 +249,7 @@ async def hold_many(
     for request in requests:
         totals[request.user_id] += request.amount
     # A total the database could not hold in a number is taken call by call instead.
-    totals = {user: total for user, total in totals.items() if total <= ledger.MAX_TOKENS}
+    totals = {user: total for user, total in totals.items() if total <= DB_INT_MAX}
     dialect = dialect_of(session)
     await ledger.lock_in_user_order(session, totals)
     params = rows_bound(dialect, "wanted", WANTED, sorted(totals.items()))

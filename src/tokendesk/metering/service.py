@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokendesk.bounds import BALANCE_CEILING, MAX_EVENT_TOKENS
+from tokendesk.bounds import BALANCE_CEILING, MAX_EVENT_TOKENS, is_count
 from tokendesk.db import utcnow
 from tokendesk.errors import InvalidInput, NotFound
 from tokendesk.events.bus import emit
@@ -63,10 +63,6 @@ class UsageResult:
     replayed: bool
 
 
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_EVENT_TOKENS
-
-
 def _check(index: int, usage: UsageInput, now: datetime) -> None:
     """Raise InvalidInput naming ``events.<index>.<field>`` for the first bad field."""
 
@@ -82,11 +78,13 @@ def _check(index: int, usage: UsageInput, now: datetime) -> None:
         raise bad("source", f"must be 1 to {MAX_SOURCE_LENGTH} characters")
     counts = f"must be a whole number from 0 to {MAX_EVENT_TOKENS:,}"
     for field in ("prompt_tokens", "completion_tokens"):
-        if not _is_count(getattr(usage, field)):
+        if not is_count(getattr(usage, field), maximum=MAX_EVENT_TOKENS):
             raise bad(field, counts)
-    if usage.total_tokens is not None and not _is_count(usage.total_tokens):
+    if usage.total_tokens is not None and not is_count(
+        usage.total_tokens, maximum=MAX_EVENT_TOKENS
+    ):
         raise bad("total_tokens", counts)
-    if not _is_count(usage.debit):
+    if not is_count(usage.debit, maximum=MAX_EVENT_TOKENS):
         raise bad(
             "completion_tokens",
             f"prompt_tokens and completion_tokens together must be at most {MAX_EVENT_TOKENS:,}",

@@ -40,7 +40,7 @@ def text_tokens(text: str) -> int:
         return 0
     if text.isascii():
         return math.ceil(len(text) / CHARS_PER_TOKEN)
-    wide = sum(1 for char in text if not char.isascii())
+    wide = len(text) - len(text.encode("ascii", "ignore"))
     return math.ceil((len(text) - wide) / CHARS_PER_TOKEN) + wide
 
 
