@@ -11,6 +11,7 @@ from argon2 import PasswordHasher
 from tests.accounts.support import LOGIN_TOKEN, PASSWORD, open_sessions, sign_in
 from tests.factories import World
 from tokendesk.accounts import security
+from tokendesk.accounts.schemas import MAX_PASSWORD
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
@@ -23,6 +24,8 @@ Browser = Callable[[str], httpx.AsyncClient]
 async def from_address(database: Database, settings: Settings) -> AsyncIterator[Browser]:
     """Browsers on one app, each from the client address it is given."""
     app = create_app(settings, manage_database=False)
+    # Time stands still: a slow machine neither earns sign-ins back nor outwaits a delay.
+    app.state.login_limiter = LoginLimiter(clock=lambda: 0.0)
     opened: list[httpx.AsyncClient] = []
 
     def browser(address: str) -> httpx.AsyncClient:
@@ -129,6 +132,16 @@ class TestUnknownEmail:
         assert (wrong.status_code, unknown.status_code) == (401, 401)
         assert wrong.text.count("Wrong email or password") == 1
         assert hasher.verified == 2
+
+    async def test_a_password_longer_than_any_that_can_be_set_is_wrong_without_hashing(
+        self, client: httpx.AsyncClient, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        hasher = CountingHasher()
+        monkeypatch.setattr(security, "_hasher", hasher)
+        response = await sign_in(client, world.alice.email, "x" * (MAX_PASSWORD + 1))
+        assert response.status_code == 401
+        assert "Wrong email or password" in response.text
+        assert hasher.verified == 0
 
 
 class TestLimiterMemory:

@@ -12,8 +12,13 @@ from sqlalchemy import select
 from tests.factories import World
 from tests.gateway.conftest import Harness
 from tests.gateway.test_gateway import MESSAGES, balance_of, body, consistent, sse_data
+from tokendesk.accounts.keycache import KeyOwner
+from tokendesk.accounts.models import Role
 from tokendesk.audit.models import AuditEntry
+from tokendesk.bounds import MAX_EVENT_TOKENS
 from tokendesk.db import Database
+from tokendesk.metering.budget import parse_chat
+from tokendesk.metering.completion import Completion
 from tokendesk.metering.tokens import prompt_tokens, text_tokens
 
 PROMPT = prompt_tokens(MESSAGES)
@@ -57,6 +62,25 @@ class TestOverrun:
         assert r.status_code == 200
         await harness.settled()
         assert harness.gateway.overruns.calls == 0
+
+    async def test_a_charge_past_what_one_usage_event_holds_is_charged_at_that_cap(
+        self, harness: Harness, world: World, database: Database
+    ) -> None:
+        # Believable usage can exceed one event's cap on a heavily weighted model with a
+        # large hold; the ledger would refuse such an event and the call would go free.
+        gateway = harness.gateway
+        chat = parse_chat(body("fast"), gateway.models)
+        hold = await gateway.holds.hold(
+            user_id=world.alice.id, organization_id=world.org_id, amount=100
+        )
+        caller = KeyOwner(world.alice.id, world.org_id, Role.MEMBER, world.alice.email)
+        call = Completion(gateway, caller, chat, hold.id, held=hold.amount)
+        call.settle(2 * MAX_EVENT_TOKENS, MAX_EVENT_TOKENS)
+        await harness.settled()
+        after = await balance_of(database, world.alice.id)
+        assert (after.used, after.reserved) == (MAX_EVENT_TOKENS, 0)
+        assert gateway.overruns.calls == 1
+        await consistent(database)
 
 
 UNUSABLE = [

@@ -15,6 +15,10 @@ from tokendesk.ledger.models import Balance
 AllocationSource = Literal["override", "team", "organization"]
 
 
+# The longest password anyone can set: a longer one at sign-in is wrong, unhashed.
+MAX_PASSWORD = 200
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -133,7 +137,7 @@ class UserIn(StrictModel):
     role: Role = Role.MEMBER
     team_id: Id | None = None
     allocation_override: Tokens | None = None
-    password: str | None = Field(default=None, min_length=8, max_length=200)
+    password: str | None = Field(default=None, min_length=8, max_length=MAX_PASSWORD)
 
     _name = field_validator("name")(_clean_name)
 
@@ -147,9 +151,9 @@ class UserUpdate(StrictModel):
     team_id: Id | None = None
     allocation_override: Tokens | None = None
     is_active: bool | None = Field(default=None, strict=True)
-    password: str | None = Field(default=None, min_length=8, max_length=200)
+    password: str | None = Field(default=None, min_length=8, max_length=MAX_PASSWORD)
     # Changing your own password takes the one you have now (and a browser session).
-    current_password: str | None = Field(default=None, max_length=200)
+    current_password: str | None = Field(default=None, max_length=MAX_PASSWORD)
 
     _required = field_validator("name", "role", "is_active", "password")(_not_null)
     _name = field_validator("name")(_clean_name)

@@ -17,13 +17,14 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tokendesk.accounts.keycache import KeyOwner
 from tokendesk.audit import service as audit
+from tokendesk.bounds import MAX_EVENT_TOKENS, is_count
 from tokendesk.db import Database
 from tokendesk.metering import demo_model
 from tokendesk.metering.budget import ChatRequest, completion_budget, upstream_body
@@ -156,6 +157,11 @@ class Completion:
                 held=self.held,
                 charged=charged,
             )
+        # A usage event holds at most MAX_EVENT_TOKENS: a charge past it is recorded at
+        # that cap, since the ledger would refuse the whole settlement (a free call).
+        prompt = min(prompt, MAX_EVENT_TOKENS)
+        completion = min(completion, MAX_EVENT_TOKENS - prompt)
+        charged = min(charged, MAX_EVENT_TOKENS)
         self.gateway.settler.submit(
             Settlement(
                 reservation_id=self.hold_id,
@@ -198,7 +204,7 @@ class Completion:
             return None
         fields = usage if isinstance(usage, dict) else {}
         prompt, completion = fields.get("prompt_tokens"), fields.get("completion_tokens")
-        if _is_count(prompt) and _is_count(completion):
+        if is_count(prompt) and is_count(completion):
             ceiling = ABSURD_FACTOR * max(
                 unweighted(self.held, self.model.weight), self.estimate_prompt + counted
             )
@@ -395,10 +401,6 @@ def _output_texts(message: Any) -> Iterator[str]:
 
 def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
-
-
-def _is_count(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _describe(exc: BaseException) -> str:

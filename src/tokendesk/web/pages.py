@@ -29,7 +29,7 @@ from tokendesk.accounts.auth import (
     set_session_cookie,
 )
 from tokendesk.accounts.models import User
-from tokendesk.accounts.schemas import UserUpdate
+from tokendesk.accounts.schemas import MAX_PASSWORD, UserUpdate
 from tokendesk.accounts.security import verify_password
 from tokendesk.audit import service as audit
 from tokendesk.config import get_settings
@@ -190,7 +190,9 @@ async def login(
     # The check runs outside any transaction: no lock or connection waits on the hasher.
     # Nobody by that email still costs a (stand-in) verification: the answer takes as
     # long as for a wrong password.
-    matched = await verify_password(found.password_hash if found else None, password)
+    matched = len(password) <= MAX_PASSWORD and await verify_password(
+        found.password_hash if found else None, password
+    )
     if found is None or not matched:
         limiter.failed(email, address)
         return _login_page(
