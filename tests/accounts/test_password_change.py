@@ -80,8 +80,8 @@ class TestOwnPassword:
         self, client: httpx.AsyncClient, database: Database, world: World
     ) -> None:
         async with another_browser(client) as other:
-            await sign_in(other, world.alice.email, PASSWORD)
-            await sign_in(client, world.alice.email, PASSWORD)
+            assert (await sign_in(other, world.alice.email, PASSWORD)).status_code == 303
+            assert (await sign_in(client, world.alice.email, PASSWORD)).status_code == 303
             response = await _change_own(
                 client, world.alice.id, {"password": NEW, "current_password": PASSWORD}
             )
@@ -130,7 +130,7 @@ class TestSomeoneElsesPassword:
     async def test_an_org_admin_sets_it_and_their_sessions_end(
         self, client: httpx.AsyncClient, database: Database, world: World
     ) -> None:
-        await sign_in(client, world.bob.email, PASSWORD)
+        assert (await sign_in(client, world.bob.email, PASSWORD)).status_code == 303
         response = await client.patch(
             f"{API}/users/{world.bob.id}", json={"password": NEW}, headers=world.admin.headers
         )

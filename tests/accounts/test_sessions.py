@@ -100,7 +100,8 @@ class TestLifetime:
     async def test_a_session_past_its_lifetime_is_refused(
         self, client: httpx.AsyncClient, database: Database, world: World
     ) -> None:
-        await sign_in(client, world.alice.email, PASSWORD)
+        assert (await sign_in(client, world.alice.email, PASSWORD)).status_code == 303
+        assert (await client.get("/settings")).status_code == 200
         async with database.transaction() as s:
             await s.execute(update(LoginSession).values(expires_at=utcnow() - timedelta(seconds=1)))
         assert (await client.get("/settings")).status_code == 303
