@@ -25,7 +25,7 @@ from tests.web_admin.live_server import LiveServer, running
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.metering.model_config import DEMO_MODEL
+from tokendesk.gateway.model_config import DEMO_MODEL
 
 # Generated cases per operation and identity, past the schema's boundary cases (the
 # coverage phase); the run stays within a couple of minutes on a small machine.

@@ -29,7 +29,7 @@ from tokendesk.app import create_app
 from tokendesk.bodies import BodyLimits, WholeBodies
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.metering.gateway import get_gateway
+from tokendesk.gateway.routes import get_gateway
 
 # Short, so a test waits little for the cut-off; long enough that the other calls made
 # meanwhile finish well within it on a busy machine.

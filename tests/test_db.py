@@ -261,7 +261,8 @@ class TestQuickTransaction:
     ) -> None:
         quick = Database(database.url, checkpoint_delay=0.05)
         passes: list[tuple[bool, int, int, int]] = []  # writers held back?, and the result
-        checkpoint = quick._wal_checkpoint
+        assert quick.quick_path is not None
+        checkpoint = quick.quick_path._wal_checkpoint
 
         async def watched() -> tuple[int, int, int]:
             held = quick._write_lock is not None and quick._write_lock.locked()
@@ -269,7 +270,7 @@ class TestQuickTransaction:
             passes.append((held, busy, frames, copied))
             return busy, frames, copied
 
-        quick._wal_checkpoint = watched  # type: ignore[method-assign]
+        quick.quick_path._wal_checkpoint = watched  # type: ignore[method-assign]
 
         try:
             deadline = time.monotonic() + 0.6
@@ -328,9 +329,10 @@ class TestQuickTransaction:
             held.append(quick._write_lock is not None and quick._write_lock.locked())
             return next(script, (0, 0, 0))
 
-        quick._wal_checkpoint = scripted  # type: ignore[method-assign]
+        assert quick.quick_path is not None
+        quick.quick_path._wal_checkpoint = scripted  # type: ignore[method-assign]
         try:
-            await quick._checkpoint_later()
+            await quick.quick_path._checkpoint_later()
         finally:
             await quick.dispose()
         assert held == [False] * free_passes + [True]

@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
             bus = make_bus(settings)
             await bus.start()
             set_bus(bus)
-        from tokendesk.metering.gateway import install
+        from tokendesk.gateway.routes import install
 
         # Everything imported so far lives for the whole process: keep it out of the
         # collector's generations so large requests (bulk decisions) don't rescan it.
@@ -150,7 +150,7 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
             await session.execute(text("SELECT 1"))
         return {"status": "ok", "version": __version__}
 
-    from tokendesk.metering.gateway import Shortcut
+    from tokendesk.gateway.routes import Shortcut
     from tokendesk.routers import include_routers
 
     include_routers(app)

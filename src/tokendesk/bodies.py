@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokendesk.config import Settings
-from tokendesk.metering.completion import openai_error
+from tokendesk.gateway.completion import openai_error
 
 GATEWAY_PREFIX = "/v1/"
 API_PREFIX = "/api/"

@@ -23,7 +23,7 @@ API_ROUTERS = [
 ROOT_ROUTERS = [
     "tokendesk.web.pages",
     "tokendesk.events.routes",
-    "tokendesk.metering.gateway",
+    "tokendesk.gateway.routes",
     "tokendesk.web.chat",
     "tokendesk.web.admin.routes",
 ]

@@ -18,8 +18,8 @@ from tests.fake_upstream import RunningServer
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
+from tokendesk.gateway.routes import get_gateway
 from tokendesk.limits import PerUserLimit
-from tokendesk.metering.gateway import get_gateway
 
 MOST_STREAMS = 2
 STEP_SECONDS = 10.0

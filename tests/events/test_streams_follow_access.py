@@ -24,7 +24,7 @@ from tokendesk.config import Settings
 from tokendesk.db import Database
 from tokendesk.events.bus import get_bus, set_bus
 from tokendesk.events.pg_bus import PostgresBus
-from tokendesk.metering.gateway import get_gateway
+from tokendesk.gateway.routes import get_gateway
 
 # How long a stream may take to end before the test fails: far beyond what the change's
 # HTTP call and the event's hop take, so only a stream that does not end fails it.

@@ -16,7 +16,7 @@ from tests.fake_upstream import RunningServer
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.metering.gateway import get_gateway
+from tokendesk.gateway.routes import get_gateway
 
 STEP_SECONDS = 10.0
 

@@ -11,9 +11,9 @@ from tests.factories import World
 from tests.gateway.conftest import Harness
 from tests.gateway.test_gateway import MESSAGES, balance_of, body
 from tokendesk.db import Database
+from tokendesk.gateway.tokens import prompt_tokens
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import EntryKind
-from tokendesk.metering.tokens import prompt_tokens
 
 
 async def unchanged(harness: Harness, database: Database, user_id: int) -> None:

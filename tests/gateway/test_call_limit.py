@@ -17,7 +17,7 @@ from tests.fake_upstream import RunningServer
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.metering.gateway import Gateway, get_gateway
+from tokendesk.gateway.routes import Gateway, get_gateway
 
 MOST_CALLS = 2
 STEP_SECONDS = 10.0

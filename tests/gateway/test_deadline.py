@@ -14,9 +14,9 @@ from tests.gateway.conftest import Harness
 from tests.gateway.test_gateway import MESSAGES, balance_of, body, consistent, sse_data
 from tokendesk.config import Settings
 from tokendesk.db import Database
+from tokendesk.gateway.tokens import prompt_tokens, text_tokens
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Reservation, ReservationStatus
-from tokendesk.metering.tokens import prompt_tokens, text_tokens
 
 # Holds live 2 s, so calls end after 1.8 s; the trickling upstream would take 4 s.
 SHORT_TTL = {"reservation_ttl_seconds": 2}

@@ -13,11 +13,11 @@ from tests.gateway.conftest import Harness
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
+from tokendesk.gateway.routes import get_gateway
+from tokendesk.gateway.tokens import prompt_tokens, text_tokens
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.doctor import check_balances
 from tokendesk.ledger.models import Balance, EntryKind
-from tokendesk.metering.gateway import get_gateway
-from tokendesk.metering.tokens import prompt_tokens, text_tokens
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 

@@ -17,6 +17,8 @@ from tests.factories import World
 from tokendesk.accounts import service as accounts
 from tokendesk.db import Database
 from tokendesk.errors import AppError, InsufficientTokens, InvalidInput
+from tokendesk.gateway import holds
+from tokendesk.gateway.holds import Hold, HoldBatcher, Settlement, Settler
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.doctor import check_balances
 from tokendesk.ledger.models import (
@@ -26,8 +28,6 @@ from tokendesk.ledger.models import (
     Reservation,
     ReservationStatus,
 )
-from tokendesk.metering import holds
-from tokendesk.metering.holds import Hold, HoldBatcher, Settlement, Settler
 from tokendesk.metering.holds_repository import HoldRequest, reserve_each, settle_many
 from tokendesk.metering.ingest import UsageRecorder
 from tokendesk.metering.models import UsageEvent

@@ -16,9 +16,9 @@ from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
 from tokendesk.events.bus import Event, emit, get_bus
+from tokendesk.gateway.routes import get_gateway
+from tokendesk.gateway.tokens import prompt_tokens, text_tokens
 from tokendesk.ledger import service as ledger
-from tokendesk.metering.gateway import get_gateway
-from tokendesk.metering.tokens import prompt_tokens, text_tokens
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from tokendesk.config import Settings
-from tokendesk.metering.model_config import DEMO_MODEL, load_models
+from tokendesk.gateway.model_config import DEMO_MODEL, load_models
 
 
 def settings(**values: object) -> Settings:

@@ -15,8 +15,8 @@ from tests.gateway.test_budget import leave
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.metering.gateway import get_gateway
-from tokendesk.metering.tokens import prompt_tokens
+from tokendesk.gateway.routes import get_gateway
+from tokendesk.gateway.tokens import prompt_tokens
 
 QUESTION = [{"role": "user", "content": "Say hello"}]
 

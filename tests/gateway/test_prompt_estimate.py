@@ -8,7 +8,7 @@ from tests.factories import World
 from tests.gateway.conftest import Harness
 from tests.gateway.test_gateway import balance_of, body
 from tokendesk.db import Database
-from tokendesk.metering.tokens import IMAGE_TOKENS, IMAGE_TOKENS_LOW, prompt_tokens, text_tokens
+from tokendesk.gateway.tokens import IMAGE_TOKENS, IMAGE_TOKENS_LOW, prompt_tokens, text_tokens
 
 QUESTION = [{"role": "user", "content": "What is the weather in Berlin?"}]
 WEATHER_TOOL = {

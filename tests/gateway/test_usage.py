@@ -17,9 +17,9 @@ from tokendesk.accounts.models import Role
 from tokendesk.audit.models import AuditEntry
 from tokendesk.bounds import MAX_EVENT_TOKENS
 from tokendesk.db import Database
-from tokendesk.metering.budget import parse_chat
-from tokendesk.metering.completion import Completion
-from tokendesk.metering.tokens import prompt_tokens, text_tokens
+from tokendesk.gateway.budget import parse_chat
+from tokendesk.gateway.completion import Completion
+from tokendesk.gateway.tokens import prompt_tokens, text_tokens
 
 PROMPT = prompt_tokens(MESSAGES)
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokendesk.config import Settings
-from tokendesk.metering.model_config import MAX_N, ModelConfig
-from tokendesk.metering.tokens import prompt_tokens, unweighted, weighted
+from tokendesk.gateway.model_config import MAX_N, ModelConfig
+from tokendesk.gateway.tokens import prompt_tokens, unweighted, weighted
 
 BUDGET_FIELDS = ("max_tokens", "max_completion_tokens")
 # Fields no chat client needs that let an upstream generate more than the hold pays for:

@@ -26,22 +26,22 @@ from tokendesk.config import Settings, get_settings
 from tokendesk.db import Database, get_database
 from tokendesk.errors import AppError, InsufficientTokens
 from tokendesk.events.bus import get_bus
-from tokendesk.limits import PerUserLimit
-from tokendesk.metering.budget import (
+from tokendesk.gateway.budget import (
     BadParameter,
     ChatRequest,
     UnknownModel,
     hold_size,
     parse_chat,
 )
-from tokendesk.metering.completion import Completion, Overruns, loads, openai_error
-from tokendesk.metering.gateway_openapi import (
+from tokendesk.gateway.completion import Completion, Overruns, loads, openai_error
+from tokendesk.gateway.holds import HoldBatcher, Settler
+from tokendesk.gateway.model_config import load_models
+from tokendesk.gateway.openapi import (
     CHAT_COMPLETIONS_BODY,
     CHAT_COMPLETIONS_RESPONSES,
     MODELS_RESPONSES,
 )
-from tokendesk.metering.holds import HoldBatcher, Settler
-from tokendesk.metering.model_config import load_models
+from tokendesk.limits import PerUserLimit
 
 router = APIRouter(prefix="/v1", tags=["gateway"])
 

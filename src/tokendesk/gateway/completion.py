@@ -26,14 +26,14 @@ from tokendesk.accounts.keycache import KeyOwner
 from tokendesk.audit import service as audit
 from tokendesk.bounds import MAX_EVENT_TOKENS, is_count
 from tokendesk.db import Database
-from tokendesk.metering import demo_model
-from tokendesk.metering.budget import ChatRequest, completion_budget, upstream_body
-from tokendesk.metering.holds import Settlement, release
+from tokendesk.gateway import demo_model
+from tokendesk.gateway.budget import ChatRequest, completion_budget, upstream_body
+from tokendesk.gateway.holds import Settlement, release
+from tokendesk.gateway.tokens import text_tokens, unweighted, weighted
 from tokendesk.metering.service import UsageInput
-from tokendesk.metering.tokens import text_tokens, unweighted, weighted
 
 if TYPE_CHECKING:
-    from tokendesk.metering.gateway import Gateway
+    from tokendesk.gateway.routes import Gateway
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokendesk.metering.model_config import MAX_N
+from tokendesk.gateway.model_config import MAX_N
 
 _ERROR: dict[str, Any] = {
     "type": "object",

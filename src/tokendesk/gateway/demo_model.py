@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from tokendesk.metering.tokens import _content_text, fit_text, text_tokens
+from tokendesk.gateway.tokens import _content_text, fit_text, text_tokens
 
 
 def _last_user_text(messages: list[Any]) -> str:

@@ -1,0 +1,53 @@
+"""The database: column types (:mod:`.types`), the unit of work (:mod:`.unit_of_work`),
+SQLite's quick path (:mod:`.sqlite_quick`) and SQL helpers (:mod:`.sql`)."""
+
+from tokendesk.db.sql import bound_rows, in_list, listed, rows_bound
+from tokendesk.db.sqlite_quick import (
+    CHECKPOINT_FEW_FRAMES,
+    CHECKPOINT_PASSES,
+    QuickPath,
+    QuickPathUnavailable,
+)
+from tokendesk.db.types import (
+    NAMING_CONVENTION,
+    Base,
+    BigIntPK,
+    UTCDateTime,
+    sqlite_timestamp,
+    utcnow,
+)
+from tokendesk.db.unit_of_work import (
+    AfterCommit,
+    Database,
+    after_commit,
+    configure_database,
+    dialect_of,
+    get_database,
+    run_core,
+    set_database,
+)
+
+__all__ = [
+    "CHECKPOINT_FEW_FRAMES",
+    "CHECKPOINT_PASSES",
+    "NAMING_CONVENTION",
+    "AfterCommit",
+    "Base",
+    "BigIntPK",
+    "Database",
+    "QuickPath",
+    "QuickPathUnavailable",
+    "UTCDateTime",
+    "after_commit",
+    "bound_rows",
+    "configure_database",
+    "dialect_of",
+    "get_database",
+    "in_list",
+    "listed",
+    "rows_bound",
+    "run_core",
+    "set_database",
+    "sqlite_timestamp",
+    "utcnow",
+]

@@ -1,0 +1,184 @@
+"""Engines and the unit of work.
+
+SQLite is a real deployment target: WAL, a busy timeout, and write transactions
+that begin IMMEDIATE so a read-then-write transaction waits for the lock instead
+of failing with "database is locked". Inside one process, writers also queue on
+an asyncio lock, which is fairer and cheaper than SQLite's sleeping busy handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, CursorResult, Executable, event
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from tokendesk.db.sqlite_quick import QuickPath
+
+AfterCommit = Callable[[], Any]
+T = TypeVar("T")
+
+
+class Database:
+    """Owns the engines and hands out transactions.
+
+    ``transaction(write=True)`` is the one unit-of-work helper used by HTTP
+    requests, the CLI and background jobs: it commits on success, rolls back on
+    error, then runs the after-commit callbacks (real-time events) only once the
+    data is durable. The gateway's holds are the one exception, for speed on its
+    hot path: :meth:`quick_write` on SQLite, one autocommitted statement on
+    PostgreSQL; neither publishes events.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False, checkpoint_delay: float = 1.0) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        if self.is_sqlite:
+            self.write_engine = self._sqlite_engine(url, immediate=True, echo=echo)
+            self.read_engine = self._sqlite_engine(url, immediate=False, echo=echo)
+        else:
+            self.write_engine = create_async_engine(
+                url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True
+            )
+            self.read_engine = self.write_engine
+        self._write_sessions = async_sessionmaker(self.write_engine, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
+        # SQLite's shortcut past the driver's thread for the hot paths (see QuickPath).
+        self.quick_path: QuickPath | None = None
+        if self._write_lock is not None:
+            self.quick_path = QuickPath(
+                url,
+                write_lock=self._write_lock,
+                read_engine=self.read_engine,
+                checkpoint_delay=checkpoint_delay,
+            )
+
+    @staticmethod
+    def _sqlite_engine(url: str, *, immediate: bool, echo: bool) -> AsyncEngine:
+        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        begin_sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not the driver, decide when a transaction begins.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql(begin_sql)
+
+        return engine
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *, write: bool = True) -> AsyncIterator[AsyncSession]:
+        lock = self._write_lock if write else None
+        if lock is not None:
+            await lock.acquire()
+        try:
+            maker = self._write_sessions if write else self._read_sessions
+            async with maker() as session:
+                session.info["after_commit"] = []
+                try:
+                    yield session
+                    await session.commit()
+                except BaseException:
+                    await session.rollback()
+                    raise
+        finally:
+            if lock is not None:
+                lock.release()
+        for callback in session.info["after_commit"]:
+            result = callback()
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]], *, write: bool = True) -> T:
+        """``work`` in one transaction: on SQLite's quick path where it can run there
+        (:meth:`quick_transaction`, :meth:`quick_read`), otherwise a normal one."""
+        quick = await (self.quick_transaction if write else self.quick_read)(work)
+        if quick is not None:
+            return quick
+        async with self.transaction(write=write) as session:
+            return await work(session)
+
+    async def quick_write(self, work: Callable[[sqlite3.Connection], T]) -> T | None:
+        """:meth:`QuickPath.write` where there is a quick path, else None (run nothing)."""
+        return None if self.quick_path is None else await self.quick_path.write(work)
+
+    async def quick_transaction(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T | None:
+        """:meth:`QuickPath.transaction` where there is a quick path, else None."""
+        if self.quick_path is None:
+            return None
+        return await self.quick_path.transaction(work)
+
+    async def quick_read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T | None:
+        """:meth:`QuickPath.read` where there is a quick path, else None."""
+        return None if self.quick_path is None else await self.quick_path.read(work)
+
+    async def dispose(self) -> None:
+        if self.quick_path is not None:
+            await self.quick_path.dispose()
+        await self.write_engine.dispose()
+        if self.read_engine is not self.write_engine:
+            await self.read_engine.dispose()
+
+
+def dialect_of(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+async def run_core(
+    session: AsyncSession, statement: Executable, params: Any = None
+) -> CursorResult[*tuple[Any, ...]]:
+    """Run a Core statement on the session's connection, without the ORM's per-call work.
+
+    The connection does not flush pending ORM changes by itself: flush first where
+    the statement must see them. Inside :meth:`Database.quick_transaction` the
+    statement runs at once on the quick connection.
+    """
+    quick: Connection | None = session.info.get("quick")
+    if quick is not None:
+        return quick.execute(statement, params)
+    connection = await session.connection()
+    return await connection.execute(statement, params)
+
+
+def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
+    """Run ``callback`` once the session's transaction has committed (never on rollback)."""
+    session.info.setdefault("after_commit", []).append(callback)
+
+
+_database: Database | None = None
+
+
+def get_database() -> Database:
+    if _database is None:
+        raise RuntimeError("database not configured; call configure_database() first")
+    return _database
+
+
+def configure_database(url: str) -> Database:
+    global _database
+    _database = Database(url)
+    return _database
+
+
+def set_database(database: Database | None) -> None:
+    global _database
+    _database = database
