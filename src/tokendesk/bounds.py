@@ -6,7 +6,7 @@ number the database cannot hold is refused, or found missing, before any SQL
 sees it.
 
 Why these figures. Every id and token column is a BIGINT (at most 2^63 - 1).
-The balance row caches ``allocation + granted + adjusted - used - reserved``
+The balance row caches five figures whose sum is what is left (``remaining_of``)
 and SQL computes that sum, so each column must stay far from the limit, not
 merely inside it. A cap per write does not bound a column that writes add up
 in (a period can hold any number of usage events, approvals or adjustments),

@@ -2,11 +2,32 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, literal_column
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tokendesk.db import Base, BigIntPK, UTCDateTime, utcnow
+
+Amount = TypeVar("Amount", int, Any)
+
+
+def remaining_of(
+    allocation: Amount, granted: Amount, adjusted: Amount, used: Amount, reserved: Amount
+) -> Amount:
+    """What a member has left this period: the one definition of remaining.
+
+    It takes the balance's five figures as integers or as SQL expressions, so the
+    Python property, the SQL of every check (:data:`REMAINING`) and the raw SQL of
+    SQLite's quick path (:data:`REMAINING_SQL`) are this one sum.
+    """
+    return allocation + granted + adjusted - used - reserved
+
+
+# The columns of the balance row, in remaining_of's order.
+BALANCE_FIGURES = ("allocation", "granted", "adjusted", "used", "reserved")
+# remaining_of as raw SQL text over the balances table's columns.
+REMAINING_SQL = str(remaining_of(*(literal_column(name) for name in BALANCE_FIGURES)))
 
 
 class EntryKind(enum.StrEnum):
@@ -22,7 +43,7 @@ class EntryKind(enum.StrEnum):
 class Balance(Base):
     """Cached balance for the user's current period, kept equal to the ledger.
 
-    remaining = allocation + granted + adjusted - used - reserved
+    What is left is :func:`remaining_of` its five figures.
 
     ``adjusted`` includes the period's carried debit (a ``carried_debit`` entry).
     """
@@ -46,7 +67,13 @@ class Balance(Base):
 
     @property
     def remaining(self) -> int:
-        return self.allocation + self.granted + self.adjusted - self.used - self.reserved
+        return remaining_of(self.allocation, self.granted, self.adjusted, self.used, self.reserved)
+
+
+# remaining_of over the balance row's columns, for SQL.
+REMAINING = remaining_of(
+    Balance.allocation, Balance.granted, Balance.adjusted, Balance.used, Balance.reserved
+)
 
 
 class LedgerEntry(Base):

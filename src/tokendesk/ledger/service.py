@@ -24,6 +24,7 @@ from tokendesk.db import bound_rows, dialect_of, in_list, listed, rows_bound, ru
 from tokendesk.errors import InsufficientTokens, InvalidInput, NotFound
 from tokendesk.events.bus import Event, emit
 from tokendesk.ledger.models import (
+    REMAINING,
     Balance,
     EntryKind,
     LedgerEntry,
@@ -41,10 +42,6 @@ KIND_COLUMN: dict[str, str] = {
     # A debit carried from the last period opens the new one as an adjustment would.
     EntryKind.CARRIED_DEBIT: "adjusted",
 }
-
-REMAINING = (
-    Balance.allocation + Balance.granted + Balance.adjusted - Balance.used - Balance.reserved
-)
 
 
 def resolve_allocation(user: User, team: Team | None, org: Organization) -> int:

@@ -50,7 +50,7 @@ from tokendesk.db import (
 )
 from tokendesk.errors import AppError
 from tokendesk.ledger import service as ledger
-from tokendesk.ledger.models import Reservation, ReservationStatus
+from tokendesk.ledger.models import REMAINING_SQL, Reservation, ReservationStatus
 from tokendesk.metering.service import UsageInput, record_usage
 
 RESERVATIONS = cast(Table, Reservation.__table__)
@@ -317,16 +317,12 @@ async def reserve_each(
 
 
 # The hold of ledger.reserve, spelled for SQLite's own driver (see hold_each): the same
-# conditional UPDATE (remaining is ledger.REMAINING), then the reservation row.
+# conditional UPDATE, then the reservation row.
 _HOLD_SQL = (
     "UPDATE balances SET reserved = reserved + ?1, updated_at = ?2 "
-    "WHERE user_id = ?3 AND period_end > ?2 "
-    "AND ?1 <= allocation + granted + adjusted - used - reserved"
+    f"WHERE user_id = ?3 AND period_end > ?2 AND ?1 <= {REMAINING_SQL}"
 )
-_BALANCE_SQL = (
-    "SELECT allocation + granted + adjusted - used - reserved, reserved, period_end > ?2 "
-    "FROM balances WHERE user_id = ?1"
-)
+_BALANCE_SQL = f"SELECT {REMAINING_SQL}, reserved, period_end > ?2 FROM balances WHERE user_id = ?1"
 _RESERVATION_SQL = (
     "INSERT INTO reservations (organization_id, user_id, amount, status, created_at, expires_at)"
     f" VALUES (?, ?, ?, '{ReservationStatus.HELD.value}', ?, ?)"

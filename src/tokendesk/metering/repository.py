@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Organization, User
 from tokendesk.db import Base, dialect_of, in_list, listed, run_core
-from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
+from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry, remaining_of
 from tokendesk.metering.models import UsageEvent
 
 
@@ -59,7 +59,7 @@ class MemberBalance:
 
     @property
     def remaining(self) -> int:
-        return self.allocation + self.granted + self.adjusted - self.used - self.reserved
+        return remaining_of(self.allocation, self.granted, self.adjusted, self.used, self.reserved)
 
 
 def table(model: type[Base]) -> Table:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
 from tokendesk.events.bus import Event, emit
-from tokendesk.ledger.models import EntryKind
+from tokendesk.ledger.models import EntryKind, remaining_of
 from tokendesk.token_requests.models import RequestStatus
 from tokendesk.token_requests.repository import AnyRow
 from tokendesk.token_requests.schemas import TokenRequestOut, json_time, request_view
@@ -101,7 +101,7 @@ def _balance_data(row: AnyRow, start_iso: _Iso, end_iso: _Iso) -> dict[str, Any]
         "adjusted": adjusted,
         "used": used,
         "reserved": reserved,
-        "remaining": allocation + granted + adjusted - used - reserved,
+        "remaining": remaining_of(allocation, granted, adjusted, used, reserved),
         "period_start": start_iso(start),
         "next_reset_at": end_iso(end),
     }
