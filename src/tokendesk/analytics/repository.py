@@ -79,8 +79,8 @@ async def plan_each_query(session: AsyncSession) -> None:
     """Have PostgreSQL plan every analytics query for its actual parameters.
 
     Prepared statements switch to a generic plan after five runs; for these
-    queries it guesses badly (a seq scan testing 50 ids per row instead of an
-    index lookup: 40 ms instead of 1). Planning is cheap next to that, and
+    queries it guesses badly (a seq scan testing every id per row instead of an
+    index lookup, many times slower). Planning is cheap next to that, and
     ``SET LOCAL`` ends with the transaction.
     """
     if dialect_of(session) == "postgresql":

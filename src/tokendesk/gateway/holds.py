@@ -147,17 +147,13 @@ class Settler:
     that made the calls.
 
     On SQLite a settlement runs on the loop itself (Database.quick_transaction),
-    so while it writes, every call in flight waits: about 0.45 ms plus 55 us per
-    call settled on a quiet 2-core machine. The linger trades how long those
-    waits are against how often they come, and the p99 of the calls follows the
-    length: at 1,000 calls/s a 100 ms linger stalled the loop about 7 ms ten
-    times a second, for a p99 around 20 ms; 20 ms stalls it about 2 ms, and
-    10 ms about 1 ms a hundred times a second, which took another 0.7 to 4 ms
-    off the p99 in each of five paired runs, at the same CPU per call. On
-    PostgreSQL a settlement is a transaction of several round trips that holds
-    never wait for as a whole, so it lingers 100 ms: at 20 ms a call cost its
-    server up to 70% more CPU. A member's balance shows a call's usage that much
-    later, far below anything a person notices.
+    so every call in flight waits while it writes: a short linger (10 ms) makes
+    those waits short and keeps the calls' p99 low. On PostgreSQL a settlement
+    is a transaction of several round trips that holds never wait for as a
+    whole, so it lingers longer (100 ms) and shares its cost among more calls.
+    Either way a member's balance shows a call's usage a moment later, far
+    below anything a person notices. The measurements behind both figures are
+    in benchmarks/RESULTS.md (the gateway section).
     """
 
     def __init__(

@@ -325,9 +325,9 @@ class Shortcut:
 
     The gateway is the product's hot path and needs none of what the routing
     stack does per request (matching against every page's route, dependency
-    solving, exception middleware): profiled under load, that machinery took
-    more of the server's CPU than the gateway's own request handling (about 15%
-    against 10%). Everything else passes straight through.
+    solving, exception middleware), which costs more than the gateway's own
+    request handling (see benchmarks/RESULTS.md). Everything else passes
+    straight through.
     Installed inside the application's outermost layers, so unhandled errors
     still become a 500 and the request body size limit still applies.
     """
