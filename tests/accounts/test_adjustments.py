@@ -7,7 +7,7 @@ from tests.accounts.support import API, audit_rows, entries_of, ledger_is_consis
 from tests.factories import Person, World, snapshot
 from tokendesk.bounds import MAX_TOKENS
 from tokendesk.db import Database
-from tokendesk.ledger import service as ledger
+from tokendesk.ledger import credits
 from tokendesk.ledger.models import EntryKind
 
 
@@ -123,7 +123,7 @@ class TestAdjustmentBounds:
         world: World,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        monkeypatch.setattr(ledger, "BALANCE_CEILING", 5_000)
+        monkeypatch.setattr(credits, "BALANCE_CEILING", 5_000)
         assert (await _adjust(client, world.admin, world.bob, 4_000)).status_code == 200
         before = await snapshot(database)
         up = await _adjust(client, world.admin, world.bob, 1_001)

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, literal_column
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Table, Text, literal_column
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tokendesk.db import Base, BigIntPK, UTCDateTime, utcnow
@@ -74,6 +74,7 @@ class Balance(Base):
 REMAINING = remaining_of(
     Balance.allocation, Balance.granted, Balance.adjusted, Balance.used, Balance.reserved
 )
+BALANCES = cast(Table, Balance.__table__)
 
 
 class LedgerEntry(Base):
