@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,8 +17,33 @@ from tokendesk.ledger.models import (
     Balance,
     EntryKind,
     LedgerEntry,
+    remaining_of,
 )
 from tokendesk.ledger.periods import period_bounds, zone
+
+
+def rolled_over(org: Organization, *, now: datetime) -> dict[str, Any]:
+    """What rolling over at ``now`` sets on a balance of ``org`` whose period ended,
+    column by column: a value, or SQL over the ended period's row.
+
+    The rollover writes it and reads show it (:mod:`tokendesk.ledger.reads`), so
+    what a read shows is what the rollover then writes. ``reserved`` is not in it:
+    held tokens carry over.
+    """
+    start, end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
+    # What the period ended with, held tokens aside (they carry over).
+    ended_with = remaining_of(
+        Balance.allocation, Balance.granted, Balance.adjusted, Balance.used, 0
+    )
+    carried = case((ended_with < 0, ended_with), else_=0) if org.carry_over_debt else 0
+    return {
+        "period_start": start,
+        "period_end": end,
+        "allocation": allocation_expression(org.default_allocation),
+        "granted": 0,
+        "adjusted": carried,
+        "used": 0,
+    }
 
 
 async def rollover_due(
@@ -58,22 +84,12 @@ async def rollover_due(
         org = await session.get(Organization, org_id)
         if org is None:
             continue
-        start, end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
-        # Right of SET, the columns are the old period's values.
-        ended_with = Balance.allocation + Balance.granted + Balance.adjusted - Balance.used
-        carried = case((ended_with < 0, ended_with), else_=0) if org.carry_over_debt else 0
+        new = rolled_over(org, now=now)
+        start, end = new["period_start"], new["period_end"]
         stmt = (
             update(Balance)
             .where(Balance.organization_id == org_id, Balance.period_end <= now)
-            .values(
-                period_start=start,
-                period_end=end,
-                allocation=allocation_expression(org.default_allocation),
-                granted=0,
-                adjusted=carried,
-                used=0,
-                updated_at=now,
-            )
+            .values(**new, updated_at=now)
             .returning(Balance.user_id, Balance.allocation, Balance.adjusted)
             .execution_options(synchronize_session=False)
         )
