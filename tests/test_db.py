@@ -20,7 +20,9 @@ from tokendesk.accounts.models import User
 from tokendesk.db import (
     CHECKPOINT_FEW_FRAMES,
     CHECKPOINT_PASSES,
+    FALLBACK,
     Database,
+    Fallback,
     UTCDateTime,
     after_commit,
     bound_rows,
@@ -113,7 +115,7 @@ class TestQuickTransaction:
 
         result = await database.quick_transaction(work)
         if backend == "postgres":
-            assert (result, seen) == (None, [])  # no shortcut: nothing ran
+            assert (result, seen) == (FALLBACK, [])  # no shortcut: nothing ran
             return
         assert (result, seen) == (1, [1])
         assert await adjusted(database, world.nora.id) == 7
@@ -130,7 +132,7 @@ class TestQuickTransaction:
             await ledger.get_balance(session, user_id=world.nora.id)
             return 1
 
-        assert await database.quick_transaction(work) is None
+        assert await database.quick_transaction(work) is FALLBACK
         assert (await adjusted(database, world.nora.id), seen) == (0, [])
 
     async def test_unflushed_orm_changes_make_it_give_way_rather_than_be_lost(
@@ -141,8 +143,17 @@ class TestQuickTransaction:
             session.add(User(organization_id=world.org_id, email="late@example.com", name="L"))
             return 1
 
-        assert await database.quick_transaction(work) is None
+        assert await database.quick_transaction(work) is FALLBACK
         assert await adjusted(database, world.nora.id) == 0
+
+    async def test_work_returning_none_is_committed_and_its_none_returned(
+        self, database: Database, world: World, sqlite_only: None
+    ) -> None:
+        async def work(session: AsyncSession) -> None:
+            await run_core(session, ADJUST, {"user": world.nora.id})
+
+        assert await database.quick_transaction(work) is None
+        assert await adjusted(database, world.nora.id) == 7
 
     async def test_nothing_else_runs_on_the_loop_while_the_transaction_is_open(
         self, database: Database, world: World, sqlite_only: None
@@ -201,7 +212,7 @@ class TestQuickTransaction:
             result = await database.quick_transaction(
                 lambda session: run_core(session, ADJUST, {"user": world.nora.id})
             )
-            assert result is None
+            assert result is FALLBACK
             assert time.monotonic() - started < 1  # did not wait for the lock
         finally:
             other.execute("ROLLBACK")
@@ -348,7 +359,7 @@ class TestQuickRead:
 
         found = await database.quick_read(emails)
         if backend == "postgres":
-            assert found is None  # no shortcut: nothing ran
+            assert found is FALLBACK  # no shortcut: nothing ran
             return
         assert found == {world.nora.email}
 
@@ -360,7 +371,7 @@ class TestQuickRead:
             query = text("SELECT adjusted FROM balances WHERE user_id = :user")
             return int((await run_core(session, query, {"user": world.nora.id})).scalar_one())
 
-        async def write_then_read(session: AsyncSession) -> int | None:
+        async def write_then_read(session: AsyncSession) -> int | Fallback:
             await run_core(session, ADJUST, {"user": world.nora.id})
             return await database.quick_read(nora_adjusted)
 
@@ -374,7 +385,7 @@ class TestQuickRead:
             return int((await run_core(session, text("SELECT count(*) FROM users"))).scalar_one())
 
         answers = await asyncio.gather(*(database.quick_read(count) for _ in range(5)))
-        assert len(set(answers)) == 1 and None not in answers
+        assert len(set(answers)) == 1 and FALLBACK not in answers
 
     async def test_work_needing_more_than_core_statements_is_left_to_the_caller(
         self, database: Database, world: World, sqlite_only: None
@@ -383,4 +394,4 @@ class TestQuickRead:
         async def work(session: AsyncSession) -> int:
             return (await ledger.get_balance(session, user_id=world.nora.id)).adjusted
 
-        assert await database.quick_read(work) is None
+        assert await database.quick_read(work) is FALLBACK

@@ -1,6 +1,8 @@
 """The database: column types (:mod:`.types`), the unit of work (:mod:`.unit_of_work`),
-SQLite's quick path (:mod:`.sqlite_quick`) and SQL helpers (:mod:`.sql`)."""
+SQLite's quick path (:mod:`.sqlite_quick`), the typed outcome of a shortcut that did
+not do the work (:mod:`.fallback`) and SQL helpers (:mod:`.sql`)."""
 
+from tokendesk.db.fallback import FALLBACK, Fallback
 from tokendesk.db.sql import bound_rows, in_list, listed, rows_bound
 from tokendesk.db.sqlite_quick import (
     CHECKPOINT_FEW_FRAMES,
@@ -30,11 +32,13 @@ from tokendesk.db.unit_of_work import (
 __all__ = [
     "CHECKPOINT_FEW_FRAMES",
     "CHECKPOINT_PASSES",
+    "FALLBACK",
     "NAMING_CONVENTION",
     "AfterCommit",
     "Base",
     "BigIntPK",
     "Database",
+    "Fallback",
     "QuickPath",
     "QuickPathUnavailable",
     "UTCDateTime",

@@ -21,6 +21,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from tokendesk.db.fallback import FALLBACK, Fallback
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -62,7 +64,7 @@ class QuickPath:
         self._checkpoint: asyncio.Task[None] | None = None
         self._disposed = False
 
-    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T | None:
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T | Fallback:
         """Run ``work`` in a write transaction of its own, on the event loop itself.
 
         For a few tiny statements on SQLite's hot paths (the gateway's holds):
@@ -70,18 +72,18 @@ class QuickPath:
         driver's thread and back. ``work`` gets a plain ``sqlite3`` connection
         inside BEGIN IMMEDIATE, taken under the process's write lock, and is
         committed when it returns (rolled back if it raises). It must not block:
-        it runs on the loop. Returns None, having run nothing, when there is no
-        such shortcut (PostgreSQL, an in-memory database) or another process is
+        it runs on the loop. Returns :data:`FALLBACK`, having run nothing, when
+        there is no such shortcut (PostgreSQL, an in-memory database) or another process is
         writing right now; the caller then takes the normal path, which waits.
         """
         async with self._write_lock:
             connection = self._plain_connection("write")
             if connection is None:
-                return None
+                return FALLBACK
             try:
                 connection.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError:
-                return None  # locked by another process: never wait on the loop
+                return FALLBACK  # locked by another process: never wait on the loop
             try:
                 result = work(connection)
                 connection.execute("COMMIT")
@@ -94,7 +96,7 @@ class QuickPath:
         self._checkpoint_soon()
         return result
 
-    async def transaction(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T | None:
+    async def transaction(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T | Fallback:
         """Run ``work`` in a write transaction on the quick connection, without handing
         each statement to the driver's thread.
 
@@ -104,20 +106,20 @@ class QuickPath:
         same turn of the loop, under the process's write lock, so nothing else
         interleaves while SQLite's writer is held. Anything else the session is
         asked to do (the ORM, say) raises :class:`QuickPathUnavailable`: the work
-        is rolled back and None returned, as when there is no quick connection or
-        another process is writing; the caller then takes the normal path. So
-        ``work`` must not return None itself. Events are published after the
-        commit, as :meth:`transaction` does.
+        is rolled back and :data:`FALLBACK` returned, as when there is no quick
+        connection or another process is writing; the caller then takes the
+        normal path. Events are published after the commit, as
+        :meth:`transaction` does.
         """
         async with self._write_lock:
             engine = self._plain_engine("write")
             if engine is None:
-                return None
+                return FALLBACK
             with engine.connect() as connection:
                 try:
                     connection.exec_driver_sql("BEGIN IMMEDIATE")
                 except OperationalError:
-                    return None  # locked by another process: never wait on the loop
+                    return FALLBACK  # locked by another process: never wait on the loop
                 try:
                     with self._quick_session(connection) as session:
                         result = await work(session)
@@ -128,7 +130,7 @@ class QuickPath:
                 except BaseException as exc:
                     _roll_back(connection)
                     if isinstance(exc, QuickPathUnavailable):
-                        return None
+                        return FALLBACK
                     raise
         self._checkpoint_soon()
         for callback in session.info["after_commit"]:
@@ -137,27 +139,27 @@ class QuickPath:
                 await done
         return result
 
-    async def read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T | None:
+    async def read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T | Fallback:
         """Run ``work``'s Core statements in a read transaction on a plain connection of
         its own, on the loop itself.
 
         For small indexed reads on SQLite's hot paths (an API key's owner): the
         read costs microseconds, the round trips through the driver's thread far
-        more while the loop is busy. Returns None where :meth:`transaction`
-        would (so ``work`` must not return None either), and when the read cannot
-        start at once; the caller then reads the normal way.
+        more while the loop is busy. Returns :data:`FALLBACK` where
+        :meth:`transaction` would, and when the read cannot start at once; the
+        caller then reads the normal way.
         """
         engine = self._plain_engine("read")
         plain = self._plain.get("read")
         if engine is None or plain is None or plain.in_transaction:
-            return None  # none here, or a read that awaited something is still open
+            return FALLBACK  # none here, or a read that awaited something is still open
         with engine.connect() as connection:
             try:
                 connection.exec_driver_sql("BEGIN")  # one snapshot for all the statements
                 with self._quick_session(connection) as session:
                     result = await work(session)
             except (QuickPathUnavailable, OperationalError):
-                return None
+                return FALLBACK
             finally:
                 _roll_back(connection)
         return result

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from tokendesk.db.fallback import FALLBACK, Fallback
 from tokendesk.db.sqlite_quick import QuickPath
 
 AfterCommit = Callable[[], Any]
@@ -112,24 +113,24 @@ class Database:
         """``work`` in one transaction: on SQLite's quick path where it can run there
         (:meth:`quick_transaction`, :meth:`quick_read`), otherwise a normal one."""
         quick = await (self.quick_transaction if write else self.quick_read)(work)
-        if quick is not None:
+        if not isinstance(quick, Fallback):
             return quick
         async with self.transaction(write=write) as session:
             return await work(session)
 
-    async def quick_write(self, work: Callable[[sqlite3.Connection], T]) -> T | None:
-        """:meth:`QuickPath.write` where there is a quick path, else None (run nothing)."""
-        return None if self.quick_path is None else await self.quick_path.write(work)
+    async def quick_write(self, work: Callable[[sqlite3.Connection], T]) -> T | Fallback:
+        """:meth:`QuickPath.write` where there is a quick path, else FALLBACK (run nothing)."""
+        return FALLBACK if self.quick_path is None else await self.quick_path.write(work)
 
-    async def quick_transaction(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T | None:
-        """:meth:`QuickPath.transaction` where there is a quick path, else None."""
+    async def quick_transaction(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T | Fallback:
+        """:meth:`QuickPath.transaction` where there is a quick path, else FALLBACK."""
         if self.quick_path is None:
-            return None
+            return FALLBACK
         return await self.quick_path.transaction(work)
 
-    async def quick_read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T | None:
-        """:meth:`QuickPath.read` where there is a quick path, else None."""
-        return None if self.quick_path is None else await self.quick_path.read(work)
+    async def quick_read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T | Fallback:
+        """:meth:`QuickPath.read` where there is a quick path, else FALLBACK."""
+        return FALLBACK if self.quick_path is None else await self.quick_path.read(work)
 
     async def dispose(self) -> None:
         if self.quick_path is not None:

@@ -22,7 +22,7 @@ from sqlalchemy import Table, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import ApiKey
-from tokendesk.db import Database, run_core
+from tokendesk.db import Database, Fallback, run_core
 from tokendesk.errors import AppError
 from tokendesk.ledger import service as ledger
 from tokendesk.metering.holds_repository import (
@@ -96,9 +96,10 @@ class HoldBatcher:
         quick: list[Hold | AppError | None] | None = None
         try:
             if self.database.is_sqlite:
-                quick = await self.database.quick_write(
+                written = await self.database.quick_write(
                     lambda connection: hold_each(connection, requests, ttl_seconds=ttl)
                 )
+                quick = None if isinstance(written, Fallback) else written
             else:
                 quick = await hold_in_one_round_trip(self.database, requests, ttl_seconds=ttl)
         except Exception:
@@ -229,10 +230,9 @@ class Settler:
             for settlement in batch:
                 await self._commit([settlement])
 
-    async def _settle(self, session: AsyncSession, batch: list[Settlement]) -> bool:
+    async def _settle(self, session: AsyncSession, batch: list[Settlement]) -> None:
         await settle_many(session, batch)
         await self._stamp_keys(session)
-        return True  # not None: Database.run would take None for a quick path given up
 
     async def _stamp_keys(self, session: AsyncSession) -> None:
         if not self.keys_used:
