@@ -36,3 +36,8 @@ class Actor:
     def is_admin(self) -> bool:
         """May open the admin center (team owners included)."""
         return self.role in ADMIN_ROLES
+
+    def can_manage_team(self, team_id: int | None) -> bool:
+        """Org admins manage every team of the active organization; team owners the teams
+        they own. ``team_id`` is a team of that organization (None: no team, nobody's)."""
+        return self.is_org_admin or team_id in self.owned_team_ids

@@ -333,7 +333,7 @@ def can_manage_user(actor: Actor, user: User) -> bool:
         return False
     if actor.is_org_admin:
         return True
-    return actor.role == Role.TEAM_OWNER and user.team_id in actor.owned_team_ids
+    return actor.role == Role.TEAM_OWNER and actor.can_manage_team(user.team_id)
 
 
 async def get_user_in_scope(session: AsyncSession, *, actor: Actor, user_id: int) -> User:

@@ -134,7 +134,7 @@ async def create_user_as(session: AsyncSession, *, actor: Actor, data: UserIn) -
             raise Forbidden("this needs a team owner, org admin or super admin")
         if data.role != Role.MEMBER:
             raise Forbidden("role: team owners may only create members")
-        if data.team_id is None or data.team_id not in actor.owned_team_ids:
+        if not actor.can_manage_team(data.team_id):
             raise Forbidden("team_id: team owners may only add members to a team they own")
     if data.allocation_override is not None:
         await _check_new_override(
@@ -280,7 +280,7 @@ def _check_update_allowed(actor: Actor, user: User, data: UserUpdate, fields: se
         if fields - TEAM_OWNER_EDITABLE:
             names = ", ".join(sorted(fields - TEAM_OWNER_EDITABLE))
             raise Forbidden(f"{names}: only an org admin may change this")
-        if "team_id" in fields and data.team_id not in actor.owned_team_ids:
+        if "team_id" in fields and not actor.can_manage_team(data.team_id):
             raise Forbidden("team_id: team owners may only move members between teams they own")
     if data.role == Role.SUPER_ADMIN and not actor.is_super_admin:
         raise Forbidden("role: only a super admin may grant super_admin")

@@ -74,7 +74,7 @@ def team_scope(actor: Actor, team_id: int | None) -> frozenset[int] | None:
         return None if team_id is None else frozenset({team_id})
     if team_id is None:
         return actor.owned_team_ids
-    if team_id not in actor.owned_team_ids:
+    if not actor.can_manage_team(team_id):
         raise Forbidden("team_id: team owners see only the teams they own")
     return frozenset({team_id})
 
@@ -164,7 +164,6 @@ async def filter_choices(
     """(teams, models) the caller may filter by: their teams, and every model used."""
     team_scope(actor, None)
     teams = await repo.teams(session, organization_id=actor.organization_id)
-    if not actor.is_org_admin:
-        teams = [(team_id, name) for team_id, name in teams if team_id in actor.owned_team_ids]
+    teams = [(team_id, name) for team_id, name in teams if actor.can_manage_team(team_id)]
     models = await repo.models_used(session, organization_id=actor.organization_id)
     return teams, models

@@ -19,7 +19,7 @@ def visible_to(actor: Actor, event: Event) -> bool:
     if event.audience == "admins":
         if not actor.is_admin or event.organization_id != actor.organization_id:
             return False
-        return actor.is_org_admin or event.team_id in actor.owned_team_ids
+        return actor.can_manage_team(event.team_id)
     return False
 
 

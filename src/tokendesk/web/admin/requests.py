@@ -153,9 +153,8 @@ async def requests_page(
     view = parse_view(status, q, team_id, sort, page)
     context = await _queue_context(session, actor, view)
     teams = await teams_service.list_teams(session, actor=actor)
-    if not actor.is_org_admin:
-        # Team owners filter among the teams they own; others would only ever be empty.
-        teams = [row for row in teams if row.team.id in actor.owned_team_ids]
+    # Team owners filter among the teams they own; others would only ever be empty.
+    teams = [row for row in teams if actor.can_manage_team(row.team.id)]
     return await admin_render(
         request,
         session,

@@ -100,7 +100,7 @@ async def _detail_context(session: AsyncSession, actor: Actor, team_id: int) -> 
     row = await teams_service.get_team(session, actor=actor, team_id=team_id)
     members: list[Any] = []
     everyone: list[Any] = []
-    if actor.is_org_admin or team_id in actor.owned_team_ids:
+    if actor.can_manage_team(team_id):
         members, _ = await users_service.list_users(
             session, actor=actor, team_id=team_id, limit=MEMBERS_LIMIT
         )
@@ -116,7 +116,7 @@ async def _detail_context(session: AsyncSession, actor: Actor, team_id: int) -> 
         "others": [r for r in everyone if r.user.team_id != team_id],
         "candidates": candidates,
         "can_edit": actor.is_org_admin,
-        "can_manage_members": actor.is_org_admin or team_id in actor.owned_team_ids,
+        "can_manage_members": actor.can_manage_team(team_id),
         "edit_errors": {},
         "edit_values": {},
         "member_errors": {},

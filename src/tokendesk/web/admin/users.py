@@ -61,11 +61,7 @@ def _roles_for(actor: Actor) -> list[tuple[str, str]]:
 
 async def _teams_for(session: AsyncSession, actor: Actor) -> list[tuple[int, str]]:
     rows = await teams_service.list_teams(session, actor=actor)
-    return [
-        (row.team.id, row.team.name)
-        for row in rows
-        if actor.is_org_admin or row.team.id in actor.owned_team_ids
-    ]
+    return [(row.team.id, row.team.name) for row in rows if actor.can_manage_team(row.team.id)]
 
 
 def _editable(actor: Actor, row: UserRow) -> frozenset[str]:
@@ -228,9 +224,7 @@ async def _detail_context(
         "own_account": row.user.id == actor.user_id,
         "roles": _roles_for(actor) if actor.is_org_admin else ROLE_CHOICES,
         "teams": [(t.team.id, t.team.name) for t in org_teams],
-        "movable_teams": {
-            t.team.id for t in org_teams if actor.is_org_admin or t.team.id in actor.owned_team_ids
-        },
+        "movable_teams": {t.team.id for t in org_teams if actor.can_manage_team(t.team.id)},
         "source_labels": SOURCE_LABELS,
         "edit_errors": {},
         "adjust_errors": {},
