@@ -12,11 +12,13 @@ from tokendesk.ledger.balances import (
     BalanceView,
     balance_event,
     balance_snapshot,
+    balance_snapshots,
     get_balance,
     get_balances,
     open_balance,
 )
 from tokendesk.ledger.credits import credit
+from tokendesk.ledger.grants import grant_approved
 from tokendesk.ledger.locks import lock_in_user_order, users_of
 from tokendesk.ledger.models import BALANCES, REMAINING
 from tokendesk.ledger.reservations import (
@@ -37,6 +39,7 @@ __all__ = [
     "allocation_expression",
     "balance_event",
     "balance_snapshot",
+    "balance_snapshots",
     "carried_debit",
     "carried_from",
     "check_hold",
@@ -44,6 +47,7 @@ __all__ = [
     "expire_holds",
     "get_balance",
     "get_balances",
+    "grant_approved",
     "insufficient",
     "lock_in_user_order",
     "open_balance",

@@ -2,9 +2,9 @@
 
 Each step handles every request at once, the ids travelling as one bound
 parameter (see ``repository.among``): one read to classify, one conditional
-UPDATE to decide, one UPDATE to grant, one INSERT ... SELECT each for ledger
-entries and audit rows. Approving 10,000 requests is the same handful of
-statements as approving ten.
+UPDATE to decide, one UPDATE to grant and one INSERT ... SELECT for its ledger
+entries (``ledger.grant_approved``), one INSERT ... SELECT for audit rows.
+Approving 10,000 requests is the same handful of statements as approving ten.
 """
 
 from __future__ import annotations
@@ -172,7 +172,9 @@ async def _grant(
     for chunk in repo.chunked(due):
         await ledger.rollover_due(session, now=now, user_ids=list(chunk))
     request_ids = [row.id for row in changed]
-    balances = await repo.grant_approved(session, request_ids=request_ids, now=now)
+    balances = await ledger.grant_approved(
+        session, request_ids=request_ids, actor_id=actor.user_id, note=note, now=now
+    )
     # One request per user, so each grant moved its balance by at most MAX_TOKENS: past
     # the ceiling, but nowhere near overflowing. The whole batch is refused (and rolled
     # back with the request), as a single approval would be.
@@ -183,7 +185,4 @@ async def _grant(
             f"{BALANCE_CEILING:,}",
             field="ids",
         )
-    await repo.insert_grant_entries(
-        session, request_ids=request_ids, actor_id=actor.user_id, note=note, now=now
-    )
     return {row.user_id: row for row in balances}

@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
 from tokendesk.events.bus import Event, emit
-from tokendesk.ledger.models import EntryKind, remaining_of
+from tokendesk.ledger import service as ledger
+from tokendesk.ledger.models import EntryKind
 from tokendesk.token_requests.models import RequestStatus
 from tokendesk.token_requests.repository import AnyRow
 from tokendesk.token_requests.schemas import TokenRequestOut, json_time, request_view
@@ -71,42 +72,6 @@ def emit_change(
 GRANT = EntryKind.GRANT.value
 
 
-class _Iso:
-    """ISO strings of the few distinct period bounds among thousands of balances.
-
-    Compared with the last one seen rather than hashed: hashing an aware datetime
-    asks its time zone for the offset every time, comparing two with the same
-    zone does not.
-    """
-
-    def __init__(self) -> None:
-        self._moment: datetime | None = None
-        self._text = ""
-
-    def __call__(self, moment: datetime) -> str:
-        if moment != self._moment:
-            self._moment, self._text = moment, moment.isoformat()
-        return self._text
-
-
-def _balance_data(row: AnyRow, start_iso: _Iso, end_iso: _Iso) -> dict[str, Any]:
-    """``ledger.balance_snapshot`` for a RETURNING row of ``repo.grant_approved``,
-    without building thousands of ORM objects."""
-    user_id, _, start, end, allocation, granted, adjusted, used, reserved = row
-    return {
-        "user_id": user_id,
-        "cause": GRANT,
-        "allocation": allocation,
-        "granted": granted,
-        "adjusted": adjusted,
-        "used": used,
-        "reserved": reserved,
-        "remaining": remaining_of(allocation, granted, adjusted, used, reserved),
-        "period_start": start_iso(start),
-        "next_reset_at": end_iso(end),
-    }
-
-
 BULK_EVENT_IDS = 100
 
 
@@ -133,10 +98,7 @@ def emit_bulk(
         "decider_name": actor.name,
         "decision_note": note,
     }
-    start_iso, end_iso = _Iso(), _Iso()
-    credited = {
-        user_id: _balance_data(row, start_iso, end_iso) for user_id, row in balances.items()
-    }
+    credited = ledger.balance_snapshots(balances.values(), cause=GRANT)
     # Thousands of rows: unpack tuples and zip known keys rather than reading
     # attributes or calling Row._asdict(), and update in place.
     fields = next(iter(found.values()))._fields if found else ()

@@ -30,7 +30,7 @@ from tokendesk.accounts.models import Organization, Team, User
 from tokendesk.audit.models import AuditEntry
 from tokendesk.db import UTCDateTime, dialect_of, in_list
 from tokendesk.ledger import service as ledger
-from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
+from tokendesk.ledger.models import Balance
 from tokendesk.token_requests.models import RequestStatus, TokenRequest
 
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
@@ -318,7 +318,8 @@ async def transition(
         values["approved_amount"] = (
             TokenRequest.amount if approved_amount is None else approved_amount
         )
-    # The table, not the mapped class, as in ``grant_approved``.
+    # The table, not the mapped class: the ORM's bulk-update bookkeeping costs
+    # more than the statement itself for thousands of returned rows.
     stmt = (
         sql_update(TokenRequest.metadata.tables["token_requests"])
         .where(among(session, TokenRequest.id, ids), TokenRequest.status == RequestStatus.PENDING)
@@ -336,86 +337,6 @@ async def transition(
     if within_teams is not None:
         stmt = stmt.where(_requester_team().in_(sorted(within_teams)))
     return list((await session.execute(stmt)).all())
-
-
-async def grant_approved(
-    session: AsyncSession, *, request_ids: Sequence[int], now: datetime
-) -> list[AnyRow]:
-    """Add each approved request's amount to its requester's cached balance.
-
-    One UPDATE ... FROM; a user has at most one pending request, so each
-    balance row matches at most one request.
-    """
-    # The table, not the mapped class: the ORM's bulk-update bookkeeping costs
-    # more than the statement itself for thousands of returned rows.
-    stmt = (
-        sql_update(Balance.metadata.tables["balances"])
-        .where(
-            Balance.user_id == TokenRequest.user_id,
-            among(session, TokenRequest.id, request_ids),
-        )
-        .values(granted=Balance.granted + TokenRequest.approved_amount, updated_at=now)
-        .returning(
-            Balance.user_id,
-            Balance.organization_id,
-            Balance.period_start,
-            Balance.period_end,
-            Balance.allocation,
-            Balance.granted,
-            Balance.adjusted,
-            Balance.used,
-            Balance.reserved,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return list((await session.execute(stmt)).all())
-
-
-async def insert_grant_entries(
-    session: AsyncSession,
-    *,
-    request_ids: Sequence[int],
-    actor_id: int,
-    note: str | None,
-    now: datetime,
-) -> None:
-    """Write one GRANT ledger entry per approved request, straight from the rows
-    in the database (INSERT ... SELECT), into each requester's current period."""
-    reason: ColumnElement[str] = (
-        literal(note, String())
-        if note
-        else literal("token request ", String())
-        + cast(TokenRequest.id, String())
-        + literal(" approved", String())
-    )
-    columns = [
-        "organization_id",
-        "user_id",
-        "period_start",
-        "kind",
-        "amount",
-        "actor_id",
-        "reason",
-        "token_request_id",
-        "created_at",
-    ]
-    source = (
-        select(
-            Balance.organization_id,
-            TokenRequest.user_id,
-            Balance.period_start,
-            literal(EntryKind.GRANT.value, String()),
-            TokenRequest.approved_amount,
-            literal(actor_id, BigInteger()),
-            reason,
-            TokenRequest.id,
-            literal(now, UTCDateTime()),
-        )
-        .select_from(TokenRequest)
-        .join(Balance, Balance.user_id == TokenRequest.user_id)
-        .where(among(session, TokenRequest.id, request_ids))
-    )
-    await session.execute(insert(LedgerEntry).from_select(columns, source))
 
 
 def _json_object(dialect: str, pairs: dict[str, Any]) -> ColumnElement[Any]:
