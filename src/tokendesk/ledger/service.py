@@ -31,11 +31,13 @@ from tokendesk.ledger.reservations import (
     settle,
 )
 from tokendesk.ledger.rollover import carried_debit, carried_from, rollover_due
+from tokendesk.ledger.usage import MemberBalance, debit_usage, lock_member_balances
 
 __all__ = [
     "BALANCES",
     "REMAINING",
     "BalanceView",
+    "MemberBalance",
     "allocation_expression",
     "balance_event",
     "balance_snapshot",
@@ -44,12 +46,14 @@ __all__ = [
     "carried_from",
     "check_hold",
     "credit",
+    "debit_usage",
     "expire_holds",
     "get_balance",
     "get_balances",
     "grant_approved",
     "insufficient",
     "lock_in_user_order",
+    "lock_member_balances",
     "open_balance",
     "release",
     "reserve",

@@ -1,6 +1,7 @@
-"""All SQL of metering: set-based statements whose count does not grow with the batch.
+"""The SQL of usage events: set-based statements whose count does not grow with the batch.
 
-The statements of a batch are built once per dialect and run as Core on the
+The statements of a batch are built once per dialect (the balance side of a batch
+is :mod:`tokendesk.ledger.usage`) and run as Core on the
 session's connection: a batch runs a dozen of them, and building each statement
 anew (or going through the ORM) would cost more than the database's own work.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
@@ -17,9 +17,6 @@ from sqlalchemy import (
     Table,
     bindparam,
     case,
-    func,
-    insert,
-    literal,
     select,
     update,
 )
@@ -28,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Organization, User
 from tokendesk.db import Base, dialect_of, in_list, listed, run_core
-from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry, remaining_of
 from tokendesk.metering.models import UsageEvent
 
 
@@ -39,27 +35,6 @@ class StoredEvent:
     user_id: int
     total_tokens: int
     balance_after: int
-
-
-@dataclass
-class MemberBalance:
-    """A user's balance row with the user's current team and the organization's time zone."""
-
-    user_id: int
-    organization_id: int
-    period_start: datetime
-    period_end: datetime
-    allocation: int
-    granted: int
-    adjusted: int
-    used: int
-    reserved: int
-    team_id: int | None
-    timezone: str
-
-    @property
-    def remaining(self) -> int:
-        return remaining_of(self.allocation, self.granted, self.adjusted, self.used, self.reserved)
 
 
 def table(model: type[Base]) -> Table:
@@ -76,8 +51,7 @@ def dialect_insert(dialect: str) -> Any:
     raise NotImplementedError(f"usage ingest does not support the {dialect} dialect")
 
 
-_events, _balances, _users = table(UsageEvent), table(Balance), table(User)
-_organizations = table(Organization)
+_events, _users = table(UsageEvent), table(User)
 
 
 @cache
@@ -95,77 +69,6 @@ def _stored_events(dialect: str) -> Any:
     e = _events
     return select(e.c.id, e.c.event_id, e.c.user_id, e.c.total_tokens, e.c.balance_after).where(
         e.c.organization_id == bindparam("org"), in_list(dialect, e.c.event_id, "event_ids")
-    )
-
-
-@cache
-def _member_balances(dialect: str) -> Any:
-    b = _balances
-    return (
-        select(
-            b.c.user_id,
-            b.c.organization_id,
-            b.c.period_start,
-            b.c.period_end,
-            b.c.allocation,
-            b.c.granted,
-            b.c.adjusted,
-            b.c.used,
-            b.c.reserved,
-            _users.c.team_id,
-            func.coalesce(_organizations.c.timezone, "UTC"),
-        )
-        .join(_users, _users.c.id == b.c.user_id)
-        .join(_organizations, _organizations.c.id == b.c.organization_id)
-        .where(in_list(dialect, b.c.user_id))
-        .order_by(b.c.user_id)
-        .with_for_update(of=b)
-    )
-
-
-@cache
-def _usage_entries(dialect: str) -> Any:
-    e = _events
-    source = (
-        select(
-            e.c.organization_id,
-            e.c.user_id,
-            _balances.c.period_start,
-            literal(EntryKind.USAGE.value),
-            -e.c.total_tokens,
-            e.c.id,
-            e.c.model + " via " + e.c.source,
-            e.c.recorded_at,
-        )
-        .join(_balances, _balances.c.user_id == e.c.user_id)
-        .where(in_list(dialect, e.c.id))
-    )
-    columns = [
-        "organization_id",
-        "user_id",
-        "period_start",
-        "kind",
-        "amount",
-        "usage_event_id",
-        "reason",
-        "created_at",
-    ]
-    return insert(table(LedgerEntry)).from_select(columns, source)
-
-
-@cache
-def _add_used(dialect: str) -> Any:
-    spent = (
-        select(_events.c.user_id, func.sum(_events.c.total_tokens).label("tokens"))
-        .where(in_list(dialect, _events.c.id))
-        .group_by(_events.c.user_id)
-        .subquery()
-    )
-    # Relative, not absolute, so it composes with concurrent holds on the same row.
-    return (
-        update(_balances)
-        .where(_balances.c.user_id == spent.c.user_id)
-        .values(used=_balances.c.used + spent.c.tokens, updated_at=bindparam("now"))
     )
 
 
@@ -213,19 +116,6 @@ async def stored_events(
     return {row[1]: StoredEvent(*row) for row in rows}
 
 
-async def lock_balances(
-    session: AsyncSession, *, user_ids: Collection[int]
-) -> dict[int, MemberBalance]:
-    """Read and (on PostgreSQL) lock the balances, in user order so batches never deadlock.
-
-    Plain rows, not ORM objects: a batch reads a hundred of them and changes them
-    with one UPDATE, so identity-map bookkeeping would only cost time.
-    """
-    dialect = dialect_of(session)
-    rows = await run_core(session, _member_balances(dialect), {"ids": listed(dialect, user_ids)})
-    return {row[0]: MemberBalance(*row) for row in rows}
-
-
 async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
     """Insert the events no earlier call stored; returns event_id -> id of those inserted."""
     if not rows:
@@ -244,21 +134,3 @@ async def fix_balance_after(session: AsyncSession, values: Mapping[int, int]) ->
         .where(_events.c.id.in_(values))
         .values(balance_after=case(values, value=_events.c.id)),
     )
-
-
-async def insert_usage_entries(session: AsyncSession, *, usage_event_ids: Collection[int]) -> None:
-    """A usage ledger entry for each of these events, in its user's current period."""
-    if usage_event_ids:
-        dialect = dialect_of(session)
-        await run_core(session, _usage_entries(dialect), {"ids": listed(dialect, usage_event_ids)})
-
-
-async def add_used(
-    session: AsyncSession, *, usage_event_ids: Collection[int], now: datetime
-) -> None:
-    """Grow each user's ``used`` by the tokens of their new events: one UPDATE for all."""
-    if usage_event_ids:
-        dialect = dialect_of(session)
-        await run_core(
-            session, _add_used(dialect), {"ids": listed(dialect, usage_event_ids), "now": now}
-        )

@@ -24,6 +24,7 @@ from tokendesk.events.bus import emit
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Reservation
 from tokendesk.ledger.periods import zone
+from tokendesk.ledger.usage import MemberBalance
 from tokendesk.metering import repository as repo
 from tokendesk.metering import rollups
 
@@ -107,7 +108,7 @@ class _Plan:
 
 
 def _plan(
-    events: Sequence[UsageInput], *, balances: dict[int, repo.MemberBalance], known: set[str]
+    events: Sequence[UsageInput], *, balances: dict[int, MemberBalance], known: set[str]
 ) -> _Plan:
     """Charge each new event in batch order, per user, from the user's current remaining."""
     remaining = {user_id: balance.remaining for user_id, balance in balances.items()}
@@ -133,7 +134,7 @@ def _plan(
 
 
 def _check_members(
-    organization_id: int, events: Sequence[UsageInput], balances: dict[int, repo.MemberBalance]
+    organization_id: int, events: Sequence[UsageInput], balances: dict[int, MemberBalance]
 ) -> None:
     for index, usage in enumerate(events):
         balance = balances.get(usage.user_id)
@@ -168,11 +169,11 @@ async def record_usage(
     # (a settled hold's reservation, say) by itself.
     await session.flush()
     user_ids = {usage.user_id for usage in events}
-    balances = await repo.lock_balances(session, user_ids=user_ids)
+    balances = await ledger.lock_member_balances(session, user_ids=user_ids)
     _check_members(organization_id, events, balances)
     if any(balance.period_end <= now for balance in balances.values()):
         await ledger.rollover_due(session, now=now, user_ids=list(user_ids))
-        balances = await repo.lock_balances(session, user_ids=user_ids)
+        balances = await ledger.lock_member_balances(session, user_ids=user_ids)
     # Optimistic: most events are new, so charge them all and let the insert say otherwise.
     plan = _plan(events, balances=balances, known=set())
     local = zone(next(iter(balances.values())).timezone)
@@ -209,7 +210,7 @@ async def record_usage(
 def _event_row(
     organization_id: int,
     usage: UsageInput,
-    balances: dict[int, repo.MemberBalance],
+    balances: dict[int, MemberBalance],
     plan: _Plan,
     now: datetime,
     local: tzinfo,
@@ -236,7 +237,7 @@ def _event_row(
 async def _write_effects(
     session: AsyncSession,
     events: Sequence[UsageInput],
-    balances: dict[int, repo.MemberBalance],
+    balances: dict[int, MemberBalance],
     plan: _Plan,
     inserted: dict[str, int],
     days: set[date],
@@ -244,8 +245,7 @@ async def _write_effects(
 ) -> None:
     """Ledger entries, balance cache, daily rollups and real-time events of the new events."""
     stored_now = list(inserted.values())
-    await repo.insert_usage_entries(session, usage_event_ids=stored_now)
-    await repo.add_used(session, usage_event_ids=stored_now, now=now)
+    await ledger.debit_usage(session, usage_event_ids=stored_now, now=now)
     await rollups.add(session, usage_event_ids=stored_now, days=days)
     for user_id, delta in plan.used.items():
         # The rows are locked (or SQLite's write lock is held), so this mirrors the UPDATE.
