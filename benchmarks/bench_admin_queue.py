@@ -137,15 +137,14 @@ async def render_times(loaded: Loaded, renders: int) -> dict[str, list[float]]:
     from tokendesk.accounts.auth import SESSION_COOKIE
     from tokendesk.app import create_app
     from tokendesk.config import Settings
-    from tokendesk.db import configure_database, set_database
-    from tokendesk.events.bus import InProcessBus, set_bus
+    from tokendesk.db import Database
+    from tokendesk.events.bus import InProcessBus
 
     cookie, _ = await session_cookie(loaded.url, loaded.admin_id)
-    database = configure_database(loaded.url)
-    set_bus(InProcessBus())
+    database = Database(loaded.url, bus=InProcessBus())
     app = create_app(
         Settings(database_url=loaded.url, demo=True, scheduler_enabled=False),
-        manage_database=False,
+        database=database,
     )
     paths = {
         "page": "/admin/requests",
@@ -154,9 +153,12 @@ async def render_times(loaded: Loaded, renders: int) -> dict[str, list[float]]:
     }
     times: dict[str, list[float]] = {name: [] for name in paths}
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://bench", cookies={SESSION_COOKIE: cookie}
-    ) as http:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=transport, base_url="http://bench", cookies={SESSION_COOKIE: cookie}
+        ) as http,
+    ):
         for name, path in paths.items():
             for attempt in range(renders + 3):
                 started = time.perf_counter()
@@ -168,7 +170,6 @@ async def render_times(loaded: Loaded, renders: int) -> dict[str, list[float]]:
         page = (await http.get(paths["page"])).text
         assert f">{loaded.size:,}<" in page, "the pending tab should count every request"
     await database.dispose()
-    set_database(None)
     return times
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import sys
 import time
@@ -96,18 +97,20 @@ async def approve_all(
     """Wall seconds of the call, this process's CPU seconds in it, the backends' CPU
     seconds in it (PostgreSQL), and how many requests were decided.
 
-    As a server would be: started (its lifespan has run) and having served the
-    admin the pending queue first. ``cold``: neither, the call is the app's first.
+    As a server would be: started (its lifespan has run, the long-lived heap frozen)
+    and having served the admin the pending queue first. ``cold``: the call is the
+    app's first, nothing frozen (its runtime is built, as every call needs).
     """
     from tokendesk.app import create_app
     from tokendesk.audit import service as audit
     from tokendesk.config import Settings
-    from tokendesk.db import configure_database, set_database
+    from tokendesk.db import Database
+    from tokendesk.events.bus import InProcessBus
     from tokendesk.ledger.doctor import check_balances, check_references
 
-    database = configure_database(url)
+    database = Database(url, bus=InProcessBus())
     app = create_app(
-        Settings(database_url=url, demo=True, scheduler_enabled=False), manage_database=False
+        Settings(database_url=url, demo=True, scheduler_enabled=False), database=database
     )
     transport = httpx.ASGITransport(app=app)
     headers = {"Authorization": f"Bearer {key}"}
@@ -115,8 +118,11 @@ async def approve_all(
         http = await stack.enter_async_context(
             httpx.AsyncClient(transport=transport, base_url="http://b", timeout=300)
         )
+        await stack.enter_async_context(app.router.lifespan_context(app))
         if not cold:
-            await stack.enter_async_context(app.router.lifespan_context(app))
+            # As a server's lifespan does with the runtime it builds itself.
+            gc.collect()
+            gc.freeze()
             queue = await http.get("/api/v1/token-requests?status=pending", headers=headers)
             assert queue.status_code == 200, queue.text[:300]
         server_before = await server_cpu(database)
@@ -137,7 +143,6 @@ async def approve_all(
     assert not mismatches, mismatches[:3]
     assert not dangling, dangling
     await database.dispose()
-    set_database(None)
     return seconds, cpu, server, decided
 
 

@@ -16,15 +16,17 @@ from typing import Any
 import httpx
 import pytest
 from argon2 import PasswordHasher
+from fastapi import FastAPI
 from sqlalchemy import text
 
 import tokendesk.models as models
 from tests.factories import World, make_world
+from tests.serving import serving
 from tokendesk.accounts import security
 from tokendesk.app import create_app
 from tokendesk.config import Settings
-from tokendesk.db import Database, set_database
-from tokendesk.events.bus import InProcessBus, set_bus
+from tokendesk.db import Database
+from tokendesk.events.bus import InProcessBus
 from tokendesk.migrations.runner import upgrade
 
 # Tests create many users; production-strength argon2 parameters would only slow them down.
@@ -136,14 +138,18 @@ async def wipe(database: Database) -> None:
 
 
 @pytest.fixture
-async def database(_session_database: Database) -> AsyncIterator[Database]:
-    """A clean, migrated database for one test, installed as the app's database."""
+def bus() -> InProcessBus:
+    """The test's event bus: what its database's transactions publish on."""
+    return InProcessBus()
+
+
+@pytest.fixture
+async def database(_session_database: Database, bus: InProcessBus) -> Database:
+    """A clean, migrated database for one test, publishing on the test's bus; apps
+    built with ``create_app(settings, database=database)`` use both."""
     await wipe(_session_database)
-    set_database(_session_database)
-    bus = InProcessBus()
-    set_bus(bus)
-    yield _session_database
-    set_database(None)
+    _session_database.bus = bus
+    return _session_database
 
 
 @pytest.fixture
@@ -152,8 +158,15 @@ def settings(db_url: str) -> Settings:
 
 
 @pytest.fixture
-async def client(database: Database, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, manage_database=False)
+async def app(database: Database, settings: Settings) -> AsyncIterator[FastAPI]:
+    """The application over the test's database, its runtime built (see ``serving``)."""
+    app = create_app(settings, database=database)
+    async with serving(app):
+        yield app
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http

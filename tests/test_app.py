@@ -14,14 +14,14 @@ class TestSecret:
     @pytest.mark.parametrize("secret", ["change-me", "short"])
     def test_a_guessable_secret_is_refused_however_the_app_is_built(self, secret: str) -> None:
         with pytest.raises(InsecureSecret, match="TOKENDESK_SECRET_KEY"):
-            create_app(Settings(secret_key=secret, demo=False), manage_database=False)
+            create_app(Settings(secret_key=secret, demo=False))
 
     def test_demo_mode_tolerates_the_placeholder(self) -> None:
-        assert create_app(Settings(demo=True), manage_database=False) is not None
+        assert create_app(Settings(demo=True)) is not None
 
     def test_a_long_random_secret_is_accepted(self) -> None:
         settings = Settings(secret_key="s" * 40, demo=False)
-        assert create_app(settings, manage_database=False) is not None
+        assert create_app(settings) is not None
 
 
 class TestSecurityHeaders:

@@ -23,13 +23,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tests.accounts.support import sign_in
 from tests.factories import World
 from tests.fake_upstream import RunningServer
+from tests.serving import serving
 from tests.web_admin.conftest import CSRF_META, PASSWORD
 from tokendesk.accounts.auth import SESSION_COOKIE
 from tokendesk.app import create_app
 from tokendesk.bodies import BodyLimits, WholeBodies
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.gateway.routes import get_gateway
 
 # Short, so a test waits little for the cut-off; long enough that the other calls made
 # meanwhile finish well within it on a busy machine.
@@ -132,7 +132,7 @@ async def live(database: Database, db_url: str) -> AsyncIterator[Live]:
             scheduler_enabled=False,
             body_timeout_seconds=BODY_TIMEOUT,
         ),
-        manage_database=False,
+        database=database,
     )
     watch = BodyWatch(app)
     async with RunningServer(watch) as server:
@@ -141,7 +141,6 @@ async def live(database: Database, db_url: str) -> AsyncIterator[Live]:
         # A request still hanging (a failed test) would hold up the server's shutdown.
         for writer in live.sockets:
             writer.close()
-    await get_gateway(app).close()
 
 
 async def others_carry_on(live: Live, world: World) -> None:
@@ -257,9 +256,12 @@ async def small_limits(database: Database, db_url: str) -> AsyncIterator[httpx.A
         gateway_body_max_bytes=3_000,
         form_body_max_bytes=1_024,
     )
-    app = create_app(settings, manage_database=False)
+    app = create_app(settings, database=database)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with (
+        serving(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as http,
+    ):
         yield http
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
@@ -18,13 +17,10 @@ from sqlalchemy import text
 from tokendesk import __version__
 from tokendesk.bodies import BodyLimits, WholeBodies
 from tokendesk.config import Settings, get_settings
-from tokendesk.db import configure_database, get_database, set_database
+from tokendesk.db import Database
 from tokendesk.errors import AppError, ErrorOut, TooManyAttempts
-from tokendesk.events.bus import EventBus, InProcessBus, set_bus
-from tokendesk.ledger import scheduler
-from tokendesk.limits import PerUserLimit
+from tokendesk.runtime import Runtime
 from tokendesk.web.headers import SecurityHeaders
-from tokendesk.web.ratelimit import LoginLimiter
 
 log = logging.getLogger(__name__)
 
@@ -79,57 +75,31 @@ def _describe_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def make_bus(settings: Settings) -> EventBus:
-    kind = settings.event_bus
-    if kind == "auto":
-        kind = "memory" if settings.is_sqlite else "postgres"
-    if kind == "postgres":
-        from tokendesk.events.pg_bus import PostgresBus
-
-        return PostgresBus(settings.database_url)
-    return InProcessBus()
-
-
-def create_app(settings: Settings | None = None, *, manage_database: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
     """The application; refuses a guessable secret outside demo mode, however it is served
-    (a forged session cookie would otherwise let anyone in as anyone)."""
+    (a forged session cookie would otherwise let anyone in as anyone).
+
+    Its lifespan builds the process's :class:`Runtime` (``app.state.runtime``) and
+    closes it. ``database`` (tests, benchmarks) is used, with its bus, instead of
+    the one ``settings`` name, and left open for its owner to close.
+    """
     settings = settings or get_settings()
     settings.check_secret()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        database = configure_database(settings.database_url) if manage_database else get_database()
-        bus = None
-        if manage_database:
-            bus = make_bus(settings)
-            await bus.start()
-            set_bus(bus)
-        from tokendesk.gateway.routes import install
-
-        # Everything imported so far lives for the whole process: keep it out of the
-        # collector's generations so large requests (bulk decisions) don't rescan it.
-        gc.collect()
-        gc.freeze()
-
-        gateway = install(app, settings, database)
-        task = None
-        if settings.scheduler_enabled:
-            task = asyncio.create_task(
-                scheduler.run_forever(database, interval=settings.scheduler_interval_seconds)
-            )
-        try:
-            yield
-        finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await gateway.close()
-            if bus is not None:
-                await bus.stop()
-            if manage_database:
-                await database.dispose()
-                set_database(None)
+        async with Runtime.running(settings, database=database) as runtime:
+            if database is None:
+                # A server's own runtime, and everything imported so far, lives for
+                # the whole process: keep it out of the collector's generations so
+                # large requests (bulk decisions) don't rescan it.
+                gc.collect()
+                gc.freeze()
+            app.state.runtime = runtime
+            try:
+                yield
+            finally:
+                del app.state.runtime
 
     app = FastAPI(
         title="tokendesk",
@@ -138,15 +108,14 @@ def create_app(settings: Settings | None = None, *, manage_database: bool = True
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.event_streams = PerUserLimit(settings.event_streams_per_user)
-    app.state.login_limiter = LoginLimiter()
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(AppError, _app_error)
     _describe_errors(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
-        async with get_database().transaction(write=False) as session:
+        runtime: Runtime = app.state.runtime
+        async with runtime.database.transaction(write=False) as session:
             await session.execute(text("SELECT 1"))
         return {"status": "ok", "version": __version__}
 

@@ -13,8 +13,9 @@ from tokendesk.accounts.auth import actor_from_api_key, actor_from_session_cooki
 from tokendesk.accounts.schemas import UserUpdate
 from tokendesk.accounts.users import NewPassword, prepare_password
 from tokendesk.config import Settings
-from tokendesk.db import get_database
+from tokendesk.db import Database
 from tokendesk.errors import AppError, Forbidden, Unauthorized
+from tokendesk.runtime import Runtime
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -27,14 +28,28 @@ def _settings(request: Request) -> Settings:
 AppSettings = Annotated[Settings, Depends(_settings)]
 
 
-async def _write_session() -> AsyncIterator[AsyncSession]:
+def runtime_of(request: Request) -> Runtime:
+    """The process's runtime, built in the app's lifespan (see :mod:`tokendesk.runtime`)."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def database_of(request: Request) -> Database:
+    return runtime_of(request).database
+
+
+AppRuntime = Annotated[Runtime, Depends(runtime_of)]
+AppDatabase = Annotated[Database, Depends(database_of)]
+
+
+async def _write_session(request: Request) -> AsyncIterator[AsyncSession]:
     # The request owns the transaction: commit when the endpoint returns, roll back on error.
-    async with get_database().transaction(write=True) as session:
+    async with database_of(request).transaction(write=True) as session:
         yield session
 
 
-async def _read_session() -> AsyncIterator[AsyncSession]:
-    async with get_database().transaction(write=False) as session:
+async def _read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with database_of(request).transaction(write=False) as session:
         yield session
 
 
@@ -53,7 +68,10 @@ async def _authenticate(request: Request, session: AsyncSession, *, session_writ
     actor: Actor | None = None
     if scheme.lower() == "bearer" and token:
         actor = await actor_from_api_key(
-            session, token.strip(), organization_header=org_header, session_writes=session_writes
+            session,
+            token.strip(),
+            organization_header=org_header,
+            stamp_later=None if session_writes else database_of(request),
         )
         if actor is None:
             raise Unauthorized("invalid or revoked API key")
@@ -78,7 +96,7 @@ CurrentActor = Annotated[Actor, Depends(_current_actor)]
 async def reauthenticate(request: Request) -> Actor | None:
     """The request's caller as of now, in a short read transaction of its own, or None
     when its credentials no longer hold (a long-lived stream asks again after a change)."""
-    async with get_database().transaction(write=False) as session:
+    async with database_of(request).transaction(write=False) as session:
         try:
             return await _authenticate(request, session, session_writes=False)
         except AppError:
@@ -100,7 +118,7 @@ async def _org_admin_actor(actor: CurrentActor) -> Actor:
 async def _reading_actor(request: Request) -> Actor:
     # A transaction of its own, over before the endpoint runs: the request then holds
     # no connection while it waits for the one that writes, or for the password hasher.
-    async with get_database().transaction(write=False) as session:
+    async with database_of(request).transaction(write=False) as session:
         return await _authenticate(request, session, session_writes=False)
 
 
@@ -118,12 +136,13 @@ async def prepared_password(
 ) -> NewPassword | None:
     """``users.prepare_password`` with the sign-in limiter and this client's address, so
     guesses at the current password count where guesses at sign-in do."""
+    runtime = runtime_of(request)
     return await prepare_password(
-        get_database(),
+        runtime.database,
         actor=actor,
         user_id=user_id,
         data=data,
-        guesses=request.app.state.login_limiter,
+        guesses=runtime.login_limiter,
         address=client_address(request),
     )
 

@@ -10,6 +10,7 @@ from argon2 import PasswordHasher
 
 from tests.accounts.support import LOGIN_TOKEN, PASSWORD, open_sessions, sign_in
 from tests.factories import World
+from tests.serving import serving
 from tokendesk.accounts import security
 from tokendesk.accounts.schemas import MAX_PASSWORD
 from tokendesk.app import create_app
@@ -23,9 +24,7 @@ Browser = Callable[[str], httpx.AsyncClient]
 @pytest.fixture
 async def from_address(database: Database, settings: Settings) -> AsyncIterator[Browser]:
     """Browsers on one app, each from the client address it is given."""
-    app = create_app(settings, manage_database=False)
-    # Time stands still: a slow machine neither earns sign-ins back nor outwaits a delay.
-    app.state.login_limiter = LoginLimiter(clock=lambda: 0.0)
+    app = create_app(settings, database=database)
     opened: list[httpx.AsyncClient] = []
 
     def browser(address: str) -> httpx.AsyncClient:
@@ -34,9 +33,12 @@ async def from_address(database: Database, settings: Settings) -> AsyncIterator[
         opened.append(http)
         return http
 
-    yield browser
-    for http in opened:
-        await http.aclose()
+    async with serving(app) as runtime:
+        # Time stands still: a slow machine neither earns sign-ins back nor outwaits a delay.
+        runtime.login_limiter = LoginLimiter(clock=lambda: 0.0)
+        yield browser
+        for http in opened:
+            await http.aclose()
 
 
 class TestLoginForm:

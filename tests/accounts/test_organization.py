@@ -19,7 +19,7 @@ from tests.factories import World, snapshot
 from tokendesk.accounts import organizations
 from tokendesk.accounts.schemas import OrganizationUpdate
 from tokendesk.db import Database, utcnow
-from tokendesk.events.bus import get_bus
+from tokendesk.events.bus import InProcessBus
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance, EntryKind
 from tokendesk.ledger.periods import period_bounds
@@ -116,10 +116,10 @@ class TestUpdateOrganization:
         assert await ledger_is_consistent(database)
 
     async def test_members_hear_of_a_new_reset_date_after_commit(
-        self, database: Database, world: World
+        self, database: Database, world: World, bus: InProcessBus
     ) -> None:
         actor = await actor_of(database, world.admin)
-        async with get_bus().subscribe() as queue:
+        async with bus.subscribe() as queue:
             async with database.transaction() as s:
                 await organizations.update_settings(
                     s, actor=actor, data=OrganizationUpdate(reset_day=15, timezone="Asia/Tokyo")

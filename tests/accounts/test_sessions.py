@@ -19,6 +19,7 @@ from tests.accounts.support import (
     sign_in,
 )
 from tests.factories import World
+from tests.serving import serving
 from tokendesk.accounts.auth import SESSION_COOKIE
 from tokendesk.accounts.models import LoginSession
 from tokendesk.app import create_app
@@ -135,11 +136,14 @@ class TestSecureCookie:
         self, database: Database, world: World, settings: Settings
     ) -> None:
         public = settings.model_copy(update={"public_url": "https://tokens.example.com"})
-        app = create_app(public, manage_database=False)
+        app = create_app(public, database=database)
         # Behind a proxy that ends TLS, the app itself is reached over plain http.
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test"
-        ) as http:
+        async with (
+            serving(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://test"
+            ) as http,
+        ):
             form = await http.get("/login")
             assert "secure" in form.headers["set-cookie"].lower()
             token = LOGIN_TOKEN.search(form.text)

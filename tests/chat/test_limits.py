@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from tests.chat.test_conversations_api import add, create
 from tests.factories import World
+from tests.serving import serving
 from tokendesk.accounts.auth import build_actor
 from tokendesk.accounts.models import User
 from tokendesk.app import create_app
@@ -33,10 +34,11 @@ async def limited(database: Database, db_url: str) -> AsyncIterator[httpx.AsyncC
         conversations_per_user=MOST_CONVERSATIONS,
         message_max_chars=MOST_CHARS,
     )
-    app = create_app(settings, manage_database=False)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test"
-    ) as http:
+    app = create_app(settings, database=database)
+    async with (
+        serving(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+    ):
         yield http
 
 

@@ -8,14 +8,14 @@ from tests.factories import World
 from tokendesk.accounts import service as accounts
 from tokendesk.accounts.auth import build_actor
 from tokendesk.db import Database
-from tokendesk.events.bus import get_bus
+from tokendesk.events.bus import InProcessBus
 from tokendesk.events.pg_bus import MAX_PAYLOAD, pack
 from tokendesk.token_requests import service as token_requests
 from tokendesk.token_requests.events import BULK_EVENT_IDS
 
 
 async def test_a_huge_bulk_decision_sends_a_queue_event_that_fits_in_one_notify(
-    client: httpx.AsyncClient, database: Database, world: World
+    client: httpx.AsyncClient, database: Database, world: World, bus: InProcessBus
 ) -> None:
     ids = []
     async with database.transaction() as s:
@@ -29,7 +29,7 @@ async def test_a_huge_bulk_decision_sends_a_queue_event_that_fits_in_one_notify(
             )
             request = await token_requests.submit(s, actor=await build_actor(s, user), amount=100)
             ids.append(request.id)
-    async with get_bus().subscribe() as queue:
+    async with bus.subscribe() as queue:
         r = await client.post(
             "/api/v1/token-requests/bulk",
             json={"action": "reject", "ids": ids},

@@ -18,7 +18,6 @@ from tests.fake_upstream import RunningServer
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.gateway.routes import get_gateway
 from tokendesk.limits import PerUserLimit
 
 MOST_STREAMS = 2
@@ -34,11 +33,10 @@ async def live(database: Database, db_url: str) -> AsyncIterator[tuple[str, Any]
             scheduler_enabled=False,
             event_streams_per_user=MOST_STREAMS,
         ),
-        manage_database=False,
+        database=database,
     )
     async with RunningServer(app) as server:
         yield server.url, app
-    await get_gateway(app).close()
 
 
 @dataclass
@@ -72,7 +70,7 @@ class TestEventStreamsPerUser:
         self, live: tuple[str, Any], world: World
     ) -> None:
         url, app = live
-        streams: PerUserLimit = app.state.event_streams
+        streams: PerUserLimit = app.state.runtime.event_streams
         async with (
             httpx.AsyncClient(base_url=url, timeout=STEP_SECONDS) as http,
             AsyncExitStack() as stack,

@@ -22,9 +22,7 @@ from tokendesk.accounts.models import User
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.events.bus import get_bus, set_bus
 from tokendesk.events.pg_bus import PostgresBus
-from tokendesk.gateway.routes import get_gateway
 
 # How long a stream may take to end before the test fails: far beyond what the change's
 # HTTP call and the event's hop take, so only a stream that does not end fails it.
@@ -42,17 +40,16 @@ async def live(
             pytest.skip("LISTEN/NOTIFY needs PostgreSQL")
         bus = PostgresBus(db_url)
         await bus.start()
-        set_bus(bus)
+        database.bus = bus
     app = create_app(
-        Settings(database_url=db_url, demo=True, scheduler_enabled=False), manage_database=False
+        Settings(database_url=db_url, demo=True, scheduler_enabled=False), database=database
     )
     try:
         async with RunningServer(app) as server:
             yield server.url
     finally:
-        await get_gateway(app).close()
         if request.param == "postgres":
-            await get_bus().stop()
+            await bus.stop()
 
 
 @dataclass

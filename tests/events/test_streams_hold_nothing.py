@@ -16,7 +16,6 @@ from tests.fake_upstream import RunningServer
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.gateway.routes import get_gateway
 
 STEP_SECONDS = 10.0
 
@@ -25,11 +24,10 @@ STEP_SECONDS = 10.0
 async def live(database: Database, db_url: str) -> AsyncIterator[tuple[str, Any]]:
     app = create_app(
         Settings(database_url=db_url, demo=True, scheduler_enabled=False),
-        manage_database=False,
+        database=database,
     )
     async with RunningServer(app) as server:
         yield server.url, app
-    await get_gateway(app).close()
 
 
 def connections_in_use(database: Database) -> int:
@@ -85,6 +83,6 @@ class TestAnOpenStream:
         ):
             lines = stream.aiter_lines()
             await asyncio.wait_for(first_data(lines), STEP_SECONDS)
-            assert get_gateway(app).calls.open_for(world.alice.id) == 1  # still streaming
+            assert app.state.runtime.gateway.calls.open_for(world.alice.id) == 1  # still streaming
             assert connections_in_use(database) == 0
             await a_write_goes_through(http, world)

@@ -8,10 +8,11 @@ import httpx
 import pytest
 
 from tests.fake_upstream import FakeUpstream, RunningServer
+from tests.serving import serving
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.gateway.routes import Gateway, get_gateway
+from tokendesk.gateway.routes import Gateway
 
 
 @dataclass
@@ -74,9 +75,10 @@ async def harness(
         gateway_default_max_tokens=100,
         **getattr(request, "param", {}),
     )
-    app = create_app(settings, manage_database=False)
+    app = create_app(settings, database=database)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        gateway = get_gateway(app)
-        yield Harness(http, gateway, fake)
-        await gateway.close()
+    async with (
+        serving(app) as runtime,
+        httpx.AsyncClient(transport=transport, base_url="http://test") as http,
+    ):
+        yield Harness(http, runtime.gateway, fake)

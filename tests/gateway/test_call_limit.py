@@ -17,7 +17,7 @@ from tests.fake_upstream import RunningServer
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.gateway.routes import Gateway, get_gateway
+from tokendesk.gateway.routes import Gateway
 
 MOST_CALLS = 2
 STEP_SECONDS = 10.0
@@ -78,13 +78,11 @@ async def live(database: Database, db_url: str) -> AsyncIterator[Live]:
                 models=json.dumps(models),
                 gateway_calls_per_user=MOST_CALLS,
             ),
-            manage_database=False,
+            database=database,
         )
         async with RunningServer(app) as server:
-            gateway = get_gateway(app)
-            yield Live(server.url, upstream, gateway)
+            yield Live(server.url, upstream, app.state.runtime.gateway)
             upstream.release.set()
-        await gateway.close()
 
 
 def call(person: Person) -> dict[str, Any]:

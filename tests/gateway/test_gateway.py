@@ -10,10 +10,10 @@ import httpx
 
 from tests.factories import World
 from tests.gateway.conftest import Harness
+from tests.serving import serving
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.gateway.routes import get_gateway
 from tokendesk.gateway.tokens import prompt_tokens, text_tokens
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.doctor import check_balances
@@ -274,10 +274,13 @@ class TestTrustedHeader:
                 models=json.dumps([{"name": "fast", "base_url": f"{url}/v1"}]),
                 trusted_user_header="X-OpenWebUI-User-Email",
             ),
-            manage_database=False,
+            database=database,
         )
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        async with (
+            serving(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as http,
+        ):
             as_alice = {**world.admin.headers, "X-OpenWebUI-User-Email": world.alice.email}
             r = await http.post("/v1/chat/completions", json=body("fast"), headers=as_alice)
             assert r.status_code == 200, r.text
@@ -285,7 +288,6 @@ class TestTrustedHeader:
             as_bob = {**world.alice.headers, "X-OpenWebUI-User-Email": world.bob.email}
             refused = await http.post("/v1/chat/completions", json=body("fast"), headers=as_bob)
             assert refused.status_code == 403
-            await get_gateway(app).close()
         assert (await balance_of(database, world.alice.id)).used == 24
         assert (await balance_of(database, world.admin.id)).used == 0
 

@@ -12,11 +12,11 @@ import pytest
 
 from tests.factories import World
 from tests.fake_upstream import FakeUpstream, RunningServer
+from tests.serving import serving
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.events.bus import Event, emit, get_bus
-from tokendesk.gateway.routes import get_gateway
+from tokendesk.events.bus import Event, InProcessBus, emit
 from tokendesk.gateway.tokens import prompt_tokens, text_tokens
 from tokendesk.ledger import service as ledger
 
@@ -26,11 +26,10 @@ async def live(database: Database, db_url: str) -> AsyncIterator[tuple[str, Any]
     """tokendesk itself on a real port, serving the built-in demo model."""
     app = create_app(
         Settings(database_url=db_url, demo=True, scheduler_enabled=False),
-        manage_database=False,
+        database=database,
     )
     async with RunningServer(app) as server:
         yield server.url, app
-    await get_gateway(app).close()
 
 
 async def next_event(lines: AsyncIterator[str]) -> tuple[str, dict[str, Any]]:
@@ -65,7 +64,7 @@ class TestClientDisconnect:
                 if len(received.split()) >= 3:
                     break
         # The server notices the closed socket, stops, and settles what it sent.
-        gateway = get_gateway(app)
+        gateway = app.state.runtime.gateway
         for _ in range(200):
             await gateway.settler.drain()
             async with database.transaction() as s:
@@ -112,8 +111,10 @@ class TestEventStream:
 
 
 class TestPublishAfterCommit:
-    async def test_rolled_back_transaction_publishes_nothing(self, database: Database) -> None:
-        async with get_bus().subscribe() as queue:
+    async def test_rolled_back_transaction_publishes_nothing(
+        self, database: Database, bus: InProcessBus
+    ) -> None:
+        async with bus.subscribe() as queue:
             with pytest.raises(RuntimeError):
                 async with database.transaction() as s:
                     emit(s, Event(type="balance.changed", data={}, user_id=1))
@@ -141,10 +142,13 @@ class TestConcurrentCalls:
                     models=models,
                     upstream_timeout_seconds=10,
                 ),
-                manage_database=False,
+                database=database,
             )
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            async with (
+                serving(app),
+                httpx.AsyncClient(transport=transport, base_url="http://t") as http,
+            ):
                 # nora has 5,000 tokens; each call holds about 1,010, so only 4 fit at once.
                 body = {
                     "model": "slow",
@@ -157,7 +161,6 @@ class TestConcurrentCalls:
                         for _ in range(20)
                     )
                 )
-                await get_gateway(app).close()
         codes = sorted(r.status_code for r in responses)
         assert codes.count(200) == 4 and codes.count(429) == 16, codes
         async with database.transaction() as s:

@@ -15,7 +15,6 @@ from tests.gateway.test_budget import leave
 from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.gateway.routes import get_gateway
 from tokendesk.gateway.tokens import prompt_tokens
 
 QUESTION = [{"role": "user", "content": "Say hello"}]
@@ -48,11 +47,10 @@ async def live(
         Settings(
             database_url=db_url, demo=True, scheduler_enabled=False, models=json.dumps(models)
         ),
-        manage_database=False,
+        database=database,
     )
     async with RunningServer(app) as server:
         yield Live(server.url, fake)
-    await get_gateway(app).close()
 
 
 class TestThroughTheSdk:

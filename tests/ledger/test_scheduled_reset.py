@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from tests.factories import World
 from tests.ledger.helpers import assert_ledger_consistent, balance_of, count_entries
 from tokendesk.db import Database
-from tokendesk.events.bus import get_bus
+from tokendesk.events.bus import InProcessBus
 from tokendesk.ledger import scheduler
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance, EntryKind, Reservation, ReservationStatus
@@ -67,11 +67,11 @@ class TestRunOnce:
         )
 
     async def test_members_are_told_of_their_reset_after_commit(
-        self, database: Database, world: World
+        self, database: Database, world: World, bus: InProcessBus
     ) -> None:
         end = (await balance_of(database, world.alice.id)).period_end
 
-        async with get_bus().subscribe() as queue:
+        async with bus.subscribe() as queue:
             await scheduler.run_once(database, now=end)
             events = [queue.get_nowait() for _ in range(queue.qsize())]
 

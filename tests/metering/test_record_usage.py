@@ -9,7 +9,7 @@ from tests.factories import World, snapshot
 from tests.metering.helpers import assert_ledger_consistent, balance_of, usage, usage_entries
 from tokendesk.db import Database
 from tokendesk.errors import InvalidInput
-from tokendesk.events.bus import get_bus
+from tokendesk.events.bus import InProcessBus
 from tokendesk.metering.models import UsageEvent
 from tokendesk.metering.service import UsageInput, record_usage
 
@@ -95,9 +95,9 @@ class TestRecordUsage:
         assert (event.occurred_at, event.recorded_at) == (now, now)
 
     async def test_each_affected_user_gets_one_balance_event_after_commit(
-        self, database: Database, world: World
+        self, database: Database, world: World, bus: InProcessBus
     ) -> None:
-        async with get_bus().subscribe() as queue:
+        async with bus.subscribe() as queue:
             async with database.transaction() as s:
                 await record_usage(
                     s,

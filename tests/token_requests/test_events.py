@@ -10,7 +10,7 @@ import pytest
 from tests.factories import World
 from tests.token_requests.support import actor_for, balance_of, submit
 from tokendesk.db import Database
-from tokendesk.events.bus import Event, get_bus
+from tokendesk.events.bus import Event, InProcessBus
 from tokendesk.ledger import service as ledger
 from tokendesk.token_requests import bulk, service
 
@@ -28,11 +28,11 @@ class Rollback(Exception):
 
 class TestPublishAfterCommit:
     async def test_an_approval_is_announced_only_once_committed(
-        self, database: Database, world: World
+        self, database: Database, world: World, bus: InProcessBus
     ) -> None:
         request = await submit(database, world.alice, amount=1_000)
         actor = await actor_for(database, world.admin)
-        async with get_bus().subscribe() as queue:
+        async with bus.subscribe() as queue:
             async with database.transaction() as s:
                 await service.approve(s, actor=actor, request_id=request.id)
                 assert queue.empty()
@@ -55,13 +55,13 @@ class TestPublishAfterCommit:
 
     @pytest.mark.parametrize("action", ["approve", "reject", "cancel", "submit", "bulk"])
     async def test_a_rolled_back_transaction_publishes_nothing(
-        self, database: Database, world: World, action: str
+        self, database: Database, world: World, action: str, bus: InProcessBus
     ) -> None:
         request = await submit(database, world.alice, amount=1_000)
         admin = await actor_for(database, world.admin)
         alice = await actor_for(database, world.alice)
         amy = await actor_for(database, world.amy)
-        async with get_bus().subscribe() as queue:
+        async with bus.subscribe() as queue:
             with pytest.raises(Rollback):
                 async with database.transaction() as s:
                     if action == "submit":
@@ -77,9 +77,9 @@ class TestPublishAfterCommit:
         assert (await balance_of(database, world.alice)).granted == 0
 
     async def test_a_submission_tells_the_requester_and_the_queue(
-        self, client: httpx.AsyncClient, database: Database, world: World
+        self, client: httpx.AsyncClient, database: Database, world: World, bus: InProcessBus
     ) -> None:
-        async with get_bus().subscribe() as queue:
+        async with bus.subscribe() as queue:
             response = await client.post(
                 "/api/v1/token-requests", json={"amount": 10}, headers=world.bob.headers
             )
@@ -100,12 +100,12 @@ class TestPublishAfterCommit:
 
 class TestBulkEvents:
     async def test_each_requester_hears_about_their_request_and_balance(
-        self, client: httpx.AsyncClient, database: Database, world: World
+        self, client: httpx.AsyncClient, database: Database, world: World, bus: InProcessBus
     ) -> None:
         alice = await submit(database, world.alice, amount=1_000)
         amy = await submit(database, world.amy, amount=2_000)
         bob = await submit(database, world.bob, amount=3_000)
-        async with get_bus().subscribe() as queue:
+        async with bus.subscribe() as queue:
             response = await client.post(
                 "/api/v1/token-requests/bulk",
                 json={"action": "approve", "ids": [alice.id, amy.id, bob.id], "note": "go"},
@@ -139,11 +139,11 @@ class TestBulkEvents:
         assert summaries[world.team_b].data["request_ids"] == [bob.id]
 
     async def test_a_bulk_rejection_tells_requesters_without_balance_events(
-        self, database: Database, world: World
+        self, database: Database, world: World, bus: InProcessBus
     ) -> None:
         alice = await submit(database, world.alice)
         actor = await actor_for(database, world.admin)
-        async with get_bus().subscribe() as queue:
+        async with bus.subscribe() as queue:
             async with database.transaction() as s:
                 await bulk.bulk(s, actor=actor, action="reject", ids=[alice.id])
             events = drain(queue)

@@ -11,7 +11,7 @@ from tests.token_requests.support import actor_for, submit
 from tokendesk.accounts import service as accounts
 from tokendesk.accounts.models import Role, Team, User
 from tokendesk.db import Database, utcnow
-from tokendesk.events.bus import get_bus
+from tokendesk.events.bus import InProcessBus
 from tokendesk.token_requests import repository as repo
 from tokendesk.token_requests import service
 from tokendesk.token_requests.models import RequestStatus
@@ -91,10 +91,10 @@ class TestListingAfterAMove:
         assert await _pending_ids(client, world.admin, team_id=world.team_a) == []
 
     async def test_the_move_tells_both_teams_queues(
-        self, client: httpx.AsyncClient, database: Database, world: World
+        self, client: httpx.AsyncClient, database: Database, world: World, bus: InProcessBus
     ) -> None:
         request = await submit(database, world.alice)
-        async with get_bus().subscribe() as queue:
+        async with bus.subscribe() as queue:
             await _move(client, world, world.alice, world.team_b)
             events = [queue.get_nowait() for _ in range(queue.qsize())]
         moved = [e for e in events if e.type == "queue.changed"]

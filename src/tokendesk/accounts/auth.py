@@ -25,7 +25,7 @@ from tokendesk.accounts.models import (
 from tokendesk.accounts.security import hash_api_key, usable_key
 from tokendesk.bounds import parse_id
 from tokendesk.config import get_settings
-from tokendesk.db import after_commit, get_database, utcnow
+from tokendesk.db import Database, after_commit, utcnow
 from tokendesk.errors import NotFound
 
 SESSION_COOKIE = "tokendesk_session"
@@ -121,10 +121,10 @@ async def actor_from_api_key(
     key: str,
     *,
     organization_header: str | None = None,
-    session_writes: bool = True,
+    stamp_later: Database | None = None,
 ) -> Actor | None:
-    """The key's owner as an actor. ``session_writes=False``: ``session`` only reads,
-    so a due "last used" stamp goes in a short transaction of its own once that
+    """The key's owner as an actor. With ``stamp_later``, ``session`` only reads, so a
+    due "last used" stamp goes in a short transaction of that database once the
     session has ended (never two connections at once for one request)."""
     rows = (await session.execute(_KEY_OWNER, {"key_hash": hash_api_key(key)})).all()
     if not rows:
@@ -135,12 +135,13 @@ async def actor_from_api_key(
     # every read a write, and on SQLite every write waits for the one writer.
     if person.last_used_at is None or now - person.last_used_at > LAST_USED_RESOLUTION:
         stamp = update(ApiKey).where(ApiKey.id == person.key_id).values(last_used_at=now)
-        if session_writes:
+        if stamp_later is None:
             await session.execute(stamp)
         else:
+            database = stamp_later
 
             async def stamp_alone() -> None:
-                async with get_database().transaction() as stamping:
+                async with database.transaction() as stamping:
                     await stamping.execute(stamp)
 
             after_commit(session, stamp_alone)

@@ -35,13 +35,13 @@ from tokendesk.accounts.schemas import (
     UserUpdate,
 )
 from tokendesk.bounds import Offset, QueryId, path_id
-from tokendesk.db import get_database
 from tokendesk.deps import (
     AdminActor,
     CurrentActor,
     DbSession,
     OrgAdminActor,
     ReadingActor,
+    database_of,
     prepared_password,
 )
 
@@ -225,7 +225,7 @@ async def update_user(
     change the override and team of their members, within teams they own; everyone
     changes their own name and password, never their own allocation, team or role.
     """
-    database = get_database()
+    database = database_of(request)
     new_password = await prepared_password(request, actor=actor, user_id=user_id, data=data)
     async with database.transaction() as session:
         row = await users.update_user(

@@ -22,11 +22,8 @@ from tokendesk.db.unit_of_work import (
     AfterCommit,
     Database,
     after_commit,
-    configure_database,
     dialect_of,
-    get_database,
     run_core,
-    set_database,
 )
 
 __all__ = [
@@ -44,14 +41,11 @@ __all__ = [
     "UTCDateTime",
     "after_commit",
     "bound_rows",
-    "configure_database",
     "dialect_of",
-    "get_database",
     "in_list",
     "listed",
     "rows_bound",
     "run_core",
-    "set_database",
     "sqlite_timestamp",
     "utcnow",
 ]

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, make_url
 from sqlalchemy.exc import OperationalError
@@ -22,6 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.pool import StaticPool
 
 from tokendesk.db.fallback import FALLBACK, Fallback
+
+if TYPE_CHECKING:
+    from tokendesk.events.bus import EventBus
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,9 @@ class QuickPath:
         self._checkpoint_soon()
         return result
 
-    async def transaction(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T | Fallback:
+    async def transaction(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, bus: EventBus | None
+    ) -> T | Fallback:
         """Run ``work`` in a write transaction on the quick connection, without handing
         each statement to the driver's thread.
 
@@ -108,8 +113,8 @@ class QuickPath:
         asked to do (the ORM, say) raises :class:`QuickPathUnavailable`: the work
         is rolled back and :data:`FALLBACK` returned, as when there is no quick
         connection or another process is writing; the caller then takes the
-        normal path. Events are published after the commit, as
-        :meth:`transaction` does.
+        normal path. Events are published after the commit, on
+        ``bus``, as :meth:`Database.transaction` does.
         """
         async with self._write_lock:
             engine = self._plain_engine("write")
@@ -122,6 +127,7 @@ class QuickPath:
                     return FALLBACK  # locked by another process: never wait on the loop
                 try:
                     with self._quick_session(connection) as session:
+                        session.info["bus"] = bus
                         result = await work(session)
                         # ORM changes left unflushed would otherwise be lost: flushing
                         # them needs a connection, so the work gives way instead.

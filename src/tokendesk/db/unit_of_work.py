@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, CursorResult, Executable, event
 from sqlalchemy.ext.asyncio import (
@@ -24,6 +24,9 @@ from sqlalchemy.ext.asyncio import (
 
 from tokendesk.db.fallback import FALLBACK, Fallback
 from tokendesk.db.sqlite_quick import QuickPath
+
+if TYPE_CHECKING:
+    from tokendesk.events.bus import EventBus
 
 AfterCommit = Callable[[], Any]
 T = TypeVar("T")
@@ -38,10 +41,24 @@ class Database:
     data is durable. The gateway's holds are the one exception, for speed on its
     hot path: :meth:`quick_write` on SQLite, one autocommitted statement on
     PostgreSQL; neither publishes events.
+
+    The unit of work also publishes: ``bus`` is where the events of its committed
+    transactions go (the runtime's), and each transaction hands it to
+    :func:`tokendesk.events.bus.emit` in ``session.info``, so services that have only
+    a session publish after commit without a global. Without a bus (the CLI, tools)
+    events are dropped, as no server is listening to such a process.
     """
 
-    def __init__(self, url: str, *, echo: bool = False, checkpoint_delay: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        bus: EventBus | None = None,
+        echo: bool = False,
+        checkpoint_delay: float = 1.0,
+    ) -> None:
         self.url = url
+        self.bus = bus
         self.is_sqlite = url.startswith("sqlite")
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
@@ -95,6 +112,7 @@ class Database:
             maker = self._write_sessions if write else self._read_sessions
             async with maker() as session:
                 session.info["after_commit"] = []
+                session.info["bus"] = self.bus
                 try:
                     yield session
                     await session.commit()
@@ -126,7 +144,7 @@ class Database:
         """:meth:`QuickPath.transaction` where there is a quick path, else FALLBACK."""
         if self.quick_path is None:
             return FALLBACK
-        return await self.quick_path.transaction(work)
+        return await self.quick_path.transaction(work, bus=self.bus)
 
     async def quick_read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T | Fallback:
         """:meth:`QuickPath.read` where there is a quick path, else FALLBACK."""
@@ -163,23 +181,3 @@ async def run_core(
 def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
     """Run ``callback`` once the session's transaction has committed (never on rollback)."""
     session.info.setdefault("after_commit", []).append(callback)
-
-
-_database: Database | None = None
-
-
-def get_database() -> Database:
-    if _database is None:
-        raise RuntimeError("database not configured; call configure_database() first")
-    return _database
-
-
-def configure_database(url: str) -> Database:
-    global _database
-    _database = Database(url)
-    return _database
-
-
-def set_database(database: Database | None) -> None:
-    global _database
-    _database = database

@@ -2,6 +2,8 @@
 
 Services call :func:`emit` inside a transaction; the event reaches the bus only
 after that transaction commits, so nobody is told about data that was rolled back.
+The bus is the runtime's (:mod:`tokendesk.runtime`), reached through the session's
+database; nothing here is global.
 """
 
 from __future__ import annotations
@@ -136,27 +138,19 @@ class InProcessBus:
             self._discard(queue)
 
 
-_bus: EventBus = InProcessBus()
-
-
-def get_bus() -> EventBus:
-    return _bus
-
-
-def set_bus(bus: EventBus) -> None:
-    global _bus
-    _bus = bus
-
-
 def emit(session: AsyncSession, *events: Event) -> None:
-    """Queue ``events`` for publication once ``session`` commits."""
+    """Queue ``events`` for publication once ``session`` commits, on the bus its
+    database was given (see :class:`tokendesk.db.Database`); none, none published."""
     pending: list[Event] | None = session.info.get("events")
     if pending is None:
+        bus: EventBus | None = session.info.get("bus")
+        if bus is None:
+            return
         pending = []
         session.info["events"] = pending
 
         async def _flush() -> None:
-            await get_bus().publish(pending)
+            await bus.publish(pending)
 
         after_commit(session, _flush)
     pending.extend(events)

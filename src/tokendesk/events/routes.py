@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from tokendesk.deps import CurrentActor, DbSession, reauthenticate
-from tokendesk.events.bus import ACCESS_CHANGED, get_bus
+from tokendesk.deps import CurrentActor, DbSession, reauthenticate, runtime_of
+from tokendesk.events.bus import ACCESS_CHANGED
 from tokendesk.events.service import snapshot, visible_to
-from tokendesk.limits import PerUserLimit
 
 router = APIRouter(tags=["events"])
 
 HEARTBEAT_SECONDS = 15.0
 # How long a browser waits before it opens a stream again (after a drop or a refusal).
 RECONNECT_SECONDS = 2
-_ids = itertools.count(1)
 
 
-def _frame(event_type: str, data: object) -> str:
+def _frame(event_id: int, event_type: str, data: object) -> str:
     payload = json.dumps(data, separators=(",", ":"), default=str)
-    return f"id: {next(_ids)}\nevent: {event_type}\ndata: {payload}\n\n"
+    return f"id: {event_id}\nevent: {event_type}\ndata: {payload}\n\n"
 
 
 @router.get(
@@ -45,13 +42,14 @@ async def events(request: Request, actor: CurrentActor, session: DbSession) -> R
     more answers 429.
     """
     first = await snapshot(session, actor=actor)
-    bus = get_bus()
+    runtime = runtime_of(request)
+    bus, ids = runtime.bus, runtime.event_ids
 
     async def stream() -> AsyncIterator[str]:
         admin_org = actor.organization_id if actor.is_admin else None
         async with bus.subscribe(user_id=actor.user_id, admin_organization_id=admin_org) as queue:
             yield f"retry: {RECONNECT_SECONDS * 1000}\n\n"
-            yield _frame("snapshot", first)
+            yield _frame(next(ids), "snapshot", first)
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), timeout=HEARTBEAT_SECONDS)
@@ -63,9 +61,9 @@ async def events(request: Request, actor: CurrentActor, session: DbSession) -> R
                         return
                     continue
                 if visible_to(actor, event):
-                    yield _frame(event.type, event.data)
+                    yield _frame(next(ids), event.type, event.data)
 
-    streams: PerUserLimit = request.app.state.event_streams
+    streams = runtime.event_streams
     refusal = JSONResponse(
         status_code=429,
         content={

@@ -10,10 +10,8 @@ an overrun. The hold is released untouched only when the upstream failed.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -42,11 +40,6 @@ DEMO_DELAY_SECONDS = 0.02
 # for a fault, not an upstream that ignored its budget; so are fewer completion tokens
 # than a tenth of what the reply's text counts: tokenizers differ, but not by so much.
 ABSURD_FACTOR = 10
-
-# Completion ids double as usage event ids, so they must never repeat: a random
-# prefix per process and a counter are unique without a system call per call.
-_ID_PREFIX = secrets.token_hex(12)
-_ids = itertools.count()
 
 
 def loads(content: bytes | str, *, allow_nan: bool = True) -> Any:
@@ -141,7 +134,7 @@ class Completion:
         # The completion budget per choice that goes upstream: what the hold pays for.
         self.budget = completion_budget(chat, held)
         self.estimate_prompt = chat.prompt
-        self.id = f"chatcmpl-{_ID_PREFIX}{next(_ids):x}"
+        self.id = f"{gateway.id_prefix}{next(gateway.ids):x}"
         self._done = False
 
     def settle(self, prompt: int, completion: int) -> None:

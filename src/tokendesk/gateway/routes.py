@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import secrets
 from typing import Any
 
 import aiohttp
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from yarl import URL
@@ -22,10 +24,10 @@ from yarl import URL
 from tokendesk.accounts.auth import actor_from_session_cookie, csrf_ok
 from tokendesk.accounts.keycache import CREDENTIALS_CHANGED, KeyCache, KeyOwner
 from tokendesk.accounts.models import Role
-from tokendesk.config import Settings, get_settings
-from tokendesk.db import Database, get_database
+from tokendesk.config import Settings
+from tokendesk.db import Database
 from tokendesk.errors import AppError, InsufficientTokens
-from tokendesk.events.bus import get_bus
+from tokendesk.events.bus import EventBus
 from tokendesk.gateway.budget import (
     BadParameter,
     ChatRequest,
@@ -47,11 +49,13 @@ router = APIRouter(prefix="/v1", tags=["gateway"])
 
 
 class Gateway:
-    """Per-process gateway state: models, the upstream connection pool, caches, the settler."""
+    """Per-process gateway state: models, the upstream connection pool, caches, the settler
+    (part of the process's :class:`tokendesk.runtime.Runtime`)."""
 
-    def __init__(self, settings: Settings, database: Database) -> None:
+    def __init__(self, settings: Settings, database: Database, *, bus: EventBus) -> None:
         self.settings = settings
         self.database = database
+        self.bus = bus
         self.models = load_models(settings)
         self.upstream_urls = {
             name: URL(model.base_url.rstrip("/") + "/chat/completions")
@@ -63,6 +67,10 @@ class Gateway:
         self.holds = HoldBatcher(database, ttl_seconds=settings.reservation_ttl_seconds)
         self.overruns = Overruns(database)
         self.calls = PerUserLimit(settings.gateway_calls_per_user)
+        # Completion ids double as usage event ids, so they must never repeat: a random
+        # prefix per gateway and a counter are unique without a system call per call.
+        self.id_prefix = f"chatcmpl-{secrets.token_hex(12)}"
+        self.ids = itertools.count()
         self._client: aiohttp.ClientSession | None = None
         self._listener: asyncio.Task[None] | None = None
 
@@ -72,7 +80,7 @@ class Gateway:
             self._listener = asyncio.create_task(self._forget_on_change())
 
     async def _forget_on_change(self) -> None:
-        async with get_bus().subscribe(system=True) as queue:
+        async with self.bus.subscribe(system=True) as queue:
             while True:
                 event = await queue.get()
                 if event.type == CREDENTIALS_CHANGED:
@@ -109,19 +117,9 @@ class Gateway:
             await self._client.close()
 
 
-def get_gateway(app: FastAPI) -> Gateway:
-    gateway: Gateway | None = getattr(app.state, "gateway", None)
-    if gateway is None or gateway.database is not get_database():
-        settings: Settings = getattr(app.state, "settings", None) or get_settings()
-        gateway = Gateway(settings, get_database())
-        app.state.gateway = gateway
-    gateway.watch_credentials()
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.runtime.gateway
     return gateway
-
-
-def install(app: FastAPI, settings: Settings, database: Database) -> Gateway:
-    app.state.gateway = Gateway(settings, database)
-    return app.state.gateway
 
 
 class GatewayError(Exception):
@@ -183,7 +181,7 @@ async def _session_caller(request: Request, gateway: Gateway) -> KeyOwner:
 
 @router.get("/models", responses=MODELS_RESPONSES)
 async def list_models(request: Request) -> Response:
-    gateway = get_gateway(request.app)
+    gateway = _gateway(request)
     try:
         await _caller(request, gateway)
     except GatewayError as exc:
@@ -261,7 +259,7 @@ def _insufficient(exc: InsufficientTokens) -> JSONResponse:
     responses=CHAT_COMPLETIONS_RESPONSES,
 )
 async def chat_completions(request: Request) -> Response:
-    gateway = get_gateway(request.app)
+    gateway = _gateway(request)
     try:
         caller = await _caller(request, gateway)
         try:

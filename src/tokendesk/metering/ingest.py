@@ -16,7 +16,7 @@ gets its own error, naming its own event, and the others are recorded.
 from __future__ import annotations
 
 import asyncio
-import weakref
+import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +39,8 @@ class _Batch:
 
 
 class UsageRecorder:
-    """Records usage batches for one database, many per transaction."""
+    """Records usage batches for one database, many per transaction; the runtime
+    keeps the process's one (:class:`tokendesk.runtime.Runtime`)."""
 
     def __init__(self, database: Database, *, max_events: int = MAX_EVENTS) -> None:
         self.database = database
@@ -57,6 +58,12 @@ class UsageRecorder:
             self._task = asyncio.create_task(self._run())
         # Shielded: a caller who goes away must not cancel the others' transaction.
         return await asyncio.shield(batch.answer)
+
+    async def close(self) -> None:
+        """Wait for the batches already taken to be recorded (at shutdown)."""
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
 
     async def _run(self) -> None:
         while self._waiting:
@@ -124,14 +131,3 @@ def _fail(batch: _Batch, exc: Exception) -> None:
     if not batch.answer.done():
         batch.answer.set_exception(exc)
         batch.answer.exception()  # retrieved here too: its caller may have gone
-
-
-_RECORDERS: weakref.WeakKeyDictionary[Database, UsageRecorder] = weakref.WeakKeyDictionary()
-
-
-def recorder(database: Database) -> UsageRecorder:
-    """This process's recorder for ``database``."""
-    found = _RECORDERS.get(database)
-    if found is None:
-        found = _RECORDERS[database] = UsageRecorder(database)
-    return found

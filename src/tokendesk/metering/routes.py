@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from tokendesk.db import get_database
-from tokendesk.deps import OrgAdminReadingActor
+from tokendesk.deps import AppRuntime, OrgAdminReadingActor
 from tokendesk.metering import service
-from tokendesk.metering.ingest import recorder
 from tokendesk.metering.schemas import UsageBatchIn, UsageBatchOut
 
 router = APIRouter(tags=["usage"])
 
 
 @router.post("/usage", response_model=UsageBatchOut)
-async def report_usage(body: UsageBatchIn, actor: OrgAdminReadingActor) -> Response:
+async def report_usage(
+    body: UsageBatchIn, actor: OrgAdminReadingActor, runtime: AppRuntime
+) -> Response:
     """Record a batch of usage events (needs an org admin's key).
 
     Each event names its user by ``user_email`` or ``user_id``. An event id the
@@ -22,7 +22,7 @@ async def report_usage(body: UsageBatchIn, actor: OrgAdminReadingActor) -> Respo
     back with ``replayed: true``. The whole batch is checked first; one bad event
     answers 422 naming it, and nothing is recorded.
     """
-    database = get_database()
+    database = runtime.database
     # Short transactions only: a request waiting for the writer holds no connection.
     async with database.transaction(write=False) as session:
         user_ids = await service.resolve_users(
@@ -31,7 +31,7 @@ async def report_usage(body: UsageBatchIn, actor: OrgAdminReadingActor) -> Respo
             refs=[(event.user_email, event.user_id) for event in body.events],
         )
     # Batches arriving together share a transaction (see ingest.UsageRecorder).
-    results = await recorder(database).record(
+    results = await runtime.usage.record(
         organization_id=actor.organization_id,
         events=[
             service.UsageInput(

@@ -33,8 +33,7 @@ from tokendesk.accounts.schemas import MAX_PASSWORD, UserUpdate
 from tokendesk.accounts.security import verify_password
 from tokendesk.audit import service as audit
 from tokendesk.config import get_settings
-from tokendesk.db import get_database
-from tokendesk.deps import DbSession, client_address, prepared_password
+from tokendesk.deps import DbSession, client_address, database_of, prepared_password, runtime_of
 from tokendesk.errors import AppError, TooManyAttempts
 from tokendesk.events.bus import access_changed
 from tokendesk.web.ratelimit import LoginLimiter
@@ -166,7 +165,7 @@ async def login(
             status_code=422,
             error=f"Email: at most {MAX_EMAIL} characters.",
         )
-    limiter: LoginLimiter = request.app.state.login_limiter
+    limiter: LoginLimiter = runtime_of(request).login_limiter
     address = client_address(request)
     wait = limiter.attempt(email, address)
     if wait:
@@ -178,7 +177,7 @@ async def login(
             error=f"Too many attempts. Try again in {_wait_text(wait)}.",
             retry_after=wait,
         )
-    database = get_database()
+    database = database_of(request)
     async with database.transaction(write=False) as reading:
         found = (
             await reading.execute(
@@ -276,7 +275,7 @@ async def change_password(
 ) -> Response:
     """The settings page's password form: the same rule as the REST API (the current
     password, from this browser session), and the other browsers are signed out."""
-    database = get_database()
+    database = database_of(request)
     async with database.transaction(write=False) as reading:
         actor = await page_actor(request, reading)
     outcome = "changed"

@@ -21,8 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import csrf_ok
 from tokendesk.bounds import MAX_OFFSET, parse_count, path_id
-from tokendesk.db import get_database
-from tokendesk.deps import SAFE_METHODS, DbSession
+from tokendesk.deps import SAFE_METHODS, DbSession, database_of
 from tokendesk.errors import AppError
 from tokendesk.web.pages import page_actor, render
 
@@ -120,7 +119,7 @@ async def _admin_actor(
 async def _admin_actor_reading(
     request: Request, csrf: Annotated[str | None, Depends(submitted_csrf)]
 ) -> Actor:
-    async with get_database().transaction(write=False) as session:
+    async with database_of(request).transaction(write=False) as session:
         actor = await page_actor(request, session)
     return _admitted(request, csrf, actor)
 

@@ -14,8 +14,7 @@ from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.models import Role
 from tokendesk.accounts.repository import UserRow
 from tokendesk.accounts.schemas import AdjustmentIn, UserIn, UserUpdate
-from tokendesk.db import get_database
-from tokendesk.deps import DbSession, prepared_password
+from tokendesk.deps import DbSession, database_of, prepared_password
 from tokendesk.errors import AppError
 from tokendesk.web.admin.common import (
     PAGE_SIZE,
@@ -308,7 +307,7 @@ async def update_user(
     current_password: Annotated[str | None, Form()] = None,
 ) -> Response:
     # Transactions of its own: a new password is checked and hashed between them.
-    database = get_database()
+    database = database_of(request)
     async with database.transaction() as session:
         row = await users_service.get_user(session, actor=actor, user_id=user_id)
     submitted: dict[str, Any] = {}
