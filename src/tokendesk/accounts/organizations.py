@@ -11,14 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokendesk.accounts import repository as repo
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.models import Organization
 from tokendesk.accounts.schemas import OrganizationIn, OrganizationUpdate
 from tokendesk.accounts.service import (
     create_organization,
     get_organization,
-    reapply_allocations,
     require_org_admin,
     require_super_admin,
 )
@@ -26,8 +24,10 @@ from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
 from tokendesk.errors import Conflict, Forbidden, InvalidInput
 from tokendesk.events.bus import emit
+from tokendesk.ledger import pool as ledger_pool
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.periods import is_valid_timezone, period_bounds
+from tokendesk.ledger.pool import PoolUsage
 
 SETTINGS = (
     "name",
@@ -39,17 +39,6 @@ SETTINGS = (
     "low_balance_percent",
     "carry_over_debt",
 )
-
-
-@dataclass(frozen=True)
-class PoolUsage:
-    pool: int
-    # Sum of this period's allocations of every user in the organization.
-    allocated: int
-    # Sum of this period's approved grants.
-    granted: int
-    # May go negative: allocations alone can exceed a pool set too low; that is shown, not hidden.
-    left: int
 
 
 @dataclass(frozen=True)
@@ -67,17 +56,11 @@ def _duplicate(name: str) -> Conflict:
 async def _views(
     session: AsyncSession, orgs: Sequence[Organization], *, now: datetime
 ) -> list[OrganizationView]:
-    figures = await repo.pool_figures(
-        session, organization_ids=[o.id for o in orgs if o.pool is not None]
-    )
+    usages = await ledger_pool.pool_usages(session, orgs=orgs, now=now)
     views = []
     for org in orgs:
         start, end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
-        usage = None
-        if org.pool is not None:
-            allocated, granted = figures.get(org.id, (0, 0))
-            usage = PoolUsage(org.pool, allocated, granted, org.pool - allocated - granted)
-        views.append(OrganizationView(org, start, end, usage))
+        views.append(OrganizationView(org, start, end, usages.get(org.id)))
     return views
 
 
@@ -149,7 +132,7 @@ async def update_settings(
     details: dict[str, Any] = {"before": before, "after": after}
     if "reset_day" in after or "timezone" in after:
         _, end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
-        moved = await repo.move_period_end(session, organization_id=org_id, end=end)
+        moved = await ledger.move_period_end(session, organization_id=org_id, end=end)
         details["next_reset_at"] = end.isoformat()
         # Open chat pages show "resets on <date>": they hear of the new date at once.
         for balance in moved:
@@ -165,7 +148,7 @@ async def update_settings(
         details=details,
     )
     if "default_allocation" in after:
-        await reapply_allocations(
+        await ledger.reapply_allocations(
             session,
             organization_id=org_id,
             user_ids=None,

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, delete, exists, func, select, update
+from sqlalchemy import case, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from tokendesk.accounts.models import ApiKey, Role, Team, TeamOwner, User
 from tokendesk.accounts.schemas import AllocationSource
-from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
+from tokendesk.ledger.models import Balance, LedgerEntry
 
 
 @dataclass(frozen=True)
@@ -255,51 +255,3 @@ async def revoke_api_key(session: AsyncSession, *, key_id: int, now: datetime) -
         .execution_options(synchronize_session=False)
     )
     return rows.first() is not None
-
-
-async def move_period_end(
-    session: AsyncSession, *, organization_id: int, end: datetime
-) -> list[Balance]:
-    """Move every current period of the organization to end at ``end``; the moved balances.
-
-    The caller has locked them in user order (``ledger.lock_in_user_order``): the
-    UPDATE alone would take them in plan order.
-    """
-    result = await session.scalars(
-        update(Balance)
-        .where(Balance.organization_id == organization_id)
-        .values(period_end=end)
-        .returning(Balance)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    return list(result)
-
-
-async def pool_figures(
-    session: AsyncSession, *, organization_ids: Collection[int]
-) -> dict[int, tuple[int, int]]:
-    """(allocated, granted) of each organization's current periods."""
-    ids = list(organization_ids)
-    if not ids:
-        return {}
-    allocated = select(Balance.organization_id, func.sum(Balance.allocation)).where(
-        Balance.organization_id.in_(ids)
-    )
-    # Grants count only in the period each balance is in now, matching the cached rows.
-    granted = (
-        select(LedgerEntry.organization_id, func.sum(LedgerEntry.amount))
-        .join(
-            Balance,
-            and_(
-                Balance.user_id == LedgerEntry.user_id,
-                Balance.period_start == LedgerEntry.period_start,
-            ),
-        )
-        .where(LedgerEntry.organization_id.in_(ids), LedgerEntry.kind == EntryKind.GRANT.value)
-    )
-    out = {org_id: (0, 0) for org_id in ids}
-    for org_id, total in await session.execute(allocated.group_by(Balance.organization_id)):
-        out[org_id] = (int(total or 0), out[org_id][1])
-    for org_id, total in await session.execute(granted.group_by(LedgerEntry.organization_id)):
-        out[org_id] = (out[org_id][0], int(total or 0))
-    return out

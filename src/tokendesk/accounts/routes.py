@@ -95,7 +95,10 @@ def _organization_out(view: OrganizationView) -> OrganizationOut:
         next_reset_at=view.next_reset_at,
         pool_usage=(
             PoolOut(
-                pool=usage.pool, allocated=usage.allocated, granted=usage.granted, left=usage.left
+                pool=usage.pool,
+                allocated=usage.allocated,
+                granted=usage.granted,
+                left=usage.left_before_adjustments,
             )
             if usage is not None
             else None

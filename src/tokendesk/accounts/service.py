@@ -7,10 +7,9 @@ Services flush, never commit: the caller's unit of work owns the transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,9 +19,8 @@ from tokendesk.accounts.security import hash_api_key, hash_password, new_api_key
 from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
 from tokendesk.errors import Conflict, Forbidden, InvalidInput, NotFound
-from tokendesk.events.bus import access_changed, emit
+from tokendesk.events.bus import access_changed
 from tokendesk.ledger import service as ledger
-from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
 from tokendesk.ledger.periods import is_valid_timezone
 
 
@@ -234,69 +232,6 @@ async def create_user(
         details={"email": email, "role": user.role, "team_id": team_id},
     )
     return user
-
-
-async def reapply_allocations(
-    session: AsyncSession,
-    *,
-    organization_id: int,
-    user_ids: Sequence[int] | None,
-    actor_id: int | None,
-    reason: str,
-) -> int:
-    """Bring current-period allocations in line with the rules after a change.
-
-    Each difference is an ``allocation_change`` ledger entry, so the change takes
-    effect at once; later periods pick the new value up at their reset.
-    """
-    if user_ids is not None and not user_ids:
-        return 0
-    org = await get_organization(session, organization_id)
-    # All the rows first, in user order: the reset below locks only the ended ones.
-    await ledger.lock_in_user_order(
-        session, ledger.users_of(organization_id) if user_ids is None else user_ids
-    )
-    await ledger.rollover_due(session, organization_id=organization_id, user_ids=user_ids)
-    target = ledger.allocation_expression(org.default_allocation)
-    query = select(
-        Balance.user_id, Balance.period_start, Balance.allocation, target.label("target")
-    ).where(Balance.organization_id == organization_id)
-    if user_ids is not None:
-        query = query.where(Balance.user_id.in_(user_ids))
-    rows = [row for row in (await session.execute(query)).all() if row.allocation != row.target]
-    if not rows:
-        return 0
-    now = utcnow()
-    await session.execute(
-        # Relative updates, one executemany: safe against a concurrent change of another column.
-        update(ledger.BALANCES)
-        .where(ledger.BALANCES.c.user_id == bindparam("uid"))
-        .values(allocation=ledger.BALANCES.c.allocation + bindparam("diff"), updated_at=now),
-        [{"uid": row.user_id, "diff": row.target - row.allocation} for row in rows],
-    )
-    await session.execute(
-        insert(LedgerEntry),
-        [
-            {
-                "organization_id": organization_id,
-                "user_id": row.user_id,
-                "period_start": row.period_start,
-                "kind": EntryKind.ALLOCATION_CHANGE.value,
-                "amount": row.target - row.allocation,
-                "actor_id": actor_id,
-                "reason": reason,
-                "created_at": now,
-            }
-            for row in rows
-        ],
-    )
-    session.expire_all()
-    changed = await session.scalars(
-        select(Balance).where(Balance.user_id.in_([row.user_id for row in rows]))
-    )
-    for balance in changed:
-        emit(session, ledger.balance_event(balance, cause="allocation_change"))
-    return len(rows)
 
 
 async def issue_api_key(

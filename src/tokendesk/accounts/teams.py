@@ -20,13 +20,13 @@ from tokendesk.accounts.service import (
     add_team_owner,
     create_team,
     get_team_in_org,
-    reapply_allocations,
     remove_team_owner,
     require_org_admin,
 )
 from tokendesk.audit import service as audit
 from tokendesk.errors import Conflict, InvalidInput, NotFound
 from tokendesk.events.bus import access_changed
+from tokendesk.ledger import service as ledger
 
 
 def _duplicate(name: str) -> Conflict:
@@ -143,7 +143,7 @@ async def update_team(
         details={"before": before, "after": after},
     )
     if "default_allocation" in after:
-        await reapply_allocations(
+        await ledger.reapply_allocations(
             session,
             organization_id=org_id,
             user_ids=await repo.team_member_ids(session, team_id=tid),
@@ -174,7 +174,7 @@ async def delete_team(session: AsyncSession, *, actor: Actor, team_id: int) -> N
         target_id=tid,
         details={"name": name, "members": member_ids, "owners": owner_ids, "demoted": demoted},
     )
-    await reapply_allocations(
+    await ledger.reapply_allocations(
         session,
         organization_id=org_id,
         user_ids=member_ids,

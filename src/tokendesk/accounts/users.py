@@ -26,7 +26,6 @@ from tokendesk.accounts.service import (
     create_user,
     get_organization,
     get_user_in_scope,
-    reapply_allocations,
     require_manager,
     require_outranks,
 )
@@ -168,7 +167,11 @@ async def _check_new_override(
     if team is not None and team.organization_id == org.id and team.default_allocation is not None:
         default = team.default_allocation
     await pool.check_increase(
-        session, organization_id=org.id, amount=override - default, field="allocation_override"
+        session,
+        organization_id=org.id,
+        amount=override - default,
+        field="allocation_override",
+        locked=org,
     )
 
 
@@ -359,7 +362,7 @@ async def update_user(
             teams=(before["team_id"], after["team_id"]),
         )
     if reasons:
-        await reapply_allocations(
+        await ledger.reapply_allocations(
             session,
             organization_id=org_id,
             user_ids=[uid],
@@ -406,6 +409,7 @@ async def _check_override_raise(
         organization_id=user.organization_id,
         amount=target - current,
         field="allocation_override",
+        locked=org,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import SQLColumnExpression, func, select
 
 from tokendesk.accounts.models import Organization, Team, User
 from tokendesk.ledger.models import (
@@ -21,8 +21,9 @@ def resolve_allocation(user: User, team: Team | None, org: Organization) -> int:
     return org.default_allocation
 
 
-def allocation_expression(org_default: int) -> Any:
-    """SQL form of :func:`resolve_allocation` for the balance row's user (set-based resets)."""
+def allocation_expression(org_default: int | SQLColumnExpression[int]) -> Any:
+    """SQL form of :func:`resolve_allocation` for the balance row's user (set-based resets);
+    ``org_default`` is the organization's default, or its column in the enclosing query."""
     return (
         select(func.coalesce(User.allocation_override, Team.default_allocation, org_default))
         .select_from(User)

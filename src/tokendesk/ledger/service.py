@@ -31,6 +31,7 @@ from tokendesk.ledger.reservations import (
     settle,
 )
 from tokendesk.ledger.rollover import carried_debit, carried_from, rollover_due
+from tokendesk.ledger.rule_changes import move_period_end, reapply_allocations
 from tokendesk.ledger.usage import MemberBalance, debit_usage, lock_member_balances
 
 __all__ = [
@@ -54,7 +55,9 @@ __all__ = [
     "insufficient",
     "lock_in_user_order",
     "lock_member_balances",
+    "move_period_end",
     "open_balance",
+    "reapply_allocations",
     "release",
     "reserve",
     "resolve_allocation",

@@ -76,7 +76,7 @@ async def bulk(
     if approving and has_pool:
         # Lock before classifying, so a concurrent approval's grants and decisions
         # are all visible by the time this batch is sized against the pool.
-        await repo.get_organization(session, organization_id=org_id, lock=True)
+        await pool.lock_organization(session, organization_id=org_id)
 
     # An id no request can have is not looked for: it is reported as not found.
     possible = sorted(request_id for request_id in ids if is_id(request_id))
@@ -103,7 +103,7 @@ async def bulk(
 
     if approving and has_pool and candidates:
         needed = sum(row.amount for row in candidates)
-        await pool.check_pool(session, organization_id=org_id, needed=needed, now=now)
+        await pool.check_pool(session, org=org, needed=needed, now=now)
 
     changed = await repo.transition(
         session,

@@ -9,7 +9,6 @@ checked one after another.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,48 +16,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokendesk.accounts.models import Organization
 from tokendesk.db import utcnow
 from tokendesk.errors import Conflict, InvalidInput, NotFound
+from tokendesk.ledger import pool as ledger_pool
+from tokendesk.ledger.pool import PoolUsage
 from tokendesk.token_requests import repository as repo
-
-
-@dataclass(frozen=True)
-class PoolUsage:
-    """The pool and what the organization's current periods already use of it."""
-
-    pool: int
-    allocated: int
-    granted: int
-    # What adjustments added, per person: a negative adjustment takes tokens back
-    # from one person and lends nothing to anyone else.
-    adjusted: int
-    left: int
 
 
 async def pool_usage(
     session: AsyncSession, *, organization_id: int, now: datetime | None = None
 ) -> PoolUsage | None:
-    """What is left of the organization's monthly pool; None when it has no pool.
-
-    ``left`` may be negative when allocations alone already exceed the pool.
-    """
+    """What is left of the organization's monthly pool; None when it has no pool
+    (see :mod:`tokendesk.ledger.pool`)."""
     org = await repo.get_organization(session, organization_id=organization_id)
     if org is None:
         raise NotFound(f"organization {organization_id} not found")
-    if org.pool is None:
-        return None
-    pool = org.pool
-    allocated, granted, adjusted = await repo.pool_totals(
-        session,
-        organization_id=organization_id,
-        now=now or utcnow(),
-        org_default=org.default_allocation,
-    )
-    return PoolUsage(
-        pool=pool,
-        allocated=allocated,
-        granted=granted,
-        adjusted=adjusted,
-        left=pool - allocated - granted - adjusted,
-    )
+    return await ledger_pool.pool_usage(session, org=org, now=now or utcnow())
 
 
 async def lock_organization(session: AsyncSession, *, organization_id: int) -> Organization:
@@ -74,18 +45,17 @@ async def lock_organization(session: AsyncSession, *, organization_id: int) -> O
 async def check_pool(
     session: AsyncSession,
     *,
-    organization_id: int,
+    org: Organization,
     needed: int,
     now: datetime,
     field: str | None = None,
 ) -> None:
     """Refuse a grant the pool cannot cover (409 with what is left, naming ``field``).
 
-    Takes the organization's row lock first and holds it until commit, so
+    ``org`` is locked by the caller (:func:`lock_organization`) until commit, so
     concurrent approvals in one organization are checked one after another.
     """
-    await lock_organization(session, organization_id=organization_id)
-    usage = await pool_usage(session, organization_id=organization_id, now=now)
+    usage = await ledger_pool.pool_usage(session, org=org, now=now)
     if usage is not None and needed > usage.left:
         prefix = f"{field}: " if field else ""
         raise Conflict(
@@ -102,6 +72,7 @@ async def check_increase(
     amount: int,
     field: str,
     now: datetime | None = None,
+    locked: Organization | None = None,
 ) -> None:
     """Bound tokens handed to one person outside a request (an adjustment, a raised
     allocation) as an approval is bound: at most the organization's maximum per
@@ -109,11 +80,12 @@ async def check_increase(
 
     Taking tokens back (``amount <= 0``) is never limited. Binds every role: the
     pool is the organization's budget, and an org admin who wants more raises it
-    in the settings, where that change is audited.
+    in the settings, where that change is audited. ``locked``: the organization, if
+    the caller holds its lock already.
     """
     if amount <= 0:
         return
-    org = await lock_organization(session, organization_id=organization_id)
+    org = locked or await lock_organization(session, organization_id=organization_id)
     if amount > org.max_request:
         raise InvalidInput(
             f"{field}: adds {amount} tokens, more than the organization's maximum "
@@ -123,7 +95,7 @@ async def check_increase(
     if org.pool is not None:
         await check_pool(
             session,
-            organization_id=organization_id,
+            org=org,
             needed=amount,
             now=now or utcnow(),
             field=field,

@@ -396,30 +396,3 @@ async def get_organization(
     if lock:
         query = query.with_for_update().execution_options(populate_existing=True)
     return (await session.execute(query)).scalar_one_or_none()
-
-
-async def pool_totals(
-    session: AsyncSession, *, organization_id: int, now: datetime, org_default: int
-) -> tuple[int, int, int]:
-    """(allocated, granted, adjusted) across the organization's current periods,
-    ``adjusted`` counting each person's net adjustment only where it added tokens.
-
-    Read from the cached balances, which ``doctor`` proves equal to the ledger;
-    a balance whose period ended counts with the allocation its rollover will
-    give it and without the grants and adjustments that end with the old period.
-    """
-    current = Balance.period_end > now
-    query = select(
-        func.coalesce(
-            func.sum(
-                case((current, Balance.allocation), else_=ledger.allocation_expression(org_default))
-            ),
-            0,
-        ),
-        func.coalesce(func.sum(case((current, Balance.granted), else_=0)), 0),
-        func.coalesce(
-            func.sum(case((and_(current, Balance.adjusted > 0), Balance.adjusted), else_=0)), 0
-        ),
-    ).where(Balance.organization_id == organization_id)
-    allocated, granted, adjusted = (await session.execute(query)).one()
-    return int(allocated), int(granted), int(adjusted)

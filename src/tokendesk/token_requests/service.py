@@ -447,7 +447,8 @@ async def _decide(
             field="amount",
         )
     if approving and has_pool:
-        await pool.check_pool(session, organization_id=org_id, needed=grant, now=now)
+        locked = await pool.lock_organization(session, organization_id=org_id)
+        await pool.check_pool(session, org=locked, needed=grant, now=now)
     changed = await repo.transition(
         session,
         ids=[request_id],
