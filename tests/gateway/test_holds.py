@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import make_url, select, text, update
 
 from tests.factories import World
+from tests.ledger.helpers import end_period
 from tokendesk.accounts import service as accounts
 from tokendesk.db import FALLBACK, Database
 from tokendesk.errors import AppError, InsufficientTokens, InvalidInput
@@ -21,17 +22,19 @@ from tokendesk.gateway import holds
 from tokendesk.gateway.holds import Hold, HoldBatcher, Settlement, Settler
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.doctor import check_balances
+from tokendesk.ledger.holds import HoldRequest, general, postgres
+from tokendesk.ledger.holds import sqlite as sqlite_holds
+from tokendesk.ledger.holds.general import reserve_each
 from tokendesk.ledger.models import (
     Balance,
     EntryKind,
-    LedgerEntry,
     Reservation,
     ReservationStatus,
 )
-from tokendesk.metering.holds_repository import HoldRequest, reserve_each, settle_many
 from tokendesk.metering.ingest import UsageRecorder
 from tokendesk.metering.models import UsageEvent
 from tokendesk.metering.service import UsageInput
+from tokendesk.metering.settlements import settle_many
 
 
 def usage(event_id: str, user_id: int, tokens: int) -> UsageInput:
@@ -52,23 +55,6 @@ async def hold(database: Database, world: World, user_id: int, amount: int) -> i
         user_id=user_id, organization_id=world.org_id, amount=amount
     )
     return taken.id
-
-
-async def end_period(database: Database, user_id: int, **values: int) -> datetime:
-    """Move the user's period (and its ledger) a month back, so it has ended by now;
-    returns the start of the current period, the one to roll over to."""
-    async with database.transaction() as s:
-        start = (await ledger.get_balance(s, user_id=user_id)).period_start
-        old_start, old_end = start - timedelta(days=31), start - timedelta(seconds=1)
-        await s.execute(
-            update(Balance)
-            .where(Balance.user_id == user_id)
-            .values(period_start=old_start, period_end=old_end, **values)
-        )
-        await s.execute(
-            update(LedgerEntry).where(LedgerEntry.user_id == user_id).values(period_start=old_start)
-        )
-    return start
 
 
 class TestHoldBatcher:
@@ -185,8 +171,8 @@ class TestHoldBatcher:
         async def broken(*_: object, **__: object) -> None:
             raise RuntimeError("database went away")
 
-        monkeypatch.setattr(holds, "hold_many", broken)
-        monkeypatch.setattr(holds, "reserve_each", broken)
+        monkeypatch.setattr(general, "hold_many", broken)
+        monkeypatch.setattr(general, "reserve_each", broken)
         await end_period(database, world.nora.id)
         batcher = HoldBatcher(database, ttl_seconds=60)
         # alice's call is held at once; nora's period has ended, which only the general
@@ -217,11 +203,11 @@ class TestQuickRefusal:
 
     @pytest.fixture(autouse=True)
     def no_general_path(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        async def general(*_: object, **__: object) -> None:
+        async def general_path(*_: object, **__: object) -> None:
             raise AssertionError("took the general path")
 
-        monkeypatch.setattr(holds, "hold_many", general)
-        monkeypatch.setattr(holds, "reserve_each", general)
+        monkeypatch.setattr(general, "hold_many", general_path)
+        monkeypatch.setattr(general, "reserve_each", general_path)
 
     async def test_calls_beyond_the_balance_are_refused_at_once(
         self, database: Database, world: World
@@ -326,8 +312,13 @@ class TestPoisonedCall:
 
             return run
 
-        for name in ("hold_each", "hold_in_one_round_trip", "hold_many", "reserve_each"):
-            monkeypatch.setattr(holds, name, failing_with_poison(getattr(holds, name)))
+        for module, name in (
+            (sqlite_holds, "hold_each"),
+            (postgres, "hold_in_one_round_trip"),
+            (general, "hold_many"),
+            (general, "reserve_each"),
+        ):
+            monkeypatch.setattr(module, name, failing_with_poison(getattr(module, name)))
         batcher = HoldBatcher(database, ttl_seconds=60)
         calls = [(world.alice.id, 300), (world.nora.id, poison), (world.bob.id, 200)]
         calls += [(world.alice.id, 100)]
@@ -360,8 +351,8 @@ def quick_path_broken(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("quick path unavailable")
 
-    monkeypatch.setattr(holds, "hold_each", broken)
-    monkeypatch.setattr(holds, "hold_in_one_round_trip", broken)
+    monkeypatch.setattr(sqlite_holds, "hold_each", broken)
+    monkeypatch.setattr(postgres, "hold_in_one_round_trip", broken)
 
 
 # How a batch reaches the balance: the quick path (SQLite's plain connection or

@@ -67,6 +67,12 @@ class QuickPath:
         self._checkpoint: asyncio.Task[None] | None = None
         self._disposed = False
 
+    @property
+    def usable(self) -> bool:
+        """Whether there are plain connections to have: a file database, not in memory."""
+        path = make_url(self.url).database
+        return bool(path) and path != ":memory:" and not str(path).startswith("file:")
+
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T | Fallback:
         """Run ``work`` in a write transaction of its own, on the event loop itself.
 
@@ -245,7 +251,7 @@ class QuickPath:
         connection = self._plain.get(kind)
         if connection is None:
             path = make_url(self.url).database
-            if not path or path == ":memory:" or path.startswith("file:"):
+            if not self.usable or path is None:
                 return None
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             # As the driver's connections, except: fail at once rather than wait on the

@@ -1,10 +1,11 @@
 """The gateway's budget primitives: holds gathered into group commits, and settling in
 batches in the background.
 
-Holding happens before the upstream call and must be exact under concurrency
-(the SQL is in :mod:`holds_repository`). Settling happens after the response is
-on its way, so the settler groups many settlements into one transaction instead
-of paying a commit per call.
+Holding happens before the upstream call and must be exact under concurrency:
+the ledger's hold operation (:mod:`tokendesk.ledger.holds`) does it, many calls at
+once. Settling happens after the response is on its way, so the settler groups
+many settlements into one transaction instead of paying a commit per call
+(:func:`metering.settlements.settle_many` writes them).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import cast
@@ -22,25 +22,14 @@ from sqlalchemy import Table, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import ApiKey
-from tokendesk.db import Database, Fallback, run_core
-from tokendesk.errors import AppError
+from tokendesk.db import Database, run_core
 from tokendesk.ledger import service as ledger
-from tokendesk.metering.holds_repository import (
-    Hold,
-    HoldRequest,
-    Settlement,
-    hold_each,
-    hold_in_one_round_trip,
-    hold_many,
-    reserve_each,
-    settle_many,
-)
+from tokendesk.ledger.holds import Hold, HoldRequest, holds_for
+from tokendesk.metering.settlements import Settlement, settle_many
 
 log = logging.getLogger(__name__)
 
 API_KEYS = cast(Table, ApiKey.__table__)
-
-GeneralHold = Callable[..., Awaitable[Sequence[Hold | AppError]]]
 
 __all__ = ["Hold", "HoldBatcher", "HoldRequest", "Settlement", "Settler", "release"]
 
@@ -56,6 +45,7 @@ class HoldBatcher:
         self.database = database
         self.ttl_seconds = ttl_seconds
         self.max_batch = max_batch
+        self.holds = holds_for(database, ttl_seconds=ttl_seconds)
         self._waiting: list[tuple[HoldRequest, asyncio.Future[Hold]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -77,7 +67,7 @@ class HoldBatcher:
         while self._waiting:
             batch = self._waiting[: self.max_batch]
             del self._waiting[: self.max_batch]
-            results = await self._hold([request for request, _ in batch])
+            results = await self.holds.hold([request for request, _ in batch])
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue  # the caller went away; the hold expires on schedule
@@ -85,52 +75,6 @@ class HoldBatcher:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
-
-    async def _hold(self, requests: list[HoldRequest]) -> list[Hold | Exception]:
-        """One result per request, in order: the hold or why there is none.
-
-        Never raises: holds already committed by the quick path stand (and reach
-        their callers) even if the general path then fails for the others.
-        """
-        ttl = self.ttl_seconds
-        quick: list[Hold | AppError | None] | None = None
-        try:
-            if self.database.is_sqlite:
-                written = await self.database.quick_write(
-                    lambda connection: hold_each(connection, requests, ttl_seconds=ttl)
-                )
-                quick = None if isinstance(written, Fallback) else written
-            else:
-                quick = await hold_in_one_round_trip(self.database, requests, ttl_seconds=ttl)
-        except Exception:
-            # Nothing was committed (one transaction, or one statement): all go the
-            # general way, which waits for locks and reports each call's own error.
-            log.warning("quick hold of %d calls failed", len(requests), exc_info=True)
-        results: list[Hold | Exception | None] = list(quick or [None] * len(requests))
-        rest = [i for i, result in enumerate(results) if result is None]
-        if rest:
-            # What the quick path tried (each user's fit) need not be tried again.
-            general = hold_many if quick is None else reserve_each
-            held = await self._hold_generally([requests[i] for i in rest], general)
-            for i, result in zip(rest, held, strict=True):
-                results[i] = result
-        done = [result for result in results if result is not None]
-        assert len(done) == len(requests)
-        return done
-
-    async def _hold_generally(
-        self, requests: list[HoldRequest], general: GeneralHold
-    ) -> list[Hold | Exception]:
-        try:
-            async with self.database.transaction() as session:
-                return list(await general(session, requests, ttl_seconds=self.ttl_seconds))
-        except Exception as exc:
-            if len(requests) == 1:
-                return [exc]
-            # One call's failure must not reach the others: each again on its own, as
-            # the settler does, so only the call that caused it gets the error.
-            log.warning("hold of %d calls failed; holding one by one", len(requests))
-            return [(await self._hold_generally([r], reserve_each))[0] for r in requests]
 
 
 async def release(database: Database, *, reservation_id: int) -> None:

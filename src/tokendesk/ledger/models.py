@@ -129,3 +129,6 @@ class Reservation(Base):
     settled_amount: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+RESERVATIONS = cast(Table, Reservation.__table__)

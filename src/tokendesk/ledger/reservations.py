@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
@@ -19,6 +19,7 @@ from tokendesk.ledger.locks import lock_in_user_order
 from tokendesk.ledger.models import (
     BALANCES,
     REMAINING,
+    RESERVATIONS,
     Balance,
     Reservation,
     ReservationStatus,
@@ -168,6 +169,38 @@ async def return_holds(
     dialect = dialect_of(session)
     params = rows_bound(dialect, "returned", RETURNED, sorted(amounts.items()))
     await run_core(session, _return_holds(dialect), {**params, "now": now or utcnow()})
+
+
+SETTLED = ("rid", "actual")
+
+
+@cache
+def _settle_holds(dialect: str) -> Any:
+    """Close the holds still open, each with its actual amount; returns what each held."""
+    settled = bound_rows(dialect, "settled", *SETTLED)
+    r = RESERVATIONS
+    return (
+        update(r)
+        .where(r.c.id == settled.c.rid, r.c.status == ReservationStatus.HELD.value)
+        .values(status=ReservationStatus.SETTLED.value, settled_amount=settled.c.actual)
+        .returning(r.c.id, r.c.user_id, r.c.amount)
+    )
+
+
+async def settle_holds(session: AsyncSession, actual: Iterable[tuple[int, int]]) -> None:
+    """Close many holds, each a (reservation id, tokens actually used), and give back
+    what they held, in two statements; a hold already closed is left as it is.
+
+    The caller locks the holds' balances first (:func:`lock_in_user_order`) and records
+    the usage (metering): the tokens were used even if a hold had expired.
+    """
+    dialect = dialect_of(session)
+    params = rows_bound(dialect, "settled", SETTLED, sorted(actual))
+    closed = (await run_core(session, _settle_holds(dialect), params)).all()
+    returned: dict[int, int] = defaultdict(int)
+    for _, user_id, amount in closed:
+        returned[user_id] += amount
+    await return_holds(session, returned)
 
 
 async def expire_holds(session: AsyncSession, *, now: datetime | None = None) -> int:

@@ -29,6 +29,7 @@ from tokendesk.ledger.reservations import (
     reserve,
     return_holds,
     settle,
+    settle_holds,
 )
 from tokendesk.ledger.rollover import carried_debit, carried_from, rollover_due
 from tokendesk.ledger.rule_changes import move_period_end, reapply_allocations
@@ -64,5 +65,6 @@ __all__ = [
     "return_holds",
     "rollover_due",
     "settle",
+    "settle_holds",
     "users_of",
 ]
