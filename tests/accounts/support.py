@@ -15,7 +15,7 @@ from tokendesk.accounts.models import ApiKey, LoginSession, User
 from tokendesk.audit.models import AuditEntry
 from tokendesk.db import Database
 from tokendesk.ledger.doctor import check_balances
-from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
+from tokendesk.ledger.models import EntryKind, LedgerEntry
 
 API = "/api/v1"
 # Every person of the test world signs in with it (see tests/factories.py).
@@ -62,13 +62,6 @@ async def actor_of(
         user = await s.get(User, person.id)
         assert user is not None
         return await build_actor(s, user, organization_id=organization_id)
-
-
-async def balance_of(database: Database, user_id: int) -> Balance:
-    async with database.transaction(write=False) as s:
-        balance = await s.get(Balance, user_id)
-        assert balance is not None
-        return balance
 
 
 async def entries_of(database: Database, user_id: int, kind: EntryKind) -> list[LedgerEntry]:

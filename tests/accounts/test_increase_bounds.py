@@ -10,8 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.accounts.support import API, acting_in, actor_of, balance_of, ledger_is_consistent
+from tests.accounts.support import API, acting_in, actor_of, ledger_is_consistent
 from tests.factories import Person, World, make_world, snapshot
+from tests.ledger_support import balance_of
 from tests.token_requests.support import decide, submit
 from tokendesk.accounts import users
 from tokendesk.accounts.schemas import UserUpdate

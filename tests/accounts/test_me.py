@@ -8,11 +8,11 @@ from tests.accounts.support import (
     API,
     actor_of,
     audit_rows,
-    balance_of,
     entries_of,
     ledger_is_consistent,
 )
 from tests.factories import World
+from tests.ledger_support import balance_of
 from tokendesk.accounts import users
 from tokendesk.db import Database
 from tokendesk.ledger.models import EntryKind

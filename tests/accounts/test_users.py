@@ -10,12 +10,12 @@ from tests.accounts.support import (
     acting_in,
     actor_of,
     audit_rows,
-    balance_of,
     entries_of,
     error_fields,
     ledger_is_consistent,
 )
 from tests.factories import World, snapshot
+from tests.ledger_support import balance_of
 from tokendesk.accounts import users
 from tokendesk.db import Database
 from tokendesk.ledger.models import EntryKind

@@ -9,7 +9,8 @@ import pytest
 
 from tests.factories import World
 from tests.gateway.conftest import Harness
-from tests.gateway.test_gateway import MESSAGES, balance_of, body
+from tests.gateway.test_gateway import MESSAGES, body
+from tests.ledger_support import balance_of
 from tokendesk.db import Database
 from tokendesk.gateway.tokens import prompt_tokens
 from tokendesk.ledger import service as ledger

@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from tests.factories import World
 from tests.gateway.conftest import Harness
-from tests.gateway.test_gateway import MESSAGES, balance_of, body, consistent, sse_data
+from tests.gateway.test_gateway import MESSAGES, body, consistent, sse_data
+from tests.ledger_support import balance_of
 from tokendesk.config import Settings
 from tokendesk.db import Database
 from tokendesk.gateway.tokens import prompt_tokens, text_tokens

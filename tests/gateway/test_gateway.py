@@ -10,6 +10,7 @@ import httpx
 
 from tests.factories import World
 from tests.gateway.conftest import Harness
+from tests.ledger_support import balance_of
 from tests.serving import serving
 from tokendesk.app import create_app
 from tokendesk.config import Settings
@@ -17,14 +18,9 @@ from tokendesk.db import Database
 from tokendesk.gateway.tokens import prompt_tokens, text_tokens
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.doctor import check_balances
-from tokendesk.ledger.models import Balance, EntryKind
+from tokendesk.ledger.models import EntryKind
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
-
-
-async def balance_of(database: Database, user_id: int) -> Balance:
-    async with database.transaction() as s:
-        return await ledger.get_balance(s, user_id=user_id)
 
 
 async def consistent(database: Database) -> None:

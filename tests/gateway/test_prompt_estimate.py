@@ -6,7 +6,8 @@ import json
 
 from tests.factories import World
 from tests.gateway.conftest import Harness
-from tests.gateway.test_gateway import balance_of, body
+from tests.gateway.test_gateway import body
+from tests.ledger_support import balance_of
 from tokendesk.db import Database
 from tokendesk.gateway.tokens import IMAGE_TOKENS, IMAGE_TOKENS_LOW, prompt_tokens, text_tokens
 

@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from tests.factories import World
 from tests.gateway.conftest import Harness
-from tests.gateway.test_gateway import MESSAGES, balance_of, body, consistent, sse_data
+from tests.gateway.test_gateway import MESSAGES, body, consistent, sse_data
+from tests.ledger_support import balance_of
 from tokendesk.accounts.keycache import KeyOwner
 from tokendesk.accounts.models import Role
 from tokendesk.audit.models import AuditEntry

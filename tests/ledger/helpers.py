@@ -13,13 +13,6 @@ from tokendesk.ledger.doctor import check_balances, check_references
 from tokendesk.ledger.models import Balance, LedgerEntry
 
 
-async def balance_of(database: Database, user_id: int) -> Balance:
-    async with database.transaction(write=False) as s:
-        balance = await s.get(Balance, user_id)
-        assert balance is not None
-        return balance
-
-
 async def entries(database: Database, user_id: int) -> list[tuple[str, int, str | None]]:
     """(kind, amount, reason) of the user's ledger entries, oldest first."""
     async with database.transaction(write=False) as s:

@@ -14,11 +14,11 @@ import pytest
 from tests.accounts.support import (
     API,
     allocation_changes,
-    balance_of,
     entries_of,
     ledger_is_consistent,
 )
 from tests.factories import World
+from tests.ledger_support import balance_of
 from tokendesk.accounts import service as accounts
 from tokendesk.db import Database
 from tokendesk.ledger import service as ledger

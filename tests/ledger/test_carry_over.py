@@ -8,7 +8,8 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from tests.factories import World
-from tests.ledger.helpers import assert_ledger_consistent, balance_of, entries
+from tests.ledger.helpers import assert_ledger_consistent, entries
+from tests.ledger_support import balance_of
 from tokendesk.accounts.models import Organization
 from tokendesk.db import Database
 from tokendesk.ledger import service as ledger

@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.pool import NullPool
 
 from tests.factories import World
-from tests.ledger.helpers import assert_ledger_consistent, balance_of
+from tests.ledger.helpers import assert_ledger_consistent
+from tests.ledger_support import balance_of
 from tokendesk.db import Database
 from tokendesk.errors import InsufficientTokens
 from tokendesk.ledger import service as ledger

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from tests.factories import World
-from tests.ledger.helpers import balance_of, end_period
+from tests.ledger.helpers import end_period
+from tests.ledger_support import balance_of
 from tokendesk.db import Database
 from tokendesk.errors import InsufficientTokens, NotFound
 from tokendesk.ledger import service as ledger

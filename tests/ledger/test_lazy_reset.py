@@ -5,7 +5,8 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from tests.factories import World
-from tests.ledger.helpers import assert_ledger_consistent, balance_of, count_entries, entries
+from tests.ledger.helpers import assert_ledger_consistent, count_entries, entries
+from tests.ledger_support import balance_of
 from tokendesk.accounts.models import User
 from tokendesk.db import Database
 from tokendesk.ledger import service as ledger

@@ -5,7 +5,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.factories import World, snapshot
-from tests.ledger.helpers import assert_ledger_consistent, balance_of
+from tests.ledger.helpers import assert_ledger_consistent
+from tests.ledger_support import balance_of
 from tokendesk.db import Database
 from tokendesk.errors import InsufficientTokens, InvalidInput, NotFound
 from tokendesk.ledger import service as ledger

@@ -6,7 +6,8 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from tests.factories import World
-from tests.ledger.helpers import assert_ledger_consistent, balance_of, count_entries
+from tests.ledger.helpers import assert_ledger_consistent, count_entries
+from tests.ledger_support import balance_of
 from tokendesk.db import Database
 from tokendesk.events.bus import InProcessBus
 from tokendesk.ledger import scheduler

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from tokendesk.db import Database
 from tokendesk.ledger.doctor import check_balances
-from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
+from tokendesk.ledger.models import EntryKind, LedgerEntry
 from tokendesk.metering.models import NO_TEAM, UsageEvent, UsageTeamDaily
 from tokendesk.metering.service import UsageInput
 
@@ -26,13 +26,6 @@ def usage(event_id: str, user_id: int, tokens: int = 100, **extra: Any) -> Usage
         completion_tokens=tokens - prompt,
         **extra,
     )
-
-
-async def balance_of(database: Database, user_id: int) -> Balance:
-    async with database.transaction(write=False) as s:
-        balance = await s.get(Balance, user_id)
-        assert balance is not None
-        return balance
 
 
 async def usage_entries(database: Database, user_id: int) -> list[int]:

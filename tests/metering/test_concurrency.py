@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.pool import NullPool
 
 from tests.factories import World
-from tests.metering.helpers import assert_ledger_consistent, balance_of, usage
+from tests.ledger_support import balance_of
+from tests.metering.helpers import assert_ledger_consistent, usage
 from tokendesk.db import Database
 from tokendesk.metering.models import UsageEvent
 from tokendesk.metering.service import UsageResult, record_usage

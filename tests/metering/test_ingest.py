@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import select
 
 from tests.factories import World
-from tests.metering.helpers import assert_ledger_consistent, balance_of, usage
+from tests.ledger_support import balance_of
+from tests.metering.helpers import assert_ledger_consistent, usage
 from tokendesk.db import Database
 from tokendesk.errors import InvalidInput
 from tokendesk.metering.ingest import UsageRecorder

@@ -6,7 +6,8 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.factories import World, snapshot
-from tests.metering.helpers import assert_ledger_consistent, balance_of, usage, usage_entries
+from tests.ledger_support import balance_of
+from tests.metering.helpers import assert_ledger_consistent, usage, usage_entries
 from tokendesk.db import Database
 from tokendesk.errors import InvalidInput
 from tokendesk.events.bus import InProcessBus

@@ -5,9 +5,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from tests.factories import World
+from tests.ledger_support import balance_of
 from tests.metering.helpers import (
     assert_ledger_consistent,
-    balance_of,
     rollups_and_raw_sums,
     usage,
 )

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import World, snapshot
-from tests.metering.helpers import assert_ledger_consistent, balance_of, usage, usage_entries
+from tests.ledger_support import balance_of
+from tests.metering.helpers import assert_ledger_consistent, usage, usage_entries
 from tokendesk.db import Database
 from tokendesk.errors import InvalidInput, NotFound
 from tokendesk.ledger import service as ledger

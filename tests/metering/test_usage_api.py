@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from tests.factories import World, snapshot
-from tests.metering.helpers import assert_ledger_consistent, balance_of
+from tests.ledger_support import balance_of
+from tests.metering.helpers import assert_ledger_consistent
 from tokendesk.accounts.models import ApiKey
 from tokendesk.db import Database
 

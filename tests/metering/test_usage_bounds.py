@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from tests.factories import World, snapshot
-from tests.metering.helpers import assert_ledger_consistent, balance_of
+from tests.ledger_support import balance_of
+from tests.metering.helpers import assert_ledger_consistent
 from tokendesk.bounds import MAX_EVENT_TOKENS
 from tokendesk.db import Database
 from tokendesk.metering import service

@@ -16,7 +16,7 @@ from tokendesk.accounts.auth import build_actor
 from tokendesk.accounts.models import User
 from tokendesk.audit.models import AuditEntry
 from tokendesk.db import Database
-from tokendesk.ledger.models import Balance, EntryKind, LedgerEntry
+from tokendesk.ledger.models import EntryKind, LedgerEntry
 from tokendesk.token_requests import service
 from tokendesk.token_requests.schemas import TokenRequestOut
 
@@ -46,13 +46,6 @@ async def decide(
         decider = getattr(service, action)
         result: TokenRequestOut = await decider(s, actor=actor, request_id=request_id, **kwargs)
         return result
-
-
-async def balance_of(database: Database, person: Person) -> Balance:
-    async with database.transaction(write=False) as s:
-        balance = await s.get(Balance, person.id)
-        assert balance is not None
-        return balance
 
 
 async def grants_for(database: Database, request_id: int) -> list[LedgerEntry]:

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select
 
 from tests.factories import World, make_world, snapshot
+from tests.ledger_support import balance_of
 from tests.token_requests.support import (
     actor_for,
     assert_ledger_consistent,
-    balance_of,
     counting_statements,
     decide,
     grants_for,

@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.factories import Person, World, make_world
+from tests.ledger_support import balance_of
 from tests.token_requests.support import (
     actor_for,
     assert_ledger_consistent,
-    balance_of,
     grants_for,
     members,
     submit,

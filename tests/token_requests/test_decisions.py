@@ -9,10 +9,10 @@ import httpx
 import pytest
 
 from tests.factories import World, snapshot
+from tests.ledger_support import balance_of
 from tests.token_requests.support import (
     assert_ledger_consistent,
     audit_actions,
-    balance_of,
     count_grants,
     decide,
     grants_for,

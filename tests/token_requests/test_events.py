@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from tests.factories import World
-from tests.token_requests.support import actor_for, balance_of, submit
+from tests.ledger_support import balance_of
+from tests.token_requests.support import actor_for, submit
 from tokendesk.db import Database
 from tokendesk.events.bus import Event, InProcessBus
 from tokendesk.ledger import service as ledger
