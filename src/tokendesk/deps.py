@@ -9,7 +9,12 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
-from tokendesk.accounts.auth import actor_from_api_key, actor_from_session_cookie, csrf_ok
+from tokendesk.accounts.auth import (
+    actor_from_api_key,
+    actor_from_session_cookie,
+    csrf_ok,
+    settings_of,
+)
 from tokendesk.accounts.schemas import UserUpdate
 from tokendesk.accounts.users import NewPassword, prepare_password
 from tokendesk.config import Settings
@@ -20,12 +25,7 @@ from tokendesk.runtime import Runtime
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-AppSettings = Annotated[Settings, Depends(_settings)]
+AppSettings = Annotated[Settings, Depends(settings_of)]
 
 
 def runtime_of(request: Request) -> Runtime:

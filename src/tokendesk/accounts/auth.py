@@ -24,7 +24,7 @@ from tokendesk.accounts.models import (
 )
 from tokendesk.accounts.security import hash_api_key, usable_key
 from tokendesk.bounds import parse_id
-from tokendesk.config import get_settings
+from tokendesk.config import Settings
 from tokendesk.db import Database, after_commit, utcnow
 from tokendesk.errors import NotFound
 
@@ -32,8 +32,14 @@ SESSION_COOKIE = "tokendesk_session"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
-def session_serializer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(get_settings().secret_key, salt="tokendesk-session")
+def settings_of(request: Request) -> Settings:
+    """The settings the app was built with (cookies are signed with its secret)."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def session_serializer(settings: Settings) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(settings.secret_key, salt="tokendesk-session")
 
 
 class Person(Protocol):
@@ -151,30 +157,28 @@ async def actor_from_api_key(
     )
 
 
-def csrf_token_for(session_id: str) -> str:
+def csrf_token_for(settings: Settings, session_id: str) -> str:
     """The CSRF token bound to one login session (sent back in forms and X-CSRF-Token)."""
-    digest = hmac.new(
-        get_settings().secret_key.encode(), f"csrf:{session_id}".encode(), hashlib.sha256
-    )
+    digest = hmac.new(settings.secret_key.encode(), f"csrf:{session_id}".encode(), hashlib.sha256)
     return digest.hexdigest()
 
 
-def session_lifetime() -> timedelta:
-    return timedelta(hours=get_settings().session_hours)
+def session_lifetime(settings: Settings) -> timedelta:
+    return timedelta(hours=settings.session_hours)
 
 
 def _row_id(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
-def _cookie(user_id: int, session_id: str, organization_id: int | None) -> str:
+def _cookie(settings: Settings, user_id: int, session_id: str, organization_id: int | None) -> str:
     payload: dict[str, Any] = {"uid": user_id, "sid": session_id}
     if organization_id is not None:
         payload["org"] = organization_id
-    return session_serializer().dumps(payload)
+    return session_serializer(settings).dumps(payload)
 
 
-async def open_login_session(session: AsyncSession, *, user: User) -> str:
+async def open_login_session(session: AsyncSession, *, settings: Settings, user: User) -> str:
     """Record a fresh browser session for ``user``; return its cookie value.
 
     The user's sessions that have expired are deleted on the way, so the table holds
@@ -190,11 +194,11 @@ async def open_login_session(session: AsyncSession, *, user: User) -> str:
             id=_row_id(session_id),
             user_id=user.id,
             created_at=now,
-            expires_at=now + session_lifetime(),
+            expires_at=now + session_lifetime(settings),
         )
     )
     await session.flush()
-    return _cookie(user.id, session_id, None)
+    return _cookie(settings, user.id, session_id, None)
 
 
 def switched_session_cookie(request: Request, *, organization_id: int | None) -> str | None:
@@ -202,21 +206,22 @@ def switched_session_cookie(request: Request, *, organization_id: int | None) ->
     data = read_session_cookie(request)
     if data is None:
         return None
-    return _cookie(int(data.get("uid", 0)), str(data.get("sid", "")), organization_id)
+    return _cookie(
+        settings_of(request), int(data.get("uid", 0)), str(data.get("sid", "")), organization_id
+    )
 
 
 def secure_cookies(request: Request) -> bool:
     """Whether cookies may travel only over https: the public URL says so, or this
     request came over https."""
-    settings = getattr(request.app.state, "settings", None) or get_settings()
-    return bool(settings.secure_cookies) or request.url.scheme == "https"
+    return bool(settings_of(request).secure_cookies) or request.url.scheme == "https"
 
 
 def set_session_cookie(response: Response, request: Request, cookie: str) -> None:
     response.set_cookie(
         SESSION_COOKIE,
         cookie,
-        max_age=int(session_lifetime().total_seconds()),
+        max_age=int(session_lifetime(settings_of(request)).total_seconds()),
         httponly=True,
         samesite="lax",
         secure=secure_cookies(request),
@@ -229,7 +234,10 @@ def read_session_cookie(request: Request) -> dict[str, Any] | None:
     if not raw:
         return None
     try:
-        data = session_serializer().loads(raw, max_age=int(session_lifetime().total_seconds()))
+        settings = settings_of(request)
+        data = session_serializer(settings).loads(
+            raw, max_age=int(session_lifetime(settings).total_seconds())
+        )
     except BadSignature:
         return None
     return data if isinstance(data, dict) else None
@@ -239,7 +247,8 @@ def csrf_ok(request: Request, submitted: str | None) -> bool:
     data = read_session_cookie(request)
     if data is None or not submitted:
         return False
-    return hmac.compare_digest(csrf_token_for(str(data.get("sid", ""))), submitted)
+    token = csrf_token_for(settings_of(request), str(data.get("sid", "")))
+    return hmac.compare_digest(token, submitted)
 
 
 async def end_login_session(session: AsyncSession, request: Request) -> int | None:

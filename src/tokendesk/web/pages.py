@@ -27,12 +27,13 @@ from tokendesk.accounts.auth import (
     read_session_cookie,
     secure_cookies,
     set_session_cookie,
+    settings_of,
 )
 from tokendesk.accounts.models import User
 from tokendesk.accounts.schemas import MAX_PASSWORD, UserUpdate
 from tokendesk.accounts.security import verify_password
 from tokendesk.audit import service as audit
-from tokendesk.config import get_settings
+from tokendesk.config import Settings
 from tokendesk.deps import DbSession, client_address, database_of, prepared_password, runtime_of
 from tokendesk.errors import AppError, TooManyAttempts
 from tokendesk.events.bus import access_changed
@@ -66,7 +67,7 @@ async def page_actor(request: Request, session: AsyncSession) -> Actor:
 
 def csrf_token(request: Request) -> str:
     data = read_session_cookie(request) or {}
-    return csrf_token_for(str(data.get("sid", "")))
+    return csrf_token_for(settings_of(request), str(data.get("sid", "")))
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -88,10 +89,8 @@ async def favicon() -> RedirectResponse:
     return RedirectResponse("/static/favicon.svg", status_code=308)
 
 
-def _login_token(nonce: str) -> str:
-    digest = hmac.new(
-        get_settings().secret_key.encode(), f"login-csrf:{nonce}".encode(), hashlib.sha256
-    )
+def _login_token(settings: Settings, nonce: str) -> str:
+    digest = hmac.new(settings.secret_key.encode(), f"login-csrf:{nonce}".encode(), hashlib.sha256)
     return digest.hexdigest()
 
 
@@ -114,7 +113,7 @@ def _login_page(
         next=_safe_next(next_url),
         email=email,
         error=error,
-        login_token=_login_token(nonce),
+        login_token=_login_token(settings_of(request), nonce),
     )
     response.set_cookie(
         LOGIN_CSRF_COOKIE,
@@ -150,7 +149,7 @@ async def login(
 ) -> Response:
     email = email.strip().lower()
     nonce = request.cookies.get(LOGIN_CSRF_COOKIE, "")
-    if not nonce or not hmac.compare_digest(_login_token(nonce), login_token):
+    if not nonce or not hmac.compare_digest(_login_token(settings_of(request), nonce), login_token):
         return _login_page(
             request,
             next_url=next,
@@ -206,7 +205,7 @@ async def login(
         user = await session.get(User, found.id)
         if user is None or not user.is_active:
             raise LoginRequired(_safe_next(next))
-        cookie = await open_login_session(session, user=user)
+        cookie = await open_login_session(session, settings=settings_of(request), user=user)
         await audit.record(
             session,
             organization_id=user.organization_id,
