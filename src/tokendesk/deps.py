@@ -39,7 +39,6 @@ def database_of(request: Request) -> Database:
 
 
 AppRuntime = Annotated[Runtime, Depends(runtime_of)]
-AppDatabase = Annotated[Database, Depends(database_of)]
 
 
 async def _write_session(request: Request) -> AsyncIterator[AsyncSession]:
