@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import BackgroundTasks, Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
@@ -18,7 +18,7 @@ from tokendesk.accounts.auth import (
 from tokendesk.accounts.schemas import UserUpdate
 from tokendesk.accounts.users import NewPassword, prepare_password
 from tokendesk.config import Settings
-from tokendesk.db import Database
+from tokendesk.db import AfterCommit, Database
 from tokendesk.errors import AppError, Forbidden, Unauthorized
 from tokendesk.runtime import Runtime
 
@@ -60,7 +60,21 @@ async def _current_actor(request: Request, session: DbSession) -> Actor:
     return await _authenticate(request, session, session_writes=True)
 
 
-async def _authenticate(request: Request, session: AsyncSession, *, session_writes: bool) -> Actor:
+async def _current_reader(
+    request: Request, session: ReadSession, background: BackgroundTasks
+) -> Actor:
+    # A GET never waits for the writer: a due "last used" stamp of its key is written
+    # once the response has been sent.
+    return await _authenticate(request, session, session_writes=False, defer=background.add_task)
+
+
+async def _authenticate(
+    request: Request,
+    session: AsyncSession,
+    *,
+    session_writes: bool,
+    defer: Callable[[AfterCommit], None] | None = None,
+) -> Actor:
     org_header = request.headers.get("x-organization-id")
     authorization = request.headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
@@ -71,6 +85,7 @@ async def _authenticate(request: Request, session: AsyncSession, *, session_writ
             token.strip(),
             organization_header=org_header,
             stamp_later=None if session_writes else database_of(request),
+            defer=defer,
         )
         if actor is None:
             raise Unauthorized("invalid or revoked API key")
@@ -90,6 +105,8 @@ async def _authenticate(request: Request, session: AsyncSession, *, session_writ
 
 
 CurrentActor = Annotated[Actor, Depends(_current_actor)]
+# For GET routes: the caller, found in the request's read transaction (ReadSession).
+CurrentReader = Annotated[Actor, Depends(_current_reader)]
 
 
 async def reauthenticate(request: Request) -> Actor | None:
@@ -103,12 +120,28 @@ async def reauthenticate(request: Request) -> Actor | None:
 
 
 async def _admin_actor(actor: CurrentActor) -> Actor:
+    return _admin(actor)
+
+
+async def _org_admin_actor(actor: CurrentActor) -> Actor:
+    return _org_admin(actor)
+
+
+async def _admin_reader(actor: CurrentReader) -> Actor:
+    return _admin(actor)
+
+
+async def _org_admin_reader(actor: CurrentReader) -> Actor:
+    return _org_admin(actor)
+
+
+def _admin(actor: Actor) -> Actor:
     if not actor.is_admin:
         raise Forbidden("this needs a team owner, org admin or super admin")
     return actor
 
 
-async def _org_admin_actor(actor: CurrentActor) -> Actor:
+def _org_admin(actor: Actor) -> Actor:
     if not actor.is_org_admin:
         raise Forbidden("this needs an org admin or super admin")
     return actor
@@ -122,7 +155,7 @@ async def _reading_actor(request: Request) -> Actor:
 
 
 async def _org_admin_reading(request: Request) -> Actor:
-    return await _org_admin_actor(await _reading_actor(request))
+    return _org_admin(await _reading_actor(request))
 
 
 def client_address(request: Request) -> str:
@@ -150,6 +183,9 @@ AdminActor = Annotated[Actor, Depends(_admin_actor)]
 # For endpoints that open their write transaction themselves, after slow work.
 ReadingActor = Annotated[Actor, Depends(_reading_actor)]
 OrgAdminActor = Annotated[Actor, Depends(_org_admin_actor)]
+# CurrentReader that must be an admin, or an org admin (GET routes).
+AdminReader = Annotated[Actor, Depends(_admin_reader)]
+OrgAdminReader = Annotated[Actor, Depends(_org_admin_reader)]
 # For endpoints that write in transactions of their own (usage ingest's group commits):
 # the caller is found in a short read transaction, so the request holds no write
 # lock, and no connection, while it waits for the writer.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any, Protocol
 
 from fastapi import Request, Response
@@ -25,7 +27,7 @@ from tokendesk.accounts.models import (
 from tokendesk.accounts.security import hash_api_key, usable_key
 from tokendesk.bounds import parse_id
 from tokendesk.config import Settings
-from tokendesk.db import Database, after_commit, utcnow
+from tokendesk.db import AfterCommit, Database, after_commit, utcnow
 from tokendesk.errors import NotFound
 
 SESSION_COOKIE = "tokendesk_session"
@@ -128,10 +130,12 @@ async def actor_from_api_key(
     *,
     organization_header: str | None = None,
     stamp_later: Database | None = None,
+    defer: Callable[[AfterCommit], None] | None = None,
 ) -> Actor | None:
     """The key's owner as an actor. With ``stamp_later``, ``session`` only reads, so a
     due "last used" stamp goes in a short transaction of that database once the
-    session has ended (never two connections at once for one request)."""
+    session has ended (never two connections at once for one request), or when
+    ``defer`` runs what it is given."""
     rows = (await session.execute(_KEY_OWNER, {"key_hash": hash_api_key(key)})).all()
     if not rows:
         return None
@@ -150,7 +154,7 @@ async def actor_from_api_key(
                 async with database.transaction() as stamping:
                     await stamping.execute(stamp)
 
-            after_commit(session, stamp_alone)
+            (defer or partial(after_commit, session))(stamp_alone)
     owned = frozenset(row.owned_team_id for row in rows if row.owned_team_id is not None)
     return await build_actor(
         session, person, organization_id=_parse_org(organization_header), owned_team_ids=owned

@@ -68,9 +68,6 @@ async def organization_view(
     session: AsyncSession, *, organization_id: int, now: datetime | None = None
 ) -> OrganizationView:
     now = now or utcnow()
-    # Pool figures must describe the current period, so ended periods roll over first
-    # (before loading: a rollover expires the objects already in the session).
-    await ledger.rollover_due(session, now=now, organization_id=organization_id)
     org = await get_organization(session, organization_id)
     return (await _views(session, [org], now=now))[0]
 
@@ -164,7 +161,6 @@ async def list_organizations(
 ) -> list[OrganizationView]:
     require_super_admin(actor)
     now = now or utcnow()
-    await ledger.rollover_due(session, now=now)
     orgs = list(await session.scalars(select(Organization).order_by(Organization.name)))
     return await _views(session, orgs, now=now)
 

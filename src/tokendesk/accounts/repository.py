@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -94,8 +94,8 @@ async def user_page(
 ) -> tuple[list[UserRow], int]:
     """A page of users with their team name and balance, and the total across pages.
 
-    Balances come back as stored: the caller rolls over those whose period has
-    ended (see :func:`due_user_ids`) and asks again.
+    Balances come back as stored, those whose period has ended too (see
+    ``ledger.rolled_over_balances``).
     """
     stmt = _user_query(f).limit(limit).offset(offset)
     rows = (await session.execute(stmt.execution_options(populate_existing=True))).all()
@@ -108,10 +108,6 @@ async def user_page(
         total = 0
     items = [UserRow(row[0], row[1], row[2], row[3]) for row in rows]
     return items, total
-
-
-def due_user_ids(rows: Sequence[UserRow], now: datetime) -> list[int]:
-    return [row.user.id for row in rows if row.balance.period_end <= now]
 
 
 async def team_rows(

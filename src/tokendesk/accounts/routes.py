@@ -37,10 +37,13 @@ from tokendesk.accounts.schemas import (
 from tokendesk.bounds import Offset, QueryId, path_id
 from tokendesk.deps import (
     AdminActor,
+    AdminReader,
     CurrentActor,
+    CurrentReader,
     DbSession,
     OrgAdminActor,
     ReadingActor,
+    ReadSession,
     database_of,
     prepared_password,
 )
@@ -129,7 +132,7 @@ def _ledger_out(row: LedgerRow) -> LedgerEntryOut:
 
 
 @router.get("/me", response_model=MeOut, tags=["me"])
-async def read_me(session: DbSession, actor: CurrentActor) -> MeOut:
+async def read_me(session: ReadSession, actor: CurrentReader) -> MeOut:
     """The caller, their home organization and their balance for the current period.
 
     A super admin acting in another organization still sees their own home here.
@@ -149,7 +152,7 @@ async def read_me(session: DbSession, actor: CurrentActor) -> MeOut:
 
 
 @router.get("/me/api-keys", response_model=list[ApiKeyOut], tags=["api keys"])
-async def list_my_keys(session: DbSession, actor: CurrentActor) -> list[ApiKeyOut]:
+async def list_my_keys(session: ReadSession, actor: CurrentReader) -> list[ApiKeyOut]:
     keys = await api_keys.list_own_keys(session, actor=actor)
     return [ApiKeyOut.model_validate(key) for key in keys]
 
@@ -185,8 +188,8 @@ async def revoke_key(key_id: KeyId, session: DbSession, actor: AdminActor) -> Re
 
 @router.get("/users", response_model=Page[UserOut], tags=["users"])
 async def list_users(
-    session: DbSession,
-    actor: AdminActor,
+    session: ReadSession,
+    actor: AdminReader,
     q: Annotated[str | None, Query(max_length=200, description="Name or email contains")] = None,
     team_id: QueryId | None = None,
     role: Role | None = None,
@@ -214,7 +217,7 @@ async def create_user(data: UserIn, session: DbSession, actor: AdminActor) -> Us
 
 
 @router.get("/users/{user_id}", response_model=UserOut, tags=["users"])
-async def read_user(user_id: UserId, session: DbSession, actor: CurrentActor) -> UserOut:
+async def read_user(user_id: UserId, session: ReadSession, actor: CurrentReader) -> UserOut:
     return _user_out(await users.get_user(session, actor=actor, user_id=user_id))
 
 
@@ -251,8 +254,8 @@ async def adjust_balance(
 @router.get("/users/{user_id}/ledger", response_model=Page[LedgerEntryOut], tags=["users"])
 async def user_ledger(
     user_id: UserId,
-    session: DbSession,
-    actor: CurrentActor,
+    session: ReadSession,
+    actor: CurrentReader,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[LedgerEntryOut]:
@@ -263,7 +266,9 @@ async def user_ledger(
 
 
 @router.get("/users/{user_id}/api-keys", response_model=list[ApiKeyOut], tags=["api keys"])
-async def list_user_keys(user_id: UserId, session: DbSession, actor: AdminActor) -> list[ApiKeyOut]:
+async def list_user_keys(
+    user_id: UserId, session: ReadSession, actor: AdminReader
+) -> list[ApiKeyOut]:
     keys = await api_keys.list_user_keys(session, actor=actor, user_id=user_id)
     return [ApiKeyOut.model_validate(key) for key in keys]
 
@@ -272,12 +277,12 @@ async def list_user_keys(user_id: UserId, session: DbSession, actor: AdminActor)
 
 
 @router.get("/teams", response_model=list[TeamOut], tags=["teams"])
-async def list_teams(session: DbSession, actor: CurrentActor) -> list[TeamOut]:
+async def list_teams(session: ReadSession, actor: CurrentReader) -> list[TeamOut]:
     return [_team_out(row) for row in await teams.list_teams(session, actor=actor)]
 
 
 @router.get("/teams/{team_id}", response_model=TeamOut, tags=["teams"])
-async def read_team(team_id: TeamId, session: DbSession, actor: CurrentActor) -> TeamOut:
+async def read_team(team_id: TeamId, session: ReadSession, actor: CurrentReader) -> TeamOut:
     return _team_out(await teams.get_team(session, actor=actor, team_id=team_id))
 
 
@@ -304,7 +309,7 @@ async def delete_team(team_id: TeamId, session: DbSession, actor: OrgAdminActor)
 
 
 @router.get("/organization", response_model=OrganizationOut, tags=["organization"])
-async def read_organization(session: DbSession, actor: AdminActor) -> OrganizationOut:
+async def read_organization(session: ReadSession, actor: AdminReader) -> OrganizationOut:
     return _organization_out(await organizations.get_settings(session, actor=actor))
 
 
@@ -322,7 +327,7 @@ async def update_organization(
 
 
 @router.get("/organizations", response_model=list[OrganizationOut], tags=["organization"])
-async def list_organizations(session: DbSession, actor: CurrentActor) -> list[OrganizationOut]:
+async def list_organizations(session: ReadSession, actor: CurrentReader) -> list[OrganizationOut]:
     views = await organizations.list_organizations(session, actor=actor)
     return [_organization_out(view) for view in views]
 

@@ -8,7 +8,7 @@ may read their own record and ledger. Out-of-scope users answer 404.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -30,7 +30,7 @@ from tokendesk.accounts.service import (
     require_outranks,
 )
 from tokendesk.audit import service as audit
-from tokendesk.db import Database, utcnow
+from tokendesk.db import Database, utcnow, writes
 from tokendesk.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyAttempts
 from tokendesk.events.bus import access_changed
 from tokendesk.ledger import service as ledger
@@ -54,8 +54,9 @@ class Me:
 
 
 async def me(session: AsyncSession, *, actor: Actor, now: datetime | None = None) -> Me:
-    """The caller with their current balance (rolled over first if its period ended)."""
-    balance = await ledger.get_balance(session, user_id=actor.user_id, now=now)
+    """The caller with their current balance (as its rollover will leave it, if its
+    period ended: reading it writes nothing)."""
+    balance = await ledger.current_balance(session, user_id=actor.user_id, now=now)
     user = await session.get(User, actor.user_id)
     if user is None:
         raise NotFound(f"user {actor.user_id} not found")
@@ -76,12 +77,16 @@ async def _page(
     session: AsyncSession, f: repo.UserFilter, *, limit: int, offset: int, now: datetime
 ) -> tuple[list[repo.UserRow], int]:
     rows, total = await repo.user_page(session, f, limit=limit, offset=offset)
-    due = repo.due_user_ids(rows, now)
-    if due:
-        # Lazy reset: nobody should see a balance from a period that has ended.
-        await ledger.rollover_due(session, now=now, user_ids=due)
-        rows, total = await repo.user_page(session, f, limit=limit, offset=offset)
-    return rows, total
+    ended = [row.balance for row in rows if row.balance.period_end <= now]
+    if not ended:
+        return rows, total
+    # Nobody sees a balance from a period that has ended. A write transaction rolls
+    # it over; a read shows it as its rollover will leave it, writing nothing.
+    if writes(session):
+        await ledger.rollover_due(session, now=now, user_ids=[b.user_id for b in ended])
+        return await repo.user_page(session, f, limit=limit, offset=offset)
+    rolled = await ledger.rolled_over_balances(session, ended, now=now)
+    return [replace(row, balance=rolled.get(row.user.id, row.balance)) for row in rows], total
 
 
 async def list_users(

@@ -25,7 +25,7 @@ from tokendesk.analytics.schemas import (
     UsageOverTimeOut,
 )
 from tokendesk.bounds import DB_INT_MAX
-from tokendesk.deps import CurrentActor, DbSession
+from tokendesk.deps import CurrentReader, ReadSession
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
 
@@ -50,7 +50,9 @@ Filters = Annotated[service.Query, Depends(_query)]
 Limit = Annotated[int, Query(ge=1, le=service.MAX_LIMIT)]
 
 
-async def _selection(session: DbSession, actor: CurrentActor, query: Filters) -> service.Selection:
+async def _selection(
+    session: ReadSession, actor: CurrentReader, query: Filters
+) -> service.Selection:
     return await service.selection_for(session, actor=actor, query=query)
 
 
@@ -59,7 +61,7 @@ Selected = Annotated[service.Selection, Depends(_selection)]
 
 @router.get("/top-users", response_model=TopUsersOut)
 async def top_users(
-    session: DbSession, selection: Selected, limit: Limit = service.DEFAULT_LIMIT
+    session: ReadSession, selection: Selected, limit: Limit = service.DEFAULT_LIMIT
 ) -> TopUsersOut:
     """Users ranked by tokens used in the range, with allocation, requests and grants."""
     return await service.top_users(session, selection=selection, limit=limit)
@@ -67,7 +69,7 @@ async def top_users(
 
 @router.get("/top-teams", response_model=TopTeamsOut)
 async def top_teams(
-    session: DbSession, selection: Selected, limit: Limit = service.MAX_LIMIT
+    session: ReadSession, selection: Selected, limit: Limit = service.MAX_LIMIT
 ) -> TopTeamsOut:
     """Teams ranked by tokens spent in them in the range."""
     return await service.top_teams(session, selection=selection, limit=limit)
@@ -75,7 +77,7 @@ async def top_teams(
 
 @router.get("/usage-over-time", response_model=UsageOverTimeOut)
 async def usage_over_time(
-    session: DbSession,
+    session: ReadSession,
     selection: Selected,
     stack: Stack = "team",
     series: Annotated[int, Query(ge=1, le=50)] = service.CHART_SERIES,
@@ -85,14 +87,14 @@ async def usage_over_time(
 
 
 @router.get("/by-model", response_model=ByModelOut)
-async def by_model(session: DbSession, selection: Selected) -> ByModelOut:
+async def by_model(session: ReadSession, selection: Selected) -> ByModelOut:
     """Tokens and calls per model in the range."""
     return await service.by_model(session, selection=selection)
 
 
 @router.get("/requests", response_model=RequestsOut)
 async def requests(
-    session: DbSession, selection: Selected, limit: Limit = service.DEFAULT_LIMIT
+    session: ReadSession, selection: Selected, limit: Limit = service.DEFAULT_LIMIT
 ) -> RequestsOut:
     """Requests made in the range: by status, tokens requested and granted, median
     time to a decision, top requesters."""
@@ -101,7 +103,7 @@ async def requests(
 
 @router.get("/forecast", response_model=ForecastOut)
 async def forecast(
-    session: DbSession, selection: Selected, limit: Limit = service.DEFAULT_LIMIT
+    session: ReadSession, selection: Selected, limit: Limit = service.DEFAULT_LIMIT
 ) -> ForecastOut:
     """Burn rate this period and the projected run-out date of each user, soonest first."""
     return await service.forecast(session, selection=selection, limit=limit)
@@ -109,7 +111,7 @@ async def forecast(
 
 @router.get("/{table}.csv", response_class=Response)
 async def table_csv(
-    table: export.Table, session: DbSession, selection: Selected, stack: Stack = "team"
+    table: export.Table, session: ReadSession, selection: Selected, stack: Stack = "team"
 ) -> Response:
     """One table as CSV, every row: top-users, top-teams, usage-over-time, by-model,
     requests, requesters or forecast."""

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from tokendesk.audit.repository import AuditFilter, AuditRow, audit_page
 from tokendesk.audit.schemas import AuditActor, AuditEntryOut, AuditPage
 from tokendesk.bounds import Offset, QueryId
-from tokendesk.deps import DbSession, OrgAdminActor
+from tokendesk.deps import OrgAdminReader, ReadSession
 from tokendesk.errors import InvalidInput
 
 router = APIRouter()
@@ -38,8 +38,8 @@ def _entry_out(row: AuditRow) -> AuditEntryOut:
 
 @router.get("/audit", response_model=AuditPage, tags=["audit"])
 async def list_audit(
-    session: DbSession,
-    actor: OrgAdminActor,
+    session: ReadSession,
+    actor: OrgAdminReader,
     actor_id: QueryId | None = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
     target_type: Annotated[str | None, Query(max_length=32)] = None,

@@ -17,7 +17,7 @@ from tokendesk.chat.schemas import (
     MessageIn,
     MessageOut,
 )
-from tokendesk.deps import AppSettings, CurrentActor, DbSession
+from tokendesk.deps import AppSettings, CurrentActor, CurrentReader, DbSession, ReadSession
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 
@@ -26,8 +26,8 @@ ConversationId = Annotated[int, path_id("conversation")]
 
 @router.get("", response_model=ConversationPage)
 async def list_conversations(
-    actor: CurrentActor,
-    session: DbSession,
+    actor: CurrentReader,
+    session: ReadSession,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Offset = 0,
 ) -> ConversationPage:
@@ -55,7 +55,7 @@ async def create_conversation(
 
 @router.get("/{conversation_id}", response_model=ConversationDetail)
 async def get_conversation(
-    conversation_id: ConversationId, actor: CurrentActor, session: DbSession
+    conversation_id: ConversationId, actor: CurrentReader, session: ReadSession
 ) -> ConversationDetail:
     found = await service.get_with_messages(session, actor=actor, conversation_id=conversation_id)
     return ConversationDetail(

@@ -24,6 +24,7 @@ from tokendesk.db.unit_of_work import (
     after_commit,
     dialect_of,
     run_core,
+    writes,
 )
 
 __all__ = [
@@ -48,4 +49,5 @@ __all__ = [
     "run_core",
     "sqlite_timestamp",
     "utcnow",
+    "writes",
 ]

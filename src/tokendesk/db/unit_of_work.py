@@ -113,6 +113,7 @@ class Database:
             async with maker() as session:
                 session.info["after_commit"] = []
                 session.info["bus"] = self.bus
+                session.info["writes"] = write
                 try:
                     yield session
                     await session.commit()
@@ -176,6 +177,11 @@ async def run_core(
         return quick.execute(statement, params)
     connection = await session.connection()
     return await connection.execute(statement, params)
+
+
+def writes(session: AsyncSession) -> bool:
+    """Whether ``session`` is a write transaction (:meth:`Database.transaction`)."""
+    return bool(session.info.get("writes"))
 
 
 def after_commit(session: AsyncSession, callback: AfterCommit) -> None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from tokendesk.deps import CurrentActor, DbSession, reauthenticate, runtime_of
+from tokendesk.deps import CurrentReader, ReadSession, reauthenticate, runtime_of
 from tokendesk.events.bus import ACCESS_CHANGED
 from tokendesk.events.service import snapshot, visible_to
 
@@ -30,7 +30,7 @@ def _frame(event_id: int, event_type: str, data: object) -> str:
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def events(request: Request, actor: CurrentActor, session: DbSession) -> Response:
+async def events(request: Request, actor: CurrentReader, session: ReadSession) -> Response:
     """Stream balance, request and queue events; a fresh ``snapshot`` opens every connection.
 
     The database session is only used for the snapshot: it closes before streaming starts.
@@ -41,8 +41,20 @@ async def events(request: Request, actor: CurrentActor, session: DbSession) -> R
     A member may have ``TOKENDESK_EVENT_STREAMS_PER_USER`` streams open at once; one
     more answers 429.
     """
-    first = await snapshot(session, actor=actor)
     runtime = runtime_of(request)
+    streams = runtime.event_streams
+    refusal = JSONResponse(
+        status_code=429,
+        content={
+            "detail": f"too many open event streams: at most {streams.limit} per user; "
+            "close another tokendesk tab and try again"
+        },
+        headers={"Retry-After": str(RECONNECT_SECONDS)},
+    )
+    # A stream that will be refused reads nothing; the place is taken as it is sent.
+    if streams.open_for(actor.user_id) >= streams.limit:
+        return refusal
+    first = await snapshot(session, actor=actor)
     bus, ids = runtime.bus, runtime.event_ids
 
     async def stream() -> AsyncIterator[str]:
@@ -57,21 +69,13 @@ async def events(request: Request, actor: CurrentActor, session: DbSession) -> R
                     yield ": ping\n\n"
                     continue
                 if event.type == ACCESS_CHANGED:
-                    if event.user_id == actor.user_id and await reauthenticate(request) != actor:
+                    # Only the caller's own access events reach this queue.
+                    if await reauthenticate(request) != actor:
                         return
                     continue
                 if visible_to(actor, event):
                     yield _frame(next(ids), event.type, event.data)
 
-    streams = runtime.event_streams
-    refusal = JSONResponse(
-        status_code=429,
-        content={
-            "detail": f"too many open event streams: at most {streams.limit} per user; "
-            "close another tokendesk tab and try again"
-        },
-        headers={"Retry-After": str(RECONNECT_SECONDS)},
-    )
     response = StreamingResponse(
         stream(),
         media_type="text/event-stream",

@@ -25,7 +25,7 @@ def visible_to(actor: Actor, event: Event) -> bool:
 
 async def snapshot(session: AsyncSession, *, actor: Actor) -> dict[str, Any]:
     """Everything a client needs to be correct after a (re)connect, so no event is ever 'lost'."""
-    balance = await ledger.get_balance(session, user_id=actor.user_id)
+    balance = await ledger.current_balance(session, user_id=actor.user_id)
     data: dict[str, Any] = {"user_id": actor.user_id, "balance": ledger.balance_snapshot(balance)}
     if actor.is_admin:
         data["pending_count"] = await token_requests.pending_count(session, actor=actor)

@@ -21,6 +21,12 @@ from tokendesk.ledger.credits import credit
 from tokendesk.ledger.grants import grant_approved
 from tokendesk.ledger.locks import lock_in_user_order, users_of
 from tokendesk.ledger.models import BALANCES, REMAINING
+from tokendesk.ledger.reads import (
+    current_balance,
+    current_balances,
+    opening_debit,
+    rolled_over_balances,
+)
 from tokendesk.ledger.reservations import (
     check_hold,
     expire_holds,
@@ -48,6 +54,8 @@ __all__ = [
     "carried_from",
     "check_hold",
     "credit",
+    "current_balance",
+    "current_balances",
     "debit_usage",
     "expire_holds",
     "get_balance",
@@ -58,11 +66,13 @@ __all__ = [
     "lock_member_balances",
     "move_period_end",
     "open_balance",
+    "opening_debit",
     "reapply_allocations",
     "release",
     "reserve",
     "resolve_allocation",
     "return_holds",
+    "rolled_over_balances",
     "rollover_due",
     "settle",
     "settle_holds",

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query
 
 from tokendesk.bounds import Offset, QueryId, path_id
-from tokendesk.deps import CurrentActor, DbSession
+from tokendesk.deps import CurrentActor, CurrentReader, DbSession, ReadSession
 from tokendesk.token_requests import bulk as bulk_service
 from tokendesk.token_requests import service
 from tokendesk.token_requests.models import RequestStatus
@@ -42,8 +42,8 @@ async def submit_request(
 
 @router.get("", summary="The requests the caller may see")
 async def list_requests(
-    session: DbSession,
-    actor: CurrentActor,
+    session: ReadSession,
+    actor: CurrentReader,
     status: RequestStatus | None = None,
     team_id: QueryId | None = None,
     q: Search = None,
@@ -66,13 +66,13 @@ async def list_requests(
 
 # Fixed paths come before /{request_id} so they are not read as an id.
 @router.get("/pending-count", summary="Pending requests the caller may decide or see")
-async def pending_count(session: DbSession, actor: CurrentActor) -> PendingCount:
+async def pending_count(session: ReadSession, actor: CurrentReader) -> PendingCount:
     return PendingCount(count=await service.pending_count(session, actor=actor))
 
 
 @router.get("/counts", summary="Requests per status, for the queue's tabs")
 async def status_counts(
-    session: DbSession, actor: CurrentActor, team_id: QueryId | None = None, q: Search = None
+    session: ReadSession, actor: CurrentReader, team_id: QueryId | None = None, q: Search = None
 ) -> StatusCounts:
     return await service.counts(session, actor=actor, team_id=team_id, q=q)
 
@@ -86,7 +86,7 @@ async def bulk_decide(body: BulkIn, session: DbSession, actor: CurrentActor) -> 
 
 @router.get("/{request_id}")
 async def get_request(
-    request_id: RequestId, session: DbSession, actor: CurrentActor
+    request_id: RequestId, session: ReadSession, actor: CurrentReader
 ) -> TokenRequestOut:
     return await service.get(session, actor=actor, request_id=request_id)
 

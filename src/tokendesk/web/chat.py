@@ -19,7 +19,7 @@ from tokendesk.accounts.actor import Actor
 from tokendesk.bounds import parse_id
 from tokendesk.chat import service as chat
 from tokendesk.chat.schemas import ConversationOut, MessageOut
-from tokendesk.deps import DbSession
+from tokendesk.deps import ReadSession
 from tokendesk.errors import NotFound
 from tokendesk.ledger import service as ledger
 from tokendesk.token_requests import service as token_requests
@@ -100,7 +100,7 @@ async def _chat_page(
     profile = await users.me(session, actor=actor)
     org = profile.organization
     balance = ledger.balance_snapshot(profile.balance)
-    carried = await ledger.carried_debit(session, balance=profile.balance)
+    carried = await ledger.opening_debit(session, balance=profile.balance)
     carried_from = ledger.carried_from(profile.balance.period_start, timezone=org.timezone)
     own = await token_requests.own_pending(session, actor=actor)
     pending = None if own is None else {"id": own.id, "amount": own.amount}
@@ -155,19 +155,19 @@ async def _chat_page(
 
 
 @router.get("/", response_class=HTMLResponse)
-async def home(request: Request, session: DbSession) -> HTMLResponse:
+async def home(request: Request, session: ReadSession) -> HTMLResponse:
     actor = await page_actor(request, session)
     return await _chat_page(request, session, actor, None)
 
 
 @router.get("/chat", response_class=HTMLResponse)
-async def new_chat(request: Request, session: DbSession) -> HTMLResponse:
+async def new_chat(request: Request, session: ReadSession) -> HTMLResponse:
     actor = await page_actor(request, session)
     return await _chat_page(request, session, actor, None)
 
 
 @router.get("/chat/{conversation_id}", response_class=HTMLResponse)
-async def open_chat(request: Request, session: DbSession, conversation_id: str) -> HTMLResponse:
+async def open_chat(request: Request, session: ReadSession, conversation_id: str) -> HTMLResponse:
     actor = await page_actor(request, session)
     # A mistyped address gets the page's own "not found", not a JSON validation error.
     wanted = parse_id(conversation_id) or 0
@@ -175,7 +175,7 @@ async def open_chat(request: Request, session: DbSession, conversation_id: str) 
 
 
 @router.get("/settings", response_class=HTMLResponse)
-async def settings(request: Request, session: DbSession) -> HTMLResponse:
+async def settings(request: Request, session: ReadSession) -> HTMLResponse:
     actor = await page_actor(request, session)
     keys = await api_keys.list_own_keys(session, actor=actor)
     return render(

@@ -16,10 +16,10 @@ from fastapi.responses import HTMLResponse, Response
 from tokendesk.analytics import export, service
 from tokendesk.analytics.routes import csv_response
 from tokendesk.analytics.schemas import PERIOD_LABELS
-from tokendesk.deps import DbSession
+from tokendesk.deps import ReadSession
 from tokendesk.errors import InvalidInput
 from tokendesk.web.admin.common import (
-    AdminPageActor,
+    AdminPageReader,
     AdminRoute,
     admin_render,
     optional_int,
@@ -95,8 +95,8 @@ def percent(value: float | None) -> str:
 @router.get("/admin/analytics", response_class=HTMLResponse)
 async def analytics_page(
     request: Request,
-    session: DbSession,
-    actor: AdminPageActor,
+    session: ReadSession,
+    actor: AdminPageReader,
     period: Q = None,
     first: From = None,
     to: Q = None,
@@ -151,8 +151,8 @@ async def analytics_page(
 @router.get("/admin/analytics/export/{table}.csv", response_class=Response)
 async def export_csv(
     table: export.Table,
-    session: DbSession,
-    actor: AdminPageActor,
+    session: ReadSession,
+    actor: AdminPageReader,
     period: Q = None,
     first: From = None,
     to: Q = None,

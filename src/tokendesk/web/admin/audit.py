@@ -11,11 +11,11 @@ from fastapi.responses import HTMLResponse
 from tokendesk.accounts import users as users_service
 from tokendesk.audit.models import AuditEntry
 from tokendesk.audit.repository import AuditFilter, AuditRow, audit_page
-from tokendesk.deps import DbSession
+from tokendesk.deps import ReadSession
 from tokendesk.ledger.periods import local_midnight, zone
 from tokendesk.web.admin.common import (
     PAGE_SIZE,
-    AdminPageActor,
+    AdminPageReader,
     AdminRoute,
     admin_render,
     optional_int,
@@ -95,8 +95,8 @@ def describe(details: dict[str, Any] | None) -> str:
 @router.get("/admin/audit", response_class=HTMLResponse)
 async def audit_log(
     request: Request,
-    session: DbSession,
-    actor: AdminPageActor,
+    session: ReadSession,
+    actor: AdminPageReader,
     actor_id: Q = None,
     action: Q = None,
     target_type: Q = None,

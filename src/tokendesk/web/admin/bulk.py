@@ -15,13 +15,14 @@ from fastapi.responses import HTMLResponse, Response
 
 from tokendesk.accounts.actor import Actor
 from tokendesk.bounds import parse_id
-from tokendesk.deps import DbSession
+from tokendesk.deps import DbSession, ReadSession
 from tokendesk.errors import AppError
 from tokendesk.token_requests import bulk as bulk_service
 from tokendesk.token_requests import service as token_requests
 from tokendesk.web.admin.common import (
     PAGE_SIZE,
     AdminPageActor,
+    AdminPageReader,
     AdminRoute,
     field_errors,
     with_events,
@@ -77,8 +78,8 @@ async def _matching(session: DbSession, actor: Actor, view: QueueView) -> Select
 @router.get("/admin/requests/bulk", response_class=HTMLResponse)
 async def bulk_confirm(
     request: Request,
-    session: DbSession,
-    actor: AdminPageActor,
+    session: ReadSession,
+    actor: AdminPageReader,
     action: ViewQuery = None,
     ids: ViewQuery = None,
     matching: ViewQuery = None,

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import csrf_ok
 from tokendesk.bounds import MAX_OFFSET, parse_count, path_id
-from tokendesk.deps import SAFE_METHODS, DbSession, database_of
+from tokendesk.deps import SAFE_METHODS, DbSession, ReadSession, database_of
 from tokendesk.errors import AppError
 from tokendesk.web.pages import page_actor, render
 
@@ -116,6 +116,14 @@ async def _admin_actor(
     return _admitted(request, csrf, await page_actor(request, session))
 
 
+async def _admin_reader(
+    request: Request,
+    csrf: Annotated[str | None, Depends(submitted_csrf)],
+    session: ReadSession,
+) -> Actor:
+    return _admitted(request, csrf, await page_actor(request, session))
+
+
 async def _admin_actor_reading(
     request: Request, csrf: Annotated[str | None, Depends(submitted_csrf)]
 ) -> Actor:
@@ -125,6 +133,8 @@ async def _admin_actor_reading(
 
 
 AdminPageActor = Annotated[Actor, Depends(_admin_actor)]
+# For GET pages and form renders: the admin, found in the page's read transaction.
+AdminPageReader = Annotated[Actor, Depends(_admin_reader)]
 # For a route that opens its write transaction itself, after slow work (a password hash).
 AdminReadingActor = Annotated[Actor, Depends(_admin_actor_reading)]
 

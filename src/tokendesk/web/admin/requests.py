@@ -10,13 +10,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from tokendesk.accounts import teams as teams_service
 from tokendesk.accounts.actor import Actor
-from tokendesk.deps import DbSession
+from tokendesk.deps import DbSession, ReadSession
 from tokendesk.errors import AppError, Conflict, NotFound
 from tokendesk.token_requests import service as token_requests
 from tokendesk.token_requests.schemas import TokenRequestOut
 from tokendesk.web.admin.common import (
     PAGE_SIZE,
     AdminPageActor,
+    AdminPageReader,
     AdminRoute,
     RequestPathId,
     admin_render,
@@ -135,15 +136,15 @@ async def _queue_context(session: DbSession, actor: Actor, view: QueueView) -> d
 
 
 @router.get("/admin", include_in_schema=False)
-async def admin_home(actor: AdminPageActor) -> RedirectResponse:
+async def admin_home(actor: AdminPageReader) -> RedirectResponse:
     return RedirectResponse("/admin/requests", status_code=303)
 
 
 @router.get("/admin/requests", response_class=HTMLResponse)
 async def requests_page(
     request: Request,
-    session: DbSession,
-    actor: AdminPageActor,
+    session: ReadSession,
+    actor: AdminPageReader,
     status: ViewQuery = None,
     q: ViewQuery = None,
     team_id: ViewQuery = None,
@@ -170,8 +171,8 @@ async def requests_page(
 @router.get("/admin/requests/table", response_class=HTMLResponse)
 async def requests_table(
     request: Request,
-    session: DbSession,
-    actor: AdminPageActor,
+    session: ReadSession,
+    actor: AdminPageReader,
     status: ViewQuery = None,
     q: ViewQuery = None,
     team_id: ViewQuery = None,
@@ -192,7 +193,7 @@ async def requests_table(
 
 
 @router.get("/admin/badge", response_class=HTMLResponse)
-async def badge(request: Request, session: DbSession, actor: AdminPageActor) -> HTMLResponse:
+async def badge(request: Request, session: ReadSession, actor: AdminPageReader) -> HTMLResponse:
     count = await token_requests.pending_count(session, actor=actor)
     return render(request, "admin/requests/_badge.html", pending_count=count)
 
@@ -253,8 +254,8 @@ def _conflict_message(exc: AppError, item: TokenRequestOut | None) -> str:
 @router.get("/admin/requests/{request_id}/{action}", response_class=HTMLResponse)
 async def decide_dialog(
     request: Request,
-    session: DbSession,
-    actor: AdminPageActor,
+    session: ReadSession,
+    actor: AdminPageReader,
     request_id: RequestPathId,
     action: str,
 ) -> HTMLResponse:

@@ -14,11 +14,12 @@ from tokendesk.accounts import organizations
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.schemas import OrganizationUpdate
 from tokendesk.db import utcnow
-from tokendesk.deps import DbSession
+from tokendesk.deps import DbSession, ReadSession
 from tokendesk.errors import AppError
 from tokendesk.ledger.periods import is_valid_timezone, next_reset
 from tokendesk.web.admin.common import (
     AdminPageActor,
+    AdminPageReader,
     AdminRoute,
     admin_render,
     optional_int,
@@ -79,7 +80,7 @@ def _preview(reset_day: int | None, timezone: str | None) -> dict[str, Any]:
 
 @router.get("/admin/settings", response_class=HTMLResponse)
 async def settings_page(
-    request: Request, session: DbSession, actor: AdminPageActor
+    request: Request, session: ReadSession, actor: AdminPageReader
 ) -> HTMLResponse:
     return await admin_render(
         request,
@@ -95,7 +96,7 @@ async def settings_page(
 @router.get("/admin/settings/next-reset", response_class=HTMLResponse)
 async def next_reset_preview(
     request: Request,
-    actor: AdminPageActor,
+    actor: AdminPageReader,
     reset_day: Annotated[str | None, Query()] = None,
     timezone: Annotated[str | None, Query()] = None,
 ) -> HTMLResponse:

@@ -13,10 +13,11 @@ from tokendesk.accounts import users as users_service
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.schemas import TeamIn, TeamUpdate, UserUpdate
 from tokendesk.bounds import parse_id
-from tokendesk.deps import DbSession
+from tokendesk.deps import DbSession, ReadSession
 from tokendesk.errors import AppError
 from tokendesk.web.admin.common import (
     AdminPageActor,
+    AdminPageReader,
     AdminRoute,
     TeamPathId,
     UserPathId,
@@ -43,7 +44,7 @@ async def _list_context(session: AsyncSession, actor: Actor) -> dict[str, Any]:
 
 @router.get("/admin/teams", response_class=HTMLResponse)
 async def teams_page(
-    request: Request, session: DbSession, actor: AdminPageActor, deleted: Q = None
+    request: Request, session: ReadSession, actor: AdminPageReader, deleted: Q = None
 ) -> HTMLResponse:
     return await admin_render(
         request,
@@ -125,7 +126,7 @@ async def _detail_context(session: AsyncSession, actor: Actor, team_id: int) -> 
 
 @router.get("/admin/teams/{team_id}", response_class=HTMLResponse)
 async def team_page(
-    request: Request, session: DbSession, actor: AdminPageActor, team_id: TeamPathId
+    request: Request, session: ReadSession, actor: AdminPageReader, team_id: TeamPathId
 ) -> HTMLResponse:
     context = await _detail_context(session, actor, team_id)
     return await admin_render(

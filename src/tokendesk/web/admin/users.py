@@ -14,11 +14,12 @@ from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.models import Role
 from tokendesk.accounts.repository import UserRow
 from tokendesk.accounts.schemas import AdjustmentIn, UserIn, UserUpdate
-from tokendesk.deps import DbSession, database_of, prepared_password
+from tokendesk.deps import DbSession, ReadSession, database_of, prepared_password
 from tokendesk.errors import AppError
 from tokendesk.web.admin.common import (
     PAGE_SIZE,
     AdminPageActor,
+    AdminPageReader,
     AdminReadingActor,
     AdminRoute,
     UserPathId,
@@ -78,8 +79,8 @@ def _editable(actor: Actor, row: UserRow) -> frozenset[str]:
 @router.get("/admin/users", response_class=HTMLResponse)
 async def users_page(
     request: Request,
-    session: DbSession,
-    actor: AdminPageActor,
+    session: ReadSession,
+    actor: AdminPageReader,
     q: Q = None,
     team_id: Q = None,
     role: Q = None,
@@ -147,7 +148,7 @@ def _create_form(
 
 
 @router.get("/admin/users/new", response_class=HTMLResponse)
-async def new_user(request: Request, session: DbSession, actor: AdminPageActor) -> HTMLResponse:
+async def new_user(request: Request, session: ReadSession, actor: AdminPageReader) -> HTMLResponse:
     return _create_form(request, actor, await _teams_for(session, actor))
 
 
@@ -234,8 +235,8 @@ async def _detail_context(
 @router.get("/admin/users/{user_id}", response_class=HTMLResponse)
 async def user_page(
     request: Request,
-    session: DbSession,
-    actor: AdminPageActor,
+    session: ReadSession,
+    actor: AdminPageReader,
     user_id: UserPathId,
     page: Q = None,
     created: Q = None,
