@@ -13,6 +13,7 @@ import pytest
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
 from starlette.routing import BaseRoute, Mount
 
 from tests.accounts.support import sign_in
@@ -275,3 +276,14 @@ class TestEveryGetRoute:
             r.path for r in routes if any(c is deps._write_session for c in _calls(r.dependant))
         ]
         assert writing == []
+
+
+class TestAReadTransaction:
+    async def test_refuses_to_write_on_sqlite(self, database: Database, world: World) -> None:
+        if not database.is_sqlite:
+            pytest.skip("SQLite's read connections")
+        with pytest.raises(OperationalError, match="readonly"):
+            async with database.transaction(write=False) as s:
+                await s.execute(
+                    update(Organization).where(Organization.id == world.org_id).values(name="X")
+                )

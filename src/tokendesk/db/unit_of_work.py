@@ -95,6 +95,10 @@ class Database:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            if not immediate:
+                # Reads never write: SQLite refuses a write on a read transaction's
+                # connection instead of taking the writer's lock behind its queue.
+                cursor.execute("PRAGMA query_only=ON")
             cursor.close()
 
         @event.listens_for(engine.sync_engine, "begin")
