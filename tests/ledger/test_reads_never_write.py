@@ -4,7 +4,7 @@ leaves the ``balances`` row to the scheduler or the next write."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -18,11 +18,10 @@ from starlette.routing import BaseRoute, Mount
 
 from tests.accounts.support import sign_in
 from tests.factories import Person, World, make_world
-from tests.ledger.helpers import assert_ledger_consistent, balance_of, end_period
+from tests.ledger.helpers import assert_ledger_consistent, end_period
+from tests.ledger_support import balance_of
 from tokendesk import deps
 from tokendesk.accounts.models import ApiKey, Organization, Team
-from tokendesk.app import create_app
-from tokendesk.config import Settings
 from tokendesk.db import Database
 from tokendesk.ledger import scheduler
 from tokendesk.ledger import service as ledger
@@ -198,11 +197,6 @@ class Sent:
         await asyncio.wait_for(self.task, STEP_SECONDS)
 
 
-@pytest.fixture
-async def app(database: Database, settings: Settings) -> AsyncIterator[Any]:
-    yield create_app(settings, manage_database=False)
-
-
 async def cookie_of(app: Any, person: Person) -> str:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
@@ -268,8 +262,7 @@ def _get_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
 
 
 class TestEveryGetRoute:
-    def test_runs_in_a_read_transaction(self, settings: Settings) -> None:
-        app = create_app(settings, manage_database=False)
+    def test_runs_in_a_read_transaction(self, app: Any) -> None:
         routes = list(_get_routes(app.routes))
         assert len(routes) > 40
         writing = [
