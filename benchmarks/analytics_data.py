@@ -14,8 +14,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import update
 
-from tokendesk.accounts import service as accounts
 from tokendesk.accounts.models import Role, User
+from tokendesk.accounts.organizations import create_organization
+from tokendesk.accounts.teams import add_team_owner, create_team
+from tokendesk.accounts.users import create_user
 from tokendesk.db import Database
 from tokendesk.ledger.periods import local_midnight, period_bounds
 from tokendesk.metering.models import ALL_MODELS
@@ -65,7 +67,7 @@ async def create_world(url: str, *, users: int, teams: int, now: datetime) -> Wo
     database = Database(url)
     try:
         async with database.transaction() as s:
-            org = await accounts.create_organization(
+            org = await create_organization(
                 s,
                 name="Bench Co",
                 default_allocation=ALLOCATION,
@@ -74,10 +76,10 @@ async def create_world(url: str, *, users: int, teams: int, now: datetime) -> Wo
                 reset_day=1,
             )
             team_rows = [
-                await accounts.create_team(s, organization_id=org.id, name=f"Team {n:03d}")
+                await create_team(s, organization_id=org.id, name=f"Team {n:03d}")
                 for n in range(teams)
             ]
-            admin = await accounts.create_user(
+            admin = await create_user(
                 s,
                 organization_id=org.id,
                 email=ADMIN_EMAIL,
@@ -88,7 +90,7 @@ async def create_world(url: str, *, users: int, teams: int, now: datetime) -> Wo
             people: list[tuple[int, int]] = []
             for n in range(users):
                 team = team_rows[n % teams]
-                user = await accounts.create_user(
+                user = await create_user(
                     s,
                     organization_id=org.id,
                     email=f"user{n:05d}@bench.example",
@@ -99,7 +101,7 @@ async def create_world(url: str, *, users: int, teams: int, now: datetime) -> Wo
                 people.append((user.id, team.id))
             owner_user = await s.get(User, people[0][0])
             assert owner_user is not None
-            await accounts.add_team_owner(s, team=team_rows[0], user=owner_user)
+            await add_team_owner(s, team=team_rows[0], user=owner_user)
             # Everyone has been here longer than the 90 days of usage about to be loaded.
             await s.execute(
                 update(User)

@@ -64,8 +64,10 @@ async def load(url: str, size: int) -> Loaded:
     """An organization, an org admin who signs in, and ``size`` members with one pending
     request each: users, balances and allocation ledger entries consistent with each other."""
     from benchmarks.pending import add_pending_members
-    from tokendesk.accounts import service as accounts
     from tokendesk.accounts.models import Role
+    from tokendesk.accounts.organizations import create_organization
+    from tokendesk.accounts.teams import create_team
+    from tokendesk.accounts.users import create_user
     from tokendesk.db import Database, utcnow
     from tokendesk.ledger.periods import period_bounds
     from tokendesk.migrations.runner import upgrade_async
@@ -74,14 +76,14 @@ async def load(url: str, size: int) -> Loaded:
     database = Database(url)
     now = utcnow()
     async with database.transaction() as s:
-        org = await accounts.create_organization(
+        org = await create_organization(
             s, name="Queue", default_allocation=100_000, max_request=1_000_000
         )
         teams = [
-            (await accounts.create_team(s, organization_id=org.id, name=name)).id
+            (await create_team(s, organization_id=org.id, name=name)).id
             for name in ("Research", "Support", "Sales")
         ]
-        admin = await accounts.create_user(
+        admin = await create_user(
             s,
             organization_id=org.id,
             email="admin@queue.example",

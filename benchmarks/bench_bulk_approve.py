@@ -39,8 +39,10 @@ from tokendesk.db import Database
 
 async def load(url: str, size: int) -> tuple[str, list[int]]:
     from benchmarks.pending import add_pending_members
-    from tokendesk.accounts import service as accounts
+    from tokendesk.accounts.api_keys import issue_api_key
     from tokendesk.accounts.models import Role
+    from tokendesk.accounts.organizations import create_organization
+    from tokendesk.accounts.users import create_user
     from tokendesk.db import Database, utcnow
     from tokendesk.ledger.periods import period_bounds
     from tokendesk.migrations.runner import upgrade_async
@@ -50,15 +52,15 @@ async def load(url: str, size: int) -> tuple[str, list[int]]:
     database = Database(url)
     now = utcnow()
     async with database.transaction() as s:
-        org = await accounts.create_organization(s, name="Bulk", default_allocation=100_000)
-        admin = await accounts.create_user(
+        org = await create_organization(s, name="Bulk", default_allocation=100_000)
+        admin = await create_user(
             s,
             organization_id=org.id,
             email="admin@bulk.example",
             name="Admin",
             role=Role.ORG_ADMIN,
         )
-        _, key = await accounts.issue_api_key(s, user=admin)
+        _, key = await issue_api_key(s, user=admin)
         start, end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
         org_id, first_id = org.id, admin.id + 1
     await add_pending_members(

@@ -66,7 +66,9 @@ TOKENS_PER_CALL = 24  # what the fake upstream reports
 
 async def seed(url: str, users: int) -> tuple[list[str], list[str]]:
     """API keys of ``users`` members with tokens to spare, and of as many with none."""
-    from tokendesk.accounts import service as accounts
+    from tokendesk.accounts.api_keys import issue_api_key
+    from tokendesk.accounts.organizations import create_organization
+    from tokendesk.accounts.users import create_user
     from tokendesk.db import Database
     from tokendesk.migrations.runner import upgrade_async
 
@@ -75,16 +77,16 @@ async def seed(url: str, users: int) -> tuple[list[str], list[str]]:
     keys: list[str] = []
     spent: list[str] = []
     async with database.transaction() as s:
-        org = await accounts.create_organization(s, name="Bench", default_allocation=10**12)
+        org = await create_organization(s, name="Bench", default_allocation=10**12)
         for n in range(2 * users):
-            user = await accounts.create_user(
+            user = await create_user(
                 s,
                 organization_id=org.id,
                 email=f"user{n}@bench.example",
                 name=f"User {n}",
                 allocation_override=None if n < users else 0,
             )
-            _, key = await accounts.issue_api_key(s, user=user)
+            _, key = await issue_api_key(s, user=user)
             (keys if n < users else spent).append(key)
     await database.dispose()
     return keys, spent

@@ -31,9 +31,11 @@ from benchmarks.common import (
 
 
 async def seed(url: str, clients: int) -> tuple[str, list[tuple[str, int]]]:
-    from tokendesk.accounts import service as accounts
+    from tokendesk.accounts.api_keys import issue_api_key
     from tokendesk.accounts.auth import build_actor
     from tokendesk.accounts.models import Role
+    from tokendesk.accounts.organizations import create_organization
+    from tokendesk.accounts.users import create_user
     from tokendesk.db import Database
     from tokendesk.migrations.runner import upgrade_async
     from tokendesk.token_requests import service as token_requests
@@ -42,20 +44,20 @@ async def seed(url: str, clients: int) -> tuple[str, list[tuple[str, int]]]:
     database = Database(url)
     members: list[tuple[str, int]] = []
     async with database.transaction() as s:
-        org = await accounts.create_organization(s, name="Fanout", default_allocation=100_000)
-        admin = await accounts.create_user(
+        org = await create_organization(s, name="Fanout", default_allocation=100_000)
+        admin = await create_user(
             s,
             organization_id=org.id,
             email="admin@fanout.example",
             name="Admin",
             role=Role.ORG_ADMIN,
         )
-        _, admin_key = await accounts.issue_api_key(s, user=admin)
+        _, admin_key = await issue_api_key(s, user=admin)
         for n in range(clients):
-            user = await accounts.create_user(
+            user = await create_user(
                 s, organization_id=org.id, email=f"m{n}@fanout.example", name=f"Member {n}"
             )
-            _, key = await accounts.issue_api_key(s, user=user)
+            _, key = await issue_api_key(s, user=user)
             request = await token_requests.submit(
                 s, actor=await build_actor(s, user), amount=1000, reason="more"
             )

@@ -28,8 +28,10 @@ from sqlalchemy import func, select
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import analyze, cpu_seconds, free_port, reset_postgres, tokendesk_server
-from tokendesk.accounts import service as accounts
+from tokendesk.accounts.api_keys import issue_api_key
 from tokendesk.accounts.models import Role
+from tokendesk.accounts.organizations import create_organization
+from tokendesk.accounts.users import create_user
 from tokendesk.db import Database
 from tokendesk.ledger.doctor import check_balances
 from tokendesk.metering.models import UsageEvent
@@ -65,18 +67,18 @@ async def seed(url: str) -> tuple[str, list[str]]:
     database = Database(url)
     try:
         async with database.transaction() as s:
-            org = await accounts.create_organization(s, name="Bench", default_allocation=10_000_000)
-            admin = await accounts.create_user(
+            org = await create_organization(s, name="Bench", default_allocation=10_000_000)
+            admin = await create_user(
                 s,
                 organization_id=org.id,
                 email="admin@bench.example",
                 name="Admin",
                 role=Role.ORG_ADMIN,
             )
-            _, key = await accounts.issue_api_key(s, user=admin)
+            _, key = await issue_api_key(s, user=admin)
             emails = []
             for i in range(USERS):
-                user = await accounts.create_user(
+                user = await create_user(
                     s, organization_id=org.id, email=f"user{i}@bench.example", name=f"User {i}"
                 )
                 emails.append(user.email)

@@ -8,8 +8,11 @@ from typing import Any
 from sqlalchemy import func, select
 
 import tokendesk.models as models
-from tokendesk.accounts import service as accounts
+from tokendesk.accounts.api_keys import issue_api_key
 from tokendesk.accounts.models import Role
+from tokendesk.accounts.organizations import create_organization
+from tokendesk.accounts.teams import add_team_owner, create_team
+from tokendesk.accounts.users import create_user
 from tokendesk.db import Database
 
 
@@ -48,12 +51,12 @@ async def make_world(database: Database, **org_options: Any) -> World:
     """
     options = {"default_allocation": 100_000, "max_request": 1_000_000, **org_options}
     async with database.transaction() as s:
-        org = await accounts.create_organization(s, name="Acme", **options)
-        other = await accounts.create_organization(s, name="Other Org", default_allocation=10_000)
-        alpha = await accounts.create_team(
+        org = await create_organization(s, name="Acme", **options)
+        other = await create_organization(s, name="Other Org", default_allocation=10_000)
+        alpha = await create_team(
             s, organization_id=org.id, name="Alpha", default_allocation=50_000
         )
-        beta = await accounts.create_team(s, organization_id=org.id, name="Beta")
+        beta = await create_team(s, organization_id=org.id, name="Beta")
         specs = [
             ("admin", org.id, Role.ORG_ADMIN, None, None),
             ("owner", org.id, Role.TEAM_OWNER, alpha.id, None),
@@ -67,7 +70,7 @@ async def make_world(database: Database, **org_options: Any) -> World:
         ]
         world = World(org_id=org.id, other_org_id=other.id, team_a=alpha.id, team_b=beta.id)
         for handle, org_id, role, team_id, override in specs:
-            user = await accounts.create_user(
+            user = await create_user(
                 s,
                 organization_id=org_id,
                 email=f"{handle}@example.com",
@@ -77,11 +80,11 @@ async def make_world(database: Database, **org_options: Any) -> World:
                 allocation_override=override,
                 password="correct horse battery",
             )
-            _, key = await accounts.issue_api_key(s, user=user)
+            _, key = await issue_api_key(s, user=user)
             world.people[handle] = Person(user.id, user.email, user.name, key)
         owner = await s.get(models.User, world.people["owner"].id)
         assert owner is not None
-        await accounts.add_team_owner(s, team=alpha, user=owner)
+        await add_team_owner(s, team=alpha, user=owner)
     return world
 
 

@@ -15,10 +15,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokendesk.accounts import service as accounts
+from tokendesk.accounts.api_keys import issue_api_key
 from tokendesk.accounts.auth import build_actor
 from tokendesk.accounts.models import Organization, Role, Team, User
+from tokendesk.accounts.organizations import create_organization
 from tokendesk.accounts.security import hash_password
+from tokendesk.accounts.teams import add_team_owner, create_team
+from tokendesk.accounts.users import create_user
 from tokendesk.db import Database, utcnow
 from tokendesk.ledger import service as ledger
 from tokendesk.metering.service import UsageInput, record_usage
@@ -165,7 +168,7 @@ async def _create_people(
     logins: list[DemoLogin] = []
     for person in people:
         team = teams[person.team] if person.team else None
-        user = await accounts.create_user(
+        user = await create_user(
             session,
             organization_id=org.id,
             email=person.email,
@@ -176,7 +179,7 @@ async def _create_people(
             now=now,
         )
         user.password_hash = password_hash
-        _, key = await accounts.issue_api_key(session, user=user, name="demo")
+        _, key = await issue_api_key(session, user=user, name="demo")
         users[person.email] = user
         logins.append(DemoLogin(person.email, person.name, user.role, org.name, person.team, key))
     return users, logins
@@ -185,7 +188,7 @@ async def _create_people(
 async def _seed_acme(
     session: AsyncSession, *, rng: random.Random, password_hash: str, now: datetime
 ) -> tuple[DemoLogin, ...]:
-    org = await accounts.create_organization(
+    org = await create_organization(
         session,
         name=DEMO_ORGANIZATION,
         default_allocation=200_000,
@@ -195,15 +198,15 @@ async def _seed_acme(
         low_balance_percent=20,
     )
     teams = {
-        "Research": await accounts.create_team(
+        "Research": await create_team(
             session, organization_id=org.id, name="Research", default_allocation=300_000
         ),
-        "Support": await accounts.create_team(session, organization_id=org.id, name="Support"),
+        "Support": await create_team(session, organization_id=org.id, name="Support"),
     }
     users, logins = await _create_people(
         session, org=org, people=ACME_PEOPLE, teams=teams, password_hash=password_hash, now=now
     )
-    await accounts.add_team_owner(session, team=teams["Research"], user=users["owner@acme.example"])
+    await add_team_owner(session, team=teams["Research"], user=users["owner@acme.example"])
     await _record_usage(session, org=org, people=ACME_PEOPLE, users=users, rng=rng, now=now)
     await _requests(session, users=users, now=now)
     return tuple(logins)
@@ -237,7 +240,7 @@ async def _requests(session: AsyncSession, *, users: dict[str, User], now: datet
 async def _seed_globex(
     session: AsyncSession, *, rng: random.Random, password_hash: str, now: datetime
 ) -> tuple[DemoLogin, ...]:
-    org = await accounts.create_organization(
+    org = await create_organization(
         session,
         name=SECOND_ORGANIZATION,
         default_allocation=100_000,

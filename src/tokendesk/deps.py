@@ -12,18 +12,17 @@ from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import (
     actor_from_api_key,
     actor_from_session_cookie,
-    csrf_ok,
+    bearer_key,
+    csrf_refused,
     settings_of,
 )
+from tokendesk.accounts.passwords import NewPassword
 from tokendesk.accounts.schemas import UserUpdate
-from tokendesk.accounts.users import NewPassword, prepare_password
+from tokendesk.accounts.users import prepare_password
 from tokendesk.config import Settings
 from tokendesk.db import AfterCommit, Database
 from tokendesk.errors import AppError, Forbidden, Unauthorized
 from tokendesk.runtime import Runtime
-
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
 
 AppSettings = Annotated[Settings, Depends(settings_of)]
 
@@ -76,13 +75,12 @@ async def _authenticate(
     defer: Callable[[AfterCommit], None] | None = None,
 ) -> Actor:
     org_header = request.headers.get("x-organization-id")
-    authorization = request.headers.get("authorization", "")
-    scheme, _, token = authorization.partition(" ")
+    key = bearer_key(request)
     actor: Actor | None = None
-    if scheme.lower() == "bearer" and token:
+    if key is not None:
         actor = await actor_from_api_key(
             session,
-            token.strip(),
+            key,
             organization_header=org_header,
             stamp_later=None if session_writes else database_of(request),
             defer=defer,
@@ -91,12 +89,7 @@ async def _authenticate(
             raise Unauthorized("invalid or revoked API key")
     else:
         actor = await actor_from_session_cookie(session, request, organization_header=org_header)
-        # A browser session authenticates automatically, so state changes need proof of intent.
-        if (
-            actor is not None
-            and request.method not in SAFE_METHODS
-            and not csrf_ok(request, request.headers.get("x-csrf-token"))
-        ):
+        if actor is not None and csrf_refused(request, request.headers.get("x-csrf-token")):
             raise Forbidden("missing or invalid CSRF token (send X-CSRF-Token)")
     if actor is None:
         raise Unauthorized("authentication required: send 'Authorization: Bearer <api key>'")

@@ -14,7 +14,7 @@ from tests.accounts.support import API, acting_in, actor_of, ledger_is_consisten
 from tests.factories import Person, World, make_world, snapshot
 from tests.ledger_support import balance_of
 from tests.token_requests.support import decide, submit
-from tokendesk.accounts import users
+from tokendesk.accounts import adjustments, users
 from tokendesk.accounts.schemas import UserUpdate
 from tokendesk.db import Database
 from tokendesk.errors import Conflict
@@ -107,7 +107,7 @@ class TestAdjustmentsWithinThePool:
     ) -> None:
         admin = await actor_of(database, pooled.admin)
         async with database.transaction() as s:
-            await users.adjust_balance(
+            await adjustments.adjust_balance(
                 s, actor=admin, user_id=pooled.bob.id, amount=4_000, note="event"
             )
         request = await submit(database, pooled.alice, amount=1_001)
@@ -260,7 +260,7 @@ class TestConcurrentIncreases:
         async def adjust(i: int) -> None:
             actor = owner if targets[i % 4] in (pooled.alice, pooled.amy) else admin
             async with database.transaction() as s:
-                await users.adjust_balance(
+                await adjustments.adjust_balance(
                     s, actor=actor, user_id=targets[i % 4].id, amount=1_000, note=f"n{i}"
                 )
 
@@ -279,7 +279,7 @@ class TestConcurrentIncreases:
 
         async def adjust() -> object:
             async with database.transaction() as s:
-                return await users.adjust_balance(
+                return await adjustments.adjust_balance(
                     s, actor=admin, user_id=pooled.bob.id, amount=2_000, note="event"
                 )
 
@@ -317,7 +317,7 @@ class TestConcurrentIncreases:
 
         async def adjust(writer: Database, person: Person) -> None:
             async with writer.transaction() as s:
-                await users.adjust_balance(
+                await adjustments.adjust_balance(
                     s, actor=admin, user_id=person.id, amount=2_000, note="event"
                 )
 

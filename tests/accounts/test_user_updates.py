@@ -14,8 +14,8 @@ from tests.accounts.support import (
     user_of,
 )
 from tests.factories import Person, World, snapshot
-from tokendesk.accounts import service as accounts
 from tokendesk.accounts.models import Role, TeamOwner
+from tokendesk.accounts.users import create_user
 from tokendesk.db import Database
 
 
@@ -102,7 +102,7 @@ class TestUpdateUser:
         self, client: httpx.AsyncClient, database: Database, world: World
     ) -> None:
         async with database.transaction() as s:
-            boss = await accounts.create_user(
+            boss = await create_user(
                 s,
                 organization_id=world.org_id,
                 email="boss@example.com",

@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.chat.support import login
 from tests.factories import Person, World
-from tokendesk.accounts import service as accounts
 from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.api_keys import issue_api_key
 from tokendesk.accounts.auth import build_actor
 from tokendesk.accounts.models import Organization, User
 from tokendesk.chat import service as chat
@@ -163,7 +163,7 @@ class TestSettingsPage:
         async with database.transaction() as s:
             alice = await s.get(User, world.alice.id)
             assert alice is not None
-            await accounts.issue_api_key(s, user=alice, name="laptop")
+            await issue_api_key(s, user=alice, name="laptop")
         await login(client, world.alice)
         response = await client.get("/settings")
         assert response.status_code == 200

@@ -20,8 +20,10 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.web_admin.live_server import running
-from tokendesk.accounts import service as accounts
+from tokendesk.accounts.api_keys import issue_api_key
 from tokendesk.accounts.models import Role
+from tokendesk.accounts.organizations import create_organization
+from tokendesk.accounts.users import create_user
 from tokendesk.db import Database
 from tokendesk.migrations.runner import upgrade
 
@@ -82,10 +84,10 @@ async def _seed(url: str) -> str:
     database = Database(url)
     try:
         async with database.transaction() as s:
-            org = await accounts.create_organization(
+            org = await create_organization(
                 s, name="E2E Org", default_allocation=50_000, max_request=500_000
             )
-            admin = await accounts.create_user(
+            admin = await create_user(
                 s,
                 organization_id=org.id,
                 email="admin@e2e.example",
@@ -93,9 +95,9 @@ async def _seed(url: str) -> str:
                 role=Role.ORG_ADMIN,
                 password=PASSWORD,
             )
-            _, admin_key = await accounts.issue_api_key(s, user=admin, name="e2e")
+            _, admin_key = await issue_api_key(s, user=admin, name="e2e")
             for handle, (email, override) in MEMBERS.items():
-                await accounts.create_user(
+                await create_user(
                     s,
                     organization_id=org.id,
                     email=email,

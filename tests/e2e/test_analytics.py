@@ -24,9 +24,11 @@ import pytest
 from sqlalchemy import update
 
 from tests.web_admin.live_server import LiveServer, running
-from tokendesk.accounts import service as accounts
 from tokendesk.accounts.auth import build_actor
 from tokendesk.accounts.models import Role, User
+from tokendesk.accounts.organizations import create_organization
+from tokendesk.accounts.teams import create_team
+from tokendesk.accounts.users import create_user
 from tokendesk.db import Database
 from tokendesk.ledger.periods import period_bounds
 from tokendesk.metering.service import UsageInput, record_usage
@@ -86,10 +88,10 @@ async def seed(url: str) -> None:
     database = Database(url)
     try:
         async with database.transaction() as s:
-            org = await accounts.create_organization(
+            org = await create_organization(
                 s, name="Globex Analytics", default_allocation=400_000, timezone=TIMEZONE
             )
-            admin = await accounts.create_user(
+            admin = await create_user(
                 s,
                 organization_id=org.id,
                 email="admin@globex.example",
@@ -100,10 +102,10 @@ async def seed(url: str) -> None:
             )
             people = []
             for team_name in TEAMS:
-                team = await accounts.create_team(s, organization_id=org.id, name=team_name)
+                team = await create_team(s, organization_id=org.id, name=team_name)
                 for n in range(4):
                     people.append(
-                        await accounts.create_user(
+                        await create_user(
                             s,
                             organization_id=org.id,
                             email=f"{team_name.lower()}{n}@globex.example",

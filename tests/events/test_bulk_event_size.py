@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 
 from tests.factories import World
-from tokendesk.accounts import service as accounts
 from tokendesk.accounts.auth import build_actor
+from tokendesk.accounts.users import create_user
 from tokendesk.db import Database
 from tokendesk.events.bus import InProcessBus
 from tokendesk.events.pg_bus import MAX_PAYLOAD, pack
@@ -20,7 +20,7 @@ async def test_a_huge_bulk_decision_sends_a_queue_event_that_fits_in_one_notify(
     ids = []
     async with database.transaction() as s:
         for n in range(BULK_EVENT_IDS + 30):
-            user = await accounts.create_user(
+            user = await create_user(
                 s,
                 organization_id=world.org_id,
                 email=f"bulk{n}@example.com",

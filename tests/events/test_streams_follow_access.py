@@ -17,7 +17,7 @@ import pytest
 from tests.accounts.support import key_id_of, page_csrf, sign_in
 from tests.factories import Person, World
 from tests.fake_upstream import RunningServer
-from tokendesk.accounts import service as accounts
+from tokendesk.accounts.api_keys import issue_api_key
 from tokendesk.accounts.models import User
 from tokendesk.app import create_app
 from tokendesk.config import Settings
@@ -272,7 +272,7 @@ class TestOtherStreamsStayOpen:
         async with database.transaction() as s:
             user = await s.get(User, world.bob.id)
             assert user is not None
-            second, _ = await accounts.issue_api_key(s, user=user, name="laptop")
+            second, _ = await issue_api_key(s, user=user, name="laptop")
             second_id = second.id
         async with Streams(live) as streams:
             bob = await streams.open(world.bob.headers)

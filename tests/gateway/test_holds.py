@@ -15,7 +15,7 @@ from sqlalchemy import make_url, select, text, update
 
 from tests.factories import World
 from tests.ledger.helpers import end_period
-from tokendesk.accounts import service as accounts
+from tokendesk.accounts.users import create_user
 from tokendesk.db import FALLBACK, Database
 from tokendesk.errors import AppError, InsufficientTokens, InvalidInput
 from tokendesk.gateway import holds
@@ -632,7 +632,7 @@ class TestLockOrder:
         self, database: Database, world: World
     ) -> None:
         async with database.transaction() as s:
-            newcomer = await accounts.create_user(
+            newcomer = await create_user(
                 s, organization_id=world.org_id, email="newcomer@example.com", name="Newcomer"
             )
         # Organizations go in id order: the first one's user comes after the second's.

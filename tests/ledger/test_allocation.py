@@ -19,7 +19,7 @@ from tests.accounts.support import (
 )
 from tests.factories import World
 from tests.ledger_support import balance_of
-from tokendesk.accounts import service as accounts
+from tokendesk.accounts.users import create_user
 from tokendesk.db import Database
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import EntryKind
@@ -58,7 +58,7 @@ class TestAllocationOfNewUsers:
     ) -> None:
         team_id = {"alpha": world.team_a, "beta": world.team_b, None: None}[team]
         async with database.transaction() as s:
-            user = await accounts.create_user(
+            user = await create_user(
                 s,
                 organization_id=world.org_id,
                 email="new@example.com",

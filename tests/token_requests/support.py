@@ -10,10 +10,10 @@ from sqlalchemy import event, func, select
 
 from tests.factories import Person, World
 from tests.ledger.helpers import assert_ledger_consistent as assert_ledger_consistent
-from tokendesk.accounts import service as accounts
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import build_actor
 from tokendesk.accounts.models import User
+from tokendesk.accounts.users import create_user
 from tokendesk.audit.models import AuditEntry
 from tokendesk.db import Database
 from tokendesk.ledger.models import EntryKind, LedgerEntry
@@ -101,7 +101,7 @@ async def members(database: Database, world: World, count: int, prefix: str) -> 
     people = []
     async with database.transaction() as s:
         for i in range(count):
-            user = await accounts.create_user(
+            user = await create_user(
                 s,
                 organization_id=world.org_id,
                 email=f"{prefix}{i}@example.com",

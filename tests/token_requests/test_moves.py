@@ -8,8 +8,10 @@ import pytest
 
 from tests.factories import Person, World, snapshot
 from tests.token_requests.support import actor_for, submit
-from tokendesk.accounts import service as accounts
+from tokendesk.accounts.api_keys import issue_api_key
 from tokendesk.accounts.models import Role, Team, User
+from tokendesk.accounts.teams import add_team_owner
+from tokendesk.accounts.users import create_user
 from tokendesk.db import Database, utcnow
 from tokendesk.events.bus import InProcessBus
 from tokendesk.token_requests import repository as repo
@@ -23,17 +25,17 @@ URL = "/api/v1/token-requests"
 async def beta_owner(database: Database, world: World) -> Person:
     """Bea, owner of team Beta (Bob's team)."""
     async with database.transaction() as s:
-        user = await accounts.create_user(
+        user = await create_user(
             s,
             organization_id=world.org_id,
             email="bea@example.com",
             name="Bea",
             role=Role.TEAM_OWNER,
         )
-        _, key = await accounts.issue_api_key(s, user=user)
+        _, key = await issue_api_key(s, user=user)
         team = await s.get(Team, world.team_b)
         assert team is not None
-        await accounts.add_team_owner(s, team=team, user=user)
+        await add_team_owner(s, team=team, user=user)
         return Person(user.id, user.email, user.name, key)
 
 

@@ -17,9 +17,12 @@ from typing import Any
 import httpx
 
 from tests.web_admin.live_server import LiveServer
-from tokendesk.accounts import service as accounts
+from tokendesk.accounts.api_keys import issue_api_key
 from tokendesk.accounts.auth import build_actor
 from tokendesk.accounts.models import Role, TeamOwner
+from tokendesk.accounts.organizations import create_organization
+from tokendesk.accounts.teams import create_team
+from tokendesk.accounts.users import create_user
 from tokendesk.db import Database
 from tokendesk.migrations.runner import upgrade
 from tokendesk.token_requests import service as token_requests
@@ -83,15 +86,15 @@ async def seed(url: str) -> dict[str, str]:
     keys: dict[str, str] = {}
     try:
         async with database.transaction() as s:
-            org = await accounts.create_organization(
+            org = await create_organization(
                 s, name="Acme", default_allocation=100_000, max_request=500_000
             )
             teams = {
-                name: await accounts.create_team(s, organization_id=org.id, name=name)
+                name: await create_team(s, organization_id=org.id, name=name)
                 for name in ("Alpha", "Beta", "Bulk", "Crowd")
             }
             for handle, (name, role, team) in PEOPLE.items():
-                user = await accounts.create_user(
+                user = await create_user(
                     s,
                     organization_id=org.id,
                     email=f"{handle}@acme.example",
@@ -100,12 +103,12 @@ async def seed(url: str) -> dict[str, str]:
                     team_id=teams[team].id if team else None,
                     password=PASSWORD,
                 )
-                _, keys[handle] = await accounts.issue_api_key(s, user=user, name="e2e")
+                _, keys[handle] = await issue_api_key(s, user=user, name="e2e")
                 if handle == "owner":
                     s.add(TeamOwner(team_id=teams["Alpha"].id, user_id=user.id))
             for team, size in (("Bulk", BULK_SIZE), ("Crowd", CROWD_SIZE)):
                 for index in range(size):
-                    user = await accounts.create_user(
+                    user = await create_user(
                         s,
                         organization_id=org.id,
                         email=f"{team.lower()}{index:02d}@acme.example",

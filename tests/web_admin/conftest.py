@@ -11,8 +11,8 @@ import pytest
 
 from tests.accounts.support import sign_in
 from tests.factories import Person, World
-from tokendesk.accounts import service as accounts
 from tokendesk.accounts.auth import build_actor
+from tokendesk.accounts.users import create_user
 from tokendesk.db import Database
 from tokendesk.token_requests import service as token_requests
 
@@ -82,7 +82,7 @@ async def members_with_requests(
     ids: list[int] = []
     async with database.transaction() as session:
         for index in range(count):
-            user = await accounts.create_user(
+            user = await create_user(
                 session,
                 organization_id=world.org_id,
                 email=f"{prefix}{index:03d}@example.com",

@@ -1,5 +1,8 @@
 """Personal API keys: everyone manages their own; admins revoke keys of people in their scope.
 
+``issue_api_key`` is the unchecked operation (CLI, demo, tests); the actor-taking
+services check the HTTP caller first.
+
 A revoked key stops working on the very next call: authentication only accepts
 keys whose ``revoked_at`` is unset.
 """
@@ -12,16 +15,42 @@ from tokendesk.accounts import repository as repo
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.keycache import credentials_changed
 from tokendesk.accounts.models import ApiKey, User
+from tokendesk.accounts.security import hash_api_key, new_api_key
 from tokendesk.accounts.service import (
     can_manage_user,
     get_user_in_scope,
-    issue_api_key,
     require_manager,
     require_outranks,
 )
 from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
 from tokendesk.errors import Conflict, NotFound
+
+
+async def issue_api_key(
+    session: AsyncSession, *, user: User, name: str = "default", actor_id: int | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key; the plain key is returned once and never stored."""
+    key = new_api_key()
+    api_key = ApiKey(
+        user_id=user.id,
+        name=name,
+        prefix=key[:10],
+        key_hash=hash_api_key(key),
+        created_at=utcnow(),
+    )
+    session.add(api_key)
+    await session.flush()
+    await audit.record(
+        session,
+        organization_id=user.organization_id,
+        actor_id=actor_id if actor_id is not None else user.id,
+        action="api_key.created",
+        target_type="api_key",
+        target_id=api_key.id,
+        details={"user_id": user.id, "name": name},
+    )
+    return api_key, key
 
 
 async def list_own_keys(session: AsyncSession, *, actor: Actor) -> list[ApiKey]:

@@ -16,10 +16,10 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.lookups import get_organization
 from tokendesk.accounts.models import (
     ApiKey,
     LoginSession,
-    Organization,
     Role,
     TeamOwner,
     User,
@@ -32,6 +32,22 @@ from tokendesk.errors import NotFound
 
 SESSION_COOKIE = "tokendesk_session"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def bearer_key(request: Request) -> str | None:
+    """The API key of an ``Authorization: Bearer`` header; None without one, and then
+    the session cookie is the request's credential (the REST API and the gateway alike)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if token and scheme.lower() == "bearer" else None
+
+
+def csrf_refused(request: Request, submitted: str | None) -> bool:
+    """Whether a request signed in by its session cookie changes state without proof of
+    intent: cookies ride along by themselves, so a change must carry the session's CSRF
+    token (``submitted``: the X-CSRF-Token header, or a form's field)."""
+    return request.method not in SAFE_METHODS and not csrf_ok(request, submitted)
 
 
 def settings_of(request: Request) -> Settings:
@@ -78,8 +94,7 @@ async def build_actor(
     if organization_id is not None and organization_id != user.organization_id:
         if user.role != Role.SUPER_ADMIN:
             raise NotFound(f"organization {organization_id} not found")
-        if await session.get(Organization, organization_id) is None:
-            raise NotFound(f"organization {organization_id} not found")
+        await get_organization(session, organization_id)
         active_org = organization_id
     return Actor(
         user_id=user.id,

@@ -1,4 +1,8 @@
-"""Organization settings, the monthly pool, and the super admin's list of organizations."""
+"""Organizations: creating one, its settings and monthly pool, the super admin's list.
+
+``create_organization`` is the unchecked operation (CLI, demo, tests);
+``create_organization_as`` the same for an HTTP caller, checked against the actor.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.lookups import get_organization
 from tokendesk.accounts.models import Organization
 from tokendesk.accounts.schemas import OrganizationIn, OrganizationUpdate
-from tokendesk.accounts.service import (
-    create_organization,
-    get_organization,
-    require_org_admin,
-    require_super_admin,
-)
+from tokendesk.accounts.service import require_org_admin, require_super_admin
 from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
 from tokendesk.errors import Conflict, Forbidden, InvalidInput
@@ -51,6 +51,65 @@ class OrganizationView:
 
 def _duplicate(name: str) -> Conflict:
     return Conflict(f"name: an organization named {name!r} already exists", field="name")
+
+
+def _check_timezone(name: str) -> None:
+    if not is_valid_timezone(name):
+        raise InvalidInput(f"timezone: unknown IANA time zone {name!r}", field="timezone")
+
+
+async def create_organization(
+    session: AsyncSession,
+    *,
+    name: str,
+    default_allocation: int = 100_000,
+    reset_day: int = 1,
+    timezone: str = "UTC",
+    max_request: int = 1_000_000,
+    pool: int | None = None,
+    low_balance_percent: int = 20,
+    carry_over_debt: bool = True,
+    actor_id: int | None = None,
+) -> Organization:
+    _check_timezone(timezone)
+    if not 1 <= reset_day <= 28:
+        raise InvalidInput("reset_day: must be between 1 and 28", field="reset_day")
+    if await session.scalar(select(Organization.id).where(Organization.name == name)):
+        raise _duplicate(name)
+    org = Organization(
+        name=name,
+        default_allocation=default_allocation,
+        reset_day=reset_day,
+        timezone=timezone,
+        max_request=max_request,
+        pool=pool,
+        low_balance_percent=low_balance_percent,
+        carry_over_debt=carry_over_debt,
+        created_at=utcnow(),
+    )
+    session.add(org)
+    await session.flush()
+    await audit.record(
+        session,
+        organization_id=org.id,
+        actor_id=actor_id,
+        action="organization.created",
+        target_type="organization",
+        target_id=org.id,
+        details={"name": name},
+    )
+    return org
+
+
+async def create_organization_as(
+    session: AsyncSession, *, actor: Actor, data: OrganizationIn
+) -> OrganizationView:
+    require_super_admin(actor)
+    try:
+        org = await create_organization(session, **data.model_dump(), actor_id=actor.user_id)
+    except IntegrityError:
+        raise _duplicate(data.name) from None
+    return await organization_view(session, organization_id=org.id)
 
 
 async def _views(
@@ -92,8 +151,8 @@ async def update_settings(
     require_org_admin(actor)
     now = now or utcnow()
     fields = data.model_fields_set
-    if data.timezone is not None and not is_valid_timezone(data.timezone):
-        raise InvalidInput(f"timezone: unknown IANA time zone {data.timezone!r}", field="timezone")
+    if data.timezone is not None:
+        _check_timezone(data.timezone)
     # The organization, then its balances in user order, as bulk approvals take them;
     # the reset and the updates below would take balances in other orders.
     await session.execute(
@@ -163,14 +222,3 @@ async def list_organizations(
     now = now or utcnow()
     orgs = list(await session.scalars(select(Organization).order_by(Organization.name)))
     return await _views(session, orgs, now=now)
-
-
-async def create_organization_as(
-    session: AsyncSession, *, actor: Actor, data: OrganizationIn
-) -> OrganizationView:
-    require_super_admin(actor)
-    try:
-        org = await create_organization(session, **data.model_dump(), actor_id=actor.user_id)
-    except IntegrityError:
-        raise _duplicate(data.name) from None
-    return await organization_view(session, organization_id=org.id)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from tokendesk.accounts import api_keys, organizations, teams, users
+from tokendesk.accounts import adjustments, api_keys, organizations, teams, users
 from tokendesk.accounts.models import Role
 from tokendesk.accounts.organizations import OrganizationView
 from tokendesk.accounts.repository import LedgerRow, TeamRow, UserRow
@@ -245,7 +245,7 @@ async def adjust_balance(
     user_id: UserId, data: AdjustmentIn, session: DbSession, actor: AdminActor
 ) -> BalanceOut:
     """Correct the current period up or down, with a note; nobody adjusts their own."""
-    balance = await users.adjust_balance(
+    balance = await adjustments.adjust_balance(
         session, actor=actor, user_id=user_id, amount=data.amount, note=data.note
     )
     return BalanceOut.of(balance)

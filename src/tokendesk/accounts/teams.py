@@ -1,5 +1,8 @@
 """Teams: everyone in an organization sees them; only org admins change them.
 
+``create_team`` and the owner changes are the unchecked operations (CLI, demo,
+tests); the ``*_as`` and actor-taking ones check the HTTP caller first.
+
 A team's default allocation feeds the allocation of its members without an
 override, so changing or deleting a team re-applies their current periods at once.
 """
@@ -14,16 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts import repository as repo
 from tokendesk.accounts.actor import Actor
-from tokendesk.accounts.models import Team, TeamOwner, User
+from tokendesk.accounts.lookups import get_team_in_org
+from tokendesk.accounts.models import Role, Team, TeamOwner, User
 from tokendesk.accounts.schemas import TeamIn, TeamUpdate
-from tokendesk.accounts.service import (
-    add_team_owner,
-    create_team,
-    get_team_in_org,
-    remove_team_owner,
-    require_org_admin,
-)
+from tokendesk.accounts.service import require_org_admin
 from tokendesk.audit import service as audit
+from tokendesk.db import utcnow
 from tokendesk.errors import Conflict, InvalidInput, NotFound
 from tokendesk.events.bus import access_changed
 from tokendesk.ledger import service as ledger
@@ -33,19 +32,34 @@ def _duplicate(name: str) -> Conflict:
     return Conflict(f"name: a team named {name!r} already exists", field="name")
 
 
-async def list_teams(session: AsyncSession, *, actor: Actor) -> list[repo.TeamRow]:
-    return await repo.team_rows(session, organization_id=actor.organization_id)
-
-
-async def team_row(session: AsyncSession, *, organization_id: int, team_id: int) -> repo.TeamRow:
-    rows = await repo.team_rows(session, organization_id=organization_id, team_id=team_id)
-    if not rows:
-        raise NotFound(f"team {team_id} not found")
-    return rows[0]
-
-
-async def get_team(session: AsyncSession, *, actor: Actor, team_id: int) -> repo.TeamRow:
-    return await team_row(session, organization_id=actor.organization_id, team_id=team_id)
+async def create_team(
+    session: AsyncSession,
+    *,
+    organization_id: int,
+    name: str,
+    default_allocation: int | None = None,
+    actor_id: int | None = None,
+) -> Team:
+    if await repo.team_name_taken(session, organization_id=organization_id, name=name):
+        raise _duplicate(name)
+    team = Team(
+        organization_id=organization_id,
+        name=name,
+        default_allocation=default_allocation,
+        created_at=utcnow(),
+    )
+    session.add(team)
+    await session.flush()
+    await audit.record(
+        session,
+        organization_id=organization_id,
+        actor_id=actor_id,
+        action="team.created",
+        target_type="team",
+        target_id=team.id,
+        details={"name": name, "default_allocation": default_allocation},
+    )
+    return team
 
 
 async def create_team_as(session: AsyncSession, *, actor: Actor, data: TeamIn) -> repo.TeamRow:
@@ -64,6 +78,21 @@ async def create_team_as(session: AsyncSession, *, actor: Actor, data: TeamIn) -
     return await team_row(session, organization_id=actor.organization_id, team_id=team.id)
 
 
+async def list_teams(session: AsyncSession, *, actor: Actor) -> list[repo.TeamRow]:
+    return await repo.team_rows(session, organization_id=actor.organization_id)
+
+
+async def team_row(session: AsyncSession, *, organization_id: int, team_id: int) -> repo.TeamRow:
+    rows = await repo.team_rows(session, organization_id=organization_id, team_id=team_id)
+    if not rows:
+        raise NotFound(f"team {team_id} not found")
+    return rows[0]
+
+
+async def get_team(session: AsyncSession, *, actor: Actor, team_id: int) -> repo.TeamRow:
+    return await team_row(session, organization_id=actor.organization_id, team_id=team_id)
+
+
 async def _validated_owners(
     session: AsyncSession, *, organization_id: int, owner_ids: list[int]
 ) -> dict[int, User]:
@@ -79,6 +108,51 @@ async def _validated_owners(
         listed = ", ".join(str(i) for i in missing)
         raise InvalidInput(f"owner_ids: no user {listed} in this organization", field="owner_ids")
     return found
+
+
+async def add_team_owner(
+    session: AsyncSession, *, team: Team, user: User, actor_id: int | None = None
+) -> None:
+    if user.organization_id != team.organization_id:
+        raise InvalidInput("owner: the user belongs to another organization", field="owner")
+    existing = await session.get(TeamOwner, (team.id, user.id))
+    if existing is not None:
+        return
+    session.add(TeamOwner(team_id=team.id, user_id=user.id))
+    # Owning a team makes a plain member a team owner; admins keep their higher role.
+    if user.role == Role.MEMBER:
+        user.role = Role.TEAM_OWNER.value
+    await session.flush()
+    access_changed(session, user.id)
+    await audit.record(
+        session,
+        organization_id=team.organization_id,
+        actor_id=actor_id,
+        action="team.owner_added",
+        target_type="team",
+        target_id=team.id,
+        details={"user_id": user.id, "email": user.email},
+    )
+
+
+async def remove_team_owner(
+    session: AsyncSession, *, team: Team, user: User, actor_id: int | None = None
+) -> None:
+    existing = await session.get(TeamOwner, (team.id, user.id))
+    if existing is None:
+        return
+    await session.delete(existing)
+    await session.flush()
+    access_changed(session, user.id)
+    await audit.record(
+        session,
+        organization_id=team.organization_id,
+        actor_id=actor_id,
+        action="team.owner_removed",
+        target_type="team",
+        target_id=team.id,
+        details={"user_id": user.id, "email": user.email},
+    )
 
 
 async def update_team(

@@ -1,5 +1,8 @@
 """Managing people: the caller's own profile, the user directory, edits and adjustments.
 
+``create_user`` is the unchecked operation (CLI, demo, tests); ``create_user_as``
+and the other actor-taking services check the HTTP caller first.
+
 Scope: org admins (and super admins in the organization they act in) manage
 everyone there; team owners manage the members of the teams they own; everyone
 may read their own record and ledger. Out-of-scope users answer 404.
@@ -7,35 +10,36 @@ may read their own record and ledger. Out-of-scope users answer 404.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.accounts import adjustments, passwords
 from tokendesk.accounts import repository as repo
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import end_every_session
 from tokendesk.accounts.keycache import credentials_changed
+from tokendesk.accounts.lookups import get_organization
 from tokendesk.accounts.models import Organization, Role, Team, User
+from tokendesk.accounts.passwords import NewPassword
 from tokendesk.accounts.schemas import UserIn, UserUpdate
-from tokendesk.accounts.security import hash_password, verify_password
+from tokendesk.accounts.security import hash_password
 from tokendesk.accounts.service import (
-    create_user,
-    get_organization,
     get_user_in_scope,
     require_manager,
     require_outranks,
 )
+from tokendesk.accounts.signin import Guesses
 from tokendesk.audit import service as audit
 from tokendesk.db import Database, utcnow, writes
-from tokendesk.errors import Conflict, Forbidden, InvalidInput, NotFound, TooManyAttempts
+from tokendesk.errors import Conflict, Forbidden, InvalidInput, NotFound
 from tokendesk.events.bus import access_changed
 from tokendesk.ledger import service as ledger
-from tokendesk.ledger.models import Balance, EntryKind
-from tokendesk.token_requests import pool
+from tokendesk.ledger.models import Balance
 from tokendesk.token_requests import service as token_requests
 
 # What a person may change about themselves; allocation, team, role and the active
@@ -128,6 +132,60 @@ async def get_user(session: AsyncSession, *, actor: Actor, user_id: int) -> repo
     return await user_row(session, user_id=user.id, organization_id=user.organization_id)
 
 
+async def create_user(
+    session: AsyncSession,
+    *,
+    organization_id: int,
+    email: str,
+    name: str,
+    role: Role = Role.MEMBER,
+    team_id: int | None = None,
+    allocation_override: int | None = None,
+    password: str | None = None,
+    actor_id: int | None = None,
+    now: datetime | None = None,
+) -> User:
+    """Create a user and open their current period with the full allocation."""
+    org = await get_organization(session, organization_id)
+    team = None
+    if team_id is not None:
+        team = await session.get(Team, team_id)
+        if team is None or team.organization_id != organization_id:
+            raise InvalidInput(f"team_id: team {team_id} not found", field="team_id")
+    email = email.strip().lower()
+    if await session.scalar(select(User.id).where(func.lower(User.email) == email)):
+        raise Conflict(f"email: a user with email {email!r} already exists", field="email")
+    user = User(
+        organization_id=organization_id,
+        email=email,
+        name=name.strip(),
+        role=Role(role).value,
+        team_id=team_id,
+        allocation_override=allocation_override,
+        is_active=True,
+        password_hash=await hash_password(password) if password else None,
+        created_at=utcnow(),
+    )
+    session.add(user)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise Conflict(
+            f"email: a user with email {email!r} already exists", field="email"
+        ) from None
+    await ledger.open_balance(session, user=user, org=org, team=team, actor_id=actor_id, now=now)
+    await audit.record(
+        session,
+        organization_id=organization_id,
+        actor_id=actor_id,
+        action="user.created",
+        target_type="user",
+        target_id=user.id,
+        details={"email": email, "role": user.role, "team_id": team_id},
+    )
+    return user
+
+
 async def create_user_as(session: AsyncSession, *, actor: Actor, data: UserIn) -> repo.UserRow:
     """Org admins create anyone but super admins; team owners create plain members,
     and only into a team they own, so the new person lands inside their scope."""
@@ -141,7 +199,7 @@ async def create_user_as(session: AsyncSession, *, actor: Actor, data: UserIn) -
         if not actor.can_manage_team(data.team_id):
             raise Forbidden("team_id: team owners may only add members to a team they own")
     if data.allocation_override is not None:
-        await _check_new_override(
+        await adjustments.check_new_override(
             session,
             organization_id=actor.organization_id,
             override=data.allocation_override,
@@ -159,45 +217,6 @@ async def create_user_as(session: AsyncSession, *, actor: Actor, data: UserIn) -
         actor_id=actor.user_id,
     )
     return await user_row(session, user_id=user.id, organization_id=actor.organization_id)
-
-
-async def _check_new_override(
-    session: AsyncSession, *, organization_id: int, override: int, team_id: int | None
-) -> None:
-    """A newcomer's override above what the rules would give them is a raise like
-    any other (see ``_check_override_raise``); the default part is not."""
-    org = await pool.lock_organization(session, organization_id=organization_id)
-    team = await session.get(Team, team_id) if team_id is not None else None
-    default = org.default_allocation
-    if team is not None and team.organization_id == org.id and team.default_allocation is not None:
-        default = team.default_allocation
-    await pool.check_increase(
-        session,
-        organization_id=org.id,
-        amount=override - default,
-        field="allocation_override",
-        locked=org,
-    )
-
-
-class Guesses(Protocol):
-    """Counts wrong guesses at a password per (email, client address) and says how
-    long the next try must wait (the sign-in limiter)."""
-
-    def attempt(self, email: str, address: str) -> float: ...
-    def failed(self, email: str, address: str) -> None: ...
-    def succeeded(self, email: str, address: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class NewPassword:
-    """A password change worked out before the write transaction opens, since argon2
-    is slow and no lock may wait on it. ``replaces``: for your own change, the stored
-    hash the current password matched; it is written only while that is still stored."""
-
-    user_id: int
-    password_hash: str
-    replaces: str | None
 
 
 async def prepare_password(
@@ -218,56 +237,15 @@ async def prepare_password(
         _check_update_allowed(actor, user, data, set(data.model_fields_set))
     replaces = None
     if user.id == actor.user_id:
-        await _check_own_password_change(actor, user, data, guesses=guesses, address=address)
+        await passwords.check_own_password_change(
+            actor, user, data, guesses=guesses, address=address
+        )
         replaces = user.password_hash
     if data.password is None:
         return None
     return NewPassword(
         user_id=user.id, password_hash=await hash_password(data.password), replaces=replaces
     )
-
-
-async def _check_own_password_change(
-    actor: Actor, user: User, data: UserUpdate, *, guesses: Guesses, address: str
-) -> None:
-    """Your own password changes only with the current one, from a browser session:
-    an API key handed to some client must never be enough to take the account over.
-    Wrong current passwords slow the next try like wrong sign-ins, so a stolen
-    session cookie is no faster a way to guess the password than the sign-in form."""
-    if actor.session_id is None:
-        raise Forbidden(
-            "password: changing your own password needs a signed-in browser session, "
-            "not an API key",
-            field="password",
-        )
-    if not data.current_password:
-        raise InvalidInput(
-            "current_password: required to change your own password", field="current_password"
-        )
-    email = user.email.lower()
-    wait = guesses.attempt(email, address)
-    if wait:
-        raise TooManyAttempts(
-            f"current_password: too many wrong attempts; try again in {math.ceil(wait)} s",
-            retry_after=wait,
-            field="current_password",
-        )
-    if not await verify_password(user.password_hash, data.current_password):
-        guesses.failed(email, address)
-        raise Forbidden("current_password: does not match your password", field="current_password")
-    guesses.succeeded(email, address)
-
-
-async def _write_password(session: AsyncSession, *, user: User, new: NewPassword) -> None:
-    query = update(User).where(User.id == user.id).values(password_hash=new.password_hash)
-    if new.replaces is not None:
-        query = query.where(User.password_hash == new.replaces)
-    result = await session.execute(query)
-    if not getattr(result, "rowcount", 0):
-        raise Conflict(
-            "current_password: your password was changed meanwhile; sign in with the new one",
-            field="current_password",
-        )
 
 
 def _check_update_allowed(actor: Actor, user: User, data: UserUpdate, fields: set[str]) -> None:
@@ -317,7 +295,7 @@ async def update_user(
         ):
             raise InvalidInput(f"team_id: team {data.team_id} not found", field="team_id")
     if "allocation_override" in fields and data.allocation_override != user.allocation_override:
-        await _check_override_raise(
+        await adjustments.check_override_raise(
             session, user=user, override=data.allocation_override, team=new_team
         )
 
@@ -334,7 +312,7 @@ async def update_user(
             setattr(user, name, new)
     details: dict[str, Any] = {"before": before, "after": after}
     if new_password is not None and data.password is not None:
-        await _write_password(session, user=user, new=new_password)
+        await passwords.write_password(session, user=user, new=new_password)
         details["password_changed"] = True
     if details.get("password_changed") or after.get("is_active") is False:
         # Whoever knew the old password (or the deactivated person) is signed out
@@ -384,73 +362,6 @@ async def update_user(
         details=details,
     )
     return await user_row(session, user_id=uid, organization_id=org_id)
-
-
-async def _check_override_raise(
-    session: AsyncSession, *, user: User, override: int | None, team: Team | None
-) -> None:
-    """An override that raises this period's allocation hands out tokens like a grant:
-    the raise is bound by the maximum per request and the pool (see ``pool.check_increase``).
-
-    Runs before anything about ``user`` changes, so the current allocation (or, for a
-    period that has ended, what its reset would give) is the one in force now.
-    """
-    org = await pool.lock_organization(session, organization_id=user.organization_id)
-    if override is not None:
-        target = override
-    elif team is not None and team.default_allocation is not None:
-        target = team.default_allocation
-    else:
-        target = org.default_allocation
-    balance = await session.get(Balance, user.id)
-    if balance is None:
-        raise NotFound(f"user {user.id} has no balance")
-    current = balance.allocation
-    if balance.period_end <= utcnow():
-        current_team = await session.get(Team, user.team_id) if user.team_id is not None else None
-        current = ledger.resolve_allocation(user, current_team, org)
-    await pool.check_increase(
-        session,
-        organization_id=user.organization_id,
-        amount=target - current,
-        field="allocation_override",
-        locked=org,
-    )
-
-
-async def adjust_balance(
-    session: AsyncSession, *, actor: Actor, user_id: int, amount: int, note: str
-) -> Balance:
-    """A manual correction of the current period, always with a note.
-
-    Adding tokens is bound like an approval (the maximum per request, the pool);
-    taking them back never is.
-    """
-    user = await get_user_in_scope(session, actor=actor, user_id=user_id)
-    if user.id == actor.user_id:
-        raise Forbidden("you may not adjust your own balance")
-    require_manager(actor, user)
-    require_outranks(actor, user)
-    uid, org_id = user.id, user.organization_id
-    await pool.check_increase(session, organization_id=org_id, amount=amount, field="amount")
-    balance = await ledger.credit(
-        session,
-        user_id=uid,
-        kind=EntryKind.ADJUSTMENT,
-        amount=amount,
-        actor_id=actor.user_id,
-        reason=note,
-    )
-    await audit.record(
-        session,
-        organization_id=org_id,
-        actor_id=actor.user_id,
-        action="balance.adjusted",
-        target_type="user",
-        target_id=uid,
-        details={"amount": amount, "note": note, "remaining": balance.remaining},
-    )
-    return balance
 
 
 async def ledger_entries(

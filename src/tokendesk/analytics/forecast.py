@@ -8,9 +8,10 @@ from operator import attrgetter
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.accounts.lookups import get_organization
 from tokendesk.analytics import repository as repo
 from tokendesk.analytics.schemas import FiltersOut, ForecastItem, ForecastOut
-from tokendesk.analytics.selection import DAY_SECONDS, DEFAULT_LIMIT, Selection, organization
+from tokendesk.analytics.selection import DAY_SECONDS, DEFAULT_LIMIT, Selection
 from tokendesk.ledger.periods import period_bounds
 
 # A burn rate measured over hours is noise (one long chat looks like a flood):
@@ -68,7 +69,7 @@ async def forecast(
     The team filter follows each user's current team; the model filter does not apply.
     """
     now, where = selection.now, selection.where
-    org = await organization(session, where.organization_id)
+    org = await get_organization(session, where.organization_id)
     period_start, period_end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
     rows = await repo.balances_with_usage(session, where=where, now=now, period_start=period_start)
     never = datetime.max.replace(tzinfo=now.tzinfo)

@@ -18,11 +18,11 @@ from datetime import date, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
-from tokendesk.accounts.models import Organization
+from tokendesk.accounts.lookups import get_organization
 from tokendesk.analytics import repository as repo
 from tokendesk.analytics.schemas import PERIOD_LABELS, FiltersOut, RangeOut
 from tokendesk.db import utcnow
-from tokendesk.errors import Forbidden, InvalidInput, NotFound
+from tokendesk.errors import Forbidden, InvalidInput
 from tokendesk.ledger.periods import local_midnight, period_bounds, zone
 
 DEFAULT_LIMIT = 50
@@ -128,13 +128,6 @@ def resolve_range(
     return out, period_days
 
 
-async def organization(session: AsyncSession, organization_id: int) -> Organization:
-    org = await session.get(Organization, organization_id)
-    if org is None:
-        raise NotFound(f"organization {organization_id} not found")
-    return org
-
-
 async def selection_for(
     session: AsyncSession, *, actor: Actor, query: Query, now: datetime | None = None
 ) -> Selection:
@@ -145,7 +138,7 @@ async def selection_for(
         raise InvalidInput(f"model: must be at most {MAX_MODEL_LENGTH} characters", field="model")
     now = now or utcnow()
     await repo.plan_each_query(session)
-    org = await organization(session, actor.organization_id)
+    org = await get_organization(session, actor.organization_id)
     range_, period_days = resolve_range(
         query, now=now, reset_day=org.reset_day, timezone=org.timezone
     )

@@ -6,9 +6,13 @@ from typing import Annotated
 
 import typer
 
-from tokendesk.accounts import service as accounts
+from tokendesk.accounts.api_keys import issue_api_key
+from tokendesk.accounts.lookups import organization_by_name, team_by_name, user_by_email
 from tokendesk.accounts.models import Role
+from tokendesk.accounts.organizations import create_organization
 from tokendesk.accounts.schemas import OrganizationIn, TeamIn, UserIn
+from tokendesk.accounts.teams import add_team_owner, create_team
+from tokendesk.accounts.users import create_user
 from tokendesk.cli.common import fail, run, validated
 from tokendesk.db import Database
 
@@ -63,7 +67,7 @@ def org_create(
 
     async def work(database: Database) -> int:
         async with database.transaction() as session:
-            org = await accounts.create_organization(
+            org = await create_organization(
                 session,
                 name=data.name,
                 default_allocation=data.default_allocation,
@@ -96,8 +100,8 @@ def team_create(
 
     async def work(database: Database) -> int:
         async with database.transaction() as session:
-            organization = await accounts.organization_by_name(session, org)
-            team = await accounts.create_team(
+            organization = await organization_by_name(session, org)
+            team = await create_team(
                 session,
                 organization_id=organization.id,
                 name=data.name,
@@ -119,10 +123,10 @@ def team_add_owner(
 
     async def work(database: Database) -> None:
         async with database.transaction() as session:
-            organization = await accounts.organization_by_name(session, org)
-            found = await accounts.team_by_name(session, organization_id=organization.id, name=team)
-            user = await accounts.user_by_email(session, email)
-            await accounts.add_team_owner(session, team=found, user=user)
+            organization = await organization_by_name(session, org)
+            found = await team_by_name(session, organization_id=organization.id, name=team)
+            user = await user_by_email(session, email)
+            await add_team_owner(session, team=found, user=user)
 
     run(work)
     typer.echo(f"{email} now owns team {team!r} in {org!r}")
@@ -165,14 +169,12 @@ def user_create(
 
     async def work(database: Database) -> int:
         async with database.transaction() as session:
-            organization = await accounts.organization_by_name(session, org)
+            organization = await organization_by_name(session, org)
             team_id = None
             if team is not None:
-                found = await accounts.team_by_name(
-                    session, organization_id=organization.id, name=team
-                )
+                found = await team_by_name(session, organization_id=organization.id, name=team)
                 team_id = found.id
-            user = await accounts.create_user(
+            user = await create_user(
                 session,
                 organization_id=organization.id,
                 email=data.email,
@@ -199,8 +201,8 @@ def apikey_create(
 
     async def work(database: Database) -> str:
         async with database.transaction() as session:
-            user = await accounts.user_by_email(session, email)
-            _, key = await accounts.issue_api_key(session, user=user, name=name.strip())
+            user = await user_by_email(session, email)
+            _, key = await issue_api_key(session, user=user, name=name.strip())
             return key
 
     key = run(work)

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from yarl import URL
 
-from tokendesk.accounts.auth import actor_from_session_cookie, csrf_ok
+from tokendesk.accounts.auth import actor_from_session_cookie, bearer_key, csrf_refused
 from tokendesk.accounts.keycache import CREDENTIALS_CHANGED, KeyCache, KeyOwner
 from tokendesk.accounts.models import Role
 from tokendesk.config import Settings
@@ -128,11 +128,10 @@ class GatewayError(Exception):
 
 
 async def _caller(request: Request, gateway: Gateway) -> KeyOwner:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    key = bearer_key(request)
+    if key is None:
         return await _session_caller(request, gateway)
-    owner = await gateway.keys.owner_of_key(token)
+    owner = await gateway.keys.owner_of_key(key)
     if owner is None:
         raise GatewayError(
             openai_error(
@@ -172,7 +171,7 @@ async def _session_caller(request: Request, gateway: Gateway) -> KeyOwner:
                 code="invalid_api_key",
             )
         )
-    if request.method == "POST" and not csrf_ok(request, request.headers.get("x-csrf-token")):
+    if csrf_refused(request, request.headers.get("x-csrf-token")):
         raise GatewayError(
             openai_error(403, "missing or invalid CSRF token", type_="permission_error")
         )

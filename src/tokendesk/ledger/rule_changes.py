@@ -9,9 +9,8 @@ from datetime import datetime
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokendesk.accounts.models import Organization
+from tokendesk.accounts.lookups import get_organization
 from tokendesk.db import utcnow
-from tokendesk.errors import NotFound
 from tokendesk.events.bus import emit
 from tokendesk.ledger.allocations import allocation_expression
 from tokendesk.ledger.balances import balance_event
@@ -35,9 +34,7 @@ async def reapply_allocations(
     """
     if user_ids is not None and not user_ids:
         return 0
-    org = await session.get(Organization, organization_id)
-    if org is None:
-        raise NotFound(f"organization {organization_id} not found")
+    org = await get_organization(session, organization_id)
     # All the rows first, in user order: the reset below locks only the ended ones.
     await lock_in_user_order(session, users_of(organization_id) if user_ids is None else user_ids)
     await rollover_due(session, organization_id=organization_id, user_ids=user_ids)

@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.lookups import get_organization
 from tokendesk.bounds import BALANCE_CEILING, is_id
 from tokendesk.db import utcnow
 from tokendesk.errors import InvalidInput
@@ -70,7 +71,7 @@ async def bulk(
     note = service.clean_text(note, field="note")
     service.require_decider(actor)
     now = now or utcnow()
-    org = await service.organization(session, actor.organization_id)
+    org = await get_organization(session, actor.organization_id)
     org_id, org_default, has_pool = org.id, org.default_allocation, org.pool is not None
     approving = to is RequestStatus.APPROVED
     if approving and has_pool:

@@ -13,12 +13,12 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.accounts.lookups import get_organization
 from tokendesk.accounts.models import Organization
 from tokendesk.db import utcnow
-from tokendesk.errors import Conflict, InvalidInput, NotFound
+from tokendesk.errors import Conflict, InvalidInput
 from tokendesk.ledger import pool as ledger_pool
 from tokendesk.ledger.pool import PoolUsage
-from tokendesk.token_requests import repository as repo
 
 
 async def pool_usage(
@@ -26,9 +26,7 @@ async def pool_usage(
 ) -> PoolUsage | None:
     """What is left of the organization's monthly pool; None when it has no pool
     (see :mod:`tokendesk.ledger.pool`)."""
-    org = await repo.get_organization(session, organization_id=organization_id)
-    if org is None:
-        raise NotFound(f"organization {organization_id} not found")
+    org = await get_organization(session, organization_id)
     return await ledger_pool.pool_usage(session, org=org, now=now or utcnow())
 
 
@@ -36,10 +34,7 @@ async def lock_organization(session: AsyncSession, *, organization_id: int) -> O
     """The organization, row-locked until commit (PostgreSQL): every pool check in
     the organization waits here for the one before it. Taken before any balance
     row, as approvals take it."""
-    org = await repo.get_organization(session, organization_id=organization_id, lock=True)
-    if org is None:
-        raise NotFound(f"organization {organization_id} not found")
-    return org
+    return await get_organization(session, organization_id, lock=True)
 
 
 async def check_pool(

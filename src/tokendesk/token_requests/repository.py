@@ -26,7 +26,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from tokendesk.accounts.models import Organization, Team, User
+from tokendesk.accounts.models import Team, User
 from tokendesk.audit.models import AuditEntry
 from tokendesk.db import UTCDateTime, dialect_of, in_list
 from tokendesk.ledger import service as ledger
@@ -384,15 +384,3 @@ async def insert_decision_audit(
         literal(now, UTCDateTime()),
     ).where(among(session, TokenRequest.id, request_ids))
     await session.execute(insert(AuditEntry).from_select(columns, source))
-
-
-async def get_organization(
-    session: AsyncSession, *, organization_id: int, lock: bool = False
-) -> Organization | None:
-    """Load the organization; ``lock`` takes its row lock (PostgreSQL), which
-    serializes every pool-checked approval in the organization. SQLite write
-    transactions are serialized already, so the lock is a no-op there."""
-    query = select(Organization).where(Organization.id == organization_id)
-    if lock:
-        query = query.with_for_update().execution_options(populate_existing=True)
-    return (await session.execute(query)).scalar_one_or_none()

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.lookups import get_organization
 from tokendesk.accounts.models import Organization, Role
 from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
@@ -87,13 +88,6 @@ def not_pending(request_id: int, status: str | None) -> AppError:
 # ---------------------------------------------------------------- lookups
 
 
-async def organization(session: AsyncSession, organization_id: int) -> Organization:
-    org = await repo.get_organization(session, organization_id=organization_id)
-    if org is None:
-        raise NotFound(f"organization {organization_id} not found")
-    return org
-
-
 async def _visible(
     session: AsyncSession, *, actor: Actor, request_id: int, org_default: int, now: datetime
 ) -> Mapping[str, Any]:
@@ -124,7 +118,7 @@ async def _reload(
 async def get(
     session: AsyncSession, *, actor: Actor, request_id: int, now: datetime | None = None
 ) -> TokenRequestOut:
-    org = await organization(session, actor.organization_id)
+    org = await get_organization(session, actor.organization_id)
     row = await _visible(
         session,
         actor=actor,
@@ -169,7 +163,7 @@ async def matching_pending(
     Paging through :func:`list_requests` 500 rows at a time costs several times
     as much for a queue of 10,000, and this is the path a morning's bulk takes.
     """
-    org = await organization(session, actor.organization_id)
+    org = await get_organization(session, actor.organization_id)
     rows = await repo.list_items(
         session,
         scope=scope_for(actor),
@@ -216,7 +210,7 @@ async def list_requests(
     if sort not in repo.ORDERINGS:
         raise InvalidInput(f"sort: must be one of {', '.join(repo.ORDERINGS)}", field="sort")
     q = (q or "").strip() or None
-    org = await organization(session, actor.organization_id)
+    org = await get_organization(session, actor.organization_id)
     scope = scope_for(actor)
     rows = await repo.list_items(
         session,
@@ -287,7 +281,7 @@ async def submit(
 ) -> TokenRequestOut:
     """Ask for more tokens; one pending request per user."""
     reason = clean_text(reason, field="reason")
-    org = await organization(session, actor.home_organization_id)
+    org = await get_organization(session, actor.home_organization_id)
     org_id, org_default = org.id, org.default_allocation
     check_amount(amount, org=org)
     if (pending := await repo.pending_of_user(session, user_id=actor.user_id)) is not None:
@@ -339,7 +333,7 @@ async def cancel(
 ) -> TokenRequestOut:
     """The requester withdraws their own pending request."""
     now = now or utcnow()
-    org = await organization(session, actor.organization_id)
+    org = await get_organization(session, actor.organization_id)
     org_id, org_default = org.id, org.default_allocation
     row = await _visible(
         session, actor=actor, request_id=request_id, org_default=org_default, now=now
@@ -425,7 +419,7 @@ async def _decide(
     require_decider(actor)
     note = clean_text(note, field="note")
     now = now or utcnow()
-    org = await organization(session, actor.organization_id)
+    org = await get_organization(session, actor.organization_id)
     org_id, org_default, has_pool = org.id, org.default_allocation, org.pool is not None
     if amount is not None:
         check_amount(amount, org=org)

@@ -11,33 +11,24 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokendesk.accounts import users
+from tokendesk.accounts import signin, users
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import (
     SESSION_COOKIE,
     actor_from_session_cookie,
     csrf_ok,
     csrf_token_for,
-    end_every_session,
-    end_login_session,
-    open_login_session,
     read_session_cookie,
     secure_cookies,
     set_session_cookie,
     settings_of,
 )
-from tokendesk.accounts.models import User
-from tokendesk.accounts.schemas import MAX_PASSWORD, UserUpdate
-from tokendesk.accounts.security import verify_password
-from tokendesk.audit import service as audit
+from tokendesk.accounts.schemas import UserUpdate
 from tokendesk.config import Settings
 from tokendesk.deps import DbSession, client_address, database_of, prepared_password, runtime_of
-from tokendesk.errors import AppError, TooManyAttempts
-from tokendesk.events.bus import access_changed
-from tokendesk.web.ratelimit import LoginLimiter
+from tokendesk.errors import AppError, TooManyAttempts, Unauthorized
 from tokendesk.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -74,6 +65,13 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     context.setdefault("actor", getattr(request.state, "actor", None))
     context.setdefault("csrf_token", csrf_token(request))
     return templates.TemplateResponse(request, template, context, status_code=status_code)
+
+
+def signed_in_redirect(request: Request, target: str, cookie: str) -> RedirectResponse:
+    """A redirect to ``target`` that sets the session cookie ``cookie``."""
+    response = RedirectResponse(target, status_code=303)
+    set_session_cookie(response, request, cookie)
+    return response
 
 
 def _safe_next(next_url: str | None) -> str:
@@ -164,35 +162,26 @@ async def login(
             status_code=422,
             error=f"Email: at most {MAX_EMAIL} characters.",
         )
-    limiter: LoginLimiter = runtime_of(request).login_limiter
-    address = client_address(request)
-    wait = limiter.attempt(email, address)
-    if wait:
+    try:
+        runtime = runtime_of(request)
+        cookie = await signin.sign_in(
+            runtime.database,
+            settings=settings_of(request),
+            email=email,
+            password=password,
+            guesses=runtime.login_limiter,
+            address=client_address(request),
+        )
+    except TooManyAttempts as exc:
         return _login_page(
             request,
             next_url=next,
             email=email,
             status_code=429,
-            error=f"Too many attempts. Try again in {_wait_text(wait)}.",
-            retry_after=wait,
+            error=f"Too many attempts. Try again in {_wait_text(exc.retry_after)}.",
+            retry_after=exc.retry_after,
         )
-    database = database_of(request)
-    async with database.transaction(write=False) as reading:
-        found = (
-            await reading.execute(
-                select(User.id, User.password_hash).where(
-                    func.lower(User.email) == email, User.is_active.is_(True)
-                )
-            )
-        ).first()
-    # The check runs outside any transaction: no lock or connection waits on the hasher.
-    # Nobody by that email still costs a (stand-in) verification: the answer takes as
-    # long as for a wrong password.
-    matched = len(password) <= MAX_PASSWORD and await verify_password(
-        found.password_hash if found else None, password
-    )
-    if found is None or not matched:
-        limiter.failed(email, address)
+    except Unauthorized:
         return _login_page(
             request,
             next_url=next,
@@ -200,22 +189,9 @@ async def login(
             status_code=401,
             error="Wrong email or password.",
         )
-    limiter.succeeded(email, address)
-    async with database.transaction() as session:
-        user = await session.get(User, found.id)
-        if user is None or not user.is_active:
-            raise LoginRequired(_safe_next(next))
-        cookie = await open_login_session(session, settings=settings_of(request), user=user)
-        await audit.record(
-            session,
-            organization_id=user.organization_id,
-            actor_id=user.id,
-            action="user.login",
-            target_type="user",
-            target_id=user.id,
-        )
-    response = RedirectResponse(_safe_next(next), status_code=303)
-    set_session_cookie(response, request, cookie)
+    if cookie is None:
+        raise LoginRequired(_safe_next(next))
+    response = signed_in_redirect(request, _safe_next(next), cookie)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return response
 
@@ -227,10 +203,7 @@ async def logout(
     """End this browser's session on the server, not only its cookie."""
     response = RedirectResponse("/login", status_code=303)
     if csrf_ok(request, csrf_token):
-        ended = await end_login_session(session, request)
-        if ended is not None:
-            # This browser's open event stream checks its cookie again and ends.
-            access_changed(session, ended)
+        await signin.sign_out(session, request)
         response.delete_cookie(SESSION_COOKIE, path="/")
     return response
 
@@ -243,18 +216,7 @@ async def logout_everywhere(
     actor = await page_actor(request, session)
     if not csrf_ok(request, csrf_token):
         return RedirectResponse("/settings", status_code=303)
-    ended = await end_every_session(session, user_id=actor.user_id)
-    # Every open event stream of the member checks its cookie again, and ends.
-    access_changed(session, actor.user_id)
-    await audit.record(
-        session,
-        organization_id=actor.home_organization_id,
-        actor_id=actor.user_id,
-        action="user.signed_out_everywhere",
-        target_type="user",
-        target_id=actor.user_id,
-        details={"sessions": ended},
-    )
+    await signin.sign_out_everywhere(session, actor=actor)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

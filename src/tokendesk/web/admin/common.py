@@ -19,9 +19,10 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
-from tokendesk.accounts.auth import csrf_ok
+from tokendesk.accounts.auth import csrf_refused
+from tokendesk.accounts.lookups import get_organization
 from tokendesk.bounds import MAX_OFFSET, parse_count, path_id
-from tokendesk.deps import SAFE_METHODS, DbSession, ReadSession, database_of
+from tokendesk.deps import DbSession, ReadSession, database_of
 from tokendesk.errors import AppError
 from tokendesk.web.pages import page_actor, render
 
@@ -103,7 +104,7 @@ def _admitted(request: Request, csrf: str | None, actor: Actor) -> Actor:
     if not actor.is_admin:
         raise NotAnAdmin()
     # Cookies ride along automatically, so every state change must prove intent.
-    if request.method not in SAFE_METHODS and not csrf_ok(request, csrf):
+    if csrf_refused(request, csrf):
         raise BadCsrf()
     return actor
 
@@ -243,6 +244,4 @@ async def admin_render(
 
 async def org_timezone(session: AsyncSession, actor: Actor) -> str:
     """The active organization's time zone: exact times on hover are shown in it."""
-    from tokendesk.accounts.service import get_organization
-
     return (await get_organization(session, actor.organization_id)).timezone

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from tokendesk.accounts import organizations
-from tokendesk.accounts.auth import set_session_cookie, switched_session_cookie
+from tokendesk.accounts.auth import switched_session_cookie
 from tokendesk.deps import DbSession
 from tokendesk.web.admin.common import AdminPageActor, AdminRoute, optional_int
-from tokendesk.web.pages import LoginRequired
+from tokendesk.web.pages import LoginRequired, signed_in_redirect
 
 router = APIRouter(route_class=AdminRoute, include_in_schema=False)
 
@@ -47,6 +47,4 @@ async def switch_organization(
     parts = target.split("/")
     if len(parts) > 3:
         target = "/".join(parts[:3])
-    response = RedirectResponse(target, status_code=303)
-    set_session_cookie(response, request, cookie)
-    return response
+    return signed_in_redirect(request, target, cookie)

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from tokendesk.accounts import teams as teams_service
 from tokendesk.accounts.actor import Actor
+from tokendesk.accounts.lookups import get_organization
 from tokendesk.deps import DbSession, ReadSession
 from tokendesk.errors import AppError, Conflict, NotFound
 from tokendesk.token_requests import service as token_requests
@@ -182,7 +183,7 @@ async def requests_table(
     """The queue fragment, with the tab counts and the badge swapped out of band."""
     view = parse_view(status, q, team_id, sort, page)
     context = await _queue_context(session, actor, view)
-    org = await token_requests.organization(session, actor.organization_id)
+    org = await get_organization(session, actor.organization_id)
     response = render(request, "admin/requests/_table_response.html", tz=org.timezone, **context)
     # Keep the address bar in step with the filters, so a reload shows the same view. A live
     # refresh shows the same view: touching the URL (and htmx's history snapshot) then would
@@ -213,7 +214,7 @@ async def _dialog(
     note: str = "",
     errors: dict[str, str] | None = None,
 ) -> HTMLResponse:
-    org = await token_requests.organization(session, actor.organization_id)
+    org = await get_organization(session, actor.organization_id)
     try:
         item: TokenRequestOut | None = await token_requests.get(
             session, actor=actor, request_id=request_id

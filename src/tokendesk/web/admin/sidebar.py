@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts import organizations
 from tokendesk.accounts.actor import Actor
-from tokendesk.accounts.service import get_organization
+from tokendesk.accounts.lookups import get_organization
 from tokendesk.token_requests import service as token_requests
 
 SECTIONS = (

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.accounts import adjustments
 from tokendesk.accounts import teams as teams_service
 from tokendesk.accounts import users as users_service
 from tokendesk.accounts.actor import Actor
@@ -390,7 +391,7 @@ async def adjust(
     try:
         data = build(AdjustmentIn, {"amount": number(amount), "note": note})
         async with session.begin_nested():
-            balance = await users_service.adjust_balance(
+            balance = await adjustments.adjust_balance(
                 session, actor=actor, user_id=user_id, amount=data.amount, note=data.note
             )
             remaining = balance.remaining
