@@ -38,7 +38,7 @@ async def seed(url: str, clients: int) -> tuple[str, list[tuple[str, int]]]:
     from tokendesk.accounts.users import create_user
     from tokendesk.db import Database
     from tokendesk.migrations.runner import upgrade_async
-    from tokendesk.token_requests import service as token_requests
+    from tokendesk.token_requests import decisions
 
     await upgrade_async(url)
     database = Database(url)
@@ -58,7 +58,7 @@ async def seed(url: str, clients: int) -> tuple[str, list[tuple[str, int]]]:
                 s, organization_id=org.id, email=f"m{n}@fanout.example", name=f"Member {n}"
             )
             _, key = await issue_api_key(s, user=user)
-            request = await token_requests.submit(
+            request = await decisions.submit(
                 s, actor=await build_actor(s, user), amount=1000, reason="more"
             )
             members.append((key, request.id))

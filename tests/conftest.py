@@ -15,12 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from argon2 import PasswordHasher
 from fastapi import FastAPI
 from sqlalchemy import text
 
 import tokendesk.models as models
 from tests.factories import World, make_world
+from tests.hashing import CheapHasher
 from tests.serving import serving
 from tokendesk.accounts import security
 from tokendesk.app import create_app
@@ -29,8 +29,7 @@ from tokendesk.db import Database
 from tokendesk.events.bus import InProcessBus
 from tokendesk.migrations.runner import upgrade
 
-# Tests create many users; production-strength argon2 parameters would only slow them down.
-security._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+security._hasher = CheapHasher()
 
 PG_URL = os.environ.get("TOKENDESK_TEST_DATABASE_URL", "")
 # Lines a test adds for the end of the run's report (the API fuzzing's figures, say).

@@ -15,6 +15,9 @@ from tokendesk.accounts.teams import add_team_owner, create_team
 from tokendesk.accounts.users import create_user
 from tokendesk.db import Database
 
+# Every person of the test world signs in with it.
+PASSWORD = "correct horse battery"
+
 
 @dataclass
 class Person:
@@ -78,7 +81,7 @@ async def make_world(database: Database, **org_options: Any) -> World:
                 role=role,
                 team_id=team_id,
                 allocation_override=override,
-                password="correct horse battery",
+                password=PASSWORD,
             )
             _, key = await issue_api_key(s, user=user)
             world.people[handle] = Person(user.id, user.email, user.name, key)

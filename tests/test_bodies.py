@@ -20,11 +20,10 @@ import pytest
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tests.accounts.support import sign_in
+from tests.accounts.support import CSRF_META, PASSWORD, sign_in
 from tests.factories import World
 from tests.fake_upstream import RunningServer
 from tests.serving import serving
-from tests.web_admin.conftest import CSRF_META, PASSWORD
 from tokendesk.accounts.auth import SESSION_COOKIE
 from tokendesk.app import create_app
 from tokendesk.bodies import BodyLimits, WholeBodies

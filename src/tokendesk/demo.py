@@ -25,7 +25,7 @@ from tokendesk.accounts.users import create_user
 from tokendesk.db import Database, utcnow
 from tokendesk.ledger import service as ledger
 from tokendesk.metering.service import UsageInput, record_usage
-from tokendesk.token_requests import service as token_requests
+from tokendesk.token_requests import decisions
 
 DEMO_ORGANIZATION = "Acme Robotics"
 SECOND_ORGANIZATION = "Globex"
@@ -225,14 +225,14 @@ async def _requests(session: AsyncSession, *, users: dict[str, User], now: datet
     admin = await build_actor(session, users["admin@acme.example"])
     for (email, amount, reason, note), asked in ((APPROVED, 0.3), (REJECTED, 0.5)):
         requester = await build_actor(session, users[email])
-        request = await token_requests.submit(
+        request = await decisions.submit(
             session, actor=requester, amount=amount, reason=reason, now=at(asked)
         )
-        decide = token_requests.approve if email == APPROVED[0] else token_requests.reject
+        decide = decisions.approve if email == APPROVED[0] else decisions.reject
         await decide(session, actor=admin, request_id=request.id, note=note, now=at(asked + 0.05))
     for (email, amount, reason), asked in zip(PENDING, (0.8, 0.9, 0.97), strict=True):
         requester = await build_actor(session, users[email])
-        await token_requests.submit(
+        await decisions.submit(
             session, actor=requester, amount=amount, reason=reason, now=at(asked)
         )
 

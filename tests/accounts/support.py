@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
+from tests.factories import PASSWORD as PASSWORD
 from tests.factories import Person
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import build_actor
@@ -18,8 +19,6 @@ from tokendesk.ledger.doctor import check_balances
 from tokendesk.ledger.models import EntryKind, LedgerEntry
 
 API = "/api/v1"
-# Every person of the test world signs in with it (see tests/factories.py).
-PASSWORD = "correct horse battery"
 LOGIN_TOKEN = re.compile(r'name="login_token" value="([0-9a-f]+)"')
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([0-9a-f]+)">')
 

@@ -308,10 +308,8 @@ class TestConcurrentIncreases:
         assert await ledger_is_consistent(database)
 
     async def test_adjustments_through_separate_sqlite_engines_never_exceed_the_pool(
-        self, database: Database, pooled: World, backend: str, db_url: str
+        self, database: Database, pooled: World, db_url: str, sqlite_only: None
     ) -> None:
-        if backend != "sqlite":
-            pytest.skip("concurrent writers on one SQLite file")
         admin = await actor_of(database, pooled.admin)
         writers = [Database(db_url) for _ in range(5)]
 

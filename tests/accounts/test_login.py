@@ -6,12 +6,11 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-from argon2 import PasswordHasher
 
 from tests.accounts.support import LOGIN_TOKEN, PASSWORD, open_sessions, sign_in
 from tests.factories import World
+from tests.hashing import CheapHasher, use_hasher
 from tests.serving import serving
-from tokendesk.accounts import security
 from tokendesk.accounts.schemas import MAX_PASSWORD
 from tokendesk.app import create_app
 from tokendesk.config import Settings
@@ -113,9 +112,9 @@ class TestLimiter:
         ).status_code == 303
 
 
-class CountingHasher(PasswordHasher):
+class CountingHasher(CheapHasher):
     def __init__(self) -> None:
-        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
+        super().__init__()
         self.verified = 0
 
     def verify(self, hash: str | bytes, password: str | bytes) -> bool:
@@ -127,8 +126,7 @@ class TestUnknownEmail:
     async def test_an_unknown_email_costs_a_verification_like_a_wrong_password(
         self, client: httpx.AsyncClient, world: World, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        hasher = CountingHasher()
-        monkeypatch.setattr(security, "_hasher", hasher)
+        hasher = use_hasher(monkeypatch, CountingHasher())
         wrong = await sign_in(client, world.alice.email, "guess")
         unknown = await sign_in(client, "nobody@example.com", "guess")
         assert (wrong.status_code, unknown.status_code) == (401, 401)
@@ -138,8 +136,7 @@ class TestUnknownEmail:
     async def test_a_password_longer_than_any_that_can_be_set_is_wrong_without_hashing(
         self, client: httpx.AsyncClient, world: World, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        hasher = CountingHasher()
-        monkeypatch.setattr(security, "_hasher", hasher)
+        hasher = use_hasher(monkeypatch, CountingHasher())
         response = await sign_in(client, world.alice.email, "x" * (MAX_PASSWORD + 1))
         assert response.status_code == 401
         assert "Wrong email or password" in response.text

@@ -7,10 +7,10 @@ import threading
 
 import httpx
 import pytest
-from argon2 import PasswordHasher
 
 from tests.accounts.support import API, PASSWORD, another_browser, page_csrf, sign_in, user_of
 from tests.factories import World
+from tests.hashing import CheapHasher, use_hasher
 from tokendesk.accounts import security
 from tokendesk.accounts.security import verify_password
 from tokendesk.db import Database
@@ -18,11 +18,11 @@ from tokendesk.db import Database
 HOLD_SECONDS = 10.0
 
 
-class HeldHasher(PasswordHasher):
+class HeldHasher(CheapHasher):
     """Cheap argon2 whose verifications wait until the test lets them go."""
 
     def __init__(self) -> None:
-        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
+        super().__init__()
         self.release = threading.Event()
         self.lock = threading.Lock()
         self.inside = 0
@@ -46,9 +46,7 @@ class HeldHasher(PasswordHasher):
 
 def hold(monkeypatch: pytest.MonkeyPatch) -> HeldHasher:
     """From now on, password checks wait for the test."""
-    hasher = HeldHasher()
-    monkeypatch.setattr(security, "_hasher", hasher)
-    return hasher
+    return use_hasher(monkeypatch, HeldHasher())
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from tests.analytics.support import actor_of, at, record, spend
 from tests.factories import World
 from tests.web_admin.conftest import login  # noqa: F401  (the admin center's browser sessions)
 from tokendesk.db import Database
-from tokendesk.token_requests import service as token_requests
+from tokendesk.token_requests import decisions
 
 NOW = at(3, 20)
 
@@ -58,15 +58,13 @@ async def record_month(database: Database, world: World) -> Usage:
     bob = await actor_of(database, world.bob)
     amy = await actor_of(database, world.amy)
     async with database.transaction() as s:
-        first = await token_requests.submit(s, actor=alice, amount=10_000, now=at(3, 3, 10))
-        await token_requests.approve(
-            s, actor=admin, request_id=first.id, amount=8_000, now=at(3, 3, 12)
-        )
-        second = await token_requests.submit(s, actor=alice, amount=2_000, now=at(3, 15, 6))
-        await token_requests.approve(s, actor=admin, request_id=second.id, now=at(3, 15, 12))
-        third = await token_requests.submit(s, actor=bob, amount=5_000, now=at(3, 6, 9))
-        await token_requests.reject(s, actor=admin, request_id=third.id, now=at(3, 6, 9, 30))
-        await token_requests.submit(s, actor=amy, amount=20_000, now=at(3, 19, 9))
+        first = await decisions.submit(s, actor=alice, amount=10_000, now=at(3, 3, 10))
+        await decisions.approve(s, actor=admin, request_id=first.id, amount=8_000, now=at(3, 3, 12))
+        second = await decisions.submit(s, actor=alice, amount=2_000, now=at(3, 15, 6))
+        await decisions.approve(s, actor=admin, request_id=second.id, now=at(3, 15, 12))
+        third = await decisions.submit(s, actor=bob, amount=5_000, now=at(3, 6, 9))
+        await decisions.reject(s, actor=admin, request_id=third.id, now=at(3, 6, 9, 30))
+        await decisions.submit(s, actor=amy, amount=20_000, now=at(3, 19, 9))
     return Usage(
         now=NOW,
         current={"nora": 4700, "bob": 3000, "amy": 2000, "alice": 1800, "owner": 100},

@@ -12,6 +12,7 @@ from tests.factories import World
 from tokendesk.analytics import service
 from tokendesk.analytics.service import project
 from tokendesk.db import Database
+from tokendesk.token_requests import decisions
 from tokendesk.token_requests import service as token_requests
 
 
@@ -48,7 +49,7 @@ class TestRequests:
         amy = await actor_of(database, world.amy)
         async with database.transaction() as s:
             pending = (await token_requests.list_requests(s, actor=amy))[0][0]
-            await token_requests.approve(s, actor=admin, request_id=pending.id, now=at(3, 20, 9))
+            await decisions.approve(s, actor=admin, request_id=pending.id, now=at(3, 20, 9))
 
         out = await figure(database, admin, service.requests, now=usage.now)
 

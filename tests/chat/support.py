@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 import httpx
 
-from tests.accounts.support import sign_in
+from tests.accounts.support import CSRF_META, PASSWORD, sign_in
 from tests.factories import Person
-
-PASSWORD = "correct horse battery"
-CSRF_META = re.compile(r'<meta name="csrf-token" content="([0-9a-f]+)">')
 
 
 async def login(client: httpx.AsyncClient, person: Person) -> str:

@@ -21,7 +21,7 @@ from tokendesk.ledger.models import Balance, LedgerEntry
 from tokendesk.ledger.periods import period_bounds
 from tokendesk.metering import service as metering
 from tokendesk.metering.service import UsageInput
-from tokendesk.token_requests import service as token_requests
+from tokendesk.token_requests import decisions
 from tokendesk.web.chat import indicator_for, request_presets
 
 
@@ -96,7 +96,7 @@ class TestChatPage:
         await login(client, world.alice)
         async with database.transaction() as s:
             actor = await _actor(s, world.alice.id)
-            await token_requests.submit(s, actor=actor, amount=12_345, reason="report")
+            await decisions.submit(s, actor=actor, amount=12_345, reason="report")
         html = (await client.get("/chat")).text
         assert '<strong id="pending-amount">12,345</strong>' in html
         assert re.search(r'id="request-open"[^>]*hidden', html)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -153,11 +154,19 @@ def open_page(browser: Browser) -> Iterator[Page]:
     assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
-def sign_in(page: Page, site: ChatSite, handle: str) -> None:
-    page.goto(f"{site.url}/login")
-    page.get_by_label("Email").fill(MEMBERS[handle][0])
-    page.get_by_label("Password").fill(PASSWORD)
+def submit_sign_in(
+    page: Page, base_url: str, email: str, password: str, *, next_path: str | None = None
+) -> None:
+    """Fill in and send the real sign-in form (the page goes on to ``next_path``)."""
+    query = "" if next_path is None else f"?next={quote(next_path)}"
+    page.goto(f"{base_url}/login{query}")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
+
+
+def sign_in(page: Page, site: ChatSite, handle: str) -> None:
+    submit_sign_in(page, site.url, MEMBERS[handle][0], PASSWORD)
     page.wait_for_url(f"{site.url}/")
     # The event stream is connected once its snapshot has arrived.
     expect(page.locator("html")).to_have_attribute("data-events", "live")

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 
+from tests.e2e.chat_site import submit_sign_in
 from tests.web_admin.acme_site import (
     BULK_SIZE,
     CROWD_SIZE,
@@ -107,10 +107,7 @@ def contexts(browser: Any) -> Iterator[Contexts]:
 
 
 def sign_in(page: Any, base_url: str, email: str, path: str = NEWEST_FIRST) -> None:
-    page.goto(f"{base_url}/login?next={quote(path)}")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    submit_sign_in(page, base_url, email, PASSWORD, next_path=path)
     page.wait_for_url(re.compile(re.escape(f"{base_url}{path.split('?')[0]}")))
 
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 from sqlalchemy import update
 
+from tests.e2e.chat_site import submit_sign_in
 from tests.web_admin.live_server import LiveServer, running
 from tokendesk.accounts.auth import build_actor
 from tokendesk.accounts.models import Role, User
@@ -33,7 +33,7 @@ from tokendesk.db import Database
 from tokendesk.ledger.periods import period_bounds
 from tokendesk.metering.service import UsageInput, record_usage
 from tokendesk.migrations.runner import upgrade
-from tokendesk.token_requests import service as token_requests
+from tokendesk.token_requests import decisions
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -146,15 +146,15 @@ async def seed(url: str) -> None:
             decider = await build_actor(s, admin)
             for person in people[:6]:
                 asker = await build_actor(s, person)
-                asked = await token_requests.submit(
+                asked = await decisions.submit(
                     s, actor=asker, amount=50_000, now=now - timedelta(hours=30)
                 )
                 if person.id % 3:
-                    await token_requests.approve(
+                    await decisions.approve(
                         s, actor=decider, request_id=asked.id, now=now - timedelta(hours=27)
                     )
                 else:
-                    await token_requests.reject(
+                    await decisions.reject(
                         s, actor=decider, request_id=asked.id, now=now - timedelta(hours=29)
                     )
     finally:
@@ -189,10 +189,7 @@ def page(site: Site) -> Iterator[Any]:
 
 
 def sign_in(page: Any, site: Site, path: str) -> None:
-    page.goto(f"{site.url}/login?next={quote(path)}")
-    page.get_by_label("Email").fill("admin@globex.example")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    submit_sign_in(page, site.url, "admin@globex.example", PASSWORD, next_path=path)
     page.wait_for_url(re.compile(re.escape(f"{site.url}{path}")))
 
 

@@ -17,6 +17,7 @@ from tests.e2e.chat_site import (
     open_page,
     shoot,
     sign_in,
+    submit_sign_in,
 )
 
 pytestmark = [pytest.mark.e2e, needs_chromium]
@@ -54,10 +55,7 @@ def watched(browser: Browser) -> Iterator[Watched]:
 
 
 def sign_in_as_admin(page: Page, site: ChatSite) -> None:
-    page.goto(f"{site.url}/login?next=/admin/requests")
-    page.get_by_label("Email").fill("admin@e2e.example")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    submit_sign_in(page, site.url, "admin@e2e.example", PASSWORD, next_path="/admin/requests")
     page.wait_for_url(re.compile(r"/admin/requests"))
 
 

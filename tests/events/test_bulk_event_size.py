@@ -10,7 +10,7 @@ from tokendesk.accounts.users import create_user
 from tokendesk.db import Database
 from tokendesk.events.bus import InProcessBus
 from tokendesk.events.pg_bus import MAX_PAYLOAD, pack
-from tokendesk.token_requests import service as token_requests
+from tokendesk.token_requests import decisions
 from tokendesk.token_requests.events import BULK_EVENT_IDS
 
 
@@ -27,7 +27,7 @@ async def test_a_huge_bulk_decision_sends_a_queue_event_that_fits_in_one_notify(
                 name=f"Bulk {n}",
                 team_id=world.team_b,
             )
-            request = await token_requests.submit(s, actor=await build_actor(s, user), amount=100)
+            request = await decisions.submit(s, actor=await build_actor(s, user), amount=100)
             ids.append(request.id)
     async with bus.subscribe() as queue:
         r = await client.post(

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.accounts.support import key_id_of, page_csrf, sign_in
+from tests.accounts.support import PASSWORD, key_id_of, page_csrf, sign_in
 from tests.factories import Person, World
 from tests.fake_upstream import RunningServer
 from tokendesk.accounts.api_keys import issue_api_key
@@ -27,7 +27,6 @@ from tokendesk.events.pg_bus import PostgresBus
 # How long a stream may take to end before the test fails: far beyond what the change's
 # HTTP call and the event's hop take, so only a stream that does not end fails it.
 WITHIN = 5.0
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture(params=["memory", "postgres"])

@@ -17,7 +17,7 @@ from tokendesk.accounts.users import create_user
 from tokendesk.audit.models import AuditEntry
 from tokendesk.db import Database
 from tokendesk.ledger.models import EntryKind, LedgerEntry
-from tokendesk.token_requests import service
+from tokendesk.token_requests import decisions
 from tokendesk.token_requests.schemas import TokenRequestOut
 
 
@@ -35,7 +35,7 @@ async def submit(
 ) -> TokenRequestOut:
     actor = await actor_for(database, person)
     async with database.transaction() as s:
-        return await service.submit(s, actor=actor, amount=amount, reason=reason)
+        return await decisions.submit(s, actor=actor, amount=amount, reason=reason)
 
 
 async def decide(
@@ -43,7 +43,7 @@ async def decide(
 ) -> TokenRequestOut:
     actor = await actor_for(database, person)
     async with database.transaction() as s:
-        decider = getattr(service, action)
+        decider = getattr(decisions, action)
         result: TokenRequestOut = await decider(s, actor=actor, request_id=request_id, **kwargs)
         return result
 

@@ -28,7 +28,7 @@ from tokendesk.accounts.models import Organization
 from tokendesk.db import Database
 from tokendesk.errors import Conflict
 from tokendesk.ledger.models import EntryKind, LedgerEntry
-from tokendesk.token_requests import bulk, service
+from tokendesk.token_requests import bulk, decisions
 from tokendesk.token_requests.schemas import BulkOut, TokenRequestOut
 
 
@@ -51,7 +51,7 @@ async def sqlite_writers(backend: str, db_url: str) -> AsyncIterator[list[Databa
 
 async def _approve(database: Database, actor: Actor, request_id: int) -> TokenRequestOut:
     async with database.transaction() as s:
-        return await service.approve(s, actor=actor, request_id=request_id)
+        return await decisions.approve(s, actor=actor, request_id=request_id)
 
 
 async def _bulk_approve(database: Database, actor: Actor, ids: Sequence[int]) -> BulkOut:
@@ -135,7 +135,7 @@ class TestConcurrentApprovalsOnPostgres:
 
         async def attempt() -> TokenRequestOut:
             async with database.transaction() as s:
-                return await service.submit(s, actor=alice, amount=10)
+                return await decisions.submit(s, actor=alice, amount=10)
 
         results = await asyncio.gather(*(attempt() for _ in range(10)), return_exceptions=True)
         done, failed = _split(results)

@@ -13,7 +13,7 @@ from tests.token_requests.support import actor_for, submit
 from tokendesk.db import Database
 from tokendesk.events.bus import Event, InProcessBus
 from tokendesk.ledger import service as ledger
-from tokendesk.token_requests import bulk, service
+from tokendesk.token_requests import bulk, decisions
 
 
 def drain(queue: asyncio.Queue[Event]) -> list[Event]:
@@ -35,7 +35,7 @@ class TestPublishAfterCommit:
         actor = await actor_for(database, world.admin)
         async with bus.subscribe() as queue:
             async with database.transaction() as s:
-                await service.approve(s, actor=actor, request_id=request.id)
+                await decisions.approve(s, actor=actor, request_id=request.id)
                 assert queue.empty()
             events = drain(queue)
         by_type = {e.type: e for e in events}
@@ -66,13 +66,13 @@ class TestPublishAfterCommit:
             with pytest.raises(Rollback):
                 async with database.transaction() as s:
                     if action == "submit":
-                        await service.submit(s, actor=amy, amount=10)
+                        await decisions.submit(s, actor=amy, amount=10)
                     elif action == "cancel":
-                        await service.cancel(s, actor=alice, request_id=request.id)
+                        await decisions.cancel(s, actor=alice, request_id=request.id)
                     elif action == "bulk":
                         await bulk.bulk(s, actor=admin, action="approve", ids=[request.id])
                     else:
-                        await getattr(service, action)(s, actor=admin, request_id=request.id)
+                        await getattr(decisions, action)(s, actor=admin, request_id=request.id)
                     raise Rollback
             assert drain(queue) == []
         assert (await balance_of(database, world.alice)).granted == 0

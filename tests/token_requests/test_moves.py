@@ -16,6 +16,7 @@ from tokendesk.db import Database, utcnow
 from tokendesk.events.bus import InProcessBus
 from tokendesk.token_requests import repository as repo
 from tokendesk.token_requests import service
+from tokendesk.token_requests import transitions_repository as transitions
 from tokendesk.token_requests.models import RequestStatus
 
 URL = "/api/v1/token-requests"
@@ -177,7 +178,7 @@ class TestAMoveRacingADecision:
                 alice = await moving.get(User, world.alice.id)
                 assert alice is not None
                 alice.team_id = world.team_b
-            changed = await repo.transition(
+            changed = await transitions.transition(
                 deciding,
                 ids=[request.id],
                 to=RequestStatus.APPROVED,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tests.factories import World
 from tests.token_requests.support import actor_for, submit
 from tokendesk.db import Database
-from tokendesk.token_requests import service
+from tokendesk.token_requests import decisions, service
 
 
 class TestOwnPending:
@@ -18,7 +18,7 @@ class TestOwnPending:
             assert await service.own_pending(s, actor=actor) == service.PendingRef(
                 request.id, 1_500
             )
-            await service.cancel(s, actor=actor, request_id=request.id)
+            await decisions.cancel(s, actor=actor, request_id=request.id)
             assert await service.own_pending(s, actor=actor) is None
 
 

@@ -1,4 +1,4 @@
-"""Submitting a token request: POST /api/v1/token-requests and service.submit."""
+"""Submitting a token request: POST /api/v1/token-requests and decisions.submit."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.token_requests.support import (
 )
 from tokendesk.db import Database
 from tokendesk.errors import InvalidInput
-from tokendesk.token_requests import service
+from tokendesk.token_requests import decisions
 
 URL = "/api/v1/token-requests"
 
@@ -149,6 +149,6 @@ class TestSubmit:
         ]:
             with pytest.raises(InvalidInput) as caught:
                 async with database.transaction() as s:
-                    await service.submit(s, actor=actor, **kwargs)
+                    await decisions.submit(s, actor=actor, **kwargs)
             assert caught.value.field == field
         assert await snapshot(database) == before

@@ -25,7 +25,7 @@ from tokendesk.accounts.teams import create_team
 from tokendesk.accounts.users import create_user
 from tokendesk.db import Database
 from tokendesk.migrations.runner import upgrade
-from tokendesk.token_requests import service as token_requests
+from tokendesk.token_requests import decisions
 
 PASSWORD = "admin-e2e-password"
 BULK_SIZE = 30
@@ -115,7 +115,7 @@ async def seed(url: str) -> dict[str, str]:
                         name=f"{team} Member {index:02d}",
                         team_id=teams[team].id,
                     )
-                    await token_requests.submit(
+                    await decisions.submit(
                         s,
                         actor=await build_actor(s, user),
                         amount=1_000 + index,

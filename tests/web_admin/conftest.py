@@ -9,15 +9,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from tests.accounts.support import sign_in
+from tests.accounts.support import CSRF_META, PASSWORD, sign_in
 from tests.factories import Person, World
 from tokendesk.accounts.auth import build_actor
 from tokendesk.accounts.users import create_user
 from tokendesk.db import Database
-from tokendesk.token_requests import service as token_requests
-
-PASSWORD = "correct horse battery"
-CSRF_META = re.compile(r'<meta name="csrf-token" content="([0-9a-f]+)">')
+from tokendesk.token_requests import decisions
 
 
 class Browser:
@@ -90,7 +87,7 @@ async def members_with_requests(
                 team_id=team_id,
             )
             actor = await build_actor(session, user)
-            request = await token_requests.submit(
+            request = await decisions.submit(
                 session, actor=actor, amount=amount + index, reason=f"reason {index}"
             )
             ids.append(request.id)

@@ -22,6 +22,7 @@ from tokendesk.errors import InvalidInput
 from tokendesk.ledger import service as ledger
 from tokendesk.token_requests import events, pool, service
 from tokendesk.token_requests import repository as repo
+from tokendesk.token_requests import transitions_repository as transitions
 from tokendesk.token_requests.models import RequestStatus
 from tokendesk.token_requests.repository import AnyRow
 from tokendesk.token_requests.schemas import MAX_BULK_IDS, BulkOut, Skipped
@@ -106,7 +107,7 @@ async def bulk(
         needed = sum(row.amount for row in candidates)
         await pool.check_pool(session, org=org, needed=needed, now=now)
 
-    changed = await repo.transition(
+    changed = await transitions.transition(
         session,
         ids=[row.id for row in candidates],
         to=to,
@@ -130,7 +131,7 @@ async def bulk(
         )
 
     if changed:
-        await repo.insert_decision_audit(
+        await transitions.insert_decision_audit(
             session,
             request_ids=[row.id for row in changed],
             organization_id=org_id,

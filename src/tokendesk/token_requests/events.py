@@ -103,7 +103,7 @@ def emit_bulk(
     # attributes or calling Row._asdict(), and update in place.
     fields = next(iter(found.values()))._fields if found else ()
     notices: list[Event] = []
-    for request_id, user_id, team_id, approved_amount in changed:  # see repo.transition
+    for request_id, user_id, team_id, approved_amount in changed:  # see transitions.transition
         by_team[team_id].append(request_id)
         merged = dict(zip(fields, found[request_id], strict=True))
         merged.update(decision)

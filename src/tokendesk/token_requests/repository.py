@@ -1,4 +1,8 @@
-"""All SQL for token requests: scoped reads, conditional transitions, set-based grants."""
+"""SQL for reading token requests: the caller's scope, the queue's filters and pages.
+
+What changes them (the insert, the conditional transitions, a bulk decision's audit
+rows) is in ``transitions_repository``.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +12,20 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
     Row,
     Select,
-    String,
     and_,
     case,
-    cast,
     func,
-    insert,
-    literal,
     or_,
     select,
 )
-from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from tokendesk.accounts.models import Team, User
-from tokendesk.audit.models import AuditEntry
-from tokendesk.db import UTCDateTime, dialect_of, in_list
+from tokendesk.db import dialect_of, in_list
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance
 from tokendesk.token_requests.models import RequestStatus, TokenRequest
@@ -73,7 +70,8 @@ def request_team() -> ColumnElement[int | None]:
     A pending request belongs to its requester's team now, wherever they were
     when they asked: a move needs no update of their requests, and no path that
     moves people can forget one. A decision writes the team it was decided in
-    (see :func:`transition`), which then stays with the request as history.
+    (see ``transitions_repository.transition``), which then stays with the request
+    as history.
     """
     return case(
         (TokenRequest.status == RequestStatus.PENDING.value, Requester.team_id),
@@ -81,9 +79,16 @@ def request_team() -> ColumnElement[int | None]:
     )
 
 
-def _requester_team() -> ColumnElement[int | None]:
-    """The requester's current team, for statements without the ``Requester`` join."""
-    return select(User.team_id).where(User.id == TokenRequest.user_id).scalar_subquery()
+def request_team_in(team_ids: Sequence[int]) -> ColumnElement[bool]:
+    """``request_team() IN team_ids``, one branch per kind of request: a decided
+    request's own ``team_id`` is then compared as a column, which the index on
+    (team_id, status) serves, where the CASE expression would hide it from the index.
+    Needs ``Requester`` joined."""
+    pending = TokenRequest.status == RequestStatus.PENDING.value
+    return or_(
+        and_(pending, Requester.team_id.in_(team_ids)),
+        and_(~pending, TokenRequest.team_id.in_(team_ids)),
+    )
 
 
 def scope_clause(scope: Scope) -> ColumnElement[bool]:
@@ -93,7 +98,7 @@ def scope_clause(scope: Scope) -> ColumnElement[bool]:
         return in_org
     visible = TokenRequest.user_id == scope.user_id
     if scope.team_ids:
-        visible = or_(visible, request_team().in_(sorted(scope.team_ids)))
+        visible = or_(visible, request_team_in(sorted(scope.team_ids)))
     return and_(in_org, visible)
 
 
@@ -145,7 +150,7 @@ def _filters(
     if status is not None:
         clauses.append(TokenRequest.status == status)
     if team_id is not None:
-        clauses.append(request_team() == team_id)
+        clauses.append(request_team_in([team_id]))
     if q:
         needle = q.lower()
         clauses.append(
@@ -257,130 +262,3 @@ async def pending_of_user(session: AsyncSession, *, user_id: int) -> AnyRow | No
 async def statuses(session: AsyncSession, *, ids: Sequence[int]) -> dict[int, str]:
     query = select(TokenRequest.id, TokenRequest.status).where(among(session, TokenRequest.id, ids))
     return {row.id: row.status for row in (await session.execute(query)).all()}
-
-
-async def insert_request(
-    session: AsyncSession,
-    *,
-    organization_id: int,
-    user_id: int,
-    team_id: int | None,
-    amount: int,
-    reason: str | None,
-    balance_at_request: int,
-    now: datetime,
-) -> int:
-    """Insert a pending request inside a savepoint, so a unique-index violation
-    (a concurrent second pending request) leaves the transaction usable."""
-    request = TokenRequest(
-        organization_id=organization_id,
-        user_id=user_id,
-        team_id=team_id,
-        amount=amount,
-        reason=reason,
-        status=RequestStatus.PENDING.value,
-        balance_at_request=balance_at_request,
-        created_at=now,
-    )
-    async with session.begin_nested():
-        session.add(request)
-        await session.flush()
-    return request.id
-
-
-async def transition(
-    session: AsyncSession,
-    *,
-    ids: Sequence[int],
-    to: RequestStatus,
-    now: datetime,
-    decided_by_id: int | None = None,
-    note: str | None = None,
-    approved_amount: int | None = None,
-    requester_id: int | None = None,
-    within_teams: frozenset[int] | None = None,
-) -> list[AnyRow]:
-    """Move pending requests to ``to``; only rows still pending change.
-
-    The ``status = 'pending'`` condition is what makes concurrent deciders
-    safe: of two transactions racing on one row, the second updates nothing.
-    ``within_teams`` (a team owner's decision) changes only requests whose
-    requester is in one of those teams when the update runs, so a requester
-    moved away since the caller's read is not decided by their old team.
-    A decision records the requester's team at that moment.
-    An approval without ``approved_amount`` grants the requested amount.
-    Returns ``(id, user_id, team_id, approved_amount)`` for each changed row.
-    """
-    values: dict[str, Any] = {"status": to.value, "team_id": _requester_team()}
-    if to is not RequestStatus.CANCELLED:
-        values.update(decided_at=now, decided_by_id=decided_by_id, decision_note=note)
-    if to is RequestStatus.APPROVED:
-        values["approved_amount"] = (
-            TokenRequest.amount if approved_amount is None else approved_amount
-        )
-    # The table, not the mapped class: the ORM's bulk-update bookkeeping costs
-    # more than the statement itself for thousands of returned rows.
-    stmt = (
-        sql_update(TokenRequest.metadata.tables["token_requests"])
-        .where(among(session, TokenRequest.id, ids), TokenRequest.status == RequestStatus.PENDING)
-        .values(values)
-        .returning(
-            TokenRequest.id,
-            TokenRequest.user_id,
-            TokenRequest.team_id,
-            TokenRequest.approved_amount,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if requester_id is not None:
-        stmt = stmt.where(TokenRequest.user_id == requester_id)
-    if within_teams is not None:
-        stmt = stmt.where(_requester_team().in_(sorted(within_teams)))
-    return list((await session.execute(stmt)).all())
-
-
-def _json_object(dialect: str, pairs: dict[str, Any]) -> ColumnElement[Any]:
-    build = func.json_build_object if dialect == "postgresql" else func.json_object
-    args: list[Any] = []
-    for key, value in pairs.items():
-        args.extend((literal(key, String()), value))
-    return build(*args)
-
-
-async def insert_decision_audit(
-    session: AsyncSession,
-    *,
-    request_ids: Sequence[int],
-    organization_id: int,
-    actor_id: int,
-    status: RequestStatus,
-    note: str | None,
-    now: datetime,
-) -> None:
-    """One audit row per bulk decision, built in the database (INSERT ... SELECT)
-    with the same details a single decision records, plus ``bulk: true``."""
-    dialect = dialect_of(session)
-    details: dict[str, Any] = {"note": literal(note, String())}
-    if status is RequestStatus.APPROVED:
-        details["amount"] = TokenRequest.approved_amount
-        details["requested"] = TokenRequest.amount
-    details["bulk"] = literal(True) if dialect == "postgresql" else func.json("true")
-    columns = [
-        "organization_id",
-        "actor_id",
-        "action",
-        "target_type",
-        "target_id",
-        "details",
-        "created_at",
-    ]
-    source = select(
-        literal(organization_id, BigInteger()),
-        literal(actor_id, BigInteger()),
-        literal(f"token_request.{status.value}", String()),
-        literal("token_request", String()),
-        cast(TokenRequest.id, String()),
-        _json_object(dialect, details),
-        literal(now, UTCDateTime()),
-    ).where(among(session, TokenRequest.id, request_ids))
-    await session.execute(insert(AuditEntry).from_select(columns, source))

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Query
 from tokendesk.bounds import Offset, QueryId, path_id
 from tokendesk.deps import CurrentActor, CurrentReader, DbSession, ReadSession
 from tokendesk.token_requests import bulk as bulk_service
-from tokendesk.token_requests import service
+from tokendesk.token_requests import decisions, service
 from tokendesk.token_requests.models import RequestStatus
 from tokendesk.token_requests.schemas import (
     ApproveIn,
@@ -37,7 +37,7 @@ Search = Annotated[
 async def submit_request(
     body: SubmitIn, session: DbSession, actor: CurrentActor
 ) -> TokenRequestOut:
-    return await service.submit(session, actor=actor, amount=body.amount, reason=body.reason)
+    return await decisions.submit(session, actor=actor, amount=body.amount, reason=body.reason)
 
 
 @router.get("", summary="The requests the caller may see")
@@ -99,7 +99,7 @@ async def approve_request(
     body: Annotated[ApproveIn | None, Body()] = None,
 ) -> TokenRequestOut:
     body = body or ApproveIn()
-    return await service.approve(
+    return await decisions.approve(
         session, actor=actor, request_id=request_id, amount=body.amount, note=body.note
     )
 
@@ -112,11 +112,11 @@ async def reject_request(
     body: Annotated[RejectIn | None, Body()] = None,
 ) -> TokenRequestOut:
     body = body or RejectIn()
-    return await service.reject(session, actor=actor, request_id=request_id, note=body.note)
+    return await decisions.reject(session, actor=actor, request_id=request_id, note=body.note)
 
 
 @router.post("/{request_id}/cancel", summary="Withdraw your own pending request")
 async def cancel_request(
     request_id: RequestId, session: DbSession, actor: CurrentActor
 ) -> TokenRequestOut:
-    return await service.cancel(session, actor=actor, request_id=request_id)
+    return await decisions.cancel(session, actor=actor, request_id=request_id)

@@ -13,6 +13,7 @@ from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.lookups import get_organization
 from tokendesk.deps import DbSession, ReadSession
 from tokendesk.errors import AppError, Conflict, NotFound
+from tokendesk.token_requests import decisions
 from tokendesk.token_requests import service as token_requests
 from tokendesk.token_requests.schemas import TokenRequestOut
 from tokendesk.web.admin.common import (
@@ -334,11 +335,11 @@ async def _decide(
         # A nested transaction, so a refused decision leaves the page's session usable.
         async with session.begin_nested():
             if action == "approve":
-                out = await token_requests.approve(
+                out = await decisions.approve(
                     session, actor=actor, request_id=request_id, amount=amount, note=note or None
                 )
             else:
-                out = await token_requests.reject(
+                out = await decisions.reject(
                     session, actor=actor, request_id=request_id, note=note or None
                 )
     except Conflict as exc:
