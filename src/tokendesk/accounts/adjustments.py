@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
-from tokendesk.accounts.models import Team, User
+from tokendesk.accounts.models import Organization, Team, User
 from tokendesk.accounts.service import get_user_in_scope, require_manager, require_outranks
 from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
@@ -27,13 +27,7 @@ async def check_new_override(
     default = org.default_allocation
     if team is not None and team.organization_id == org.id and team.default_allocation is not None:
         default = team.default_allocation
-    await pool.check_increase(
-        session,
-        organization_id=org.id,
-        amount=override - default,
-        field="allocation_override",
-        locked=org,
-    )
+    await _check_raise(session, org=org, amount=override - default)
 
 
 async def check_override_raise(
@@ -59,12 +53,13 @@ async def check_override_raise(
     if balance.period_end <= utcnow():
         current_team = await session.get(Team, user.team_id) if user.team_id is not None else None
         current = ledger.resolve_allocation(user, current_team, org)
+    await _check_raise(session, org=org, amount=target - current)
+
+
+async def _check_raise(session: AsyncSession, *, org: Organization, amount: int) -> None:
+    """An override's raise of ``amount`` is bound like a grant; ``org`` is already locked."""
     await pool.check_increase(
-        session,
-        organization_id=user.organization_id,
-        amount=target - current,
-        field="allocation_override",
-        locked=org,
+        session, organization_id=org.id, amount=amount, field="allocation_override", locked=org
     )
 
 

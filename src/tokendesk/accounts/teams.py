@@ -68,8 +68,7 @@ async def create_team_as(session: AsyncSession, *, actor: Actor, data: TeamIn) -
         team = await create_team(
             session,
             organization_id=actor.organization_id,
-            name=data.name,
-            default_allocation=data.default_allocation,
+            **data.model_dump(),
             actor_id=actor.user_id,
         )
     except IntegrityError:
@@ -110,6 +109,24 @@ async def _validated_owners(
     return found
 
 
+async def _owners_changed(
+    session: AsyncSession, *, team: Team, user: User, actor_id: int | None, action: str
+) -> None:
+    """Write an owner added or removed, make the user's open event streams check their
+    access again, and audit it."""
+    await session.flush()
+    access_changed(session, user.id)
+    await audit.record(
+        session,
+        organization_id=team.organization_id,
+        actor_id=actor_id,
+        action=action,
+        target_type="team",
+        target_id=team.id,
+        details={"user_id": user.id, "email": user.email},
+    )
+
+
 async def add_team_owner(
     session: AsyncSession, *, team: Team, user: User, actor_id: int | None = None
 ) -> None:
@@ -122,16 +139,8 @@ async def add_team_owner(
     # Owning a team makes a plain member a team owner; admins keep their higher role.
     if user.role == Role.MEMBER:
         user.role = Role.TEAM_OWNER.value
-    await session.flush()
-    access_changed(session, user.id)
-    await audit.record(
-        session,
-        organization_id=team.organization_id,
-        actor_id=actor_id,
-        action="team.owner_added",
-        target_type="team",
-        target_id=team.id,
-        details={"user_id": user.id, "email": user.email},
+    await _owners_changed(
+        session, team=team, user=user, actor_id=actor_id, action="team.owner_added"
     )
 
 
@@ -142,16 +151,8 @@ async def remove_team_owner(
     if existing is None:
         return
     await session.delete(existing)
-    await session.flush()
-    access_changed(session, user.id)
-    await audit.record(
-        session,
-        organization_id=team.organization_id,
-        actor_id=actor_id,
-        action="team.owner_removed",
-        target_type="team",
-        target_id=team.id,
-        details={"user_id": user.id, "email": user.email},
+    await _owners_changed(
+        session, team=team, user=user, actor_id=actor_id, action="team.owner_removed"
     )
 
 

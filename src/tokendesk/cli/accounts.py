@@ -67,15 +67,7 @@ def org_create(
 
     async def work(database: Database) -> int:
         async with database.transaction() as session:
-            org = await create_organization(
-                session,
-                name=data.name,
-                default_allocation=data.default_allocation,
-                reset_day=data.reset_day,
-                timezone=data.timezone,
-                max_request=data.max_request,
-                pool=data.pool,
-            )
+            org = await create_organization(session, **data.model_dump())
             return org.id
 
     org_id = run(work)
@@ -101,12 +93,7 @@ def team_create(
     async def work(database: Database) -> int:
         async with database.transaction() as session:
             organization = await organization_by_name(session, org)
-            team = await create_team(
-                session,
-                organization_id=organization.id,
-                name=data.name,
-                default_allocation=data.default_allocation,
-            )
+            team = await create_team(session, organization_id=organization.id, **data.model_dump())
             return team.id
 
     team_id = run(work)
