@@ -126,7 +126,10 @@ def chat_site(folder: Path) -> Iterator[ChatSite]:
         env.delenv("TOKENDESK_MODELS", raising=False)
         env.delenv("TOKENDESK_MODELS_FILE", raising=False)
         secret = secrets.token_urlsafe(32)
-        with running(url, log_path=folder / "server.log", secret=secret) as server:
+        # Reads never roll a period over: the scheduler does, and the page shows it live.
+        with running(
+            url, log_path=folder / "server.log", secret=secret, scheduler_seconds=0.5
+        ) as server:
             yield ChatSite(url=server.url, admin_key=admin_key, database_file=database_file)
 
 

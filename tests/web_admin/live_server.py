@@ -28,8 +28,17 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, database_url: str, *, log_path: Path, secret: str) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        log_path: Path,
+        secret: str,
+        scheduler_seconds: float | None = None,
+    ) -> None:
         self.database_url = database_url
+        # The in-server scheduler's interval, or None to run none.
+        self.scheduler_seconds = scheduler_seconds
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -43,9 +52,11 @@ class LiveServer:
             "TOKENDESK_DEMO": "1",
             # Several processes must accept each other's session cookies.
             "TOKENDESK_SECRET_KEY": self.secret,
-            "TOKENDESK_SCHEDULER_ENABLED": "0",
+            "TOKENDESK_SCHEDULER_ENABLED": "0" if self.scheduler_seconds is None else "1",
             "TOKENDESK_LOG_LEVEL": "warning",
         }
+        if self.scheduler_seconds is not None:
+            env["TOKENDESK_SCHEDULER_INTERVAL_SECONDS"] = str(self.scheduler_seconds)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -92,8 +103,12 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def running(database_url: str, *, log_path: Path, secret: str) -> Iterator[LiveServer]:
-    server = LiveServer(database_url, log_path=log_path, secret=secret)
+def running(
+    database_url: str, *, log_path: Path, secret: str, scheduler_seconds: float | None = None
+) -> Iterator[LiveServer]:
+    server = LiveServer(
+        database_url, log_path=log_path, secret=secret, scheduler_seconds=scheduler_seconds
+    )
     server.start()
     try:
         yield server
