@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -62,12 +61,13 @@ def pack(events: list[Event]) -> list[str]:
     return payloads
 
 
-class PostgresBus:
-    """Publishes with NOTIFY; one LISTEN connection per process fans events out locally."""
+class PostgresBus(InProcessBus):
+    """Publishes with NOTIFY; one LISTEN connection per process fans events out locally,
+    to subscribers kept and routed as the in-process bus keeps them."""
 
     def __init__(self, dsn: str) -> None:
+        super().__init__()
         self._dsn = dsn.replace("postgresql+asyncpg://", "postgresql://")
-        self._local = InProcessBus()
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -108,7 +108,7 @@ class PostgresBus:
             log.warning("ignoring malformed event payload")
             return
         for item in items:
-            self._local.deliver(_decode(item))
+            self.deliver(_decode(item))
 
     async def publish(self, events: list[Event]) -> None:
         if not events:
@@ -120,19 +120,6 @@ class PostgresBus:
                 "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", CHANNEL, payloads
             )
 
-    @contextlib.asynccontextmanager
-    async def subscribe(
-        self,
-        *,
-        user_id: int | None = None,
-        admin_organization_id: int | None = None,
-        system: bool = False,
-    ) -> AsyncIterator[asyncio.Queue[Event]]:
-        async with self._local.subscribe(
-            user_id=user_id, admin_organization_id=admin_organization_id, system=system
-        ) as queue:
-            yield queue
-
     async def stop(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -142,4 +129,4 @@ class PostgresBus:
             await self._listener.close()
         if self._pool is not None:
             await self._pool.close()
-        await self._local.stop()
+        await super().stop()

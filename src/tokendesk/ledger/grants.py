@@ -69,31 +69,21 @@ async def _insert_grant_entries(
         + cast(TokenRequest.id, String())
         + literal(" approved", String())
     )
-    columns = [
-        "organization_id",
-        "user_id",
-        "period_start",
-        "kind",
-        "amount",
-        "actor_id",
-        "reason",
-        "token_request_id",
-        "created_at",
-    ]
+    entry: dict[str, Any] = {
+        "organization_id": Balance.organization_id,
+        "user_id": TokenRequest.user_id,
+        "period_start": Balance.period_start,
+        "kind": literal(EntryKind.GRANT.value, String()),
+        "amount": TokenRequest.approved_amount,
+        "actor_id": literal(actor_id, BigInteger()),
+        "reason": reason,
+        "token_request_id": TokenRequest.id,
+        "created_at": literal(now, UTCDateTime()),
+    }
     source = (
-        select(
-            Balance.organization_id,
-            TokenRequest.user_id,
-            Balance.period_start,
-            literal(EntryKind.GRANT.value, String()),
-            TokenRequest.approved_amount,
-            literal(actor_id, BigInteger()),
-            reason,
-            TokenRequest.id,
-            literal(now, UTCDateTime()),
-        )
+        select(*entry.values())
         .select_from(TokenRequest)
         .join(Balance, Balance.user_id == TokenRequest.user_id)
         .where(in_list(dialect_of(session), TokenRequest.id, values=request_ids))
     )
-    await session.execute(insert(LedgerEntry).from_select(columns, source))
+    await session.execute(insert(LedgerEntry).from_select(list(entry), source))

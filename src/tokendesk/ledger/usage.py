@@ -76,31 +76,22 @@ def _member_balances(dialect: str) -> Any:
 @cache
 def _usage_entries(dialect: str) -> Any:
     e = _events
+    entry: dict[str, Any] = {
+        "organization_id": e.c.organization_id,
+        "user_id": e.c.user_id,
+        "period_start": _balances.c.period_start,
+        "kind": literal(EntryKind.USAGE.value),
+        "amount": -e.c.total_tokens,
+        "usage_event_id": e.c.id,
+        "reason": e.c.model + " via " + e.c.source,
+        "created_at": e.c.recorded_at,
+    }
     source = (
-        select(
-            e.c.organization_id,
-            e.c.user_id,
-            _balances.c.period_start,
-            literal(EntryKind.USAGE.value),
-            -e.c.total_tokens,
-            e.c.id,
-            e.c.model + " via " + e.c.source,
-            e.c.recorded_at,
-        )
+        select(*entry.values())
         .join(_balances, _balances.c.user_id == e.c.user_id)
         .where(in_list(dialect, e.c.id))
     )
-    columns = [
-        "organization_id",
-        "user_id",
-        "period_start",
-        "kind",
-        "amount",
-        "usage_event_id",
-        "reason",
-        "created_at",
-    ]
-    return insert(_entries).from_select(columns, source)
+    return insert(_entries).from_select(list(entry), source)
 
 
 @cache

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.ledger.periods import zone
@@ -132,43 +132,45 @@ def expected_rollups(spent: Iterable[Spent], tz: str) -> Rollups:
 
 async def stored_rollups(session: AsyncSession, *, organization_id: int) -> Rollups:
     """The rollup tables of one organization, keyed like :func:`expected_rollups`."""
-    t, m = UsageTeamDaily, UsageModelDaily
-    out: Rollups = {}
-    rows = await session.execute(
-        select(t.day, t.team_id, t.model, *(t.__table__.c[f] for f in SUM_FIELDS)).where(
-            t.organization_id == organization_id
-        )
-    )
-    out["usage_team_daily"] = {tuple(row[:3]): tuple(row[3:]) for row in rows}
-    rows = await session.execute(
-        select(m.day, m.model, *(m.__table__.c[f] for f in SUM_FIELDS)).where(
-            m.organization_id == organization_id
-        )
-    )
-    out["usage_model_daily"] = {tuple(row[:2]): tuple(row[2:]) for row in rows}
-    rows = await session.execute(
-        select(
-            UsageSeries.user_id,
-            UsageSeries.team_id,
-            UsageSeries.model,
-            UsageSeries.first_day,
-            UsageSeries.last_day,
-            UsageSeries.tokens,
-            UsageSeries.calls,
-        ).where(UsageSeries.organization_id == organization_id)
-    )
-    out["usage_series"] = {tuple(row[:3]): tuple(row[3:]) for row in rows}
-    rows = await session.execute(
-        select(
-            UsageSeries.user_id,
-            UsageSeries.team_id,
-            UsageSeries.model,
-            UsageCumulative.day,
-            UsageCumulative.tokens,
-            UsageCumulative.calls,
-        )
-        .join(UsageCumulative, UsageCumulative.series_id == UsageSeries.id)
-        .where(UsageSeries.organization_id == organization_id)
-    )
-    out["usage_cumulative"] = {tuple(row[:4]): tuple(row[4:]) for row in rows}
-    return out
+    t, m, s, c = UsageTeamDaily, UsageModelDaily, UsageSeries, UsageCumulative
+    series_key = (s.user_id, s.team_id, s.model)
+    return {
+        "usage_team_daily": await _keyed(
+            session,
+            select(t.day, t.team_id, t.model, *_sums(t)).where(
+                t.organization_id == organization_id
+            ),
+            key_length=3,
+        ),
+        "usage_model_daily": await _keyed(
+            session,
+            select(m.day, m.model, *_sums(m)).where(m.organization_id == organization_id),
+            key_length=2,
+        ),
+        "usage_series": await _keyed(
+            session,
+            select(*series_key, s.first_day, s.last_day, s.tokens, s.calls).where(
+                s.organization_id == organization_id
+            ),
+            key_length=3,
+        ),
+        "usage_cumulative": await _keyed(
+            session,
+            select(*series_key, c.day, c.tokens, c.calls)
+            .join(c, c.series_id == s.id)
+            .where(s.organization_id == organization_id),
+            key_length=4,
+        ),
+    }
+
+
+def _sums(daily: type[UsageTeamDaily | UsageModelDaily]) -> list[Any]:
+    return [daily.__table__.c[f] for f in SUM_FIELDS]
+
+
+async def _keyed(
+    session: AsyncSession, statement: Select[*tuple[Any, ...]], *, key_length: int
+) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """The rows as a mapping from their first ``key_length`` columns to the rest."""
+    rows = await session.execute(statement)
+    return {tuple(row[:key_length]): tuple(row[key_length:]) for row in rows}

@@ -262,19 +262,10 @@ def _results(
 ) -> list[UsageResult]:
     results: list[UsageResult] = []
     for index, usage in enumerate(events):
-        if plan.fresh.get(usage.event_id) == index:
-            results.append(
-                UsageResult(
-                    event_id=usage.event_id,
-                    usage_event_id=inserted[usage.event_id],
-                    user_id=usage.user_id,
-                    total_tokens=usage.debit,
-                    remaining=plan.balance_after[usage.event_id],
-                    replayed=False,
-                )
-            )
-        elif usage.event_id in plan.fresh:
-            first = events[plan.fresh[usage.event_id]]
+        first_index = plan.fresh.get(usage.event_id)
+        if first_index is not None:
+            # A repeat of an id new in this batch replays its first occurrence.
+            first = events[first_index]
             results.append(
                 UsageResult(
                     event_id=usage.event_id,
@@ -282,7 +273,7 @@ def _results(
                     user_id=first.user_id,
                     total_tokens=first.debit,
                     remaining=plan.balance_after[usage.event_id],
-                    replayed=True,
+                    replayed=first_index != index,
                 )
             )
         else:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from tokendesk.analytics import export, service
 from tokendesk.analytics.routes import csv_response
-from tokendesk.analytics.schemas import PERIOD_LABELS
+from tokendesk.analytics.schemas import PERIOD_LABELS, Stack
 from tokendesk.deps import ReadSession
 from tokendesk.errors import InvalidInput
 from tokendesk.web.admin.common import (
@@ -47,19 +47,29 @@ def _day(value: str | None, field: str) -> date | None:
 
 
 def _filters(
-    period: str | None, first: str | None, last: str | None, team_id: str | None, model: str | None
+    period: Q = None, first: From = None, to: Q = None, team_id: Q = None, model: Q = None
 ) -> dict[str, Any]:
     """The query as the page's links carry it: blanks dropped, unknown periods ignored."""
     chosen = period if period in PERIOD_LABELS else None
     if chosen != "custom":
-        first = last = None
+        first = to = None
     return {
         "period": chosen,
         "from": first or None,
-        "to": last or None,
+        "to": to or None,
         "team_id": optional_int(team_id),
         "model": (model or "").strip() or None,
     }
+
+
+Filters = Annotated[dict[str, Any], Depends(_filters)]
+
+
+def _stack(stack: Q = None) -> Stack:
+    return "model" if stack == "model" else "team"
+
+
+ChartStack = Annotated[Stack, Depends(_stack)]
 
 
 def _query(filters: dict[str, Any]) -> service.Query:
@@ -97,15 +107,9 @@ async def analytics_page(
     request: Request,
     session: ReadSession,
     actor: AdminPageReader,
-    period: Q = None,
-    first: From = None,
-    to: Q = None,
-    team_id: Q = None,
-    model: Q = None,
-    stack: Q = None,
+    filters: Filters,
+    chart_stack: ChartStack,
 ) -> HTMLResponse:
-    filters = _filters(period, first, to, team_id, model)
-    chart_stack = stack if stack in ("team", "model") else "team"
     teams, models = await service.filter_choices(session, actor=actor)
     context: dict[str, Any] = {
         "filters": filters,
@@ -153,19 +157,9 @@ async def export_csv(
     table: export.Table,
     session: ReadSession,
     actor: AdminPageReader,
-    period: Q = None,
-    first: From = None,
-    to: Q = None,
-    team_id: Q = None,
-    model: Q = None,
-    stack: Q = None,
+    filters: Filters,
+    stack: ChartStack,
 ) -> Response:
-    filters = _filters(period, first, to, team_id, model)
     selection = await service.selection_for(session, actor=actor, query=_query(filters))
-    name, text = await export.export(
-        session,
-        selection=selection,
-        table=table,
-        stack=stack if stack in ("team", "model") else "team",
-    )
+    name, text = await export.export(session, selection=selection, table=table, stack=stack)
     return csv_response(name, text)
