@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.factories import World
+from tests.ledger.helpers import end_period
 from tests.token_requests.support import actor_for, counting_statements, decide, members, submit
 from tokendesk.db import Database, utcnow
 from tokendesk.ledger import service as ledger
@@ -155,6 +156,19 @@ class TestList:
             await ledger.rollover_due(s, now=later)
             items, _ = await service.list_requests(s, actor=actor, now=later)
         assert items[0].current_balance == 50_000
+
+    async def test_a_period_that_ended_in_debt_shows_the_balance_me_shows(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        request = await submit(database, world.alice, amount=1_000)
+        # Alice's 50,000 period ends 10,000 in debt; the organization carries debt over.
+        await end_period(database, world.alice.id, used=60_000)
+
+        me = await client.get("/api/v1/me", headers=world.alice.headers)
+        listed = await _list(client, world, status="pending")
+        assert me.status_code == listed.status_code == 200, (me.text, listed.text)
+        [item] = [item for item in listed.json()["items"] if item["id"] == request.id]
+        assert item["current_balance"] == me.json()["balance"]["remaining"] == 40_000
 
     async def test_a_page_takes_the_same_few_queries_whatever_its_size(
         self, database: Database, world: World

@@ -9,6 +9,7 @@ import pytest
 from tests.factories import Person, World, snapshot
 from tests.token_requests.support import actor_for, submit
 from tokendesk.accounts.api_keys import issue_api_key
+from tokendesk.accounts.lookups import get_organization
 from tokendesk.accounts.models import Role, Team, User
 from tokendesk.accounts.teams import add_team_owner
 from tokendesk.accounts.users import create_user
@@ -169,8 +170,9 @@ class TestAMoveRacingADecision:
         owner = await actor_for(database, world.owner)
         now = utcnow()
         async with database.transaction() as deciding:
+            org = await get_organization(deciding, world.org_id)
             seen = await repo.items_by_ids(
-                deciding, scope=service.scope_for(owner), ids=[request.id], now=now, org_default=0
+                deciding, scope=service.scope_for(owner), ids=[request.id], now=now, org=org
             )
             assert [row.id for row in seen] == [request.id]
             # Another connection moves Alice and commits while the decision is under way.

@@ -73,7 +73,7 @@ async def bulk(
     service.require_decider(actor)
     now = now or utcnow()
     org = await get_organization(session, actor.organization_id)
-    org_id, org_default, has_pool = org.id, org.default_allocation, org.pool is not None
+    org_id, has_pool = org.id, org.pool is not None
     approving = to is RequestStatus.APPROVED
     if approving and has_pool:
         # Lock before classifying, so a concurrent approval's grants and decisions
@@ -87,7 +87,7 @@ async def bulk(
         scope=service.scope_for(actor),
         ids=possible,
         now=now,
-        org_default=org_default,
+        org=org,
     )
     found = {row.id: row for row in rows}
     skipped: dict[int, str] = {}

@@ -37,7 +37,7 @@ async def submit(
     """Ask for more tokens; one pending request per user."""
     reason = service.clean_text(reason, field="reason")
     org = await get_organization(session, actor.home_organization_id)
-    org_id, org_default = org.id, org.default_allocation
+    org_id = org.id
     service.check_amount(amount, org=org)
     if (pending := await repo.pending_of_user(session, user_id=actor.user_id)) is not None:
         raise _already_pending(pending.id, pending.amount)
@@ -69,9 +69,7 @@ async def submit(
         target_id=request_id,
         details={"amount": amount, "reason": reason},
     )
-    out = await service.reloaded(
-        session, organization_id=org_id, request_id=request_id, org_default=org_default, now=now
-    )
+    out = await service.reloaded(session, organization_id=org_id, request_id=request_id, now=now)
     events.emit_change(session, out, organization_id=org_id, change="created")
     return out
 
@@ -89,10 +87,8 @@ async def cancel(
     """The requester withdraws their own pending request."""
     now = now or utcnow()
     org = await get_organization(session, actor.organization_id)
-    org_id, org_default = org.id, org.default_allocation
-    row = await service.visible_row(
-        session, actor=actor, request_id=request_id, org_default=org_default, now=now
-    )
+    org_id = org.id
+    row = await service.visible_row(session, actor=actor, request_id=request_id, org=org, now=now)
     if row["user_id"] != actor.user_id:
         raise Forbidden("only the requester can cancel a token request")
     changed = await transitions.transition(
@@ -114,9 +110,7 @@ async def cancel(
         target_id=request_id,
         details={"amount": row["amount"]},
     )
-    out = await service.reloaded(
-        session, organization_id=org_id, request_id=request_id, org_default=org_default, now=now
-    )
+    out = await service.reloaded(session, organization_id=org_id, request_id=request_id, now=now)
     events.emit_change(session, out, organization_id=org_id, change="cancelled")
     return out
 
@@ -131,15 +125,8 @@ async def approve(
     now: datetime | None = None,
 ) -> TokenRequestOut:
     """Grant the requested amount (or a smaller ``amount``) into the requester's current period."""
-    return await _decide(
-        session,
-        actor=actor,
-        request_id=request_id,
-        to=RequestStatus.APPROVED,
-        amount=amount,
-        note=note,
-        now=now,
-    )
+    to = RequestStatus.APPROVED
+    return await _decide(session, actor, request_id, to, amount=amount, note=note, now=now)
 
 
 async def reject(
@@ -150,23 +137,16 @@ async def reject(
     note: str | None = None,
     now: datetime | None = None,
 ) -> TokenRequestOut:
-    return await _decide(
-        session,
-        actor=actor,
-        request_id=request_id,
-        to=RequestStatus.REJECTED,
-        amount=None,
-        note=note,
-        now=now,
-    )
+    to = RequestStatus.REJECTED
+    return await _decide(session, actor, request_id, to, amount=None, note=note, now=now)
 
 
 async def _decide(
     session: AsyncSession,
-    *,
     actor: Actor,
     request_id: int,
     to: RequestStatus,
+    *,
     amount: int | None,
     note: str | None,
     now: datetime | None,
@@ -175,12 +155,10 @@ async def _decide(
     note = service.clean_text(note, field="note")
     now = now or utcnow()
     org = await get_organization(session, actor.organization_id)
-    org_id, org_default, has_pool = org.id, org.default_allocation, org.pool is not None
+    org_id, has_pool = org.id, org.pool is not None
     if amount is not None:
         service.check_amount(amount, org=org)
-    row = await service.visible_row(
-        session, actor=actor, request_id=request_id, org_default=org_default, now=now
-    )
+    row = await service.visible_row(session, actor=actor, request_id=request_id, org=org, now=now)
     if row["user_id"] == actor.user_id:
         raise Forbidden("you cannot decide your own request")
     if row["status"] != RequestStatus.PENDING:
@@ -235,8 +213,6 @@ async def _decide(
         target_id=request_id,
         details=details,
     )
-    out = await service.reloaded(
-        session, organization_id=org_id, request_id=request_id, org_default=org_default, now=now
-    )
+    out = await service.reloaded(session, organization_id=org_id, request_id=request_id, now=now)
     events.emit_change(session, out, organization_id=org_id, change=to.value)
     return out

@@ -24,10 +24,10 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from tokendesk.accounts.models import Team, User
+from tokendesk.accounts.models import Organization, Team, User
 from tokendesk.db import dialect_of, in_list
-from tokendesk.ledger import service as ledger
-from tokendesk.ledger.models import Balance
+from tokendesk.ledger.models import REMAINING, Balance, remaining_of
+from tokendesk.ledger.rollover import rolled_over
 from tokendesk.token_requests.models import RequestStatus, TokenRequest
 
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
@@ -102,17 +102,21 @@ def scope_clause(scope: Scope) -> ColumnElement[bool]:
     return and_(in_org, visible)
 
 
-def _current_balance(*, now: datetime, org_default: int) -> ColumnElement[int]:
-    # A balance whose period has ended has not been rolled over yet; show what
-    # the rollover will leave (the fresh allocation minus open holds), not stale numbers.
+def _current_balance(*, now: datetime, org: Organization) -> ColumnElement[int]:
+    # A balance whose period has ended has not been rolled over yet; show what the
+    # rollover will leave (its figures as ``rolled_over`` sets them, holds carried over),
+    # as /api/v1/me does, not stale numbers.
+    new = rolled_over(org, now=now)
     return case(
         (Balance.user_id.is_(None), 0),
-        (Balance.period_end > now, ledger.REMAINING),
-        else_=ledger.allocation_expression(org_default) - Balance.reserved,
+        (Balance.period_end > now, REMAINING),
+        else_=remaining_of(
+            new["allocation"], new["granted"], new["adjusted"], new["used"], Balance.reserved
+        ),
     )
 
 
-def _items(*, now: datetime, org_default: int) -> Select[*tuple[Any, ...]]:
+def _items(*, now: datetime, org: Organization) -> Select[*tuple[Any, ...]]:
     return (
         select(
             TokenRequest.id,
@@ -132,7 +136,7 @@ def _items(*, now: datetime, org_default: int) -> Select[*tuple[Any, ...]]:
             Requester.email.label("user_email"),
             RequestTeam.name.label("team_name"),
             Decider.name.label("decider_name"),
-            _current_balance(now=now, org_default=org_default).label("current_balance"),
+            _current_balance(now=now, org=org).label("current_balance"),
             # Whether the requester's period has ended: a bulk grant rolls over only those.
             (Balance.period_end <= now).label("period_ended"),
         )
@@ -181,10 +185,10 @@ async def list_items(
     limit: int,
     offset: int,
     now: datetime,
-    org_default: int,
+    org: Organization,
 ) -> Sequence[AnyRow]:
     query = (
-        _items(now=now, org_default=org_default)
+        _items(now=now, org=org)
         .where(*_filters(scope, status=status, team_id=team_id, q=q))
         .order_by(*ORDERINGS[sort])
         .limit(limit)
@@ -224,11 +228,9 @@ async def status_counts(
 
 
 async def get_item(
-    session: AsyncSession, *, scope: Scope, request_id: int, now: datetime, org_default: int
+    session: AsyncSession, *, scope: Scope, request_id: int, now: datetime, org: Organization
 ) -> AnyRow | None:
-    query = _items(now=now, org_default=org_default).where(
-        TokenRequest.id == request_id, scope_clause(scope)
-    )
+    query = _items(now=now, org=org).where(TokenRequest.id == request_id, scope_clause(scope))
     return (await session.execute(query)).first()
 
 
@@ -238,14 +240,14 @@ async def items_by_ids(
     scope: Scope,
     ids: Sequence[int],
     now: datetime,
-    org_default: int,
+    org: Organization,
 ) -> list[AnyRow]:
     """In-scope requests among ``ids``; ids the caller may not see are simply absent.
 
     Run as plain Core: for thousands of rows the ORM's per-row work costs more
     than the query.
     """
-    query = _items(now=now, org_default=org_default).where(
+    query = _items(now=now, org=org).where(
         among(session, TokenRequest.id, ids), scope_clause(scope)
     )
     connection = await session.connection()

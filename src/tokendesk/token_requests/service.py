@@ -85,10 +85,10 @@ def not_pending(request_id: int, status: str | None) -> AppError:
 
 
 async def visible_row(
-    session: AsyncSession, *, actor: Actor, request_id: int, org_default: int, now: datetime
+    session: AsyncSession, *, actor: Actor, request_id: int, org: Organization, now: datetime
 ) -> Mapping[str, Any]:
     row = await repo.get_item(
-        session, scope=scope_for(actor), request_id=request_id, now=now, org_default=org_default
+        session, scope=scope_for(actor), request_id=request_id, now=now, org=org
     )
     if row is None:
         raise NotFound(f"token request {request_id} not found")
@@ -96,17 +96,12 @@ async def visible_row(
 
 
 async def reloaded(
-    session: AsyncSession,
-    *,
-    organization_id: int,
-    request_id: int,
-    org_default: int,
-    now: datetime,
+    session: AsyncSession, *, organization_id: int, request_id: int, now: datetime
 ) -> TokenRequestOut:
+    # The organization is looked up again: a rollover in this transaction expires it.
+    org = await get_organization(session, organization_id)
     everything = Scope(organization_id, everything=True, user_id=0)
-    row = await repo.get_item(
-        session, scope=everything, request_id=request_id, now=now, org_default=org_default
-    )
+    row = await repo.get_item(session, scope=everything, request_id=request_id, now=now, org=org)
     assert row is not None, "a request written in this transaction must be readable"
     return to_out(row._asdict())
 
@@ -119,7 +114,7 @@ async def get(
         session,
         actor=actor,
         request_id=request_id,
-        org_default=org.default_allocation,
+        org=org,
         now=now or utcnow(),
     )
     return to_out(row)
@@ -170,7 +165,7 @@ async def matching_pending(
         limit=MAX_BULK_IDS,
         offset=0,
         now=now or utcnow(),
-        org_default=org.default_allocation,
+        org=org,
     )
     ids: list[int] = []
     tokens = own = 0
@@ -218,7 +213,7 @@ async def list_requests(
         limit=limit,
         offset=offset,
         now=now or utcnow(),
-        org_default=org.default_allocation,
+        org=org,
     )
     total = await repo.count_items(session, scope=scope, status=status, team_id=team_id, q=q)
     return [to_out(row._asdict()) for row in rows], total

@@ -196,20 +196,41 @@ async def update_user(
             )
     except (AppError, FormError) as exc:
         async with database.transaction() as session:
-            return await _detail_fragment(
-                request,
-                session,
-                actor,
-                user_id,
-                status_code=exc.status_code if isinstance(exc, AppError) else 422,
-                edit_errors=_errors_on_form(errors_of(exc), EDIT_FIELDS),
-                edit_values=submitted,
+            return await _refused(
+                request, session, actor, user_id, exc, form="edit", values=submitted
             )
 
 
-EDIT_FIELDS = frozenset(
-    {"name", "role", "team_id", "allocation_override", "is_active", "password", "current_password"}
-)
+# Each form's controls (the edit form has one for every field an org admin may edit,
+# and the current password): a refusal's message for one of them stays by it.
+FORM_FIELDS = {
+    "edit": EDITABLE_BY_ORG_ADMIN | {"current_password"},
+    "adjust": frozenset({"amount", "note"}),
+}
+
+
+async def _refused(
+    request: Request,
+    session: AsyncSession,
+    actor: Actor,
+    user_id: int,
+    exc: AppError | FormError,
+    *,
+    form: str,
+    values: dict[str, Any],
+) -> HTMLResponse:
+    """The person's page again, with the refusal's messages on ``form`` and what was typed."""
+    return await _detail_fragment(
+        request,
+        session,
+        actor,
+        user_id,
+        status_code=exc.status_code if isinstance(exc, AppError) else 422,
+        **{
+            f"{form}_errors": _errors_on_form(errors_of(exc), FORM_FIELDS[form]),
+            f"{form}_values": values,
+        },
+    )
 
 
 def _errors_on_form(errors: dict[str, str], fields: frozenset[str]) -> dict[str, str]:
@@ -244,15 +265,8 @@ async def adjust(
             )
             remaining = balance.remaining
     except (AppError, FormError) as exc:
-        return await _detail_fragment(
-            request,
-            session,
-            actor,
-            user_id,
-            status_code=exc.status_code if isinstance(exc, AppError) else 422,
-            adjust_errors=_errors_on_form(errors_of(exc), frozenset({"amount", "note"})),
-            adjust_values={"amount": amount, "note": note},
-        )
+        values = {"amount": amount, "note": note}
+        return await _refused(request, session, actor, user_id, exc, form="adjust", values=values)
     return with_events(
         await _detail_fragment(request, session, actor, user_id),
         toast=(f"Adjusted by {data.amount:+,} tokens; {remaining:,} left.", "ok"),

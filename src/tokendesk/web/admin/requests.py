@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from tokendesk.accounts import teams as teams_service
@@ -104,9 +104,17 @@ ViewQuery = Annotated[str | None, Query()]
 
 
 def parse_view(
-    status: str | None, q: str | None, team_id: str | None, sort: str | None, page: str | None
+    status: ViewQuery = None,
+    q: ViewQuery = None,
+    team_id: ViewQuery = None,
+    sort: ViewQuery = None,
+    page: ViewQuery = None,
 ) -> QueueView:
+    """The queue view the query string asks for: the queue's pages take it as a dependency."""
     return QueueView.parse(status, q, team_id, sort, page)
+
+
+ViewParams = Annotated[QueueView, Depends(parse_view)]
 
 
 async def _queue_context(session: DbSession, actor: Actor, view: QueueView) -> dict[str, Any]:
@@ -144,16 +152,8 @@ async def admin_home(actor: AdminPageReader) -> RedirectResponse:
 
 @router.get("/admin/requests", response_class=HTMLResponse)
 async def requests_page(
-    request: Request,
-    session: ReadSession,
-    actor: AdminPageReader,
-    status: ViewQuery = None,
-    q: ViewQuery = None,
-    team_id: ViewQuery = None,
-    sort: ViewQuery = None,
-    page: ViewQuery = None,
+    request: Request, session: ReadSession, actor: AdminPageReader, view: ViewParams
 ) -> HTMLResponse:
-    view = parse_view(status, q, team_id, sort, page)
     context = await _queue_context(session, actor, view)
     teams = await teams_service.list_teams(session, actor=actor)
     # Team owners filter among the teams they own; others would only ever be empty.
@@ -172,17 +172,9 @@ async def requests_page(
 
 @router.get("/admin/requests/table", response_class=HTMLResponse)
 async def requests_table(
-    request: Request,
-    session: ReadSession,
-    actor: AdminPageReader,
-    status: ViewQuery = None,
-    q: ViewQuery = None,
-    team_id: ViewQuery = None,
-    sort: ViewQuery = None,
-    page: ViewQuery = None,
+    request: Request, session: ReadSession, actor: AdminPageReader, view: ViewParams
 ) -> HTMLResponse:
     """The queue fragment, with the tab counts and the badge swapped out of band."""
-    view = parse_view(status, q, team_id, sort, page)
     context = await _queue_context(session, actor, view)
     org = await get_organization(session, actor.organization_id)
     response = render(request, "admin/requests/_table_response.html", tz=org.timezone, **context)

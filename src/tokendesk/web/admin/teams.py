@@ -160,6 +160,19 @@ async def _fragment(
     )
 
 
+async def _refused(
+    request: Request,
+    session: AsyncSession,
+    actor: Actor,
+    team_id: int,
+    exc: AppError | FormError,
+    **overrides: Any,
+) -> HTMLResponse:
+    """The team's page again, with what the refusal says in ``overrides``."""
+    status_code = exc.status_code if isinstance(exc, AppError) else 422
+    return await _fragment(request, session, actor, team_id, status_code=status_code, **overrides)
+
+
 @router.post("/admin/teams/{team_id}", response_model=None)
 async def update_team(
     request: Request,
@@ -184,14 +197,8 @@ async def update_team(
         async with session.begin_nested():
             row = await teams_service.update_team(session, actor=actor, team_id=team_id, data=data)
     except (AppError, FormError) as exc:
-        return await _fragment(
-            request,
-            session,
-            actor,
-            team_id,
-            status_code=exc.status_code if isinstance(exc, AppError) else 422,
-            edit_errors=errors_of(exc),
-            edit_values=values,
+        return await _refused(
+            request, session, actor, team_id, exc, edit_errors=errors_of(exc), edit_values=values
         )
     return with_events(
         await _fragment(request, session, actor, team_id),
@@ -226,13 +233,8 @@ async def _move(
     except AppError as exc:
         errors = errors_of(exc)
         message = "; ".join(f"{k}: {v}" if k else v for k, v in errors.items())
-        return await _fragment(
-            request,
-            session,
-            actor,
-            team_id,
-            status_code=exc.status_code,
-            member_errors={"user_id": message},
+        return await _refused(
+            request, session, actor, team_id, exc, member_errors={"user_id": message}
         )
     return with_events(
         await _fragment(request, session, actor, team_id),
@@ -288,14 +290,7 @@ async def delete_team(
         async with session.begin_nested():
             await teams_service.delete_team(session, actor=actor, team_id=team_id)
     except AppError as exc:
-        return await _fragment(
-            request,
-            session,
-            actor,
-            team_id,
-            status_code=exc.status_code,
-            edit_errors={"": exc.message},
-        )
+        return await _refused(request, session, actor, team_id, exc, edit_errors={"": exc.message})
     response = Response(status_code=200)
     response.headers["HX-Redirect"] = "/admin/teams?" + query_string(deleted=name)
     return response
