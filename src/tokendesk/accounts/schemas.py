@@ -31,7 +31,8 @@ def _not_null(value: object) -> object:
     return value
 
 
-def _clean_name(value: str | None) -> str | None:
+def stripped(value: str | None) -> str | None:
+    """A text field without its surrounding spaces; blank is refused, None passes."""
     if value is None:
         return None
     value = value.strip()
@@ -56,7 +57,7 @@ class OrganizationIn(StrictModel):
     # A balance below zero at a period's end opens the next period as a debit.
     carry_over_debt: bool = Field(default=True, strict=True)
 
-    _name = field_validator("name")(_clean_name)
+    _name = field_validator("name")(stripped)
 
 
 class OrganizationUpdate(StrictModel):
@@ -80,7 +81,7 @@ class OrganizationUpdate(StrictModel):
         "low_balance_percent",
         "carry_over_debt",
     )(_not_null)
-    _name = field_validator("name")(_clean_name)
+    _name = field_validator("name")(stripped)
 
 
 class PoolOut(BaseModel):
@@ -109,7 +110,7 @@ class TeamIn(StrictModel):
     name: str = Field(min_length=1, max_length=200)
     default_allocation: Tokens | None = None
 
-    _name = field_validator("name")(_clean_name)
+    _name = field_validator("name")(stripped)
 
 
 class TeamUpdate(StrictModel):
@@ -120,7 +121,7 @@ class TeamUpdate(StrictModel):
     owner_ids: list[Id] | None = Field(default=None, max_length=100)
 
     _required = field_validator("name", "owner_ids")(_not_null)
-    _name = field_validator("name")(_clean_name)
+    _name = field_validator("name")(stripped)
 
 
 class TeamOut(BaseModel):
@@ -139,7 +140,7 @@ class UserIn(StrictModel):
     allocation_override: Tokens | None = None
     password: str | None = Field(default=None, min_length=8, max_length=MAX_PASSWORD)
 
-    _name = field_validator("name")(_clean_name)
+    _name = field_validator("name")(stripped)
 
 
 class UserUpdate(StrictModel):
@@ -156,7 +157,7 @@ class UserUpdate(StrictModel):
     current_password: str | None = Field(default=None, max_length=MAX_PASSWORD)
 
     _required = field_validator("name", "role", "is_active", "password")(_not_null)
-    _name = field_validator("name")(_clean_name)
+    _name = field_validator("name")(stripped)
 
 
 class BalanceOut(BaseModel):
@@ -211,7 +212,7 @@ class AdjustmentIn(StrictModel):
     amount: int = Field(strict=True, ge=-MAX_TOKENS, le=MAX_TOKENS)
     note: str = Field(min_length=1, max_length=1000)
 
-    _note = field_validator("note")(_clean_name)
+    _note = field_validator("note")(stripped)
 
     @field_validator("amount")
     @classmethod
@@ -236,7 +237,7 @@ class LedgerEntryOut(BaseModel):
 class ApiKeyIn(StrictModel):
     name: str = Field(default="default", min_length=1, max_length=100)
 
-    _name = field_validator("name")(_clean_name)
+    _name = field_validator("name")(stripped)
 
 
 class ApiKeyOut(BaseModel):

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from tokendesk.accounts.schemas import stripped
 from tokendesk.bounds import EventTokens
 from tokendesk.chat.models import MessageRole
 
@@ -22,22 +23,13 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _stripped(value: str | None) -> str | None:
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        raise PydanticCustomError("blank", "must not be blank")
-    return value
-
-
 class ConversationIn(StrictModel):
     title: Title | None = Field(
         default=None, description="Left out: named after the first message."
     )
     model: ModelName | None = None
 
-    _clean = field_validator("title", "model")(_stripped)
+    _clean = field_validator("title", "model")(stripped)
 
 
 class ConversationUpdate(StrictModel):
@@ -46,7 +38,7 @@ class ConversationUpdate(StrictModel):
     title: Title | None = None
     model: ModelName | None = None
 
-    _clean = field_validator("title", "model")(_stripped)
+    _clean = field_validator("title", "model")(stripped)
 
 
 class MessageIn(StrictModel):
