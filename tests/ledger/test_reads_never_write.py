@@ -209,10 +209,8 @@ class TestAGetWhileAnotherConnectionWrites:
     """On SQLite one connection writes at a time: a GET must not wait for it."""
 
     async def test_me_an_admin_page_and_a_stream_snapshot_answer_meanwhile(
-        self, app: Any, database: Database, world: World
+        self, app: Any, database: Database, world: World, sqlite_only: None
     ) -> None:
-        if not database.is_sqlite:
-            pytest.skip("SQLite's one writer")
         await end_period(database, world.alice.id)
         cookie = await cookie_of(app, world.admin)
         async with database.transaction() as writing:
@@ -272,9 +270,9 @@ class TestEveryGetRoute:
 
 
 class TestAReadTransaction:
-    async def test_refuses_to_write_on_sqlite(self, database: Database, world: World) -> None:
-        if not database.is_sqlite:
-            pytest.skip("SQLite's read connections")
+    async def test_refuses_to_write_on_sqlite(
+        self, database: Database, world: World, sqlite_only: None
+    ) -> None:
         with pytest.raises(OperationalError, match="readonly"):
             async with database.transaction(write=False) as s:
                 await s.execute(
