@@ -13,6 +13,9 @@ DEV_STAMP := $(VENV)/.installed-dev
 DEMO_DATABASE_URL ?= sqlite+aiosqlite:///$(CURDIR)/data/demo.db
 DEMO_HOST := 127.0.0.1
 DEMO_PORT := 8000
+# Test processes: the suite waits on servers, browsers and databases as much as it
+# computes, so it runs over two; TEST_WORKERS=0 runs it in this process alone.
+TEST_WORKERS ?= 2
 # Lint what exists: benchmarks/ may not be there in every checkout.
 LINT_PATHS := $(wildcard src tests benchmarks)
 
@@ -49,7 +52,7 @@ run: $(STAMP)
 
 test: $(DEV_STAMP)
 	@$(MAKE) --no-print-directory lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -34,6 +34,19 @@ MODELS = [
     ("mistral-large", 0.04, 1200, 400),
 ]
 ALLOCATION = 2_000_000
+# (endpoint, share of calls in percent); None: usage reported through the usage API.
+ENDPOINTS = [
+    ("chat", 55),
+    ("responses", 15),
+    ("messages", 12),
+    ("embeddings", 12),
+    ("completions", 3),
+    (None, 3),
+]
+# Each of 100 buckets' endpoint: an event's bucket comes from its number, not from the
+# random generator, so the events and every other rollup are those of earlier runs.
+_BUCKETS = [index for index, (_, share) in enumerate(ENDPOINTS) for _ in range(share)]
+SUMS = 6  # prompt, completion, cached, reasoning, total, calls
 
 
 @dataclass
@@ -44,6 +57,8 @@ class Load:
     users_with_usage: int = 0
     team_daily: dict[tuple[date, int, str], list[int]] = field(default_factory=dict)
     model_daily: dict[tuple[date, str], list[int]] = field(default_factory=dict)
+    team_endpoint_daily: dict[tuple[date, int, str, str], list[int]] = field(default_factory=dict)
+    endpoint_daily: dict[tuple[date, str, str], list[int]] = field(default_factory=dict)
     series: int = 0
     cumulative: int = 0
     used_this_period: dict[int, int] = field(default_factory=dict)
@@ -170,7 +185,8 @@ def generate(
     for (user_id, team_id), count in zip(world.users, counts, strict=True):
         span, first, draw = clock.span, clock.first, rng.random
         times = sorted(int(draw() * span) + first for _ in range(count))
-        cells = [0] * (len(clock.days) * width * 4)
+        cells = [0] * (len(clock.days) * width * SUMS)
+        by_endpoint: dict[tuple[int, int, int], list[int]] = {}
         rows: list[tuple[Any, ...]] = []
         used_period = 0
         day = 0
@@ -185,15 +201,24 @@ def generate(
             if when >= period_start:
                 used_period += total
             event_no += 1
+            bucket = event_no * 2_654_435_761 % 100
+            endpoint = _BUCKETS[bucket]
+            # A third of the conversational calls hit the prompt cache for half the prompt;
+            # the Responses API's calls spend a third of their output reasoning.
+            cached = prompt // 2 if endpoint in (0, 1, 2) and bucket % 3 == 0 else 0
+            reasoning = completion // 3 if endpoint == 1 else 0
             rows.append(
                 (event_no, f"b{event_no:09d}", user_id, team_id, names[model], prompt,
-                 completion, total, when, ALLOCATION - used_period, clock.days[day])
+                 completion, total, when, ALLOCATION - used_period, clock.days[day],
+                 ENDPOINTS[endpoint][0], cached, reasoning)
             )  # fmt: skip
-            at = (day * width + model) * 4
-            cells[at] += prompt
-            cells[at + 1] += completion
-            cells[at + 2] += total
-            cells[at + 3] += 1
+            at = (day * width + model) * SUMS
+            sums = (prompt, completion, cached, reasoning, total, 1)
+            for i in range(SUMS):
+                cells[at + i] += sums[i]
+            cell = by_endpoint.setdefault((day, model, endpoint), [0] * SUMS)
+            for i in range(SUMS):
+                cell[i] += sums[i]
         load.events += count
         load.users_with_usage += bool(count)
         load.used_this_period[user_id] = used_period
@@ -201,21 +226,30 @@ def generate(
         for day_index, local in enumerate(clock.days):
             all_tokens = all_calls = 0
             for model in range(width):
-                at = (day_index * width + model) * 4
-                calls = cells[at + 3]
+                at = (day_index * width + model) * SUMS
+                calls = cells[at + 5]
                 if not calls:
                     continue
-                sums = cells[at : at + 4]
-                per_series[names[model]].append((local, sums[2], calls))
-                all_tokens += sums[2]
+                sums = cells[at : at + SUMS]
+                per_series[names[model]].append((local, sums[4], calls))
+                all_tokens += sums[4]
                 all_calls += calls
-                team_cell = load.team_daily.setdefault((local, team_id, names[model]), [0] * 4)
-                model_cell = load.model_daily.setdefault((local, names[model]), [0] * 4)
-                for i in range(4):
+                team_cell = load.team_daily.setdefault((local, team_id, names[model]), [0] * SUMS)
+                model_cell = load.model_daily.setdefault((local, names[model]), [0] * SUMS)
+                for i in range(SUMS):
                     team_cell[i] += sums[i]
                     model_cell[i] += sums[i]
             if all_calls:
                 per_series[ALL_MODELS].append((local, all_tokens, all_calls))
+        for (day_index, model, endpoint), sums in by_endpoint.items():
+            local, name = clock.days[day_index], ENDPOINTS[endpoint][0] or ""
+            team_cell = load.team_endpoint_daily.setdefault(
+                (local, team_id, names[model], name), [0] * SUMS
+            )
+            org_cell = load.endpoint_daily.setdefault((local, names[model], name), [0] * SUMS)
+            for i in range(SUMS):
+                team_cell[i] += sums[i]
+                org_cell[i] += sums[i]
         running: list[tuple[Any, ...]] = []
         for key in sorted(per_series):
             series_id += 1

@@ -37,7 +37,8 @@ def load_sqlite(path: str, world: World, args: argparse.Namespace, now: datetime
         db.executemany(
             "INSERT INTO usage_events (id, organization_id, event_id, user_id, team_id, model,"
             " prompt_tokens, completion_tokens, total_tokens, source, occurred_at, day,"
-            " recorded_at, balance_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'bench', ?, ?, ?, ?)",
+            " recorded_at, balance_after, endpoint, cached_tokens, reasoning_tokens)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'bench', ?, ?, ?, ?, ?, ?, ?)",
             pending.pop("events", []),
         )
         db.executemany(
@@ -64,8 +65,8 @@ def load_sqlite(path: str, world: World, args: argparse.Namespace, now: datetime
         load = progress
         pending["events"].extend(
             (n, org, eid, uid, tid, m, p, c, t, dates[w // 86_400 - base] + times[w % 86_400],
-             day.isoformat(), recorded, after)
-            for n, eid, uid, tid, m, p, c, t, w, after, day in events
+             day.isoformat(), recorded, after, ep, ca, r)
+            for n, eid, uid, tid, m, p, c, t, w, after, day, ep, ca, r in events
         )  # fmt: skip
         for row in cumulative:
             if row[0] == "series":
@@ -78,16 +79,26 @@ def load_sqlite(path: str, world: World, args: argparse.Namespace, now: datetime
         if len(pending["events"]) >= FLUSH_ROWS:
             flush()
     flush()
+    sums = "prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, calls"
     db.executemany(
-        "INSERT INTO usage_team_daily (organization_id, day, team_id, model, prompt_tokens,"
-        " completion_tokens, total_tokens, calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO usage_team_daily (organization_id, day, team_id, model, {sums})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(org, k[0].isoformat(), k[1], k[2], *v) for k, v in sorted(load.team_daily.items())],
     )
     db.executemany(
-        "INSERT INTO usage_model_daily (organization_id, day, model, prompt_tokens,"
-        " completion_tokens, total_tokens, calls) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO usage_model_daily (organization_id, day, model, {sums})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(org, k[0].isoformat(), k[1], *v) for k, v in sorted(load.model_daily.items())],
     )
+    for table, keys, cells in (
+        ("usage_team_endpoint_daily", "team_id, model, endpoint", load.team_endpoint_daily),
+        ("usage_endpoint_daily", "model, endpoint", load.endpoint_daily),
+    ):
+        places = ", ".join("?" * (2 + keys.count(",") + 1 + 6))
+        db.executemany(
+            f"INSERT INTO {table} (organization_id, day, {keys}, {sums}) VALUES ({places})",
+            [(org, k[0].isoformat(), *k[1:], *v) for k, v in sorted(cells.items())],
+        )
     requests, granted = token_requests(world, count=args.requests, days=args.days, now=now)
     db.executemany(
         "INSERT INTO token_requests (id, organization_id, user_id, team_id, amount,"
@@ -139,7 +150,8 @@ async def load_postgres(url: str, world: World, args: argparse.Namespace, now: d
     columns = {
         "events": ("usage_events", ["id", "organization_id", "event_id", "user_id", "team_id",
                    "model", "prompt_tokens", "completion_tokens", "total_tokens", "source",
-                   "occurred_at", "day", "recorded_at", "balance_after"]),
+                   "occurred_at", "day", "recorded_at", "balance_after", "endpoint",
+                   "cached_tokens", "reasoning_tokens"]),
         "series": ("usage_series", ["id", "organization_id", "user_id", "team_id", "model",
                    "first_day", "last_day", "tokens", "calls"]),
         "cumulative": ("usage_cumulative", ["series_id", "day", "tokens", "calls"]),
@@ -158,8 +170,8 @@ async def load_postgres(url: str, world: World, args: argparse.Namespace, now: d
             load = progress
             pending["events"].extend(
                 (n, org, eid, uid, tid, m, p, c, t, "bench", datetime.fromtimestamp(w, UTC), day,
-                 now, after)
-                for n, eid, uid, tid, m, p, c, t, w, after, day in events
+                 now, after, ep, ca, r)
+                for n, eid, uid, tid, m, p, c, t, w, after, day, ep, ca, r in events
             )  # fmt: skip
             for row in cumulative:
                 if row[0] == "series":
@@ -169,18 +181,23 @@ async def load_postgres(url: str, world: World, args: argparse.Namespace, now: d
             if len(pending["events"]) >= FLUSH_ROWS:
                 await flush()
         await flush()
-        await conn.copy_records_to_table(
-            "usage_team_daily",
-            records=[(org, *k, *v) for k, v in sorted(load.team_daily.items())],
-            columns=["organization_id", "day", "team_id", "model", "prompt_tokens",
-                     "completion_tokens", "total_tokens", "calls"],
-        )  # fmt: skip
-        await conn.copy_records_to_table(
-            "usage_model_daily",
-            records=[(org, *k, *v) for k, v in sorted(load.model_daily.items())],
-            columns=["organization_id", "day", "model", "prompt_tokens", "completion_tokens",
-                     "total_tokens", "calls"],
-        )  # fmt: skip
+        sums = ["prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
+                "total_tokens", "calls"]  # fmt: skip
+        for table, keys, rows in (
+            ("usage_team_daily", ["team_id", "model"], load.team_daily),
+            ("usage_model_daily", ["model"], load.model_daily),
+            (
+                "usage_team_endpoint_daily",
+                ["team_id", "model", "endpoint"],
+                load.team_endpoint_daily,
+            ),
+            ("usage_endpoint_daily", ["model", "endpoint"], load.endpoint_daily),
+        ):
+            await conn.copy_records_to_table(
+                table,
+                records=[(org, *k, *v) for k, v in sorted(rows.items())],
+                columns=["organization_id", "day", *keys, *sums],
+            )
         requests, granted = token_requests(world, count=args.requests, days=args.days, now=now)
         await conn.copy_records_to_table(
             "token_requests",

@@ -91,6 +91,14 @@ async def time_queries(url: str, world: World, *, runs: int, now: datetime) -> l
              {"period": "90d", "model": MODELS[1][0]}),
             ("by-model, last 90 days", admin, service.by_model, {"period": "90d"}),
             ("by-model, 90 days, team owner", owner, service.by_model, {"period": "90d"}),
+            ("by-model, 90 days, one endpoint", admin, service.by_model,
+             {"period": "90d", "endpoint": "responses"}),
+            ("by-endpoint, last 90 days", admin, service.by_endpoint, {"period": "90d"}),
+            ("by-endpoint, 90 days, team owner", owner, service.by_endpoint, {"period": "90d"}),
+            ("by-endpoint, 90 days, one model", admin, service.by_endpoint,
+             {"period": "90d", "model": MODELS[0][0]}),
+            ("usage-over-time by endpoint, 90 days", admin, service.usage_over_time,
+             {"period": "90d", "stack": "endpoint"}),
             ("requests, last 90 days", admin, service.requests, {"period": "90d"}),
             ("requests, current period", admin, service.requests, {}),
             ("forecast", admin, service.forecast, {}),
@@ -132,8 +140,8 @@ def _size(out: Any) -> int:
 async def counts(url: str) -> dict[str, int]:
     database = Database(url)
     tables = [
-        "usage_events", "usage_team_daily", "usage_model_daily", "usage_series", "usage_cumulative",
-        "token_requests",
+        "usage_events", "usage_team_daily", "usage_model_daily", "usage_team_endpoint_daily",
+        "usage_endpoint_daily", "usage_series", "usage_cumulative", "token_requests",
     ]  # fmt: skip
     try:
         async with database.transaction(write=False) as s:
@@ -149,7 +157,12 @@ async def check(url: str, org_id: int) -> list[str]:
     try:
         async with database.transaction(write=False) as s:
             raw = await s.scalar(text("SELECT sum(total_tokens) FROM usage_events"))
-            for table in ("usage_team_daily", "usage_model_daily"):
+            for table in (
+                "usage_team_daily",
+                "usage_model_daily",
+                "usage_team_endpoint_daily",
+                "usage_endpoint_daily",
+            ):
                 value = await s.scalar(text(f"SELECT sum(total_tokens) FROM {table}"))
                 if value != raw:
                     problems.append(f"{table}: {value} != raw {raw}")

@@ -19,6 +19,11 @@ generator, so the differences are meaningful on a noisy machine:
    (fewer calls share each settlement, and each reply wakes a sleeping client),
    so half the closed-loop rate is not half the CPU.
 3. Added latency alone: one connection, one call at a time.
+5. Streamed calls, chat beside Responses and Messages (``--stream-requests`` each,
+   at ``--stream-concurrency`` connections): the added latency to the first
+   streamed event and streamed calls per second, direct and through tokendesk, on
+   ``/v1/chat/completions``, ``/v1/responses`` and ``/v1/messages`` (an Anthropic
+   upstream) in the same run.
 4. Refused calls: the closed loop again, from members whose balance is spent
    (every call answered 429 ``insufficient_quota``), ``--refused-requests`` of
    them: refused calls per second and the server's CPU per refusal, next to the
@@ -40,8 +45,11 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -141,7 +149,18 @@ async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str
     keys, spent = await seed(db_url, args.users)
     up_port, td_port = free_port(), free_port()
     upstream_cmd = [sys.executable, "tests/fake_upstream.py", "--port", str(up_port)]
-    models = json.dumps([{"name": "fast", "base_url": f"http://127.0.0.1:{up_port}/v1"}])
+    models = json.dumps(
+        [
+            {"name": "fast", "base_url": f"http://127.0.0.1:{up_port}/v1", "apis": STREAMED_APIS},
+            # Anthropic's Messages API: the upstream's base without /v1, its own key header.
+            {
+                "name": "claude",
+                "api": "anthropic",
+                "base_url": f"http://127.0.0.1:{up_port}",
+                "api_key": ANTHROPIC_KEY,
+            },
+        ]
+    )
     env = {
         "TOKENDESK_DATABASE_URL": db_url,
         "TOKENDESK_DEMO": "1",
@@ -206,8 +225,18 @@ async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str
             pd, pt, pt_cpu = await pair(concurrency=c, total=paced_total, rate=rate)
             paced_runs.append((f"paced {rate:,.0f}/s ({share}), {c} connections", pd, pt, pt_cpu))
         sd, st, st_cpu = await pair(concurrency=1, total=args.single_requests)
+        streams = {
+            path: (
+                await stream_load(up_port, path, body, None, args),
+                await stream_load(td_port, path, body, keys, args),
+            )
+            for path, body in STREAM_BODIES.items()
+        }
     used, reserved, mismatches = await used_total(db_url)
     ok = 1000 + sum(r.statuses.get(200, 0) for r in (t, st, *(run[2] for run in paced_runs)))
+    expected = ok * TOKENS_PER_CALL + sum(
+        STREAM_TOKENS[path] * through.ok for path, (_, through) in streams.items()
+    )
     closed = f"closed loop, {c} connections"
     rows = [row(closed, "direct to upstream", d), row(closed, "through tokendesk", t, t_cpu)]
     rows += [row(f"{closed}, balance spent", "refused by tokendesk", r, r_cpu)]
@@ -228,12 +257,107 @@ async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str
         *(added(paced, pd, pt) for paced, pd, pt, _ in paced_runs),
         added("one at a time", sd, st),
         "",
-        f"Check: {used} tokens debited for {ok} successful calls "
-        f"(expected {ok * TOKENS_PER_CALL}), {reserved} still held, "
+        f"Streamed, {args.stream_concurrency} connections, {args.stream_requests} calls each:",
+        "",
+        "| endpoint | path | calls/s | first event p50 ms | p99 ms | ok |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {path} | {way} | {run.rps:,.0f} | {run.p50:.2f} | {run.p99:.2f} | {run.ok} |"
+            for path, pair_ in streams.items()
+            for way, run in zip(("direct to upstream", "through tokendesk"), pair_, strict=True)
+        ),
+        "",
+        *(
+            f"Added to the first event, {path}: p50 {t_.p50 - d_.p50:+.2f} ms, "
+            f"p99 {t_.p99 - d_.p99:+.2f} ms; throughput {t_.rps / d_.rps:.0%} of direct."
+            for path, (d_, t_) in streams.items()
+        ),
+        "",
+        f"Check: {used} tokens debited for {ok} successful calls and the streamed ones "
+        f"(expected {expected}), {reserved} still held, "
         f"doctor mismatches: {mismatches}; refused: {r.statuses.get(429, 0)} "
         f"of {r.requests} calls from spent balances.",
         "",
     ]
+
+
+STREAMED_APIS = ["chat", "responses"]
+STREAM_BODIES = {
+    "/v1/chat/completions": json.dumps(
+        {"model": "fast", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode(),
+    "/v1/responses": json.dumps({"model": "fast", "stream": True, "input": "hi"}).encode(),
+    "/v1/messages": json.dumps(
+        {
+            "model": "claude",
+            "stream": True,
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+    ).encode(),
+}
+# What the fake upstream reports for each streamed call (tokendesk always asks chat's).
+STREAM_TOKENS = {"/v1/chat/completions": TOKENS_PER_CALL, "/v1/responses": 36, "/v1/messages": 24}
+ANTHROPIC_KEY = "bench-upstream-key"
+# Headers each streamed call sends besides its key, as its clients do: Anthropic's
+# version on Messages (and, direct to the upstream, the upstream's own key).
+STREAM_HEADERS = {"/v1/messages": {"anthropic-version": "2023-06-01"}}
+
+
+@dataclass
+class StreamRun:
+    firsts: list[float]
+    seconds: float
+    ok: int
+
+    @property
+    def rps(self) -> float:
+        return len(self.firsts) / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.firsts)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
+    @property
+    def p50(self) -> float:
+        return self.pct(0.5)
+
+    @property
+    def p99(self) -> float:
+        return self.pct(0.99)
+
+
+async def stream_load(
+    port: int, path: str, body: bytes, keys: list[str] | None, args: argparse.Namespace
+) -> StreamRun:
+    """Streamed calls at ``--stream-concurrency``: the time from sending each to its
+    first event's bytes, and the calls per second of the whole run."""
+    firsts: list[float] = []
+    ok = 0
+    count = iter(range(args.stream_requests))
+    url = f"http://127.0.0.1:{port}{path}"
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal ok
+        for n in count:
+            headers = {"content-type": "application/json", **STREAM_HEADERS.get(path, {})}
+            if keys:
+                headers["authorization"] = f"Bearer {keys[n % len(keys)]}"
+            elif path == "/v1/messages":
+                headers["x-api-key"] = ANTHROPIC_KEY
+            sent = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as response:
+                first = True
+                async for _ in response.content.iter_any():
+                    if first:
+                        firsts.append(time.perf_counter() - sent)
+                        first = False
+                ok += response.status == 200
+
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(args.stream_concurrency)))
+    return StreamRun(firsts, time.perf_counter() - started, ok)
 
 
 async def main() -> None:
@@ -257,6 +381,8 @@ async def main() -> None:
     )
     parser.add_argument("--paced-seconds", type=float, default=15.0)
     parser.add_argument("--single-requests", type=int, default=2000)
+    parser.add_argument("--stream-requests", type=int, default=2000, help="per streamed endpoint")
+    parser.add_argument("--stream-concurrency", type=int, default=8)
     parser.add_argument(
         "--refused-requests", type=int, default=10_000, help="closed-loop calls refused (429)"
     )

@@ -40,6 +40,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SUMMARY] = []
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # A worker of a run over several processes (pytest -n) hands its lines to the
+    # controlling process, which prints them.
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["summary"] = session.config.stash.get(SUMMARY, [])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    node.config.stash[SUMMARY].extend(getattr(node, "workeroutput", {}).get("summary", []))
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     for line in config.stash.get(SUMMARY, []):
         terminalreporter.write_line(line)
@@ -62,6 +75,31 @@ def _postgres_reachable(url: str) -> str | None:
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def _worker_database(url: str) -> str:
+    """The PostgreSQL database of this test process: the configured one, or with
+    several processes (pytest -n) one of its own beside it, created when missing."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return url
+    import asyncpg
+
+    prefix, _, name = url.rpartition("/")
+    name, mark, query = name.partition("?")
+    own = f"{name}_{worker}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", own)
+            if not exists:
+                await conn.execute(f'CREATE DATABASE "{own}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return f"{prefix}/{own}{mark}{query}"
 
 
 def _reset_postgres(url: str) -> None:
@@ -92,7 +130,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             if REQUIRE_PG:
                 pytest.fail(f"PostgreSQL at TOKENDESK_TEST_DATABASE_URL unreachable: {problem}")
             pytest.skip(f"PostgreSQL unreachable ({problem})")
-        url = PG_URL
+        url = _worker_database(PG_URL)
         _reset_postgres(url)
     upgrade(url)
     return url
@@ -153,7 +191,9 @@ async def database(_session_database: Database, bus: InProcessBus) -> Database:
 
 @pytest.fixture
 def settings(db_url: str) -> Settings:
-    return Settings(database_url=db_url, demo=True, scheduler_enabled=False)
+    return Settings(
+        database_url=db_url, demo=True, scheduler_enabled=False, notify_worker_enabled=False
+    )
 
 
 @pytest.fixture

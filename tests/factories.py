@@ -91,6 +91,23 @@ async def make_world(database: Database, **org_options: Any) -> World:
     return world
 
 
+async def add_beta_owner(database: Database, world: World) -> Person:
+    """Bea, owner of team Beta (Bob's team), herself in no team."""
+    async with database.transaction() as s:
+        user = await create_user(
+            s,
+            organization_id=world.org_id,
+            email="bea@example.com",
+            name="Bea",
+            role=Role.TEAM_OWNER,
+        )
+        _, key = await issue_api_key(s, user=user)
+        team = await s.get(models.Team, world.team_b)
+        assert team is not None
+        await add_team_owner(s, team=team, user=user)
+        return Person(user.id, user.email, user.name, key)
+
+
 async def snapshot(database: Database) -> dict[str, Any]:
     """Row counts of every table and the sum of every balance column: proof nothing moved."""
     out: dict[str, Any] = {}

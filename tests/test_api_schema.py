@@ -33,6 +33,16 @@ MAX_EXAMPLES = 10
 # The event stream never ends by design, so a call to it cannot complete.
 EXCLUDED_PATHS = ["/events"]
 COMPLETIONS = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
+# The gateway's APIs whose calls the demo model answers once it is named.
+METERED = (
+    COMPLETIONS,
+    EMBEDDINGS,
+    "/v1/responses",
+    "/v1/completions",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+)
 
 
 @dataclass
@@ -107,7 +117,7 @@ def test_every_operation_answers_without_server_error_and_as_documented(
     label = (identity.email, case.operation.label)
     run_figures.cases[label] += 1
     body = case.body
-    if case.operation.path == COMPLETIONS and isinstance(body, dict) and "model" in body:
+    if case.operation.path in METERED and isinstance(body, dict) and "model" in body:
         # Generated names are models nobody serves (a 404 before anything else); the
         # server's own model takes the call through holds, the model and settlement.
         body["model"] = DEMO_MODEL

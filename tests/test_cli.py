@@ -19,6 +19,7 @@ from typer.testing import CliRunner, Result
 
 from tokendesk.cli import app
 from tokendesk.config import get_settings
+from tokendesk.migrations.runner import upgrade as runner_upgrade
 
 runner = CliRunner()
 
@@ -108,6 +109,34 @@ class TestDbUpgrade:
         before = query(migrated, "SELECT version_num FROM alembic_version")
         assert "latest schema" in ok(invoke("db", "upgrade")).stdout
         assert query(migrated, "SELECT version_num FROM alembic_version") == before
+
+
+class TestEmailMigration:
+    """``db upgrade`` stopping at 0007 says why in one line (tests/test_migrations.py
+    covers the migration itself on each backend)."""
+
+    def test_addresses_differing_only_in_case_stop_the_upgrade_naming_them(
+        self, db_file: Path
+    ) -> None:
+        runner_upgrade(f"sqlite+aiosqlite:///{db_file}", "0006")
+        execute(
+            db_file,
+            "INSERT INTO organizations (id, name, default_allocation, reset_day, timezone, "
+            "max_request, low_balance_percent, created_at) "
+            "VALUES (1, 'Acme', 1, 1, 'UTC', 1, 20, '2026-01-01 00:00:00')",
+        )
+        for index, email in enumerate(("Ann@Corp.Example", "ann@corp.example", "bob@corp.example")):
+            execute(
+                db_file,
+                "INSERT INTO users (id, organization_id, email, name, role, is_active, created_at) "
+                "VALUES (?, 1, ?, 'X', 'member', 1, '2026-01-01 00:00:00')",
+                index + 1,
+                email,
+            )
+        message = failed(invoke("db", "upgrade"))
+        assert message.startswith("error: database not upgraded: ")
+        assert "Ann@Corp.Example and ann@corp.example" in message and "bob" not in message
+        assert query(db_file, "SELECT version_num FROM alembic_version") == [("0006",)]
 
 
 class TestOrgCreate:
@@ -222,6 +251,18 @@ class TestUserCreate:
         )  # fmt: skip
         assert message == "error: email: a user with email 'mia@acme.example' already exists"
 
+    @pytest.mark.parametrize("email", ["ann@corp.local", "Ann@Acme.Internal", "ann@localhost"])
+    def test_an_internal_domain_is_accepted_and_stored_lower_cased(
+        self, acme: Path, email: str
+    ) -> None:
+        ok(
+            invoke(
+                "user", "create", "--org", "Acme", "--email", email, "--name", "Ann",
+                "--role", "member",
+            )
+        )  # fmt: skip
+        assert query(acme, "SELECT email FROM users WHERE name = 'Ann'") == [(email.lower(),)]
+
     def test_an_unknown_role_is_a_usage_error(self, acme: Path) -> None:
         result = invoke(
             "user", "create", "--org", "Acme", "--email", "x@acme.example", "--name", "X",
@@ -242,6 +283,75 @@ class TestApiKeyCreate:
     def test_an_unknown_email_fails_cleanly(self, acme: Path) -> None:
         message = failed(invoke("apikey", "create", "--email", "ghost@acme.example"))
         assert message == "error: user 'ghost@acme.example' not found"
+
+
+class TestIntegrationKeys:
+    def test_the_integration_key_is_alone_on_the_last_line(self, acme: Path) -> None:
+        result = ok(
+            invoke(
+                "apikey", "create", "--integration", "--org", "Acme", "--name", "Open WebUI",
+                "--preset", "open-webui", "--jwt-secret", "s" * 32,
+            )
+        )  # fmt: skip
+        key = result.stdout.strip().splitlines()[-1]
+        assert key.startswith("tdi_") and " " not in key
+        assert query(acme, "SELECT name, preset, prefix, jwt_secret FROM integrations") == [
+            ("Open WebUI", "open-webui", key[:11], "s" * 32)
+        ]
+        audited = "SELECT actor_id, details FROM audit_log WHERE action = 'integration.created'"
+        assert query(acme, audited) == [
+            (None, '{"name": "Open WebUI", "preset": "open-webui", "signed": true}')
+        ]
+
+    def test_header_overrides_are_checked_and_named_by_option(self, acme: Path) -> None:
+        message = failed(
+            invoke(
+                "apikey", "create", "--integration", "--org", "Acme", "--name", "Chat",
+                "--user-id-header", "X User",
+            )
+        )  # fmt: skip
+        assert message.startswith("error: --user-id-header: must be an HTTP header name")
+        assert query(acme, "SELECT count(*) FROM integrations") == [(0,)]
+
+    def test_a_short_secret_is_refused(self, acme: Path) -> None:
+        message = failed(
+            invoke(
+                "apikey", "create", "--integration", "--org", "Acme", "--name", "Chat",
+                "--jwt-secret", "short",
+            )
+        )  # fmt: skip
+        assert message.startswith("error: --jwt-secret:")
+
+    def test_an_integration_key_needs_its_organization(self, acme: Path) -> None:
+        message = failed(invoke("apikey", "create", "--integration", "--name", "Chat"))
+        assert message == "error: --org: an integration key needs its organization"
+
+    def test_integration_options_are_refused_on_a_personal_key(self, acme: Path) -> None:
+        message = failed(
+            invoke("apikey", "create", "--email", "mia@acme.example", "--jwt-secret", "s" * 32)
+        )
+        assert message == "error: --jwt-secret: only for an integration key (--integration)"
+        assert query(acme, "SELECT count(*) FROM api_keys") == [(0,)]
+
+    def test_list_then_revoke(self, acme: Path) -> None:
+        ok(invoke("apikey", "create", "--integration", "--org", "Acme", "--name", "LibreChat"))
+        (integration_id,) = query(acme, "SELECT id FROM integrations")[0]
+        listed = ok(invoke("integration", "list", "--org", "Acme")).stdout.strip()
+        assert listed.split("\t")[:3] == [str(integration_id), "LibreChat", "generic"]
+        assert listed.endswith("never used\tactive")
+        revoked = ok(invoke("integration", "revoke", str(integration_id))).stdout
+        assert revoked.strip() == f"revoked integration {integration_id} ('LibreChat')"
+        listed = ok(invoke("integration", "list", "--org", "Acme")).stdout.strip()
+        assert listed.endswith("\trevoked")
+        audited = "SELECT actor_id FROM audit_log WHERE action = 'integration.revoked'"
+        assert query(acme, audited) == [(None,)]
+        again = failed(invoke("integration", "revoke", str(integration_id)))
+        assert again == f"error: integration {integration_id} is already revoked"
+
+    def test_an_unknown_integration_fails_cleanly(self, acme: Path) -> None:
+        assert failed(invoke("integration", "revoke", "99")) == "error: integration 99 not found"
+        listed = ok(invoke("integration", "list", "--org", "Acme")).stdout.strip()
+        assert listed == "no integrations in 'Acme'"
 
 
 class TestDoctor:
@@ -418,5 +528,6 @@ class TestHelp:
 
     def test_the_quick_reference_lists_every_command_group(self) -> None:
         output = ok(runner.invoke(app, ["--help"])).stdout
-        for name in ("serve", "db", "demo", "reset", "doctor", "org", "team", "user", "apikey"):
+        groups = ("serve", "db", "demo", "reset", "doctor", "org", "team", "user", "apikey")
+        for name in (*groups, "integration"):
             assert name in output

@@ -19,7 +19,9 @@ from tokendesk.bodies import BodyLimits, WholeBodies
 from tokendesk.config import Settings, get_settings
 from tokendesk.db import Database
 from tokendesk.errors import AppError, ErrorOut, TooManyAttempts
-from tokendesk.runtime import Runtime
+from tokendesk.observability import logs
+from tokendesk.observability.requests import RequestLog
+from tokendesk.runtime import Runtime, stopping_on_signals
 from tokendesk.web.headers import SecurityHeaders
 
 log = logging.getLogger(__name__)
@@ -85,19 +87,23 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     """
     settings = settings or get_settings()
     settings.check_secret()
+    logs.configure(settings.log_format, settings.log_level)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with Runtime.running(settings, database=database) as runtime:
+            signals: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
             if database is None:
                 # A server's own runtime, and everything imported so far, lives for
                 # the whole process: keep it out of the collector's generations so
                 # large requests (bulk decisions) don't rescan it.
                 gc.collect()
                 gc.freeze()
+                signals = stopping_on_signals(runtime)
             app.state.runtime = runtime
             try:
-                yield
+                with signals:
+                    yield
             finally:
                 del app.state.runtime
 
@@ -119,13 +125,19 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             await session.execute(text("SELECT 1"))
         return {"status": "ok", "version": __version__}
 
+    from tokendesk.events.routes import is_stream
+    from tokendesk.events.stream import HandOff
     from tokendesk.gateway.routes import Shortcut
     from tokendesk.routers import include_routers
 
     include_routers(app)
     app.add_middleware(Shortcut)
+    # Event streams are sent from here, once routing and dependencies are done with them.
+    app.add_middleware(HandOff, is_stream=is_stream)
     # Every body is whole before the gateway's shortcut or any route runs.
     app.add_middleware(WholeBodies, limits=BodyLimits.of(settings))
     # Around even that, so a refused body's 413 carries the security headers too.
     app.add_middleware(SecurityHeaders)
+    # Outermost: every request gets its id and its log line, a refused body's included.
+    app.add_middleware(RequestLog)
     return app

@@ -17,9 +17,11 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokendesk.config import Settings
-from tokendesk.gateway.completion import openai_error
+from tokendesk.gateway.dialects import ErrorShape, anthropic_error, openai_error
 
 GATEWAY_PREFIX = "/v1/"
+# Where the gateway speaks Anthropic's API, whose clients read its error shape.
+ANTHROPIC_PREFIX = "/v1/messages"
 API_PREFIX = "/api/"
 
 
@@ -92,8 +94,8 @@ class WholeBodies:
 
     Too large (by its Content-Length, or as it arrives) answers 413, too slow
     408, both with a message and ``Connection: close``; the gateway's in the
-    OpenAI error shape its clients read. Installed outermost, around the
-    gateway's shortcut too.
+    error shape its clients read (OpenAI's, or Anthropic's on its Messages API).
+    Installed outermost, around the gateway's shortcut too.
     """
 
     def __init__(self, app: ASGIApp, *, limits: BodyLimits) -> None:
@@ -109,7 +111,7 @@ class WholeBodies:
         if not chunked and not declared:
             await self.app(scope, receive, send)
             return
-        gateway, limit = self._limit_for(scope)
+        shape, limit = self._limit_for(scope)
         try:
             if declared is not None and declared > limit:
                 raise _TooLarge()
@@ -119,14 +121,14 @@ class WholeBodies:
                 413,
                 f"the request body is larger than the {_size(limit)} this endpoint accepts",
                 code="request_too_large",
-                gateway=gateway,
+                shape=shape,
             )
         except TimeoutError:
             refusal = _refusal(
                 408,
                 f"the request body did not arrive within {self.limits.timeout_seconds:g} seconds",
                 code="request_timeout",
-                gateway=gateway,
+                shape=shape,
             )
         except _ClientGone:
             return
@@ -148,17 +150,20 @@ class WholeBodies:
         finally:
             watched.discard(task)
 
-    def _limit_for(self, scope: Scope) -> tuple[bool, int]:
-        """(is it the gateway, the body limit) for the route ``scope`` is headed to."""
+    def _limit_for(self, scope: Scope) -> tuple[ErrorShape | None, int]:
+        """(the gateway's error shape, None elsewhere; the body limit) for the route
+        ``scope`` is headed to."""
         path: str = scope["path"]
         root: str = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
+        if path.startswith(ANTHROPIC_PREFIX):
+            return anthropic_error, self.limits.gateway
         if path.startswith(GATEWAY_PREFIX):
-            return True, self.limits.gateway
+            return openai_error, self.limits.gateway
         if path.startswith(API_PREFIX):
-            return False, self.limits.api
-        return False, self.limits.forms
+            return None, self.limits.api
+        return None, self.limits.forms
 
 
 def _framing(scope: Scope) -> tuple[int | None, bool]:
@@ -204,9 +209,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
-def _refusal(status: int, message: str, *, code: str, gateway: bool) -> JSONResponse:
-    if gateway:
-        response = openai_error(status, message, type_="invalid_request_error", code=code)
+def _refusal(status: int, message: str, *, code: str, shape: ErrorShape | None) -> JSONResponse:
+    if shape is not None:
+        response = shape(status, message, type_="invalid_request_error", code=code)
     else:
         response = JSONResponse(status_code=status, content={"detail": message})
     # What is left of the body is not read: the connection cannot carry another request.

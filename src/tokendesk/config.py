@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -16,6 +17,9 @@ PLACEHOLDER_SECRET = "change-me"
 # remaining tenth of the TTL covers taking the hold before the call and settling it
 # after; a share rather than a fixed margin keeps it in proportion to any TTL.
 UPSTREAM_DEADLINE_SHARE = 0.9
+# Of the shutdown grace period, the part calls in flight may use; the rest is kept for
+# settling what they delivered (one batch commit) and closing the database and the bus.
+SHUTDOWN_CALLS_SHARE = 0.8
 
 
 class InsecureSecret(ValueError):
@@ -40,7 +44,19 @@ class Settings(BaseSettings):
     # How often the in-server scheduler looks for ended periods and stale holds.
     scheduler_interval_seconds: float = 30.0
     scheduler_enabled: bool = True
+    # How long `tokendesk serve` takes to stop on SIGTERM, at most: calls in flight get
+    # SHUTDOWN_CALLS_SHARE of it to finish, the rest is for settling and closing.
+    shutdown_grace_seconds: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
+    # uvicorn's and tokendesk's log level; at info, one line per request (tokendesk.request).
     log_level: str = "info"
+    # "text" for a person at a terminal, "json" for one JSON object per line.
+    log_format: str = "text"
+    # GET /metrics (Prometheus); on its own port when metrics_port is set (0: any free
+    # port, for tests), behind "Authorization: Bearer <metrics_token>" when that is set.
+    metrics_enabled: bool = True
+    metrics_token: str | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # Upstream models: JSON list of {name, base_url, api_key?, weight?}, or a TOML file with
     # [[models]] tables. With neither, the built-in "demo" model answers locally.
     models: str | None = None
@@ -55,6 +71,10 @@ class Settings(BaseSettings):
     # Trusted-header mode (off unless set): a proxy authenticating with an org admin's key may
     # name the end user in this header, e.g. X-OpenWebUI-User-Email.
     trusted_user_header: str | None = None
+    # Identity providers people sign in with (OpenID Connect): a JSON list of providers, or
+    # a TOML file with [[providers]] tables (see accounts/sso_config.py and the README).
+    oidc_providers: str | None = None
+    oidc_providers_file: str | None = None
     # Seconds an API key lookup is cached on the gateway's hot path.
     key_cache_seconds: float = 5.0
     # "auto": PostgreSQL LISTEN/NOTIFY on PostgreSQL (events cross processes), in-process on SQLite.
@@ -76,9 +96,62 @@ class Settings(BaseSettings):
     # The address people open tokendesk at, e.g. https://tokens.example.com. With https,
     # session cookies are only ever sent over https.
     public_url: str | None = None
+    # Hours a personal request link (/ask/..., sent with the gateway's out-of-tokens
+    # refusal) stays valid after it is issued.
+    request_link_hours: int = Field(default=24, ge=1, le=30 * 24)
     # Proxies trusted to report the client's address (X-Forwarded-For) and scheme: a
     # comma-separated list of addresses or networks, "*" for any, "" for none.
     forwarded_allow_ips: str = "127.0.0.1"
+    # Email over SMTP (notifications): off while no host is set.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    # "starttls" upgrades a plain connection (port 587), "tls" opens one (port 465),
+    # "none" sends in the clear (a relay on localhost).
+    smtp_security: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "tokendesk@localhost"
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    # Connections a worker sends a batch of emails over at once.
+    smtp_connections: int = Field(default=4, ge=1, le=32)
+    # The notification worker in the server (the outbox's delivery).
+    notify_worker_enabled: bool = True
+    # How long a notification is retried before it is marked failed.
+    notify_give_up_hours: float = Field(default=24.0, gt=0, le=24 * 30, allow_inf_nan=False)
+    # The first retry's delay; it doubles with every failed attempt, up to an hour.
+    notify_retry_seconds: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
+    # How long a claimed notification is another worker's: one killed mid-delivery
+    # leaves its claim to run out, and the notification is delivered again.
+    notify_lease_seconds: float = Field(default=120.0, gt=0, le=3600, allow_inf_nan=False)
+    # The longest a queued notification waits when no event wakes the worker.
+    notify_poll_seconds: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
+    notify_batch_size: int = Field(default=500, ge=1, le=5000)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        levels = ("critical", "error", "warning", "info", "debug", "trace")
+        if value.strip().lower() not in levels:
+            raise ValueError(f"must be one of {', '.join(levels)}")
+        return value.strip().lower()
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value.strip().lower() not in ("text", "json"):
+            raise ValueError("must be text or json")
+        return value.strip().lower()
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        value = value.strip()
+        if len(value) < 16 or not value.isascii() or not value.isprintable():
+            raise ValueError("must be at least 16 printable ASCII characters")
+        return value
 
     @field_validator("public_url")
     @classmethod
@@ -121,6 +194,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def shutdown_calls_seconds(self) -> float:
+        """How long calls and streams in flight may go on after SIGTERM before they are cut."""
+        return self.shutdown_grace_seconds * SHUTDOWN_CALLS_SHARE
+
+    @property
     def upstream_deadline_seconds(self) -> float:
         """How long a whole upstream call may last, reply or stream, before it is ended."""
         return self.reservation_ttl_seconds * UPSTREAM_DEADLINE_SHARE
@@ -134,6 +212,23 @@ class Settings(BaseSettings):
                 f"({self.upstream_deadline_seconds:g} s): a call ends before its hold expires"
             )
         return self
+
+    @model_validator(mode="after")
+    def _deliveries_end_before_their_lease(self) -> Settings:
+        longest = max(self.smtp_timeout_seconds, self.webhook_timeout_seconds)
+        if self.notify_lease_seconds <= longest:
+            raise ValueError(
+                "TOKENDESK_NOTIFY_LEASE_SECONDS must exceed TOKENDESK_SMTP_TIMEOUT_SECONDS and "
+                "TOKENDESK_WEBHOOK_TIMEOUT_SECONDS: a delivery ends before another worker may "
+                "take it over"
+            )
+        return self
+
+    @property
+    def site_url(self) -> str:
+        """The address links in notifications point at: the public URL, else the
+        address this server listens on."""
+        return self.public_url or f"http://{self.host}:{self.port}"
 
     def check_secret(self) -> None:
         """Refuse to run with a guessable session secret outside demo mode."""

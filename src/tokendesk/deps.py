@@ -16,6 +16,7 @@ from tokendesk.accounts.auth import (
     csrf_refused,
     settings_of,
 )
+from tokendesk.accounts.integrations import is_integration_key
 from tokendesk.accounts.passwords import NewPassword
 from tokendesk.accounts.schemas import UserUpdate
 from tokendesk.accounts.users import prepare_password
@@ -78,6 +79,11 @@ async def _authenticate(
     key = bearer_key(request)
     actor: Actor | None = None
     if key is not None:
+        if is_integration_key(key):
+            raise Forbidden(
+                "this is an integration key: it calls the gateway (/v1) on behalf of a chat "
+                "app's users and opens neither the REST API nor the admin center"
+            )
         actor = await actor_from_api_key(
             session,
             key,

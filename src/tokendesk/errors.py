@@ -40,8 +40,11 @@ class InsufficientTokens(AppError):
 
     status_code = 402
 
-    def __init__(self, message: str, *, could_wait: bool = False) -> None:
-        super().__init__(message)
+    def __init__(self, shortfall: str, *, could_wait: bool = False) -> None:
+        super().__init__(f"{shortfall}; ask for more with a token request")
+        # What is missing, without the advice: a channel that offers its own way to ask
+        # for more (the gateway's request link) words the advice itself.
+        self.shortfall = shortfall
         self.could_wait = could_wait
 
 

@@ -15,6 +15,8 @@ class PerUserLimit:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._open: dict[int, int] = {}
+        # How many are open for everyone together (for the metrics).
+        self.in_use = 0
 
     def open_for(self, user_id: int) -> int:
         return self._open.get(user_id, 0)
@@ -25,12 +27,15 @@ class PerUserLimit:
         if count >= self.limit:
             return False
         self._open[user_id] = count + 1
+        self.in_use += 1
         return True
 
     def give_back(self, user_id: int) -> None:
-        count = self._open.pop(user_id, 0) - 1
+        count = self._open.pop(user_id, 0)
         if count > 0:
-            self._open[user_id] = count
+            self.in_use -= 1
+        if count > 1:
+            self._open[user_id] = count - 1
 
     def until_sent(self, response: Response, user_id: int) -> Response:
         """``response``, giving back what ``user_id`` took once it has been sent (or

@@ -20,24 +20,38 @@ from tokendesk.metering.models import (
     UsageSeries,
     UsageTeamDaily,
 )
-from tokendesk.token_requests.models import RequestStatus, TokenRequest
+from tokendesk.notifications.models import (
+    Attempt,
+    EmailOptOut,
+    Notification,
+    OrgNotificationSettings,
+    ThresholdAlert,
+    Webhook,
+)
+from tokendesk.token_requests.models import ApprovalRule, RequestStatus, TokenRequest
 
 __all__ = [
     "ApiKey",
+    "ApprovalRule",
+    "Attempt",
     "AuditEntry",
     "Balance",
     "Base",
     "Conversation",
+    "EmailOptOut",
     "EntryKind",
     "LedgerEntry",
     "LoginSession",
     "Message",
+    "Notification",
+    "OrgNotificationSettings",
     "Organization",
     "RequestStatus",
     "Reservation",
     "Role",
     "Team",
     "TeamOwner",
+    "ThresholdAlert",
     "TokenRequest",
     "UsageCumulative",
     "UsageEvent",
@@ -45,4 +59,5 @@ __all__ = [
     "UsageSeries",
     "UsageTeamDaily",
     "User",
+    "Webhook",
 ]

@@ -13,18 +13,29 @@ from fastapi.staticfiles import StaticFiles
 # Each module exposes ``router``. A missing module is a bug, not an optional feature.
 API_ROUTERS = [
     "tokendesk.accounts.routes",
+    "tokendesk.accounts.integration_routes",
     "tokendesk.token_requests.routes",
+    "tokendesk.token_requests.rule_routes",
     "tokendesk.metering.routes",
     "tokendesk.audit.routes",
     "tokendesk.chat.routes",
     "tokendesk.analytics.routes",
+    "tokendesk.notifications.routes",
 ]
 # Mounted at the root: pages, the SSE stream and the OpenAI-compatible gateway.
 ROOT_ROUTERS = [
+    "tokendesk.health.routes",
+    "tokendesk.observability.routes",
     "tokendesk.web.pages",
+    "tokendesk.web.sso",
     "tokendesk.events.routes",
     "tokendesk.gateway.routes",
+    "tokendesk.gateway.embeddings",
+    "tokendesk.gateway.responses",
+    "tokendesk.gateway.text_completions",
+    "tokendesk.gateway.messages",
     "tokendesk.web.chat",
+    "tokendesk.web.ask",
     "tokendesk.web.admin.routes",
 ]
 

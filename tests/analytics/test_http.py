@@ -210,9 +210,18 @@ class TestAdminPage:
 
         assert response.status_code == 200
         assert rows_of(response) == [
-            ["model", "tokens", "prompt_tokens", "completion_tokens", "calls", "share_of_tokens"],
-            ["gpt-4o", "3300", "2475", "825", "3", "0.8462"],
-            ["claude", "600", "450", "150", "2", "0.1538"],
+            [
+                "model",
+                "tokens",
+                "prompt_tokens",
+                "completion_tokens",
+                "calls",
+                "share_of_tokens",
+                "cached_tokens",
+                "reasoning_tokens",
+            ],
+            ["gpt-4o", "3300", "2475", "825", "3", "0.8462", "0", "0"],
+            ["claude", "600", "450", "150", "2", "0.1538", "0", "0"],
         ]
 
     async def test_a_team_owner_cannot_export_another_team(

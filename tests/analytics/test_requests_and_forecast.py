@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import update
 
 from tests.analytics.conftest import Usage
-from tests.analytics.support import actor_of, at, figure
-from tests.factories import World
+from tests.analytics.support import actor_of, at, figure, record, spend
+from tests.factories import Person, World
+from tokendesk.accounts.models import User
 from tokendesk.analytics import service
 from tokendesk.analytics.service import project
 from tokendesk.db import Database
@@ -118,6 +120,11 @@ class TestProject:
         assert runs_out == at(3, 3, 2)
 
 
+async def joined_at(database: Database, person: Person, when: datetime) -> None:
+    async with database.transaction() as s:
+        await s.execute(update(User).where(User.id == person.id).values(created_at=when))
+
+
 class TestForecast:
     async def test_users_are_listed_soonest_to_run_out_first(
         self, database: Database, world: World, usage: Usage
@@ -149,3 +156,38 @@ class TestForecast:
         # Bob's late February event was charged in March: the balance counts it.
         bob = next(f for f in out.items if f.user_id == world.bob.id)
         assert bob.used == 3400
+
+    async def test_usage_reported_for_days_before_joining_is_paced_from_its_first_day(
+        self, database: Database, world: World
+    ) -> None:
+        now = at(3, 20)
+        await joined_at(database, world.amy, at(3, 20, 9))
+        days = [spend(f"amy-{day}", world.amy, 1000, at(3, day, 15)) for day in range(10, 20)]
+        await record(database, world.org_id, *days, now=now)
+        admin = await actor_of(database, world.admin)
+
+        out = await figure(database, admin, service.forecast, now=now)
+
+        amy = next(f for f in out.items if f.user_id == world.amy.id)
+        # 10,000 from the start of 10 March to noon on the 20th: 10.5 days, not one.
+        assert (amy.used, amy.burn_per_day) == (10_000, round(10_000 / 10.5))
+
+    async def test_someone_who_joined_during_the_period_is_paced_from_joining(
+        self, database: Database, world: World
+    ) -> None:
+        now = at(3, 20)
+        await joined_at(database, world.amy, at(3, 10, 12))
+        await record(
+            database,
+            world.org_id,
+            spend("amy-1", world.amy, 2000, at(3, 10, 15)),
+            spend("amy-2", world.amy, 3000, at(3, 15)),
+            now=now,
+        )
+        admin = await actor_of(database, world.admin)
+
+        out = await figure(database, admin, service.forecast, now=now)
+
+        amy = next(f for f in out.items if f.user_id == world.amy.id)
+        # 5,000 over the ten days since noon on 10 March, when amy joined and began.
+        assert (amy.used, amy.burn_per_day) == (5_000, 500)

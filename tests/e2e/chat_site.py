@@ -55,6 +55,8 @@ class ChatSite:
     url: str
     admin_key: str
     database_file: Path
+    # The server's secret: tests sign what it signs (a member's request link, say).
+    secret: str
 
     def admin(self) -> httpx.Client:
         """An HTTP client acting as the organization's admin (decides requests)."""
@@ -78,6 +80,8 @@ MEMBERS = {
     "debtor": ("debtor@e2e.example", None),
     "guarded": ("guarded@e2e.example", None),
     "passworder": ("passworder@e2e.example", None),
+    # Chats through another chat app and asks for more through a personal link.
+    "asker": ("asker@e2e.example", 0),
 }
 
 
@@ -130,7 +134,9 @@ def chat_site(folder: Path) -> Iterator[ChatSite]:
         with running(
             url, log_path=folder / "server.log", secret=secret, scheduler_seconds=0.5
         ) as server:
-            yield ChatSite(url=server.url, admin_key=admin_key, database_file=database_file)
+            yield ChatSite(
+                url=server.url, admin_key=admin_key, database_file=database_file, secret=secret
+            )
 
 
 @contextlib.contextmanager

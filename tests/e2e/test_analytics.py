@@ -52,6 +52,9 @@ TIMEZONE = "Europe/Berlin"
 SCREEN = {"width": 1440, "height": 900}
 TEAMS = ["Research", "Support", "Sales", "Legal"]
 MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet"]
+# None: usage a chat app reported through the usage API.
+ENDPOINTS = ["chat", "responses", "messages", "embeddings", None]
+CACHING = ("chat", "responses", "messages")
 
 pytestmark = [
     pytest.mark.e2e,
@@ -127,14 +130,21 @@ async def seed(url: str) -> None:
                 # Earlier months were busier, so the periods look different.
                 size = rng.randrange(200, 2_000) * (3 if when < period_start else 1)
                 month, _ = period_bounds(when, reset_day=1, timezone=TIMEZONE)
+                endpoint = ENDPOINTS[(index + n) % len(ENDPOINTS)]
+                prompt = size if endpoint == "embeddings" else size * 3 // 4
                 months[month].append(
                     UsageInput(
                         event_id=f"e2e-{index}-{n}",
                         user_id=person.id,
                         model=MODELS[(index + n) % (1 + index % 3)],
-                        prompt_tokens=size * 3 // 4,
-                        completion_tokens=size // 4,
+                        prompt_tokens=prompt,
+                        completion_tokens=size - prompt,
+                        # Every other conversational call reads a third of its prompt from
+                        # the cache; calls on the Responses API reason for half their output.
+                        cached_tokens=prompt // 3 if endpoint in CACHING and n % 2 else 0,
+                        reasoning_tokens=(size - prompt) // 2 if endpoint == "responses" else 0,
                         occurred_at=when,
+                        endpoint=endpoint,
                     )
                 )
         for month in sorted(months):
@@ -256,3 +266,27 @@ class TestAnalyticsPage:
         lines = Path(path).read_text().splitlines()
         assert lines[0].startswith("user_id,name,email,team_name,tokens")
         assert len(lines) > 1
+
+    def test_usage_splits_by_endpoint_and_filters_by_one(self, site: Site, page: Any) -> None:
+        sign_in(page, site, "/admin/analytics?period=90d")
+        chart(page)
+        rows = page.locator("#by-endpoint-table tbody tr")
+        expect(rows).to_have_count(len(ENDPOINTS))
+        expect(page.locator("#by-endpoint-table tfoot")).to_contain_text("All")
+
+        page.locator("label", has_text="Endpoint").filter(has=page.locator("input")).click()
+        expect(page.locator("#usage-chart")).to_have_attribute("data-series", str(len(ENDPOINTS)))
+        assert "stack=endpoint" in page.url
+        shoot(page, "by-endpoint")
+
+        page.locator("#analytics-endpoint").select_option("responses")
+        expect(page.locator(".range-line")).to_contain_text("endpoint Responses")
+        expect(rows).to_have_count(1)
+        expect(rows.first).to_contain_text("Responses")
+        # Reasoning was half the output of every call on the Responses API.
+        cells = rows.first.locator("td")
+        completion = int(cells.nth(5).inner_text().replace(",", ""))
+        reasoning = int(cells.nth(6).inner_text().replace(",", ""))
+        assert 0 < reasoning <= completion // 2 + 1
+        expect(page.locator("#usage-chart")).to_have_attribute("data-series", "1")
+        shoot(page, "one-endpoint")

@@ -13,9 +13,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from tests.events.support import served
 from tests.factories import Person, World
-from tests.fake_upstream import RunningServer
-from tokendesk.app import create_app
 from tokendesk.config import Settings
 from tokendesk.db import Database
 from tokendesk.limits import PerUserLimit
@@ -26,17 +25,8 @@ STEP_SECONDS = 10.0
 
 @pytest.fixture
 async def live(database: Database, db_url: str) -> AsyncIterator[tuple[str, Any]]:
-    app = create_app(
-        Settings(
-            database_url=db_url,
-            demo=True,
-            scheduler_enabled=False,
-            event_streams_per_user=MOST_STREAMS,
-        ),
-        database=database,
-    )
-    async with RunningServer(app) as server:
-        yield server.url, app
+    async with served(database, db_url, event_streams_per_user=MOST_STREAMS) as live:
+        yield live
 
 
 @dataclass

@@ -205,7 +205,11 @@ class TestBudget:
         assert r.status_code == 429
         error = r.json()["error"]
         assert error["type"] == "insufficient_quota"
-        assert "5000 left" in error["message"] and "token-requests" in error["message"]
+        assert "5000 left" in error["message"]
+        assert error["message"].startswith("Not enough tokens: 5000 left")
+        assert "Ask for more tokens here: /ask/" in error["message"]
+        # One way to ask for more: the link, not also the advice meant for the API.
+        assert "token request" not in error["message"]
         assert harness.upstream.bodies == []
         after = await balance_of(database, world.nora.id)
         assert (after.used, after.reserved) == (0, 0)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from tests.factories import World
 from tests.ledger.helpers import end_period
 from tests.ledger_support import balance_of
-from tokendesk.db import Database
+from tokendesk.db import Database, utcnow
 from tokendesk.errors import InsufficientTokens, NotFound
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.doctor import check_balances
@@ -94,6 +94,55 @@ class TestFits:
         [result] = await holds.hold([HoldRequest(world.nora.id, world.org_id, 5_000)])
         assert isinstance(result, Hold) and result.amount == 5_000
         assert (await balance_of(database, world.nora.id)).remaining == 0
+
+
+class TestWhatTheHoldLeaves:
+    async def test_a_hold_reports_the_balance_it_leaves_and_when_the_period_ends(
+        self, holds: Holds, database: Database, world: World
+    ) -> None:
+        async with database.transaction() as s:
+            await ledger.credit(
+                s,
+                user_id=world.nora.id,
+                kind=EntryKind.ADJUSTMENT,
+                amount=500,
+                actor_id=None,
+                reason="extra",
+            )
+        [result] = await holds.hold([HoldRequest(world.nora.id, world.org_id, 1_200)])
+        balance = await balance_of(database, world.nora.id)
+        assert isinstance(result, Hold)
+        assert (result.remaining, result.given) == (4_300, 5_500)
+        assert result.remaining == balance.remaining
+        assert result.resets_at == balance.period_end
+        assert result.resets_at.utcoffset() == timedelta(0)
+
+    async def test_a_shrunk_hold_leaves_nothing(
+        self, holds: Holds, database: Database, world: World
+    ) -> None:
+        await holds.hold([HoldRequest(world.nora.id, world.org_id, 4_000)])
+        [result] = await holds.hold([HoldRequest(world.nora.id, world.org_id, 2_000, at_least=1)])
+        assert isinstance(result, Hold)
+        assert (result.amount, result.remaining, result.given) == (1_000, 0, 5_000)
+
+    async def test_calls_held_together_leave_no_more_than_each_call_would_alone(
+        self, holds: Holds, database: Database, world: World
+    ) -> None:
+        results = await holds.hold([HoldRequest(world.nora.id, world.org_id, 1_000)] * 3)
+        taken = [r for r in results if isinstance(r, Hold)]
+        assert len(taken) == 3
+        # Held one after another or as one total, the last figure is the balance's.
+        assert all(r.remaining <= 4_000 for r in taken)
+        assert min(r.remaining for r in taken) == 2_000
+
+    async def test_a_hold_in_a_new_period_reports_that_period_s_end(
+        self, holds: Holds, database: Database, world: World
+    ) -> None:
+        await end_period(database, world.nora.id, used=5_000)
+        [result] = await holds.hold([HoldRequest(world.nora.id, world.org_id, 4_000)])
+        balance = await balance_of(database, world.nora.id)
+        assert isinstance(result, Hold) and result.remaining == 1_000
+        assert result.resets_at == balance.period_end > utcnow()
 
 
 class TestDoesNotFit:

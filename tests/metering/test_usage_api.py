@@ -13,6 +13,7 @@ from tests.ledger_support import balance_of
 from tests.metering.helpers import assert_ledger_consistent
 from tokendesk.accounts.models import ApiKey
 from tokendesk.db import Database
+from tokendesk.metering.models import UsageEvent
 
 
 def event(event_id: str, email: str, tokens: int = 100, **extra: Any) -> dict[str, Any]:
@@ -127,6 +128,29 @@ class TestPostUsage:
             [stamp] = stamps.all()
             assert stamp is not None
 
+    async def test_cached_and_reasoning_tokens_are_recorded_and_default_to_none(
+        self, client: httpx.AsyncClient, database: Database, world: World
+    ) -> None:
+        events = [
+            event("kinds", "bob@example.com", 100, cached_tokens=75, reasoning_tokens=20),
+            event("plain", "bob@example.com", 100),
+        ]
+        response = await client.post(
+            "/api/v1/usage", headers=world.admin.headers, json={"events": events}
+        )
+        assert response.status_code == 200, response.text
+        # The parts are recorded; the debit is the reporter's prompt plus completion.
+        assert [r["total_tokens"] for r in response.json()["results"]] == [100, 100]
+        async with database.transaction(write=False) as s:
+            rows = (
+                await s.execute(
+                    select(
+                        UsageEvent.event_id, UsageEvent.cached_tokens, UsageEvent.reasoning_tokens
+                    ).order_by(UsageEvent.event_id)
+                )
+            ).all()
+        assert [tuple(row) for row in rows] == [("kinds", 75, 20), ("plain", 0, 0)]
+
 
 class TestPostUsageRefusals:
     @pytest.mark.parametrize("who", ["alice", "owner"])
@@ -161,6 +185,14 @@ class TestPostUsageRefusals:
             ({"prompt_tokens": "10"}, "events.3.prompt_tokens"),
             ({"completion_tokens": True}, "events.3.completion_tokens"),
             ({"prompt_tokens": 10**16}, "events.3.prompt_tokens"),
+            ({"cached_tokens": -1}, "events.3.cached_tokens"),
+            ({"cached_tokens": "3"}, "events.3.cached_tokens"),
+            ({"cached_tokens": True}, "events.3.cached_tokens"),
+            ({"reasoning_tokens": 2.5}, "events.3.reasoning_tokens"),
+            ({"reasoning_tokens": 10**16}, "events.3.reasoning_tokens"),
+            # Parts of the input and of the output: never more than their whole.
+            ({"cached_tokens": 76}, "events.3.cached_tokens"),
+            ({"reasoning_tokens": 26}, "events.3.reasoning_tokens"),
             ({"event_id": ""}, "events.3.event_id"),
             ({"event_id": "x" * 201}, "events.3.event_id"),
             ({"model": ""}, "events.3.model"),

@@ -17,9 +17,13 @@ from tokendesk.token_requests import bulk, decisions
 
 
 def drain(queue: asyncio.Queue[Event]) -> list[Event]:
+    """The workflow's events; the server's own (``system``: the notification worker's
+    wake-up) are left out."""
     events = []
     while not queue.empty():
-        events.append(queue.get_nowait())
+        event = queue.get_nowait()
+        if event.audience != "system":
+            events.append(event)
     return events
 
 

@@ -6,13 +6,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.factories import Person, World, snapshot
+from tests.factories import Person, World, add_beta_owner, snapshot
 from tests.token_requests.support import actor_for, submit
-from tokendesk.accounts.api_keys import issue_api_key
 from tokendesk.accounts.lookups import get_organization
-from tokendesk.accounts.models import Role, Team, User
-from tokendesk.accounts.teams import add_team_owner
-from tokendesk.accounts.users import create_user
+from tokendesk.accounts.models import User
 from tokendesk.db import Database, utcnow
 from tokendesk.events.bus import InProcessBus
 from tokendesk.token_requests import repository as repo
@@ -25,20 +22,7 @@ URL = "/api/v1/token-requests"
 
 @pytest.fixture
 async def beta_owner(database: Database, world: World) -> Person:
-    """Bea, owner of team Beta (Bob's team)."""
-    async with database.transaction() as s:
-        user = await create_user(
-            s,
-            organization_id=world.org_id,
-            email="bea@example.com",
-            name="Bea",
-            role=Role.TEAM_OWNER,
-        )
-        _, key = await issue_api_key(s, user=user)
-        team = await s.get(Team, world.team_b)
-        assert team is not None
-        await add_team_owner(s, team=team, user=user)
-        return Person(user.id, user.email, user.name, key)
+    return await add_beta_owner(database, world)
 
 
 async def _move(client: httpx.AsyncClient, world: World, person: Person, team_id: int) -> None:

@@ -44,6 +44,8 @@ class TestSubmit:
             "decided_at",
             "decided_by",
             "decision_note",
+            "decision_kind",
+            "decided_by_rule",
         }
         assert body["status"] == "pending"
         assert (body["amount"], body["approved_amount"]) == (5_000, None)

@@ -213,7 +213,8 @@ SETTINGS_FORM = {
     "max_request": "1000000",
     "low_balance_percent": "20",
     "pool": "",
-    "carry_shown": "1",
+    "checkboxes_shown": "1",
+    "password_sign_in": "1",
 }
 
 

@@ -87,6 +87,29 @@ class TestCreate:
         assert "zoe@example.com" in page and "User created." in page
         assert 'id="user-remaining">12,000<' in page
 
+    async def test_an_internal_domain_is_accepted_and_stored_lower_cased(
+        self, world: World, login: LoginFactory
+    ) -> None:
+        admin = await login(world.admin)
+        response = await admin.post(
+            "/admin/users", {"email": "Zed@Corp.Local", "name": "Zed", "role": "member"}
+        )
+        assert response.status_code == 200, response.text
+        page = (await admin.get(response.headers["HX-Redirect"])).text
+        assert "zed@corp.local" in page
+
+    async def test_a_malformed_email_is_shown_next_to_the_email_field(
+        self, database: Database, world: World, login: LoginFactory
+    ) -> None:
+        admin = await login(world.admin)
+        before = await snapshot(database)
+        response = await admin.post(
+            "/admin/users", {"email": "zed smith@corp.local", "name": "Zed", "role": "member"}
+        )
+        assert response.status_code == 422
+        assert 'id="new-email-error">must not contain spaces' in response.text
+        assert await snapshot(database) == before
+
     async def test_a_duplicate_email_is_shown_next_to_the_email_field(
         self, database: Database, world: World, login: LoginFactory
     ) -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import timedelta
 from functools import partial
 from typing import Any, Protocol
 
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
@@ -197,8 +197,11 @@ def _cookie(settings: Settings, user_id: int, session_id: str, organization_id: 
     return session_serializer(settings).dumps(payload)
 
 
-async def open_login_session(session: AsyncSession, *, settings: Settings, user: User) -> str:
-    """Record a fresh browser session for ``user``; return its cookie value.
+async def open_login_session(
+    session: AsyncSession, *, settings: Settings, user: User, via: str
+) -> str:
+    """Record a fresh browser session for ``user``, signed in ``via`` a password or an
+    identity provider (its source, ``oidc:<name>``); return its cookie value.
 
     The user's sessions that have expired are deleted on the way, so the table holds
     no more than the sessions people really have open.
@@ -214,8 +217,10 @@ async def open_login_session(session: AsyncSession, *, settings: Settings, user:
             user_id=user.id,
             created_at=now,
             expires_at=now + session_lifetime(settings),
+            via=via,
         )
     )
+    user.last_sign_in_at, user.last_sign_in_via = now, via
     await session.flush()
     return _cookie(settings, user.id, session_id, None)
 
@@ -292,6 +297,28 @@ async def end_every_session(
         query = query.where(LoginSession.id != _row_id(keep_session_id))
     result = await session.execute(query)
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def end_password_sessions(
+    session: AsyncSession, *, organization_id: int, keep_roles: Collection[str]
+) -> list[int]:
+    """End the browser sessions opened with a password by the organization's people
+    whose role is not in ``keep_roles``; the users whose sessions ended."""
+    ended = (
+        await session.execute(
+            delete(LoginSession)
+            .where(
+                or_(LoginSession.via == "password", LoginSession.via.is_(None)),
+                LoginSession.user_id.in_(
+                    select(User.id).where(
+                        User.organization_id == organization_id, User.role.not_in(keep_roles)
+                    )
+                ),
+            )
+            .returning(LoginSession.user_id)
+        )
+    ).scalars()
+    return sorted(set(ended))
 
 
 async def actor_from_session_cookie(

@@ -19,21 +19,29 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.accounts import identities
 from tokendesk.accounts.auth import LAST_USED_RESOLUTION
+from tokendesk.accounts.identities import NamedUser, Person
+from tokendesk.accounts.integrations import IntegrationRef, integrations_by_hash
 from tokendesk.accounts.models import ApiKey, Role, User
 from tokendesk.accounts.security import hash_api_key, usable_key
 from tokendesk.db import Database, run_core
+from tokendesk.errors import Conflict
 
 log = logging.getLogger(__name__)
 
+
+T = TypeVar("T")
 
 # Confirmations per query: keeps the IN lists of one background refresh bounded.
 REFRESH_BATCH = 500
@@ -46,10 +54,19 @@ class KeyOwner:
     role: Role
     email: str
     key_id: int | None = None  # None when the caller came through a session or a trusted header
+    # The integration whose chat app named this caller, if one did.
+    integration_id: int | None = None
 
 
 class KeyCache:
-    """Key owners by key hash, and members named by a trusted proxy by email."""
+    """Key owners by key hash, integrations by key hash, the people integrations name,
+    and members named by a trusted proxy by email.
+
+    Only answers that let a caller in are cached: a refusal (an unknown or
+    deactivated person) is looked up again on the next call, so a person added
+    or provisioned a moment ago is served at once. Unknown keys are the exception,
+    cached like known ones, so guessing keys costs the guesser, not the database.
+    """
 
     def __init__(
         self,
@@ -65,12 +82,16 @@ class KeyCache:
         self._clock = clock  # seconds, monotonic; entries' lifetimes are measured on it
         # cache key -> (trusted until, confirm again after, owner or None for "refuse")
         self._entries: dict[str, tuple[float, float, KeyOwner | None]] = {}
+        self._integrations: dict[str, tuple[float, IntegrationRef | None]] = {}
+        # Lookups in flight by cache key, shared by the callers that missed together.
+        self._flights: dict[str, asyncio.Future[Any]] = {}
         self._due: set[str] = set()
         self._refresher: asyncio.Task[None] | None = None
         # Bumped by clear(): answers read before a revocation must not be cached after it.
         self._generation = 0
         # Keys used since the last flush, for the "last used" column; written in batches.
         self.used: dict[int, datetime] = {}
+        self.integrations_used: dict[int, datetime] = {}
         self._noted: dict[int, float] = {}
         # Misses waiting for a lookup: key hash -> (generation when missed, answer).
         self._misses: dict[str, tuple[int, asyncio.Future[KeyOwner | None]]] = {}
@@ -84,7 +105,9 @@ class KeyCache:
         now = self._clock()
         if hit[0] <= now:
             return False, None
-        if hit[1] <= now and cache_key not in self._due:
+        # People named by integrations ("x:") are simply looked up again once expired:
+        # confirming them needs what the chat app sent, which the cache does not keep.
+        if hit[1] <= now and cache_key not in self._due and not cache_key.startswith("x:"):
             self._due.add(cache_key)
             if self._refresher is None or self._refresher.done():
                 self._refresher = asyncio.create_task(self._refresh())
@@ -106,10 +129,87 @@ class KeyCache:
         self._noted[key_id] = now
         self.used[key_id] = datetime.now(UTC)
 
+    def note_integration_used(self, integration_id: int) -> None:
+        now = self._clock()
+        key = -integration_id  # beside the keys' own ids in the once-a-minute bookkeeping
+        noted = self._noted.get(key)
+        if noted is not None and now - noted < LAST_USED_RESOLUTION.total_seconds():
+            return
+        self._noted[key] = now
+        self.integrations_used[integration_id] = datetime.now(UTC)
+
     def clear(self) -> None:
         self._generation += 1
         self._entries.clear()
+        self._integrations.clear()
         self._due.clear()
+
+    async def _shared(self, cache_key: str, work: Callable[[], Awaitable[T]]) -> T:
+        """``work``'s answer, computed once for every caller asking for ``cache_key`` at once."""
+        flight = self._flights.get(cache_key)
+        if flight is None:
+            task: asyncio.Future[Any] = asyncio.ensure_future(work())
+            self._flights[cache_key] = flight = task
+            task.add_done_callback(lambda _: self._flights.pop(cache_key, None))
+        # Shielded: a caller who goes away must not cancel the answer others wait for.
+        answer: T = await asyncio.shield(flight)
+        return answer
+
+    async def integration_of_key(self, key: str) -> IntegrationRef | None:
+        """The integration this ``tdi_`` key belongs to, or None if unknown or revoked."""
+        key_hash = hash_api_key(key)
+        hit = self._integrations.get(key_hash)
+        if hit is not None and hit[0] > self._clock():
+            return hit[1]
+
+        async def look_up() -> IntegrationRef | None:
+            generation, confirmed = self._generation, self._clock()
+            found = await self.database.run(
+                partial(integrations_by_hash, key_hashes=[key_hash]), write=False
+            )
+            integration = found.get(key_hash)
+            if generation == self._generation:
+                if len(self._integrations) >= self.max_entries:
+                    self._integrations.clear()
+                self._integrations[key_hash] = (confirmed + self.ttl, integration)
+            return integration
+
+        return await self._shared("i:" + key_hash, look_up)
+
+    async def named_member(self, integration: IntegrationRef, named: NamedUser) -> KeyOwner:
+        """The tokendesk user an integration's chat app names, linked or provisioned on
+        first use; raises the domain's refusal (deactivated, not allowed, ...)."""
+        cache_key = f"x:{integration.id}:{named.external_id or ''}:{named.email or ''}"
+        found, owner = self._get(cache_key)
+        if found and owner is not None:
+            return owner
+
+        async def look_up() -> KeyOwner:
+            generation, confirmed = self._generation, self._clock()
+            person = await self.database.run(
+                partial(identities.find, integration=integration, named=named), write=False
+            )
+            if person is None:
+                person = await self._resolve(integration, named)
+            owner = _owner(person, integration)
+            if generation == self._generation:
+                self._put(cache_key, owner, confirmed=confirmed)
+            return owner
+
+        return await self._shared(cache_key, look_up)
+
+    async def _resolve(self, integration: IntegrationRef, named: NamedUser) -> Person:
+        # The one write on this path: linking or provisioning someone new. Two first calls
+        # of one person on different instances race to insert them; the loser's unique
+        # key fails, and its second try finds what the winner wrote.
+        for attempt in (1, 2):
+            try:
+                async with self.database.transaction() as session:
+                    return await identities.resolve(session, integration=integration, named=named)
+            except (Conflict, IntegrityError):
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def owner_of_key(self, key: str) -> KeyOwner | None:
         """The key's owner, or None if the key is unknown, revoked or its owner inactive.
@@ -170,7 +270,7 @@ class KeyCache:
             partial(_members, organization_id=organization_id, emails=[email]), write=False
         )
         owner = members.get(email)
-        if generation == self._generation:
+        if owner is not None and generation == self._generation:
             self._put(cache_key, owner, confirmed=confirmed)
         return owner
 
@@ -206,7 +306,10 @@ class KeyCache:
             for organization_id, wanted in emails.items():
                 for email in wanted:
                     owner = members[organization_id].get(email)
-                    self._put(f"e:{organization_id}:{email}", owner, confirmed=confirmed)
+                    if owner is None:  # gone: refused from now on, looked up each time
+                        self._entries.pop(f"e:{organization_id}:{email}", None)
+                    else:
+                        self._put(f"e:{organization_id}:{email}", owner, confirmed=confirmed)
 
     async def stop(self) -> None:
         for _, answer in [*self._misses.values(), *self._asking.values()]:
@@ -251,7 +354,7 @@ async def _members(
     rows = await run_core(
         session,
         select(User.id, User.organization_id, User.role, User.email).where(
-            func.lower(User.email).in_(emails),
+            User.email.in_(emails),
             User.organization_id == organization_id,
             User.is_active.is_(True),
         ),
@@ -262,17 +365,28 @@ async def _members(
     }
 
 
+def _owner(person: Person, integration: IntegrationRef) -> KeyOwner:
+    return KeyOwner(
+        person.user_id,
+        person.organization_id,
+        person.role,
+        person.email,
+        integration_id=integration.id,
+    )
+
+
 CREDENTIALS_CHANGED = "credentials.changed"
 
 
-def credentials_changed(session: AsyncSession, *, user_id: int) -> None:
+def credentials_changed(session: AsyncSession, *, user_id: int | None) -> None:
     """Tell every server process (after commit) to forget cached key owners.
 
-    Sent when a key is revoked or a user is deactivated or changes role, so the
+    Sent when a key (or an integration) is revoked or a user is deactivated or changes role, so the
     gateway's cache never lets a revoked key through longer than one event hop;
     the user's open event streams hear of it too.
     """
     from tokendesk.events.bus import Event, access_changed, emit
 
     emit(session, Event(type=CREDENTIALS_CHANGED, data={"user_id": user_id}, audience="system"))
-    access_changed(session, user_id)
+    if user_id is not None:  # None: an integration's key, nobody's own streams
+        access_changed(session, user_id)

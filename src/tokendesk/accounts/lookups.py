@@ -7,9 +7,10 @@ analytics can use it as well as the accounts services.
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.accounts.emails import email_key
 from tokendesk.accounts.models import Organization, Team, User
 from tokendesk.errors import NotFound
 
@@ -55,7 +56,7 @@ async def team_by_name(session: AsyncSession, *, organization_id: int, name: str
 
 
 async def user_by_email(session: AsyncSession, email: str) -> User:
-    user = await session.scalar(select(User).where(func.lower(User.email) == email.lower()))
+    user = await session.scalar(select(User).where(User.email == email_key(email)))
     if user is None:
         raise NotFound(f"user {email!r} not found")
     return user

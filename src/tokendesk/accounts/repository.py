@@ -11,7 +11,7 @@ from sqlalchemy import case, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from tokendesk.accounts.models import ApiKey, Role, Team, TeamOwner, User
+from tokendesk.accounts.models import ApiKey, Organization, Role, Team, TeamOwner, User
 from tokendesk.accounts.schemas import AllocationSource
 from tokendesk.ledger.models import Balance, LedgerEntry
 
@@ -182,6 +182,17 @@ async def detach_team_members(session: AsyncSession, *, team_id: int) -> list[in
         .execution_options(synchronize_session=False)
     )
     return [user_id for (user_id,) in rows]
+
+
+async def forget_provision_team(session: AsyncSession, *, team_id: int) -> bool:
+    """Provisioned people join no team from now on, if they joined this one; whether they did."""
+    cleared = await session.execute(
+        update(Organization)
+        .where(Organization.provision_team_id == team_id)
+        .values(provision_team_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(cleared.rowcount)  # type: ignore[attr-defined]
 
 
 async def drop_ownerships(session: AsyncSession, *, user_id: int) -> list[int]:

@@ -46,6 +46,7 @@ from tokendesk.deps import (
     ReadSession,
     database_of,
     prepared_password,
+    runtime_of,
 )
 
 router = APIRouter()
@@ -94,6 +95,10 @@ def _organization_out(view: OrganizationView) -> OrganizationOut:
         pool=org.pool,
         low_balance_percent=org.low_balance_percent,
         carry_over_debt=org.carry_over_debt,
+        password_sign_in=org.password_sign_in,
+        provision_users=org.provision_users,
+        provision_domains=organizations.domains_of(org.provision_domains),
+        provision_team_id=org.provision_team_id,
         period_start=view.period_start,
         next_reset_at=view.next_reset_at,
         pool_usage=(
@@ -315,14 +320,16 @@ async def read_organization(session: ReadSession, actor: AdminReader) -> Organiz
 
 @router.patch("/organization", response_model=OrganizationOut, tags=["organization"])
 async def update_organization(
-    data: OrganizationUpdate, session: DbSession, actor: OrgAdminActor
+    data: OrganizationUpdate, session: DbSession, actor: OrgAdminActor, request: Request
 ) -> OrganizationOut:
     """Change only the fields sent; ``pool: null`` removes the pool.
 
     A new reset day or time zone moves the end of every current period to the new
     next reset; a new default allocation applies at once to everyone it governs.
     """
-    view = await organizations.update_settings(session, actor=actor, data=data)
+    view = await organizations.update_settings(
+        session, actor=actor, data=data, sso_organizations=runtime_of(request).sso.organizations
+    )
     return _organization_out(view)
 
 
@@ -339,7 +346,9 @@ async def list_organizations(session: ReadSession, actor: CurrentReader) -> list
     tags=["organization"],
 )
 async def create_organization(
-    data: OrganizationIn, session: DbSession, actor: CurrentActor
+    data: OrganizationIn, session: DbSession, actor: CurrentActor, request: Request
 ) -> OrganizationOut:
-    view = await organizations.create_organization_as(session, actor=actor, data=data)
+    view = await organizations.create_organization_as(
+        session, actor=actor, data=data, sso_organizations=runtime_of(request).sso.organizations
+    )
     return _organization_out(view)

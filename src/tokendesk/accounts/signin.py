@@ -11,19 +11,29 @@ from __future__ import annotations
 from typing import Protocol
 
 from fastapi import Request
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import end_every_session, end_login_session, open_login_session
-from tokendesk.accounts.models import User
+from tokendesk.accounts.emails import email_key
+from tokendesk.accounts.models import Organization, Role, User
 from tokendesk.accounts.schemas import MAX_PASSWORD
 from tokendesk.accounts.security import verify_password
 from tokendesk.audit import service as audit
 from tokendesk.config import Settings
 from tokendesk.db import Database
-from tokendesk.errors import TooManyAttempts, Unauthorized
+from tokendesk.errors import Forbidden, TooManyAttempts, Unauthorized
 from tokendesk.events.bus import access_changed
+
+# Who still signs in with a password where the organization turned passwords off: the
+# admins who must get in when the identity provider is down or misconfigured.
+BREAK_GLASS_ROLES = frozenset({Role.ORG_ADMIN.value, Role.SUPER_ADMIN.value})
+
+
+class PasswordsOff(Forbidden):
+    """The right password, in an organization whose people sign in through its
+    identity provider only."""
 
 
 class Guesses(Protocol):
@@ -51,6 +61,8 @@ async def sign_in(
     Raises TooManyAttempts while the limiter makes this email and address wait, and
     Unauthorized for a wrong email or password: nobody by that email still costs a
     (stand-in) verification, so the answer takes as long as for a wrong password.
+    PasswordsOff, only once the password is right, where the organization turned
+    passwords off for everyone but its admins.
     """
     wait = guesses.attempt(email, address)
     if wait:
@@ -58,9 +70,9 @@ async def sign_in(
     async with database.transaction(write=False) as reading:
         found = (
             await reading.execute(
-                select(User.id, User.password_hash).where(
-                    func.lower(User.email) == email, User.is_active.is_(True)
-                )
+                select(User.id, User.password_hash, User.role, Organization.password_sign_in)
+                .join(Organization, Organization.id == User.organization_id)
+                .where(User.email == email_key(email), User.is_active.is_(True))
             )
         ).first()
     matched = len(password) <= MAX_PASSWORD and await verify_password(
@@ -70,11 +82,13 @@ async def sign_in(
         guesses.failed(email, address)
         raise Unauthorized("wrong email or password")
     guesses.succeeded(email, address)
+    if not found.password_sign_in and found.role not in BREAK_GLASS_ROLES:
+        raise PasswordsOff("this organization signs in through its identity provider")
     async with database.transaction() as session:
         user = await session.get(User, found.id)
         if user is None or not user.is_active:
             return None
-        cookie = await open_login_session(session, settings=settings, user=user)
+        cookie = await open_login_session(session, settings=settings, user=user, via="password")
         await audit.record(
             session,
             organization_id=user.organization_id,

@@ -235,6 +235,7 @@ async def delete_team(session: AsyncSession, *, actor: Actor, team_id: int) -> N
     org_id, tid, name = team.organization_id, team.id, team.name
     owner_ids = await repo.team_owner_ids(session, team_id=tid)
     member_ids = await repo.detach_team_members(session, team_id=tid)
+    provision_team = await repo.forget_provision_team(session, team_id=tid)
     await session.execute(delete(TeamOwner).where(TeamOwner.team_id == tid))
     await session.execute(delete(Team).where(Team.id == tid))
     session.expunge(team)
@@ -247,7 +248,14 @@ async def delete_team(session: AsyncSession, *, actor: Actor, team_id: int) -> N
         action="team.deleted",
         target_type="team",
         target_id=tid,
-        details={"name": name, "members": member_ids, "owners": owner_ids, "demoted": demoted},
+        details={
+            "name": name,
+            "members": member_ids,
+            "owners": owner_ids,
+            "demoted": demoted,
+            # Provisioned people joined it: from now on they join no team.
+            "provision_team_cleared": provision_team,
+        },
     )
     await ledger.reapply_allocations(
         session,

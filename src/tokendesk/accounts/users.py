@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,6 +22,7 @@ from tokendesk.accounts import adjustments, passwords
 from tokendesk.accounts import repository as repo
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.auth import end_every_session
+from tokendesk.accounts.emails import BadEmail, normalize_email
 from tokendesk.accounts.keycache import credentials_changed
 from tokendesk.accounts.lookups import get_organization
 from tokendesk.accounts.models import Organization, Role, Team, User
@@ -152,8 +153,11 @@ async def create_user(
         team = await session.get(Team, team_id)
         if team is None or team.organization_id != organization_id:
             raise InvalidInput(f"team_id: team {team_id} not found", field="team_id")
-    email = email.strip().lower()
-    if await session.scalar(select(User.id).where(func.lower(User.email) == email)):
+    try:
+        email = normalize_email(email)
+    except BadEmail as exc:
+        raise InvalidInput(f"email: {exc}", field="email") from None
+    if await session.scalar(select(User.id).where(User.email == email)):
         raise Conflict(f"email: a user with email {email!r} already exists", field="email")
     user = User(
         organization_id=organization_id,
@@ -319,12 +323,32 @@ async def update_user(
         # everywhere; the browser that made the change stays signed in.
         keep = actor.session_id if user.id == actor.user_id else None
         await end_every_session(session, user_id=user.id, keep_session_id=keep)
+    # What follows the change may expire ``user`` (the allocation's reapplication
+    # refreshes rows), so its keys are read first.
+    uid, org_id = user.id, user.organization_id
+    await _changed(
+        session, user=user, before=before, after=after, details=details, actor_id=actor.user_id
+    )
+    return await user_row(session, user_id=uid, organization_id=org_id)
+
+
+async def _changed(
+    session: AsyncSession,
+    *,
+    user: User,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    details: dict[str, Any],
+    actor_id: int | None,
+) -> None:
+    """What follows a change to a user (``before``/``after``, already set on ``user``):
+    who must hear of it, the allocation it moves, and its audit entry."""
     if "is_active" in after or "role" in after:
         credentials_changed(session, user_id=user.id)
     elif "team_id" in after or details.get("password_changed"):
         access_changed(session, user.id)
     if not before and "password_changed" not in details:
-        return await user_row(session, user_id=user.id, organization_id=user.organization_id)
+        return
     if after.get("role") == Role.MEMBER.value:
         dropped = await repo.drop_ownerships(session, user_id=user.id)
         if dropped:
@@ -349,19 +373,50 @@ async def update_user(
             session,
             organization_id=org_id,
             user_ids=[uid],
-            actor_id=actor.user_id,
+            actor_id=actor_id,
             reason="; ".join(reasons),
         )
     await audit.record(
         session,
         organization_id=org_id,
-        actor_id=actor.user_id,
+        actor_id=actor_id,
         action="user.updated",
         target_type="user",
         target_id=uid,
         details=details,
     )
-    return await user_row(session, user_id=uid, organization_id=org_id)
+
+
+async def apply_directory(
+    session: AsyncSession,
+    *,
+    user: User,
+    role: Role | None,
+    team_id: int | None,
+    set_team: bool,
+    via: dict[str, Any],
+) -> None:
+    """Make the role (unless None) and the team (when ``set_team``) what an identity
+    provider's directory says, with the same effects as an admin's edit; audited with
+    ``via`` (which provider) and no actor. A super admin's role is never changed here."""
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    if role is not None and user.role != Role.SUPER_ADMIN.value and user.role != role.value:
+        before["role"], after["role"] = user.role, role.value
+        user.role = role.value
+    if set_team and user.team_id != team_id:
+        before["team_id"], after["team_id"] = user.team_id, team_id
+        user.team_id = team_id
+    if not after:
+        return
+    await _changed(
+        session,
+        user=user,
+        before=before,
+        after=after,
+        details={"before": before, "after": after, **via},
+        actor_id=None,
+    )
 
 
 async def ledger_entries(

@@ -15,7 +15,14 @@ from tokendesk.analytics import service
 from tokendesk.analytics.service import Selection
 
 Table = Literal[
-    "top-users", "top-teams", "usage-over-time", "by-model", "requests", "requesters", "forecast"
+    "top-users",
+    "top-teams",
+    "usage-over-time",
+    "by-model",
+    "by-endpoint",
+    "requests",
+    "requesters",
+    "forecast",
 ]
 TABLES: tuple[str, ...] = get_args(Table)
 
@@ -29,8 +36,14 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "team_id", "name", "tokens", "calls", "share_of_tokens", "members", "allocation",
         "requests", "requested", "granted",
     ),
+    # New columns go last: a spreadsheet reading the old ones by position still reads them.
     "by-model": (
         "model", "tokens", "prompt_tokens", "completion_tokens", "calls", "share_of_tokens",
+        "cached_tokens", "reasoning_tokens",
+    ),
+    "by-endpoint": (
+        "endpoint", "label", "tokens", "prompt_tokens", "completion_tokens", "cached_tokens",
+        "reasoning_tokens", "calls", "share_of_tokens",
     ),
     "requests": ("status", "count", "requested", "granted"),
     "requesters": (
@@ -53,6 +66,8 @@ async def _items(session: AsyncSession, selection: Selection, table: str) -> Seq
         return (await service.top_teams(session, selection=selection)).items
     if table == "by-model":
         return (await service.by_model(session, selection=selection)).items
+    if table == "by-endpoint":
+        return (await service.by_endpoint(session, selection=selection)).items
     if table == "requests":
         return (await service.requests(session, selection=selection, limit=1)).by_status
     if table == "requesters":

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from operator import attrgetter
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,7 +13,7 @@ from tokendesk.accounts.lookups import get_organization
 from tokendesk.analytics import repository as repo
 from tokendesk.analytics.schemas import FiltersOut, ForecastItem, ForecastOut
 from tokendesk.analytics.selection import DAY_SECONDS, DEFAULT_LIMIT, Selection
-from tokendesk.ledger.periods import period_bounds
+from tokendesk.ledger.periods import local_midnight, period_bounds, zone
 
 # A burn rate measured over hours is noise (one long chat looks like a flood):
 # measure over at least a day.
@@ -29,8 +30,8 @@ def project(
 ) -> tuple[int, datetime | None, bool]:
     """(burn per day, when remaining reaches zero, whether that is before the reset).
 
-    The burn rate is this period's usage over the time since the period began
-    (or since the user joined, if later). Someone already at zero runs out now.
+    The burn rate is this period's usage over the time since ``since`` (see
+    :func:`pace_since`). Someone already at zero runs out now.
     """
     elapsed = max(now - since, MIN_ELAPSED)
     per_second = used / elapsed.total_seconds()
@@ -43,6 +44,24 @@ def project(
     if runs_out >= period_end:
         return burn, None, False
     return burn, runs_out, True
+
+
+def pace_since(
+    *, period_start: datetime, joined: datetime | None, first_use: datetime | None
+) -> datetime:
+    """Where a user's pace is measured from.
+
+    The period start; for someone who joined during the period, their joining,
+    or the start of their first day with usage this period if that is earlier:
+    usage can be reported for days before the account existed (an import, the
+    demo's members), and measuring it from the joining would count days of use
+    as one. Usage from the joining day on never moves it before the joining.
+    """
+    if joined is None:
+        return period_start
+    if first_use is None:
+        return joined
+    return max(period_start, min(joined, first_use))
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,17 @@ class _Projection:
         return (self.runs_out_at, self.share_left, self.user_id)
 
 
+def _first_use(first_day: date | None, joined: datetime | None, tz: ZoneInfo) -> datetime | None:
+    """The start of the first day with usage, if that day is before the joining day.
+
+    The rollups know days, not instants: usage on the joining day is taken to
+    start at the joining, not at that day's midnight.
+    """
+    if first_day is None or joined is None or first_day >= joined.astimezone(tz).date():
+        return None
+    return local_midnight(first_day, tz)
+
+
 async def forecast(
     session: AsyncSession, *, selection: Selection, limit: int | None = DEFAULT_LIMIT
 ) -> ForecastOut:
@@ -71,7 +101,14 @@ async def forecast(
     now, where = selection.now, selection.where
     org = await get_organization(session, where.organization_id)
     period_start, period_end = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
-    rows = await repo.balances_with_usage(session, where=where, now=now, period_start=period_start)
+    tz = zone(org.timezone)
+    rows = await repo.balances_with_usage(
+        session,
+        where=where,
+        now=now,
+        period_start=period_start,
+        period_first_day=period_start.astimezone(tz).date(),
+    )
     never = datetime.max.replace(tzinfo=now.tzinfo)
     projections: list[_Projection] = []
     for row in rows:
@@ -79,7 +116,11 @@ async def forecast(
         remaining = available - row.used - row.reserved
         burn, runs_out, before_reset = project(
             now=now,
-            since=row.joined or period_start,
+            since=pace_since(
+                period_start=period_start,
+                joined=row.joined,
+                first_use=_first_use(row.first_day, row.joined, tz),
+            ),
             period_end=period_end,
             used=row.used,
             remaining=remaining,

@@ -31,9 +31,11 @@ from tokendesk.metering.models import (
     ALL_MODELS,
     NO_TEAM,
     UsageCumulative,
+    UsageEndpointDaily,
     UsageModelDaily,
     UsageSeries,
     UsageTeamDaily,
+    UsageTeamEndpointDaily,
 )
 
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
@@ -44,12 +46,15 @@ CHUNK = 5_000
 
 @dataclass(frozen=True)
 class Where:
-    """What a query may see: one organization, some or all teams, one model or all."""
+    """What a query may see: one organization, some or all teams, one model or all, one
+    gateway endpoint or all."""
 
     organization_id: int
     # None: every team (and users without one); otherwise these team ids (0: no team).
     team_ids: frozenset[int] | None
     model: str | None
+    # None: every endpoint; NO_ENDPOINT: usage reported through the usage API.
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,37 +172,34 @@ async def calls_by_user(
     return out
 
 
-def _daily_source(where: Where) -> tuple[Any, list[ColumnElement[bool]]]:
-    """The smallest per-day table that answers ``where``, and its filter."""
-    if where.team_ids is None:
-        table: Any = UsageModelDaily
-        clauses: list[ColumnElement[bool]] = []
+def _daily_source(
+    where: Where, *, by_team: bool = False, by_endpoint: bool = False
+) -> tuple[Any, list[ColumnElement[bool]]]:
+    """The smallest per-day table that answers ``where``, grouped by team or by endpoint
+    if asked, and its filter: only endpoints need the endpoint rollup."""
+    table: Any
+    whole = where.team_ids is None and not by_team
+    if by_endpoint or where.endpoint is not None:
+        table = UsageEndpointDaily if whole else UsageTeamEndpointDaily
     else:
-        table = UsageTeamDaily
-        clauses = team_clause(UsageTeamDaily.team_id, where.team_ids)
-    clauses.append(table.organization_id == where.organization_id)
+        table = UsageModelDaily if whole else UsageTeamDaily
+    clauses: list[ColumnElement[bool]] = [table.organization_id == where.organization_id]
+    if not whole:
+        clauses.extend(team_clause(table.team_id, where.team_ids))
     if where.model is not None:
         clauses.append(table.model == where.model)
+    if where.endpoint is not None:
+        clauses.append(table.endpoint == where.endpoint)
     return table, clauses
 
 
 async def daily_by(
     session: AsyncSession, *, where: Where, first_day: date, last_day: date, stack: str
 ) -> list[tuple[date, Any, int]]:
-    """(day, team id or model, tokens) for every day of the range with usage."""
-    if stack == "team":
-        t = UsageTeamDaily
-        key: Any = t.team_id
-        clauses = [
-            t.organization_id == where.organization_id,
-            *team_clause(t.team_id, where.team_ids),
-        ]
-        if where.model is not None:
-            clauses.append(t.model == where.model)
-        table: Any = t
-    else:
-        table, clauses = _daily_source(where)
-        key = table.model
+    """(day, team id, model or endpoint, tokens) for every day of the range with usage,
+    ``stack`` saying which of the three."""
+    table, clauses = _daily_source(where, by_team=stack == "team", by_endpoint=stack == "endpoint")
+    key = getattr(table, "team_id" if stack == "team" else stack)
     rows = await rows_of(
         session,
         select(table.day, key, func.sum(table.total_tokens))
@@ -211,10 +213,7 @@ async def team_totals(
     session: AsyncSession, *, where: Where, first_day: date, last_day: date
 ) -> dict[int, tuple[int, int]]:
     """team id -> (tokens, calls) over the range."""
-    t = UsageTeamDaily
-    clauses = [t.organization_id == where.organization_id, *team_clause(t.team_id, where.team_ids)]
-    if where.model is not None:
-        clauses.append(t.model == where.model)
+    t, clauses = _daily_source(where, by_team=True)
     rows = await rows_of(
         session,
         select(t.team_id, func.sum(t.total_tokens), func.sum(t.calls))
@@ -224,24 +223,58 @@ async def team_totals(
     return {team_id: (int(tokens), int(calls)) for team_id, tokens, calls in rows}
 
 
-async def model_totals(
-    session: AsyncSession, *, where: Where, first_day: date, last_day: date
-) -> list[tuple[str, int, int, int, int]]:
-    """(model, tokens, prompt, completion, calls) over the range."""
-    table, clauses = _daily_source(where)
+@dataclass(frozen=True)
+class Totals:
+    """The sums of a breakdown's row: tokens debited, their kinds, and calls."""
+
+    key: str
+    tokens: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    calls: int
+
+
+async def _totals_by(
+    session: AsyncSession,
+    table: Any,
+    clauses: list[ColumnElement[bool]],
+    key: Any,
+    first_day: date,
+    last_day: date,
+) -> list[Totals]:
     rows = await rows_of(
         session,
         select(
-            table.model,
+            key,
             func.sum(table.total_tokens),
             func.sum(table.prompt_tokens),
             func.sum(table.completion_tokens),
+            func.sum(table.cached_tokens),
+            func.sum(table.reasoning_tokens),
             func.sum(table.calls),
         )
         .where(*clauses, table.day >= first_day, table.day <= last_day)
-        .group_by(table.model),
+        .group_by(key),
     )
-    return [(m, int(t), int(p), int(c), int(n)) for m, t, p, c, n in rows]
+    return [Totals(k, *(int(value) for value in sums)) for k, *sums in rows]
+
+
+async def model_totals(
+    session: AsyncSession, *, where: Where, first_day: date, last_day: date
+) -> list[Totals]:
+    """Each model's totals over the range."""
+    table, clauses = _daily_source(where)
+    return await _totals_by(session, table, clauses, table.model, first_day, last_day)
+
+
+async def endpoint_totals(
+    session: AsyncSession, *, where: Where, first_day: date, last_day: date
+) -> list[Totals]:
+    """Each endpoint's totals over the range (NO_ENDPOINT: reported through the usage API)."""
+    table, clauses = _daily_source(where, by_endpoint=True)
+    return await _totals_by(session, table, clauses, table.endpoint, first_day, last_day)
 
 
 async def models_used(session: AsyncSession, *, organization_id: int) -> list[str]:
@@ -327,10 +360,18 @@ class BalanceRow:
     reserved: int
     # When the user joined, if that was after the period began.
     joined: datetime | None
+    # Their first day with usage this period (organization-local), asked only when they
+    # joined after the period began: usage reported for days before they joined.
+    first_day: date | None
 
 
 async def balances_with_usage(
-    session: AsyncSession, *, where: Where, now: datetime, period_start: datetime
+    session: AsyncSession,
+    *,
+    where: Where,
+    now: datetime,
+    period_start: datetime,
+    period_first_day: date,
 ) -> list[BalanceRow]:
     """Current-period balances with some usage, of users whose current team is in scope."""
     clauses = [
@@ -341,7 +382,20 @@ async def balances_with_usage(
     ]
     if where.team_ids is not None:
         clauses.append(func.coalesce(User.team_id, NO_TEAM).in_(sorted(where.team_ids)))
-    joined = case((User.created_at > period_start, User.created_at))
+    joined_late = User.created_at > period_start
+    joined = case((joined_late, User.created_at))
+    # The all-models series hold every day with usage: a seek per series on their key.
+    first_day = (
+        select(func.min(UsageCumulative.day))
+        .join(UsageSeries, UsageSeries.id == UsageCumulative.series_id)
+        .where(
+            UsageSeries.organization_id == where.organization_id,
+            UsageSeries.user_id == Balance.user_id,
+            UsageSeries.model == ALL_MODELS,
+            UsageCumulative.day >= period_first_day,
+        )
+        .scalar_subquery()
+    )
     rows = await rows_of(
         session,
         select(
@@ -352,6 +406,7 @@ async def balances_with_usage(
             Balance.used,
             Balance.reserved,
             joined,
+            case((joined_late, first_day)),
         )
         .join(User, User.id == Balance.user_id)
         .where(*clauses),

@@ -57,6 +57,27 @@ async def request_counts(
     return [(status, int(n), int(asked or 0), int(granted)) for status, n, asked, granted in rows]
 
 
+async def decision_kinds(
+    session: AsyncSession, *, where: Where, start: datetime, end: datetime
+) -> list[tuple[str | None, int | None, str | None, int, int]]:
+    """(kind, rule id, rule name, count, tokens granted) of the decided requests made
+    in [start, end), by how they were decided and, for rules, by which rule. Reads
+    the table, not the covering index: only decided rows, a fraction of the range."""
+    rows = await rows_of(
+        session,
+        select(
+            TokenRequest.decision_kind,
+            TokenRequest.decided_by_rule_id,
+            func.max(TokenRequest.decided_by_rule_name),
+            func.count(),
+            _GRANTED,
+        )
+        .where(*_requests_in(where, start, end), TokenRequest.status.in_(DECIDED))
+        .group_by(TokenRequest.decision_kind, TokenRequest.decided_by_rule_id),
+    )
+    return [(kind, rule, name, int(n), int(granted)) for kind, rule, name, n, granted in rows]
+
+
 async def median_decision_seconds(
     session: AsyncSession, *, where: Where, start: datetime, end: datetime, decided: int
 ) -> float | None:

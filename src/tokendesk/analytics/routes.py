@@ -2,7 +2,9 @@
 
 All endpoints take the same filters: ``period`` (current, previous, 7d, 30d,
 90d, custom), ``from`` and ``to`` (dates, for a custom range), ``team_id`` (0
-for users without a team) and ``model``.
+for users without a team), ``model`` and ``endpoint`` (the gateway API, or
+``reported``; the figures that cannot split by it say so with a null
+``filters.endpoint``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from fastapi.responses import Response
 
 from tokendesk.analytics import export, service
 from tokendesk.analytics.schemas import (
+    ByEndpointOut,
     ByModelOut,
     ForecastOut,
     Period,
@@ -40,9 +43,18 @@ def _query(
     last_day: Annotated[date | None, Query(alias="to", description="custom range")] = None,
     team_id: TeamFilter = None,
     model: Annotated[str | None, Query(max_length=service.MAX_MODEL_LENGTH)] = None,
+    endpoint: Annotated[
+        str | None,
+        Query(max_length=50, description=f"one of {', '.join(service.ENDPOINTS)}"),
+    ] = None,
 ) -> service.Query:
     return service.Query(
-        period=period, first_day=first_day, last_day=last_day, team_id=team_id, model=model
+        period=period,
+        first_day=first_day,
+        last_day=last_day,
+        team_id=team_id,
+        model=model,
+        endpoint=endpoint,
     )
 
 
@@ -82,14 +94,22 @@ async def usage_over_time(
     stack: Stack = "team",
     series: Annotated[int, Query(ge=1, le=50)] = service.CHART_SERIES,
 ) -> UsageOverTimeOut:
-    """Tokens per day, stacked by team or model; stacks past ``series`` are summed as Other."""
+    """Tokens per day, stacked by team, model or endpoint; stacks past ``series`` are
+    summed as Other."""
     return await service.usage_over_time(session, selection=selection, stack=stack, series=series)
 
 
 @router.get("/by-model", response_model=ByModelOut)
 async def by_model(session: ReadSession, selection: Selected) -> ByModelOut:
-    """Tokens and calls per model in the range."""
+    """Tokens (prompt, completion, cached, reasoning) and calls per model in the range."""
     return await service.by_model(session, selection=selection)
+
+
+@router.get("/by-endpoint", response_model=ByEndpointOut)
+async def by_endpoint(session: ReadSession, selection: Selected) -> ByEndpointOut:
+    """Tokens (prompt, completion, cached, reasoning) and calls per gateway endpoint in
+    the range; ``reported`` is usage reported through the usage API."""
+    return await service.by_endpoint(session, selection=selection)
 
 
 @router.get("/requests", response_model=RequestsOut)
@@ -114,7 +134,7 @@ async def table_csv(
     table: export.Table, session: ReadSession, selection: Selected, stack: Stack = "team"
 ) -> Response:
     """One table as CSV, every row: top-users, top-teams, usage-over-time, by-model,
-    requests, requesters or forecast."""
+    by-endpoint, requests, requesters or forecast."""
     name, text = await export.export(session, selection=selection, table=table, stack=stack)
     return csv_response(name, text)
 

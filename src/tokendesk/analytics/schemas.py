@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 Period = Literal["current", "previous", "7d", "30d", "90d", "custom"]
-Stack = Literal["team", "model"]
+Stack = Literal["team", "model", "endpoint"]
 
 PERIOD_LABELS: dict[str, str] = {
     "current": "Current period",
@@ -35,8 +35,15 @@ class RangeOut(BaseModel):
 
 
 class FiltersOut(BaseModel):
+    """The filters a figure applied (one it cannot apply is null here)."""
+
     team_id: int | None = Field(description="0 means users without a team")
     model: str | None
+    endpoint: str | None = Field(
+        default=None,
+        description="the gateway API (chat, responses, embeddings, messages, completions), or "
+        "reported: usage reported through the usage API",
+    )
 
 
 class Figure(BaseModel):
@@ -99,13 +106,18 @@ class UsageOverTimeOut(Figure):
     series: list[Series]
 
 
-class ModelUsage(BaseModel):
-    model: str
-    tokens: int
+class KindTotals(BaseModel):
+    tokens: int = Field(description="tokens debited")
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = Field(description="of prompt_tokens, served from the prompt cache")
+    reasoning_tokens: int = Field(description="of completion_tokens, spent reasoning")
     calls: int
     share_of_tokens: float | None
+
+
+class ModelUsage(KindTotals):
+    model: str
 
 
 class ByModelOut(Figure):
@@ -114,10 +126,38 @@ class ByModelOut(Figure):
     items: list[ModelUsage]
 
 
+class EndpointUsage(KindTotals):
+    endpoint: str = Field(description="as the endpoint filter takes it")
+    label: str
+
+
+class ByEndpointOut(Figure):
+    total_tokens: int
+    total_calls: int
+    total_cached_tokens: int
+    total_reasoning_tokens: int
+    items: list[EndpointUsage]
+
+
 class StatusCount(BaseModel):
     status: str
     count: int
     requested: int
+    granted: int
+
+
+class DecisionKindCount(BaseModel):
+    kind: str = Field(
+        description="manual, bulk or rule; unknown for decisions recorded before kinds were"
+    )
+    count: int
+    granted: int
+
+
+class RuleCount(BaseModel):
+    rule_id: int
+    name: str = Field(description="The rule's name when it last decided in the range.")
+    count: int
     granted: int
 
 
@@ -141,6 +181,12 @@ class RequestsOut(Figure):
     decided: int
     median_decision_seconds: float | None
     by_status: list[StatusCount]
+    by_kind: list[DecisionKindCount] = Field(
+        default_factory=list, description="Decided requests by how they were decided."
+    )
+    by_rule: list[RuleCount] = Field(
+        default_factory=list, description="Requests auto-approved, by rule, most first."
+    )
     top_requesters: list[Requester]
 
 

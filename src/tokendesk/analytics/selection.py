@@ -23,12 +23,18 @@ from tokendesk.analytics import repository as repo
 from tokendesk.analytics.schemas import PERIOD_LABELS, FiltersOut, RangeOut
 from tokendesk.db import utcnow
 from tokendesk.errors import Forbidden, InvalidInput
+from tokendesk.gateway.model_config import APIS
 from tokendesk.ledger.periods import local_midnight, period_bounds, zone
+from tokendesk.metering.models import NO_ENDPOINT
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 MAX_RANGE_DAYS = 366
 MAX_MODEL_LENGTH = 200
+# How analytics names the usage reported through the usage API, which has no endpoint.
+REPORTED = "reported"
+# What the endpoint filter takes: the gateway's APIs, and usage reported to the usage API.
+ENDPOINTS = (*APIS, REPORTED)
 DAY_SECONDS = 86_400
 LAST_N_DAYS = {"7d": 7, "30d": 30, "90d": 90}
 
@@ -42,6 +48,7 @@ class Query:
     last_day: date | None = None
     team_id: int | None = None
     model: str | None = None
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,9 @@ async def selection_for(
     model = query.model.strip() if query.model else None
     if model is not None and len(model) > MAX_MODEL_LENGTH:
         raise InvalidInput(f"model: must be at most {MAX_MODEL_LENGTH} characters", field="model")
+    endpoint = query.endpoint.strip() if query.endpoint else None
+    if endpoint is not None and endpoint not in ENDPOINTS:
+        raise InvalidInput(f"endpoint: must be one of {', '.join(ENDPOINTS)}", field="endpoint")
     now = now or utcnow()
     await repo.plan_each_query(session)
     org = await get_organization(session, actor.organization_id)
@@ -143,18 +153,34 @@ async def selection_for(
         query, now=now, reset_day=org.reset_day, timezone=org.timezone
     )
     return Selection(
-        where=repo.Where(organization_id=org.id, team_ids=team_ids, model=model or None),
+        where=repo.Where(
+            organization_id=org.id,
+            team_ids=team_ids,
+            model=model or None,
+            endpoint=None if endpoint is None else stored_endpoint(endpoint),
+        ),
         range=range_,
-        filters=FiltersOut(team_id=query.team_id, model=model or None),
+        filters=FiltersOut(team_id=query.team_id, model=model or None, endpoint=endpoint),
         now=now,
         period_days=period_days,
     )
 
 
+def stored_endpoint(endpoint: str) -> str:
+    """The endpoint as the rollups key it: reported usage has none."""
+    return NO_ENDPOINT if endpoint == REPORTED else endpoint
+
+
+def shown_endpoint(stored: str) -> str:
+    """The endpoint as analytics names it (and the endpoint filter takes it)."""
+    return REPORTED if stored == NO_ENDPOINT else stored
+
+
 async def filter_choices(
     session: AsyncSession, *, actor: Actor
 ) -> tuple[list[tuple[int, str]], list[str]]:
-    """(teams, models) the caller may filter by: their teams, and every model used."""
+    """(teams, models) the caller may filter by: their teams, and every model used; the
+    endpoints are always ``ENDPOINTS``."""
     team_scope(actor, None)
     teams = await repo.teams(session, organization_id=actor.organization_id)
     teams = [(team_id, name) for team_id, name in teams if actor.can_manage_team(team_id)]

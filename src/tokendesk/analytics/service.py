@@ -17,11 +17,15 @@ from tokendesk.analytics import repository as repo
 from tokendesk.analytics import requests_repository as requests_repo
 from tokendesk.analytics.forecast import forecast, project
 from tokendesk.analytics.schemas import (
+    ByEndpointOut,
     ByModelOut,
+    DecisionKindCount,
+    EndpointUsage,
     FiltersOut,
     ModelUsage,
     Requester,
     RequestsOut,
+    RuleCount,
     Series,
     StatusCount,
     TopTeam,
@@ -32,6 +36,7 @@ from tokendesk.analytics.schemas import (
 )
 from tokendesk.analytics.selection import (
     DEFAULT_LIMIT,
+    ENDPOINTS,
     MAX_LIMIT,
     MAX_MODEL_LENGTH,
     Query,
@@ -39,21 +44,26 @@ from tokendesk.analytics.selection import (
     filter_choices,
     resolve_range,
     selection_for,
+    shown_endpoint,
+    stored_endpoint,
     team_scope,
 )
 from tokendesk.errors import InvalidInput
-from tokendesk.metering.models import NO_TEAM
-from tokendesk.token_requests.models import RequestStatus
+from tokendesk.metering.models import NO_ENDPOINT, NO_TEAM
+from tokendesk.token_requests.models import DecisionKind, RequestStatus
 
 # The callers' one entry point: selection and forecast live in their own modules.
 __all__ = [
     "CHART_SERIES",
     "DEFAULT_LIMIT",
+    "ENDPOINTS",
     "MAX_LIMIT",
     "MAX_MODEL_LENGTH",
     "Query",
     "Selection",
+    "by_endpoint",
     "by_model",
+    "endpoint_choices",
     "filter_choices",
     "forecast",
     "project",
@@ -68,6 +78,17 @@ __all__ = [
 
 # Stacks beyond this many are summed into "Other": a chart of 100 colours says nothing.
 CHART_SERIES = 8
+# What usage over time stacks by, and what its "Other" counts.
+STACKS = {"team": "teams", "model": "models", "endpoint": "endpoints"}
+# Each endpoint's name on the page; usage reported through the usage API has none.
+ENDPOINT_LABELS = {
+    "chat": "Chat completions",
+    "responses": "Responses",
+    "embeddings": "Embeddings",
+    "messages": "Messages",
+    "completions": "Completions (legacy)",
+    NO_ENDPOINT: "Reported by other apps",
+}
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -129,7 +150,8 @@ async def top_users(
         )
     return TopUsersOut(
         range=r,
-        filters=selection.filters,
+        # Users' running totals know no endpoints: every endpoint is counted.
+        filters=selection.filters.model_copy(update={"endpoint": None}),
         total_tokens=sum(per_user.values()),
         active_users=len(per_user),
         items=items,
@@ -186,9 +208,10 @@ async def usage_over_time(
     stack: str = "team",
     series: int = CHART_SERIES,
 ) -> UsageOverTimeOut:
-    """Tokens per day of the range, stacked by team or by model (the biggest ``series``)."""
-    if stack not in ("team", "model"):
-        raise InvalidInput("stack: must be team or model", field="stack")
+    """Tokens per day of the range, stacked by team, model or endpoint (the biggest
+    ``series``)."""
+    if stack not in STACKS:
+        raise InvalidInput(f"stack: must be one of {', '.join(STACKS)}", field="stack")
     r, where = selection.range, selection.where
     rows = await repo.daily_by(
         session, where=where, first_day=r.first_day, last_day=r.last_day, stack=stack
@@ -203,17 +226,22 @@ async def usage_over_time(
     if stack == "team":
         names = dict(await repo.teams(session, organization_id=where.organization_id))
 
-    def label(key: Any) -> str:
-        return _team_label(key, names) if stack == "team" else str(key)
+    def key_and_label(key: Any) -> tuple[str, str]:
+        if stack == "team":
+            return str(key), _team_label(key, names)
+        if stack == "endpoint":
+            return shown_endpoint(key), endpoint_label(key)
+        return str(key), str(key)
 
     out = [
-        Series(key=str(key), label=label(key), total=sum(tokens), tokens=tokens)
+        Series(key=shown, label=label, total=sum(tokens), tokens=tokens)
         for key, tokens in ranked[:series]
+        for shown, label in [key_and_label(key)]
     ]
     rest = ranked[series:]
     if rest:
         other = [sum(tokens[i] for _, tokens in rest) for i in range(len(days))]
-        label_other = f"Other ({len(rest)} {'teams' if stack == 'team' else 'models'})"
+        label_other = f"Other ({len(rest)} {STACKS[stack]})"
         out.append(Series(key="other", label=label_other, total=sum(other), tokens=other))
     totals = [sum(tokens[i] for tokens in per_key.values()) for i in range(len(days))]
     return UsageOverTimeOut(
@@ -221,30 +249,68 @@ async def usage_over_time(
     )
 
 
+def _kinds(row: repo.Totals, total_tokens: int) -> dict[str, Any]:
+    return {
+        "tokens": row.tokens,
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+        "cached_tokens": row.cached_tokens,
+        "reasoning_tokens": row.reasoning_tokens,
+        "calls": row.calls,
+        "share_of_tokens": _share(row.tokens, total_tokens),
+    }
+
+
 async def by_model(session: AsyncSession, *, selection: Selection) -> ByModelOut:
-    """Tokens (prompt and completion) and calls per model in the range."""
+    """Tokens (prompt, completion, cached and reasoning) and calls per model in the range."""
     r = selection.range
     rows = await repo.model_totals(
         session, where=selection.where, first_day=r.first_day, last_day=r.last_day
     )
-    total_tokens = sum(row[1] for row in rows)
-    items = [
-        ModelUsage(
-            model=model,
-            tokens=tokens,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            calls=calls,
-            share_of_tokens=_share(tokens, total_tokens),
-        )
-        for model, tokens, prompt, completion, calls in rows
-    ]
+    total_tokens = sum(row.tokens for row in rows)
+    items = [ModelUsage(model=row.key, **_kinds(row, total_tokens)) for row in rows]
     items.sort(key=lambda item: (-item.tokens, item.model))
     return ByModelOut(
         range=r,
         filters=selection.filters,
         total_tokens=total_tokens,
-        total_calls=sum(row[4] for row in rows),
+        total_calls=sum(row.calls for row in rows),
+        items=items,
+    )
+
+
+def endpoint_label(stored: str) -> str:
+    return ENDPOINT_LABELS.get(stored, stored)
+
+
+def endpoint_choices() -> list[tuple[str, str]]:
+    """(value, label) of every endpoint the endpoint filter takes."""
+    return [(endpoint, endpoint_label(stored_endpoint(endpoint))) for endpoint in ENDPOINTS]
+
+
+async def by_endpoint(session: AsyncSession, *, selection: Selection) -> ByEndpointOut:
+    """Tokens of each kind and calls per gateway endpoint (the API called) in the range."""
+    r = selection.range
+    rows = await repo.endpoint_totals(
+        session, where=selection.where, first_day=r.first_day, last_day=r.last_day
+    )
+    total_tokens = sum(row.tokens for row in rows)
+    items = [
+        EndpointUsage(
+            endpoint=shown_endpoint(row.key),
+            label=endpoint_label(row.key),
+            **_kinds(row, total_tokens),
+        )
+        for row in rows
+    ]
+    items.sort(key=lambda item: (-item.tokens, item.endpoint))
+    return ByEndpointOut(
+        range=r,
+        filters=selection.filters,
+        total_tokens=total_tokens,
+        total_calls=sum(row.calls for row in rows),
+        total_cached_tokens=sum(row.cached_tokens for row in rows),
+        total_reasoning_tokens=sum(row.reasoning_tokens for row in rows),
         items=items,
     )
 
@@ -278,6 +344,7 @@ async def requests(
     tallies = await requests_repo.requests_by_user(
         session, where=where, start=r.start, end=r.end, limit=limit
     )
+    by_kind, by_rule = await _decisions_by_kind(session, selection)
     people = await repo.people(session, user_ids=list(tallies))
     top = [
         Requester(
@@ -297,12 +364,39 @@ async def requests(
     ]
     return RequestsOut(
         range=r,
-        filters=FiltersOut(team_id=selection.filters.team_id, model=None),
+        filters=FiltersOut(team_id=selection.filters.team_id, model=None, endpoint=None),
         total=sum(item.count for item in by_status),
         requested=sum(item.requested for item in by_status),
         granted=sum(item.granted for item in by_status),
         decided=decided,
         median_decision_seconds=median,
         by_status=by_status,
+        by_kind=by_kind,
+        by_rule=by_rule,
         top_requesters=top,
+    )
+
+
+KINDS = tuple(kind.value for kind in DecisionKind)
+
+
+async def _decisions_by_kind(
+    session: AsyncSession, selection: Selection
+) -> tuple[list[DecisionKindCount], list[RuleCount]]:
+    r = selection.range
+    rows = await requests_repo.decision_kinds(
+        session, where=selection.where, start=r.start, end=r.end
+    )
+    kinds = {kind: [0, 0] for kind in (*KINDS, "unknown")}
+    rules: list[RuleCount] = []
+    for kind, rule_id, name, n, granted in rows:
+        tally = kinds[kind if kind in KINDS else "unknown"]
+        tally[0] += n
+        tally[1] += granted
+        if kind == "rule" and rule_id is not None:
+            rules.append(RuleCount(rule_id=rule_id, name=name or "", count=n, granted=granted))
+    rules.sort(key=lambda rule: (-rule.count, rule.rule_id))
+    return (
+        [DecisionKindCount(kind=k, count=n, granted=g) for k, (n, g) in kinds.items() if n],
+        rules,
     )

@@ -13,12 +13,13 @@ from typing import Annotated
 import typer
 
 from tokendesk import __version__
-from tokendesk.cli import accounts, operations
+from tokendesk.cli import accounts, backups, operations
 
 app = typer.Typer(
     name="tokendesk",
     help="Operate tokendesk: serve the app, migrate the database, manage organizations, "
-    "teams, users and API keys. Settings come from TOKENDESK_* environment variables.",
+    "teams, users, API keys and integrations. Settings come from TOKENDESK_* environment "
+    "variables.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -26,12 +27,15 @@ app = typer.Typer(
 app.command()(operations.serve)
 app.command()(operations.demo)
 app.command()(operations.doctor)
+app.command()(backups.backup)
+app.command()(backups.restore)
 app.add_typer(operations.db_app, name="db")
 app.add_typer(operations.reset_app, name="reset")
 app.add_typer(accounts.org_app, name="org")
 app.add_typer(accounts.team_app, name="team")
 app.add_typer(accounts.user_app, name="user")
 app.add_typer(accounts.apikey_app, name="apikey")
+app.add_typer(accounts.integration_app, name="integration")
 
 
 def _version(value: bool) -> None:

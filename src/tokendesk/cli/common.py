@@ -84,6 +84,8 @@ def validated(model: type[M], options: dict[str, str], values: dict[str, Any]) -
 def upgrade(url: str) -> None:
     try:
         runner.upgrade(url)
+    except runner.MigrationRefused as exc:
+        fail(f"database not upgraded: {exc}")
     except DBAPIError as exc:
         fail(database_problem(exc))
     except OSError as exc:

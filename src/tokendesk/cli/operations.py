@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -17,6 +19,7 @@ from tokendesk.ledger.doctor import Mismatch, check_balances, check_references
 from tokendesk.ledger.models import Balance
 from tokendesk.metering import rollup_check
 from tokendesk.migrations import runner
+from tokendesk.observability.logs import uvicorn_log_config
 
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 reset_app = typer.Typer(help="Monthly resets and expired holds.", no_args_is_help=True)
@@ -35,6 +38,15 @@ async def _schema_lag(database: Database) -> tuple[str | None, str | None]:
     return current, head
 
 
+SQLITE_ONE_WORKER = (
+    "--workers {workers} needs PostgreSQL: on SQLite the event bus lives inside one "
+    "process, so a decision taken in one worker would never reach the event streams, "
+    "key caches and gateway of the others, and the workers would queue for SQLite's "
+    "single writer; serve one worker, or set TOKENDESK_DATABASE_URL to a PostgreSQL "
+    "database"
+)
+
+
 def serve(
     host: Annotated[
         str | None, typer.Option(help="Interface to bind. Default: TOKENDESK_HOST (127.0.0.1).")
@@ -46,8 +58,19 @@ def serve(
         bool,
         typer.Option("--reload/--no-reload", help="Restart on code changes (development only)."),
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Server processes on the one port, each a whole instance (scheduler, "
+            "event bus listener, notification worker); more than 1 needs PostgreSQL.",
+        ),
+    ] = 1,
 ) -> None:
-    """Serve the web app, API and gateway with uvicorn (runs the scheduler in-process)."""
+    """Serve the web app, API and gateway with uvicorn (runs the scheduler in-process).
+
+    SIGTERM stops it gracefully within TOKENDESK_SHUTDOWN_GRACE_SECONDS, exit status 0."""
     import uvicorn
 
     settings = load_settings()
@@ -55,23 +78,48 @@ def serve(
         settings.check_secret()
     except InsecureSecret as exc:
         fail(str(exc))
+    if workers > 1:
+        if settings.is_sqlite:
+            fail(SQLITE_ONE_WORKER.format(workers=workers))
+        if settings.event_bus == "memory":
+            fail(
+                f"--workers {workers} needs the PostgreSQL event bus, but "
+                "TOKENDESK_EVENT_BUS=memory keeps each worker's events to itself; "
+                "set it to auto or postgres"
+            )
+        if reload:
+            fail("--reload serves one worker; leave out --workers")
     current, head = run(_schema_lag)
     if current != head:
         fail(
             f"the database schema is at revision {current or 'none'} but this version needs "
             f"{head}; run `tokendesk db upgrade` first"
         )
+    # uvicorn stops on SIGTERM and then signals itself again; the server stopped
+    # gracefully, so that second SIGTERM ends the process with status 0, not 143.
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
         "tokendesk.app:create_app",
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
         reload=reload,
+        workers=workers,
         log_level=settings.log_level,
+        # The request log (tokendesk.request) says more, for less, than uvicorn's access log.
+        access_log=False,
+        log_config=uvicorn_log_config(settings.log_format),
         # The login limiter must see the client behind a trusted proxy, not the proxy.
         proxy_headers=bool(settings.forwarded_allow_ips),
         forwarded_allow_ips=settings.forwarded_allow_ips or None,
+        # Calls in flight get this long after SIGTERM; the rest of the grace period is
+        # for settling them (Runtime.begin_shutdown, stopping_on_signals).
+        timeout_graceful_shutdown=settings.shutdown_calls_seconds,  # type: ignore[arg-type]
     )
+
+
+def _stopped(_sig: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 @db_app.command("upgrade")

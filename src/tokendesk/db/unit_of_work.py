@@ -27,6 +27,7 @@ from tokendesk.db.sqlite_quick import QuickPath
 
 if TYPE_CHECKING:
     from tokendesk.events.bus import EventBus
+    from tokendesk.observability.metrics import Metrics
 
 AfterCommit = Callable[[], Any]
 T = TypeVar("T")
@@ -59,6 +60,9 @@ class Database:
     ) -> None:
         self.url = url
         self.bus = bus
+        # The server's metrics, which transactions count what they commit in (set by
+        # the runtime; None in the CLI and tools).
+        self.metrics: Metrics | None = None
         self.is_sqlite = url.startswith("sqlite")
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
@@ -117,6 +121,7 @@ class Database:
             async with maker() as session:
                 session.info["after_commit"] = []
                 session.info["bus"] = self.bus
+                session.info["metrics"] = self.metrics
                 session.info["writes"] = write
                 try:
                     yield session

@@ -78,6 +78,11 @@ class PostgresBus(InProcessBus):
         await self._listen()
         self._watchdog = asyncio.create_task(self._keep_listening())
 
+    @property
+    def listening(self) -> bool:
+        # Down from the moment the connection drops, not only once the watchdog notices.
+        return self._listener is not None and not self._listener.is_closed()
+
     async def _listen(self) -> None:
         conn = await asyncpg.connect(self._dsn)
         await conn.add_listener(CHANNEL, self._on_notify)
@@ -121,12 +126,16 @@ class PostgresBus(InProcessBus):
             )
 
     async def stop(self) -> None:
+        # Once stopped, stopping again does nothing.
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
+            self._watchdog = None
         if self._listener is not None and not self._listener.is_closed():
             await self._listener.close()
+        self._listener = None
         if self._pool is not None:
             await self._pool.close()
+            self._pool = None
         await super().stop()

@@ -9,11 +9,11 @@ the prompt estimate plus the budget of each choice. The client's own
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tokendesk.config import Settings
 from tokendesk.gateway.model_config import MAX_N, ModelConfig
-from tokendesk.gateway.tokens import prompt_tokens, unweighted, weighted
+from tokendesk.gateway.tokens import prompt_tokens
 
 BUDGET_FIELDS = ("max_tokens", "max_completion_tokens")
 # Fields no chat client needs that let an upstream generate more than the hold pays for:
@@ -57,7 +57,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _count(value: Any, param: str, *, most: int, limit: str) -> int | None:
+def count_field(value: Any, param: str, *, most: int, limit: str) -> int | None:
     """``value`` as a count from 1 to ``most`` (``limit`` says whose), or None if absent."""
     if value is None:
         return None
@@ -70,16 +70,31 @@ def _count(value: Any, param: str, *, most: int, limit: str) -> int | None:
     return int(value)
 
 
-def parse_chat(body: Any, models: dict[str, ModelConfig]) -> ChatRequest:
-    """Check a chat completion body; raises BadParameter or UnknownModel."""
-    if not isinstance(body, dict):
-        raise BadParameter("body", "the body must be a JSON object")
+def model_speaking(body: dict[str, Any], models: dict[str, ModelConfig], api: str) -> ModelConfig:
+    """The model ``body`` names, if its upstream speaks ``api``; raises BadParameter or
+    UnknownModel. A call on an API the model does not speak is refused before any hold:
+    tokendesk passes calls through and translates none."""
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise BadParameter("model", "required")
     model = models.get(name)
     if model is None:
         raise UnknownModel(name)
+    if api not in model.apis:
+        raise BadParameter(
+            "model",
+            f"model {name!r} does not speak the {api} API; it speaks {', '.join(model.apis)} "
+            "(see GET /v1/models)",
+        )
+    return model
+
+
+def parse_chat(body: Any, models: dict[str, ModelConfig]) -> ChatRequest:
+    """Check a chat completion body; raises BadParameter or UnknownModel."""
+    if not isinstance(body, dict):
+        raise BadParameter("body", "the body must be a JSON object")
+    model = model_speaking(body, models, "chat")
+    name = model.name
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadParameter("messages", "a non-empty list is required")
@@ -90,26 +105,47 @@ def parse_chat(body: Any, models: dict[str, ModelConfig]) -> ChatRequest:
     asked = [
         count
         for field in BUDGET_FIELDS
-        if (count := _count(body.get(field), field, most=most, limit="for this model")) is not None
+        if (count := count_field(body.get(field), field, most=most, limit="for this model"))
+        is not None
     ]
-    n = _count(body.get("n"), "n", most=MAX_N, limit="choices per call") or 1
+    n = count_field(body.get("n"), "n", most=MAX_N, limit="choices per call") or 1
     if n > 1 and not model.allow_n:
         raise BadParameter("n", f"model {name!r} answers one choice per call")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise BadParameter("stream", "must be true or false")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise BadParameter("stream_options", "must be an object")
+    stream = streamed(body)
     return ChatRequest(
         body=body,
         model=model,
         messages=messages,
         requested=min(asked) if asked else None,
         n=n,
-        stream=bool(stream),
+        stream=stream,
         prompt=prompt_tokens(messages, body),
     )
+
+
+class Budgeted(Protocol):
+    """What sizes a call's hold on any API: its model, the prompt estimate, the output
+    budget per generation the client asked for (if any) and how many generations."""
+
+    @property
+    def model(self) -> ModelConfig: ...
+    @property
+    def prompt(self) -> int: ...
+    @property
+    def requested(self) -> int | None: ...
+    @property
+    def n(self) -> int: ...
+
+
+def streamed(body: dict[str, Any]) -> bool:
+    """Whether the call streams: ``stream`` a boolean, ``stream_options`` an object."""
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadParameter("stream", "must be true or false")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadParameter("stream_options", "must be an object")
+    return bool(stream)
 
 
 @dataclass(frozen=True)
@@ -120,25 +156,32 @@ class HoldSize:
     at_least: int
 
 
-def hold_size(request: ChatRequest, settings: Settings) -> HoldSize:
+def hold_size(request: Budgeted, settings: Settings) -> HoldSize:
     """A client's own budget is held whole; without one the call takes the default
     budget (within the model's limit) or, with little left, what the balance covers
-    down to the floor."""
-    weight = request.model.weight
+    down to the floor. The prompt is priced as input, the budget as output."""
+    model = request.model
     if request.requested is not None:
-        amount = weighted(request.prompt + request.n * request.requested, weight)
-        return HoldSize(amount, amount)
-    budget = min(settings.gateway_default_max_tokens, request.model.max_output_tokens)
-    floor = min(settings.gateway_min_completion_tokens, budget)
-    return HoldSize(
-        weighted(request.prompt + request.n * budget, weight),
-        weighted(request.prompt + request.n * floor, weight),
+        return hold_between(request, budget=request.requested, floor=request.requested)
+    budget = min(settings.gateway_default_max_tokens, model.max_output_tokens)
+    return hold_between(
+        request, budget=budget, floor=min(settings.gateway_min_completion_tokens, budget)
     )
 
 
-def completion_budget(request: ChatRequest, held: int) -> int:
-    """The completion budget per choice that ``held`` tokens pay for."""
-    budget = (unweighted(held, request.model.weight) - request.prompt) // request.n
+def hold_between(request: Budgeted, *, budget: int, floor: int) -> HoldSize:
+    """Tokens to hold for ``budget`` output tokens per generation, or, with less left,
+    for at the least ``floor``: the prompt priced as input, the budget as output."""
+    model, n, prompt = request.model, request.n, request.prompt
+    return HoldSize(
+        model.ceiling(prompt=prompt, completion=n * budget),
+        model.ceiling(prompt=prompt, completion=n * floor),
+    )
+
+
+def completion_budget(request: Budgeted, held: int) -> int:
+    """The completion budget per generation that ``held`` tokens pay for."""
+    budget = request.model.completion_within(held, prompt=request.prompt) // request.n
     if request.requested is not None:
         budget = min(budget, request.requested)
     return max(min(budget, request.model.max_output_tokens), 1)

@@ -21,15 +21,17 @@ from typing import cast
 from sqlalchemy import Table, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokendesk.accounts.models import ApiKey
+from tokendesk.accounts.models import ApiKey, Integration
 from tokendesk.db import Database, run_core
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.holds import Hold, HoldRequest, holds_for
 from tokendesk.metering.settlements import Settlement, settle_many
+from tokendesk.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 API_KEYS = cast(Table, ApiKey.__table__)
+INTEGRATIONS = cast(Table, Integration.__table__)
 
 __all__ = ["Hold", "HoldBatcher", "HoldRequest", "Settlement", "Settler", "release"]
 
@@ -108,12 +110,16 @@ class Settler:
         max_batch: int = 250,
         linger_seconds: float | None = None,
         keys_used: dict[int, datetime] | None = None,
+        integrations_used: dict[int, datetime] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.database = database
+        self.metrics = metrics if metrics is not None else Metrics()
         if linger_seconds is None:
             linger_seconds = 0.01 if database.is_sqlite else 0.1
         self.linger_seconds = linger_seconds
         self.keys_used = keys_used if keys_used is not None else {}
+        self.integrations_used = integrations_used if integrations_used is not None else {}
         self.max_batch = max_batch
         self._waiting: list[Settlement] = []
         self._first_at = 0.0  # when the oldest waiting settlement was submitted
@@ -139,6 +145,11 @@ class Settler:
         """Wait until every submitted settlement is committed."""
         await self._idle.wait()
 
+    @property
+    def waiting(self) -> int:
+        """Settlements queued for the next transaction."""
+        return len(self._waiting)
+
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
@@ -151,9 +162,13 @@ class Settler:
                 await asyncio.sleep(linger)
             batch = self._waiting[: self.max_batch]
             del self._waiting[: self.max_batch]
+            # Behind a full batch, the next one's lag counts from this one's oldest: an
+            # upper bound, as the time they were queued is not kept.
+            oldest_at = self._first_at
             if self._waiting:
                 self._wake.set()  # a full batch left some behind: they go next, at once
             await self._commit(batch)
+            self.metrics.settled_batch(len(batch), oldest_at=oldest_at)
             if not self._waiting:
                 self._idle.set()
             else:
@@ -169,6 +184,7 @@ class Settler:
         except Exception:
             if len(batch) == 1:
                 log.exception("settling hold %s failed", batch[0].reservation_id)
+                self.metrics.settlement_failures.inc()
                 return
             # One bad settlement must not lose the others: retry them one by one.
             for settlement in batch:
@@ -179,20 +195,24 @@ class Settler:
         await self._stamp_keys(session)
 
     async def _stamp_keys(self, session: AsyncSession) -> None:
-        if not self.keys_used:
-            return
-        used = dict(self.keys_used)
-        await run_core(
-            session,
-            update(API_KEYS)
-            .where(API_KEYS.c.id == bindparam("kid"))
-            .values(last_used_at=bindparam("at")),
-            [{"kid": key_id, "at": at} for key_id, at in used.items()],
-        )
-        # Only now: a quick transaction that gives up is tried again the normal way.
-        for key_id, at in used.items():
-            if self.keys_used.get(key_id) == at:
-                del self.keys_used[key_id]
+        for table, used in (
+            (API_KEYS, self.keys_used),
+            (INTEGRATIONS, self.integrations_used),
+        ):
+            if not used:
+                continue
+            stamps = dict(used)
+            await run_core(
+                session,
+                update(table)
+                .where(table.c.id == bindparam("kid"))
+                .values(last_used_at=bindparam("at")),
+                [{"kid": key_id, "at": at} for key_id, at in stamps.items()],
+            )
+            # Only now: a quick transaction that gives up is tried again the normal way.
+            for key_id, at in stamps.items():
+                if used.get(key_id) == at:
+                    del used[key_id]
 
     async def stop(self) -> None:
         await self.drain()

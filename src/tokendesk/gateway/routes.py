@@ -4,7 +4,9 @@ Hot path: :class:`Shortcut` serves ``POST /v1/chat/completions`` ahead of the
 framework's routing, the caller is found in a key cache kept warm in the
 background, one transaction (shared with concurrent calls) holds the estimate,
 the upstream call goes out on a pooled connection, and the settlement is
-queued for the background settler once the reply is on its way.
+queued for the background settler once the reply is on its way. The other APIs
+(``/v1/embeddings``, gateway/embeddings.py) go through the normal router and
+:func:`serve_metered`, the same steps with their own body and reply.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import secrets
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 from fastapi import APIRouter, Request
@@ -21,9 +25,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from yarl import URL
 
-from tokendesk.accounts.auth import actor_from_session_cookie, bearer_key, csrf_refused
+from tokendesk.accounts.integrations import is_integration_key
 from tokendesk.accounts.keycache import CREDENTIALS_CHANGED, KeyCache, KeyOwner
-from tokendesk.accounts.models import Role
 from tokendesk.config import Settings
 from tokendesk.db import Database
 from tokendesk.errors import AppError, InsufficientTokens
@@ -31,21 +34,50 @@ from tokendesk.events.bus import EventBus
 from tokendesk.gateway.budget import (
     BadParameter,
     ChatRequest,
+    HoldSize,
     UnknownModel,
     hold_size,
     parse_chat,
 )
-from tokendesk.gateway.completion import Completion, Overruns, loads, openai_error
-from tokendesk.gateway.holds import HoldBatcher, Settler
-from tokendesk.gateway.model_config import load_models
+from tokendesk.gateway.callers import (
+    GatewayError,
+    find_caller,
+    integration_of,
+    named_caller,
+    names_someone,
+)
+from tokendesk.gateway.completion import Completion, Overruns, loads
+from tokendesk.gateway.dialects import OPENAI, Dialect, ErrorShape, anthropic_key, openai_error
+from tokendesk.gateway.holds import Hold, HoldBatcher, Settler
+from tokendesk.gateway.model_config import ModelConfig, load_models
 from tokendesk.gateway.openapi import (
+    BALANCE_RESPONSES,
     CHAT_COMPLETIONS_BODY,
     CHAT_COMPLETIONS_RESPONSES,
     MODELS_RESPONSES,
 )
+from tokendesk.gateway.schemas import ChatAppBalance
+from tokendesk.gateway.standing import Thresholds, balance_for, standing_headers
 from tokendesk.limits import PerUserLimit
+from tokendesk.observability.context import note_caller, note_route
+from tokendesk.observability.metrics import Metrics, endpoint_of
+from tokendesk.token_requests.links import request_link
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["gateway"])
+T = TypeVar("T")
+
+# Where each API the gateway serves is called on an upstream, below its base URL.
+UPSTREAM_PATHS = {
+    "chat": "/chat/completions",
+    "responses": "/responses",
+    "embeddings": "/embeddings",
+    "messages": "/messages",
+    "completions": "/completions",
+}
+# What a checked call holds, and how it is answered once held.
+Plan = tuple[HoldSize, Callable[[Hold], Awaitable[Response]]]
 
 
 class Gateway:
@@ -57,22 +89,40 @@ class Gateway:
         self.database = database
         self.bus = bus
         self.models = load_models(settings)
+        self.metrics = Metrics(models=self.models)
+        # Per endpoint, each upstream model's URL for it.
         self.upstream_urls = {
-            name: URL(model.base_url.rstrip("/") + "/chat/completions")
-            for name, model in self.models.items()
-            if not model.is_demo
+            endpoint: {
+                name: URL(model.upstream_base + path)
+                for name, model in self.models.items()
+                if not model.is_demo and endpoint in model.apis
+            }
+            for endpoint, path in UPSTREAM_PATHS.items()
         }
         self.keys = KeyCache(database, ttl_seconds=settings.key_cache_seconds)
-        self.settler = Settler(database, keys_used=self.keys.used)
+        self.settler = Settler(
+            database,
+            keys_used=self.keys.used,
+            integrations_used=self.keys.integrations_used,
+            metrics=self.metrics,
+        )
         self.holds = HoldBatcher(database, ttl_seconds=settings.reservation_ttl_seconds)
         self.overruns = Overruns(database)
         self.calls = PerUserLimit(settings.gateway_calls_per_user)
-        # Completion ids double as usage event ids, so they must never repeat: a random
-        # prefix per gateway and a counter are unique without a system call per call.
-        self.id_prefix = f"chatcmpl-{secrets.token_hex(12)}"
+        self.thresholds = Thresholds(database, ttl_seconds=settings.key_cache_seconds)
+        # Call ids double as usage event ids, so they must never repeat: a random part
+        # per gateway and a counter are unique without a system call per call.
+        self.id_prefix = secrets.token_hex(12)
         self.ids = itertools.count()
         self._client: aiohttp.ClientSession | None = None
         self._listener: asyncio.Task[None] | None = None
+        # Calls that hold tokens and have not settled or released them yet. Closing
+        # waits for them: on shutdown uvicorn cancels the calls that outlast the grace
+        # and starts the lifespan's shutdown at once, while each cut call's cleanup,
+        # which settles what it delivered, has yet to run.
+        self.unsettled = 0
+        self._all_settled = asyncio.Event()
+        self._all_settled.set()
 
     def watch_credentials(self) -> None:
         """Start (once) forgetting cached keys whenever credentials change anywhere."""
@@ -105,7 +155,23 @@ class Gateway:
             )
         return self._client
 
+    def call_opened(self) -> None:
+        self.unsettled += 1
+        self._all_settled.clear()
+
+    def call_closed(self) -> None:
+        self.unsettled -= 1
+        if not self.unsettled:
+            self._all_settled.set()
+
     async def close(self) -> None:
+        settling = self.settings.shutdown_grace_seconds - self.settings.shutdown_calls_seconds
+        try:
+            async with asyncio.timeout(settling):
+                await self._all_settled.wait()
+        except TimeoutError:
+            # Their holds stay until they expire, as if the process had been killed.
+            log.warning("%d calls were still unsettled when the gateway closed", self.unsettled)
         await self.settler.stop()
         await self.overruns.drain()
         await self.keys.stop()
@@ -122,69 +188,24 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
-class GatewayError(Exception):
-    def __init__(self, response: JSONResponse) -> None:
-        self.response = response
-
-
-async def _caller(request: Request, gateway: Gateway) -> KeyOwner:
-    key = bearer_key(request)
-    if key is None:
-        return await _session_caller(request, gateway)
-    owner = await gateway.keys.owner_of_key(key)
-    if owner is None:
-        raise GatewayError(
-            openai_error(
-                401,
-                "invalid or revoked API key",
-                type_="invalid_request_error",
-                code="invalid_api_key",
-            )
-        )
-    header = gateway.settings.trusted_user_header
-    on_behalf = request.headers.get(header) if header else None
-    if not on_behalf:
-        return owner
-    # Only a proxy holding an admin's key may speak for someone else.
-    if owner.role not in (Role.ORG_ADMIN, Role.SUPER_ADMIN):
-        raise GatewayError(
-            openai_error(403, f"{header} needs an org admin's key", type_="permission_error")
-        )
-    member = await gateway.keys.member(organization_id=owner.organization_id, email=on_behalf)
-    if member is None:
-        raise GatewayError(
-            openai_error(403, f"unknown user {on_behalf!r} in {header}", type_="permission_error")
-        )
-    return member
-
-
-async def _session_caller(request: Request, gateway: Gateway) -> KeyOwner:
-    """A member of the web app, signed in by cookie (the chat page)."""
-    async with gateway.database.transaction(write=False) as session:
-        actor = await actor_from_session_cookie(session, request)
-    if actor is None:
-        raise GatewayError(
-            openai_error(
-                401,
-                "send 'Authorization: Bearer <your tokendesk API key>'",
-                type_="invalid_request_error",
-                code="invalid_api_key",
-            )
-        )
-    if csrf_refused(request, request.headers.get("x-csrf-token")):
-        raise GatewayError(
-            openai_error(403, "missing or invalid CSRF token", type_="permission_error")
-        )
-    return KeyOwner(actor.user_id, actor.home_organization_id, actor.role, actor.email)
-
-
 @router.get("/models", responses=MODELS_RESPONSES)
 async def list_models(request: Request) -> Response:
     gateway = _gateway(request)
+    # OpenAI's clients and Anthropic's list models alike (the latter with x-api-key).
+    key = anthropic_key(request)
     try:
-        await _caller(request, gateway)
+        if key is not None and is_integration_key(key):
+            # A chat app lists models for everyone, often before any user is signed in
+            # (Open WebUI at start-up): the list costs nobody anything, so naming a user
+            # is not required, though the one named is provisioned as on a chat call.
+            integration = await integration_of(gateway, key)
+            if names_someone(integration, request):
+                await named_caller(request, gateway, key, None)
+        else:
+            await find_caller(request, gateway, key_of=anthropic_key)
     except GatewayError as exc:
         return exc.response
+    names = list(gateway.models)
     return JSONResponse(
         {
             "object": "list",
@@ -195,34 +216,65 @@ async def list_models(request: Request) -> Response:
                     "created": 0,
                     "owned_by": "tokendesk-demo" if model.is_demo else "upstream",
                     "demo": model.is_demo,
+                    "apis": model.apis,
+                    # Anthropic's fields for a model, beside OpenAI's.
+                    "type": "model",
+                    "display_name": name,
+                    "created_at": "1970-01-01T00:00:00Z",
                 }
                 for name, model in gateway.models.items()
             ],
+            # Anthropic's paging: every model is on the one page.
+            "has_more": False,
+            "first_id": names[0] if names else None,
+            "last_id": names[-1] if names else None,
         }
     )
 
 
-def _bad_request(message: str, param: str) -> GatewayError:
-    response = openai_error(400, f"{param}: {message}", type_="invalid_request_error", param=param)
-    return GatewayError(response)
-
-
-def _parse(body: Any, gateway: Gateway) -> ChatRequest:
+@router.get(
+    "/tokendesk/balance",
+    response_model=ChatAppBalance,
+    responses=BALANCE_RESPONSES,
+    summary="The calling person's balance, for chat apps",
+)
+async def chat_app_balance(request: Request) -> Response:
+    """The balance of whoever a gateway call with the same credentials would bill: a
+    personal key's owner, or the person an integration's chat app names in its headers
+    (or in ``?user=``, the body field of a call). Reads only, unless the person named is
+    new and provisioned, as on a chat call."""
+    gateway = _gateway(request)
+    user = request.query_params.get("user")
     try:
-        return parse_chat(body, gateway.models)
+        caller = await find_caller(request, gateway, None if user is None else {"user": user})
+    except GatewayError as exc:
+        return exc.response
+    async with gateway.database.transaction(write=False) as session:
+        balance = await balance_for(
+            session, caller=caller, settings=gateway.settings, base=str(request.base_url)
+        )
+    return JSONResponse(balance.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
+
+
+def _bad_request(message: str, param: str) -> GatewayError:
+    return GatewayError(400, f"{param}: {message}", type_="invalid_request_error", param=param)
+
+
+def _parsed(parse: Callable[[Any, dict[str, ModelConfig]], T], body: Any, gateway: Gateway) -> T:
+    """``body`` checked by ``parse``, or a 400 naming the field or a 404 for the model."""
+    try:
+        return parse(body, gateway.models)
     except BadParameter as exc:
         raise GatewayError(
-            openai_error(400, exc.message, type_="invalid_request_error", param=exc.param)
+            400, exc.message, type_="invalid_request_error", param=exc.param
         ) from None
     except UnknownModel as exc:
         raise GatewayError(
-            openai_error(
-                404,
-                f"model {exc.name!r} does not exist; see GET /v1/models",
-                type_="invalid_request_error",
-                code="model_not_found",
-                param="model",
-            )
+            404,
+            f"model {exc.name!r} does not exist; see GET /v1/models",
+            type_="invalid_request_error",
+            code="model_not_found",
+            param="model",
         ) from None
 
 
@@ -231,15 +283,19 @@ def _parse(body: Any, gateway: Gateway) -> ChatRequest:
 RETRY_AFTER_SECONDS = 1
 
 
-def _insufficient(exc: InsufficientTokens) -> JSONResponse:
-    """429 ``insufficient_quota``. ``Retry-After`` only where waiting can help (the
-    member's calls in flight hold tokens that may come back); otherwise the OpenAI
-    SDKs' ``x-should-retry: false``, since they retry a 429 by default and a spent
-    balance refuses every retry alike."""
-    response = openai_error(
+def _insufficient(
+    exc: InsufficientTokens, *, settings: Settings, user_id: int, error: ErrorShape
+) -> JSONResponse:
+    """429 ``insufficient_quota`` (Anthropic's ``rate_limit_error``) with the member's
+    personal request link: the message reaches them in whatever chat app they use, which
+    may have no way to ask for more. ``Retry-After`` only where waiting can help (the
+    member's calls in flight hold tokens that may come back); otherwise the SDKs'
+    ``x-should-retry: false`` (OpenAI's and Anthropic's alike), since they retry a 429
+    by default and a spent balance refuses every retry alike."""
+    link = request_link(settings, user_id=user_id)
+    response = error(
         429,
-        f"{exc.message}. Open the chat app and use 'Request more tokens', or POST "
-        "/api/v1/token-requests with the amount you need.",
+        f"{exc.shortfall[:1].upper()}{exc.shortfall[1:]}. Ask for more tokens here: {link}",
         type_="insufficient_quota",
         code="insufficient_quota",
     )
@@ -258,20 +314,45 @@ def _insufficient(exc: InsufficientTokens) -> JSONResponse:
     responses=CHAT_COMPLETIONS_RESPONSES,
 )
 async def chat_completions(request: Request) -> Response:
+    return await serve_metered(request, parse_chat, _chat_plan)
+
+
+def _chat_plan(gateway: Gateway, caller: KeyOwner, chat: ChatRequest) -> Plan:
+    def answer(hold: Hold) -> Awaitable[Response]:
+        call = Completion(gateway, caller, chat, hold.id, held=hold.amount)
+        return call.demo() if chat.model.is_demo else call.upstream()
+
+    return hold_size(chat, gateway.settings), answer
+
+
+async def serve_metered(
+    request: Request,
+    parse: Callable[[Any, dict[str, ModelConfig]], T],
+    plan: Callable[[Gateway, KeyOwner, T], Plan],
+    *,
+    dialect: Dialect = OPENAI,
+) -> Response:
+    """A metered call on any of the gateway's APIs: the caller found (by the key
+    ``dialect`` reads), the body checked by ``parse``, and the call ``plan`` describes
+    held, answered and settled; every refusal in the ``dialect``'s error shape."""
     gateway = _gateway(request)
+    endpoint = endpoint_of(request.scope["path"], request.scope.get("root_path", ""))
+    model: str | None = None
     try:
-        caller = await _caller(request, gateway)
-        try:
-            body = loads(await request.body(), allow_nan=False)
-        except ValueError as exc:
-            raise _bad_request(f"invalid JSON ({exc})", "body") from None
-        chat = _parse(body, gateway)
+        caller, call = await checked_call(request, gateway, parse, dialect=dialect)
+        model = getattr(getattr(call, "model", None), "name", None)  # for the metrics' label
     except GatewayError as exc:
-        return exc.response
+        outcome = "unauthorized" if exc.status in (401, 403) else "invalid"
+        gateway.metrics.call(model, endpoint, outcome)
+        return exc.render(dialect.error)
     if not gateway.calls.take(caller.user_id):
-        return _too_many_calls(gateway.calls.limit)
+        gateway.metrics.call(model, endpoint, "rate_limited")
+        return _too_many_calls(gateway.calls.limit, dialect.error)
     try:
-        response = await _metered(gateway, caller, chat)
+        size, answer = plan(gateway, caller, call)
+        response = await _metered(
+            gateway, caller, size, answer, request, dialect.error, model=model, endpoint=endpoint
+        )
     except BaseException:
         gateway.calls.give_back(caller.user_id)
         raise
@@ -279,10 +360,30 @@ async def chat_completions(request: Request) -> Response:
     return gateway.calls.until_sent(response, caller.user_id)
 
 
-def _too_many_calls(limit: int) -> JSONResponse:
-    """429 ``rate_limit_exceeded``, as OpenAI's clients know it: they wait ``Retry-After``
-    and try again, and by then one of the member's calls has usually finished."""
-    response = openai_error(
+async def checked_call(
+    request: Request,
+    gateway: Gateway,
+    parse: Callable[[Any, dict[str, ModelConfig]], T],
+    *,
+    dialect: Dialect,
+) -> tuple[KeyOwner, T]:
+    """Who is calling and their body, checked by ``parse``; raises GatewayError."""
+    try:
+        body = loads(await request.body(), allow_nan=False)
+    except ValueError as exc:
+        # Who is calling is checked first all the same: a stranger learns nothing.
+        await find_caller(request, gateway, key_of=dialect.key)
+        raise _bad_request(f"invalid JSON ({exc})", "body") from None
+    caller = await find_caller(request, gateway, body, key_of=dialect.key)
+    note_caller(request.scope, user_id=caller.user_id, key_id=caller.key_id)
+    return caller, _parsed(parse, body, gateway)
+
+
+def _too_many_calls(limit: int, error: ErrorShape = openai_error) -> JSONResponse:
+    """429 ``rate_limit_exceeded``, as OpenAI's clients know it (Anthropic's a
+    ``rate_limit_error``): they wait ``Retry-After`` and try again, and by then one of
+    the member's calls has usually finished."""
+    response = error(
         429,
         f"too many calls at once: at most {limit} gateway calls per user run at the same "
         "time; try again when one has finished",
@@ -293,8 +394,17 @@ def _too_many_calls(limit: int) -> JSONResponse:
     return response
 
 
-async def _metered(gateway: Gateway, caller: KeyOwner, chat: ChatRequest) -> Response:
-    size = hold_size(chat, gateway.settings)
+async def _metered(
+    gateway: Gateway,
+    caller: KeyOwner,
+    size: HoldSize,
+    answer: Callable[[Hold], Awaitable[Response]],
+    request: Request,
+    error: ErrorShape,
+    *,
+    model: str | None,
+    endpoint: str,
+) -> Response:
     try:
         hold = await gateway.holds.hold(
             user_id=caller.user_id,
@@ -303,15 +413,29 @@ async def _metered(gateway: Gateway, caller: KeyOwner, chat: ChatRequest) -> Res
             at_least=size.at_least,
         )
     except InsufficientTokens as exc:
-        return _insufficient(exc)
+        gateway.metrics.call(model, endpoint, "refused_quota")
+        return _insufficient(exc, settings=gateway.settings, user_id=caller.user_id, error=error)
     except AppError as exc:
-        return openai_error(exc.status_code, exc.message, type_="invalid_request_error")
+        gateway.metrics.call(model, endpoint, "invalid")
+        return error(exc.status_code, exc.message, type_="invalid_request_error")
     if caller.key_id is not None:
         gateway.keys.note_used(caller.key_id)
-    call = Completion(gateway, caller, chat, hold.id, held=hold.amount)
-    if chat.model.is_demo:
-        return await call.demo()
-    return await call.upstream()
+    # Known before the upstream answers: nothing may come between its reply and the relay.
+    percent = gateway.thresholds.cached(caller.organization_id)
+    if percent is None:
+        percent = await gateway.thresholds.low_percent(caller.organization_id)
+    response = await answer(hold)
+    if response.status_code < 400:
+        response.headers.update(
+            standing_headers(
+                hold,
+                low_percent=percent,
+                link=lambda: request_link(
+                    gateway.settings, user_id=caller.user_id, base=str(request.base_url)
+                ),
+            )
+        )
+    return response
 
 
 COMPLETIONS_PATH = "/v1/chat/completions"
@@ -336,6 +460,7 @@ class Shortcut:
         if scope["type"] != "http" or scope["method"] != "POST" or not _is_completions(scope):
             await self.app(scope, receive, send)
             return
+        note_route(scope, COMPLETIONS_PATH)
         try:
             response = await chat_completions(Request(scope, receive))
         except AppError as exc:

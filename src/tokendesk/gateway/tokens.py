@@ -20,6 +20,8 @@ REPLY_PRIMING = 3
 # four 512-pixel tiles of 170), the size common clients scale images down to.
 IMAGE_TOKENS_LOW = 85
 IMAGE_TOKENS = 765
+# Anthropic scales an image down to about 1.15 megapixels, at most about 1,600 tokens.
+ANTHROPIC_IMAGE_TOKENS = 1600
 # Request fields the upstream bills besides the messages: what it reads as part of the
 # prompt, and a predicted output, whose rejected tokens are billed as completion on top
 # of the budget.
@@ -31,6 +33,9 @@ PROMPT_FIELDS = (
     "function_call",
     "prediction",
 )
+
+
+TEXT_PARTS = ("text", "input_text", "output_text")
 
 
 def text_tokens(text: str) -> int:
@@ -78,12 +83,21 @@ def _part_tokens(part: Any) -> int:
     if not isinstance(part, dict):
         return _json_tokens(part)
     kind = part.get("type")
-    if kind == "text" or (kind is None and "text" in part):
+    # Chat's text parts, and the Responses API's input and output text.
+    if kind in TEXT_PARTS or (kind is None and "text" in part):
         return _json_tokens(part.get("text"))
     if kind == "image_url":
         image = part.get("image_url")
         detail = image.get("detail") if isinstance(image, dict) else None
         return IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS
+    if kind == "input_image":
+        return IMAGE_TOKENS_LOW if part.get("detail") == "low" else IMAGE_TOKENS
+    if kind == "image":
+        # Anthropic's image block: its base64 data would count as text many times over.
+        return ANTHROPIC_IMAGE_TOKENS
+    if kind == "tool_result":
+        # Anthropic's tool result: its content is parts (text, images) of its own.
+        return _json_tokens(part.get("tool_use_id")) + content_tokens(part.get("content"))
     # Audio, files and anything newer: counted by their full text, which errs high.
     return _json_tokens(part)
 
@@ -103,24 +117,29 @@ def _message_tokens(message: Any) -> int:
     return total
 
 
-def prompt_tokens(messages: list[Any], request: dict[str, Any] | None = None) -> int:
+def prompt_tokens(
+    messages: list[Any],
+    request: dict[str, Any] | None = None,
+    fields: tuple[str, ...] = PROMPT_FIELDS,
+) -> int:
     """Everything the upstream bills as input: each message's text, content parts,
-    tool calls and tool results, and the tool and function definitions of ``request``."""
+    tool calls and tool results, and the ``fields`` of ``request`` it reads as prompt
+    (tool and function definitions, say)."""
     total = REPLY_PRIMING + sum(_message_tokens(message) for message in messages)
     if request is not None:
-        total += sum(_json_tokens(request.get(field)) for field in PROMPT_FIELDS)
+        total += sum(_json_tokens(request.get(field)) for field in fields)
     return total
 
 
-def weighted(tokens: int, weight: float) -> int:
-    return tokens if weight == 1.0 else math.ceil(tokens * weight)
+# The fields of an Anthropic Messages request the upstream bills as input, besides
+# its messages and its system prompt.
+ANTHROPIC_PROMPT_FIELDS = ("tools", "tool_choice", "mcp_servers")
 
 
-def unweighted(tokens: int, weight: float) -> int:
-    """The most raw tokens whose weighted cost fits in ``tokens``."""
-    if weight == 1.0:
-        return tokens
-    raw = math.floor(tokens / weight)
-    while raw > 0 and weighted(raw, weight) > tokens:
-        raw -= 1
-    return raw
+def anthropic_prompt_tokens(request: dict[str, Any]) -> int:
+    """Everything an Anthropic Messages call bills as input: its messages, its system
+    prompt (text or parts) and its tool definitions."""
+    messages = request.get("messages")
+    total = prompt_tokens(messages if isinstance(messages, list) else [])
+    total += content_tokens(request.get("system"))
+    return total + sum(_json_tokens(request.get(field)) for field in ANTHROPIC_PROMPT_FIELDS)

@@ -49,6 +49,12 @@ class BalanceView(Protocol):
     def remaining(self) -> int: ...
 
 
+def is_low(remaining: int, total: int, *, low_percent: int) -> bool:
+    """Whether a balance is under its organization's low-balance threshold (less than
+    ``low_percent`` of ``total`` left), or has nothing left at all."""
+    return remaining <= 0 or total <= 0 or remaining * 100 < total * low_percent
+
+
 def balance_event(balance: BalanceView, *, cause: str) -> Event:
     return Event(
         type="balance.changed",

@@ -24,10 +24,17 @@ def remaining_of(
     return allocation + granted + adjusted - used - reserved
 
 
+def given_of(allocation: Amount, granted: Amount, adjusted: Amount) -> Amount:
+    """What the period gives a member: the allocation, grants and adjustments, the
+    measure a low balance is judged against where nothing else is at hand."""
+    return allocation + granted + adjusted
+
+
 # The columns of the balance row, in remaining_of's order.
 BALANCE_FIGURES = ("allocation", "granted", "adjusted", "used", "reserved")
 # remaining_of as raw SQL text over the balances table's columns.
 REMAINING_SQL = str(remaining_of(*(literal_column(name) for name in BALANCE_FIGURES)))
+GIVEN_SQL = str(given_of(*(literal_column(name) for name in BALANCE_FIGURES[:3])))
 
 
 class EntryKind(enum.StrEnum):
@@ -74,6 +81,7 @@ class Balance(Base):
 REMAINING = remaining_of(
     Balance.allocation, Balance.granted, Balance.adjusted, Balance.used, Balance.reserved
 )
+GIVEN = given_of(Balance.allocation, Balance.granted, Balance.adjusted)
 BALANCES = cast(Table, Balance.__table__)
 
 

@@ -18,6 +18,7 @@ from tokendesk.ledger.balances import get_balance
 from tokendesk.ledger.locks import lock_in_user_order
 from tokendesk.ledger.models import (
     BALANCES,
+    GIVEN,
     REMAINING,
     RESERVATIONS,
     Balance,
@@ -42,8 +43,7 @@ def insufficient(*, remaining: int, needed: int, held: int) -> InsufficientToken
     """The refusal of a hold of ``needed`` tokens, as every path that holds words it;
     ``held`` is what the member's calls in flight hold (some of it may come back)."""
     return InsufficientTokens(
-        f"not enough tokens: {max(remaining, 0)} left, {needed} needed; "
-        "ask for more with a token request",
+        f"not enough tokens: {max(remaining, 0)} left, {needed} needed",
         could_wait=remaining + held >= needed,
     )
 
@@ -65,6 +65,28 @@ async def reserve(
     where the amount depends on what remains), so concurrent holds can never
     together exceed the balance.
     """
+    reservation, _ = await reserve_left(
+        session,
+        user_id=user_id,
+        amount=amount,
+        at_least=at_least,
+        ttl_seconds=ttl_seconds,
+        now=now,
+    )
+    return reservation
+
+
+async def reserve_left(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    amount: int,
+    at_least: int | None = None,
+    ttl_seconds: int = 600,
+    now: datetime | None = None,
+) -> tuple[Reservation, tuple[int, int, datetime]]:
+    """:func:`reserve`, and the balance the hold leaves: remaining, what the period
+    gives (given_of) and the period's end, read by the statement that held."""
     check_hold(amount, at_least)
     now = now or utcnow()
     balance = await get_balance(session, user_id=user_id, now=now)
@@ -78,10 +100,11 @@ async def reserve(
         update(Balance)
         .where(Balance.user_id == user_id, amount <= REMAINING)
         .values(reserved=Balance.reserved + amount, updated_at=now)
-        .returning(Balance.organization_id)
+        .returning(REMAINING, GIVEN, Balance.period_end)
         .execution_options(synchronize_session=False)
     )
-    if held.first() is None:
+    left = held.first()
+    if left is None:
         await session.refresh(balance)
         raise insufficient(remaining=balance.remaining, needed=needed, held=balance.reserved)
     reservation = Reservation(
@@ -94,7 +117,8 @@ async def reserve(
     )
     session.add(reservation)
     await session.flush()
-    return reservation
+    remaining, given, resets_at = left
+    return reservation, (remaining, given, resets_at)
 
 
 async def _close_hold(

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import func, select
 
@@ -18,6 +19,10 @@ from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance
 
 log = logging.getLogger(__name__)
+
+
+class TickCounter(Protocol):
+    def __call__(self, *, ok: bool, reset: int = 0, expired: int = 0) -> None: ...
 
 
 @dataclass
@@ -48,14 +53,22 @@ async def _seconds_until_next_boundary(database: Database, interval: float) -> f
     return max(0.05, min(interval, (nearest - utcnow()).total_seconds() + 0.05))
 
 
-async def run_forever(database: Database, *, interval: float) -> None:
+async def run_forever(
+    database: Database, *, interval: float, on_tick: TickCounter | None = None
+) -> None:
+    """Tick until cancelled; ``on_tick`` hears of each tick (the runtime's metrics)."""
     while True:
         try:
-            await run_once(database)
+            result = await run_once(database)
             delay = await _seconds_until_next_boundary(database, interval)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("scheduler tick failed; retrying")
             delay = interval
+            if on_tick is not None:
+                on_tick(ok=False)
+        else:
+            if on_tick is not None:
+                on_tick(ok=True, reset=result.reset, expired=result.expired)
         await asyncio.sleep(delay)

@@ -15,6 +15,7 @@ from tokendesk.ledger.balances import (
     balance_snapshots,
     get_balance,
     get_balances,
+    is_low,
     open_balance,
 )
 from tokendesk.ledger.credits import credit
@@ -62,6 +63,7 @@ __all__ = [
     "get_balances",
     "grant_approved",
     "insufficient",
+    "is_low",
     "lock_in_user_order",
     "lock_member_balances",
     "move_period_end",

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from tokendesk.db import Database
 from tokendesk.ledger import service as ledger
 from tokendesk.metering.service import UsageInput, UsageResult, record_usage
+from tokendesk.observability.metrics import Metrics
 
 # Events per transaction: keeps one transaction (and the writer's wait) short.
 MAX_EVENTS = 2_000
@@ -42,9 +43,12 @@ class UsageRecorder:
     """Records usage batches for one database, many per transaction; the runtime
     keeps the process's one (:class:`tokendesk.runtime.Runtime`)."""
 
-    def __init__(self, database: Database, *, max_events: int = MAX_EVENTS) -> None:
+    def __init__(
+        self, database: Database, *, max_events: int = MAX_EVENTS, metrics: Metrics | None = None
+    ) -> None:
         self.database = database
         self.max_events = max_events
+        self.metrics = metrics if metrics is not None else Metrics()
         self._waiting: list[_Batch] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -72,19 +76,29 @@ class UsageRecorder:
                 answers = await self._record(group)
             except Exception as exc:
                 if len(group) == 1:
-                    _fail(group[0], exc)
+                    self._fail(group[0], exc)
                     continue
                 # Each alone: the failing batch gets its own error, the rest are recorded.
                 for batch in group:
                     try:
                         [answer] = await self._record([batch])
                     except Exception as alone:
-                        _fail(batch, alone)
+                        self._fail(batch, alone)
                     else:
-                        _answer(batch, answer)
+                        self._answer(batch, answer)
                 continue
             for batch, answer in zip(group, answers, strict=True):
-                _answer(batch, answer)
+                self._answer(batch, answer)
+
+    def _answer(self, batch: _Batch, results: list[UsageResult]) -> None:
+        replayed = sum(1 for result in results if result.replayed)
+        self.metrics.usage("replayed", replayed)
+        self.metrics.usage("recorded", len(results) - replayed)
+        _answer(batch, results)
+
+    def _fail(self, batch: _Batch, exc: Exception) -> None:
+        self.metrics.usage("failed", len(batch.events))
+        _fail(batch, exc)
 
     def _take(self) -> list[_Batch]:
         """The waiting batches, oldest first, up to about ``max_events`` events."""

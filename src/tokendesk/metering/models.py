@@ -25,9 +25,16 @@ class UsageEvent(Base):
     model: Mapped[str] = mapped_column(String(200))
     prompt_tokens: Mapped[int] = mapped_column(BigInteger)
     completion_tokens: Mapped[int] = mapped_column(BigInteger)
-    # Tokens debited: (prompt + completion) times the model's weight, if any.
+    # Of prompt_tokens, those served from the upstream's prompt cache; of
+    # completion_tokens, those spent reasoning (0 where the reporter did not say).
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Tokens debited: each kind of token times the model's weight for it, if any.
     total_tokens: Mapped[int] = mapped_column(BigInteger)
     source: Mapped[str] = mapped_column(String(50), default="api")
+    # The gateway API of the call (chat, embeddings, ...), for splitting usage by API;
+    # NULL for usage reported through the usage API, which does not name one.
+    endpoint: Mapped[str | None] = mapped_column(String(20), nullable=True)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # The calendar date of occurred_at in the organization's time zone when recorded:
     # the rollups group by it in SQL, which knows no time zones on SQLite.
@@ -43,9 +50,24 @@ class UsageEvent(Base):
 NO_TEAM = 0
 # The model of a series that counts every model together.
 ALL_MODELS = ""
+# The endpoint key of usage reported through the usage API, which names none.
+NO_ENDPOINT = ""
 
 
-class UsageTeamDaily(Base):
+class DailySums:
+    """What every daily rollup sums (metering.rollups.SUM_FIELDS): the tokens of each
+    kind, the tokens debited and the calls."""
+
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Parts of prompt_tokens and completion_tokens (0 for events that did not say).
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    calls: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class UsageTeamDaily(DailySums, Base):
     """Usage per organization-local day, team at the time of use, and model.
 
     ``day`` is the calendar date of ``occurred_at`` in the organization's time
@@ -76,13 +98,9 @@ class UsageTeamDaily(Base):
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     team_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
-    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    calls: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class UsageModelDaily(Base):
+class UsageModelDaily(DailySums, Base):
     """Usage per organization-local day and model, across the whole organization."""
 
     __tablename__ = "usage_model_daily"
@@ -93,10 +111,41 @@ class UsageModelDaily(Base):
     )
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
-    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    total_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    calls: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class UsageTeamEndpointDaily(DailySums, Base):
+    """Usage per organization-local day, team at the time of use, model and gateway
+    endpoint (``NO_ENDPOINT`` for usage reported through the usage API).
+
+    What splits a team's usage by API; the figures that ask for no endpoint read
+    :class:`UsageTeamDaily`, which is several times smaller.
+    """
+
+    __tablename__ = "usage_team_endpoint_daily"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    team_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(20), primary_key=True)
+
+
+class UsageEndpointDaily(DailySums, Base):
+    """Usage per organization-local day, model and gateway endpoint, across the whole
+    organization: the organization's split by API without a row per team."""
+
+    __tablename__ = "usage_endpoint_daily"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(20), primary_key=True)
 
 
 class UsageSeries(Base):

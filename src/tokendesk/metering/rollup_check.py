@@ -15,15 +15,19 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.db import Base
 from tokendesk.ledger.periods import zone
 from tokendesk.metering.models import (
     ALL_MODELS,
+    NO_ENDPOINT,
     NO_TEAM,
     UsageCumulative,
+    UsageEndpointDaily,
     UsageEvent,
     UsageModelDaily,
     UsageSeries,
     UsageTeamDaily,
+    UsageTeamEndpointDaily,
 )
 from tokendesk.metering.repository import organization_timezone
 from tokendesk.metering.rollups import SUM_FIELDS, SeriesKey
@@ -40,6 +44,9 @@ class Spent:
     completion_tokens: int
     total_tokens: int
     occurred_at: datetime
+    endpoint: str | None = None
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 SPENT_COLUMNS = (
@@ -50,15 +57,21 @@ SPENT_COLUMNS = (
     UsageEvent.completion_tokens,
     UsageEvent.total_tokens,
     UsageEvent.occurred_at,
+    UsageEvent.endpoint,
+    UsageEvent.cached_tokens,
+    UsageEvent.reasoning_tokens,
 )
 
 
 def add_sums(sums: list[int], item: Spent) -> None:
-    """Add one event to [prompt, completion, total, calls]."""
+    """Add one event to the sums of SUM_FIELDS (prompt, completion, cached, reasoning,
+    total, calls)."""
     sums[0] += item.prompt_tokens
     sums[1] += item.completion_tokens
-    sums[2] += item.total_tokens
-    sums[3] += 1
+    sums[2] += item.cached_tokens
+    sums[3] += item.reasoning_tokens
+    sums[4] += item.total_tokens
+    sums[5] += 1
 
 
 async def differences(session: AsyncSession, *, organization_id: int) -> list[str]:
@@ -78,7 +91,8 @@ async def differences(session: AsyncSession, *, organization_id: int) -> list[st
     problems: list[str] = []
     local = zone(tz)
     for row in rows:
-        item = Spent(*row[:-2])
+        columns: tuple[Any, ...] = tuple(row[:-2])
+        item = Spent(*columns)
         spent.append(item)
         # The rollups group by the day each event carries: it must be its local date.
         if row.day != item.occurred_at.astimezone(local).date():
@@ -99,8 +113,12 @@ Rollups = dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]
 def expected_rollups(spent: Iterable[Spent], tz: str) -> Rollups:
     """What every rollup must hold for these events, computed the slow, obvious way."""
     local = zone(tz)
-    team_daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    model_daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    team_daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(SUM_FIELDS))
+    model_daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(SUM_FIELDS))
+    team_endpoint_daily: dict[tuple[Any, ...], list[int]] = defaultdict(
+        lambda: [0] * len(SUM_FIELDS)
+    )
+    endpoint_daily: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(SUM_FIELDS))
     per_day: dict[SeriesKey, dict[date, list[int]]] = defaultdict(
         lambda: defaultdict(lambda: [0, 0])
     )
@@ -109,6 +127,9 @@ def expected_rollups(spent: Iterable[Spent], tz: str) -> Rollups:
         team = NO_TEAM if item.team_id is None else item.team_id
         add_sums(team_daily[(day, team, item.model)], item)
         add_sums(model_daily[(day, item.model)], item)
+        endpoint = NO_ENDPOINT if item.endpoint is None else item.endpoint
+        add_sums(team_endpoint_daily[(day, team, item.model, endpoint)], item)
+        add_sums(endpoint_daily[(day, item.model, endpoint)], item)
         for model in (item.model, ALL_MODELS):
             sums = per_day[(item.user_id, team, model)][day]
             sums[0] += item.total_tokens
@@ -126,6 +147,10 @@ def expected_rollups(spent: Iterable[Spent], tz: str) -> Rollups:
         "usage_series": series,
         "usage_team_daily": {key: tuple(sums) for key, sums in team_daily.items()},
         "usage_model_daily": {key: tuple(sums) for key, sums in model_daily.items()},
+        "usage_team_endpoint_daily": {
+            key: tuple(sums) for key, sums in team_endpoint_daily.items()
+        },
+        "usage_endpoint_daily": {key: tuple(sums) for key, sums in endpoint_daily.items()},
         "usage_cumulative": cumulative,
     }
 
@@ -133,6 +158,7 @@ def expected_rollups(spent: Iterable[Spent], tz: str) -> Rollups:
 async def stored_rollups(session: AsyncSession, *, organization_id: int) -> Rollups:
     """The rollup tables of one organization, keyed like :func:`expected_rollups`."""
     t, m, s, c = UsageTeamDaily, UsageModelDaily, UsageSeries, UsageCumulative
+    te, e = UsageTeamEndpointDaily, UsageEndpointDaily
     series_key = (s.user_id, s.team_id, s.model)
     return {
         "usage_team_daily": await _keyed(
@@ -146,6 +172,20 @@ async def stored_rollups(session: AsyncSession, *, organization_id: int) -> Roll
             session,
             select(m.day, m.model, *_sums(m)).where(m.organization_id == organization_id),
             key_length=2,
+        ),
+        "usage_team_endpoint_daily": await _keyed(
+            session,
+            select(te.day, te.team_id, te.model, te.endpoint, *_sums(te)).where(
+                te.organization_id == organization_id
+            ),
+            key_length=4,
+        ),
+        "usage_endpoint_daily": await _keyed(
+            session,
+            select(e.day, e.model, e.endpoint, *_sums(e)).where(
+                e.organization_id == organization_id
+            ),
+            key_length=3,
         ),
         "usage_series": await _keyed(
             session,
@@ -164,7 +204,7 @@ async def stored_rollups(session: AsyncSession, *, organization_id: int) -> Roll
     }
 
 
-def _sums(daily: type[UsageTeamDaily | UsageModelDaily]) -> list[Any]:
+def _sums(daily: type[Base]) -> list[Any]:
     return [daily.__table__.c[f] for f in SUM_FIELDS]
 
 

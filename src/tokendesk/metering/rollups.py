@@ -7,6 +7,8 @@ DO UPDATE``), so no per-event or per-group work happens in Python:
 
 - ``usage_team_daily`` and ``usage_model_daily``: per day and team/model, a few
   hundred rows a day whatever the head count, for charts and breakdowns;
+- ``usage_team_endpoint_daily`` and ``usage_endpoint_daily``: the same with the
+  gateway endpoint too, for the figures that split usage by API;
 - ``usage_series`` + ``usage_cumulative``: running totals per user, team and
   model (and all models), so any user's usage over any range is two lookups.
 
@@ -34,6 +36,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Date,
+    String,
     bindparam,
     case,
     func,
@@ -48,16 +51,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokendesk.db import Base, dialect_of, in_list, listed, run_core
 from tokendesk.metering.models import (
     ALL_MODELS,
+    NO_ENDPOINT,
     NO_TEAM,
     UsageCumulative,
+    UsageEndpointDaily,
     UsageEvent,
     UsageModelDaily,
     UsageSeries,
     UsageTeamDaily,
+    UsageTeamEndpointDaily,
 )
 from tokendesk.metering.repository import dialect_insert, table
 
-SUM_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "calls")
+SUM_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "calls",
+)
 
 SeriesKey = tuple[int, int, str]  # (user_id, team_id, model)
 
@@ -70,10 +83,13 @@ _KEYS: dict[str, Any] = {
     "day": _events.c.day,
     "team_id": _team,
     "model": _events.c.model,
+    "endpoint": func.coalesce(_events.c.endpoint, literal_column(f"'{NO_ENDPOINT}'", String)),
 }
 _SUMS: dict[type[Base], tuple[str, ...]] = {
     UsageTeamDaily: ("day", "team_id", "model"),
     UsageModelDaily: ("day", "model"),
+    UsageTeamEndpointDaily: ("day", "team_id", "model", "endpoint"),
+    UsageEndpointDaily: ("day", "model", "endpoint"),
 }
 
 
@@ -119,9 +135,7 @@ def _add_sums(dialect: str, model: type[Base]) -> Any:
     source = (
         select(
             *group,
-            func.sum(_events.c.prompt_tokens),
-            func.sum(_events.c.completion_tokens),
-            func.sum(_events.c.total_tokens),
+            *(func.sum(_events.c[name]) for name in SUM_FIELDS[:-1]),
             func.count(),
         )
         .where(in_list(dialect, _events.c.id))

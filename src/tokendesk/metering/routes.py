@@ -40,6 +40,8 @@ async def report_usage(
                 model=event.model,
                 prompt_tokens=event.prompt_tokens,
                 completion_tokens=event.completion_tokens,
+                cached_tokens=event.cached_tokens,
+                reasoning_tokens=event.reasoning_tokens,
                 occurred_at=event.occurred_at,
                 source=event.source,
             )

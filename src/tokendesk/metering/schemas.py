@@ -18,6 +18,12 @@ class UsageEventIn(StrictModel):
     model: str = Field(min_length=1, max_length=200)
     prompt_tokens: EventTokens
     completion_tokens: EventTokens
+    cached_tokens: EventTokens = Field(
+        default=0, description="Of prompt_tokens, those served from the upstream's prompt cache."
+    )
+    reasoning_tokens: EventTokens = Field(
+        default=0, description="Of completion_tokens, those spent reasoning."
+    )
     occurred_at: AwareDatetime | None = Field(
         default=None, description="When the call happened; default now."
     )

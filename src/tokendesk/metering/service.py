@@ -45,6 +45,14 @@ class UsageInput:
     source: str = "api"
     # Tokens to debit; default prompt + completion (a model weight may change it).
     total_tokens: int | None = None
+    # The gateway API the call was made on (chat, embeddings, ...); None when reported
+    # through the usage API, which does not say.
+    endpoint: str | None = None
+    # Of prompt_tokens, those the upstream served from its prompt cache; of
+    # completion_tokens, those spent reasoning. Recorded for analytics; the debit is
+    # total_tokens, priced by whoever reports it.
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def debit(self) -> int:
@@ -81,6 +89,12 @@ def _check(index: int, usage: UsageInput, now: datetime) -> None:
     for field in ("prompt_tokens", "completion_tokens"):
         if not is_count(getattr(usage, field), maximum=MAX_EVENT_TOKENS):
             raise bad(field, counts)
+    for part, whole in (
+        ("cached_tokens", "prompt_tokens"),
+        ("reasoning_tokens", "completion_tokens"),
+    ):
+        if not is_count(getattr(usage, part), maximum=getattr(usage, whole)):
+            raise bad(part, f"must be a whole number from 0 to {whole} ({getattr(usage, whole):,})")
     if usage.total_tokens is not None and not is_count(
         usage.total_tokens, maximum=MAX_EVENT_TOKENS
     ):
@@ -225,8 +239,11 @@ def _event_row(
         "model": usage.model,
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
         "total_tokens": usage.debit,
         "source": usage.source,
+        "endpoint": usage.endpoint,
         "occurred_at": occurred_at,
         "day": today if usage.occurred_at is None else occurred_at.astimezone(local).date(),
         "recorded_at": now,

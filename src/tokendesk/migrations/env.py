@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -29,9 +29,17 @@ def _configure(connection: Connection | None = None, **kwargs: Any) -> None:
     )
 
 
+# Held while a PostgreSQL database upgrades: instances that start together (a container
+# entry runs `tokendesk db upgrade` on every start) take turns, and the ones after the
+# first read the revision it left and find nothing to do.
+UPGRADE_LOCK = 7_316_051
+
+
 def _run_sync(connection: Connection) -> None:
     _configure(connection)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK})
         context.run_migrations()
 
 

@@ -7,8 +7,14 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 HERE = Path(__file__).parent
+
+
+class MigrationRefused(Exception):
+    """A migration that found data it cannot carry over without an operator's choice;
+    the message says what to change. Nothing of that migration is applied."""
 
 
 def alembic_config(url: str) -> Config:
@@ -16,6 +22,13 @@ def alembic_config(url: str) -> Config:
     config.set_main_option("script_location", str(HERE))
     config.set_main_option("sqlalchemy.url", url)
     return config
+
+
+def head_revision() -> str:
+    """The scripts' head revision: the one ``upgrade`` brings a database to."""
+    head = ScriptDirectory.from_config(alembic_config("")).get_current_head()
+    assert head is not None, "the migrations have no head"
+    return head
 
 
 def _ensure_sqlite_folder(url: str) -> None:

@@ -20,10 +20,12 @@ from tokendesk.bounds import BALANCE_CEILING, is_id
 from tokendesk.db import utcnow
 from tokendesk.errors import InvalidInput
 from tokendesk.ledger import service as ledger
+from tokendesk.notifications import outbox
+from tokendesk.observability import counted_decisions
 from tokendesk.token_requests import events, pool, service
 from tokendesk.token_requests import repository as repo
 from tokendesk.token_requests import transitions_repository as transitions
-from tokendesk.token_requests.models import RequestStatus
+from tokendesk.token_requests.models import DecisionKind, RequestStatus
 from tokendesk.token_requests.repository import AnyRow
 from tokendesk.token_requests.schemas import MAX_BULK_IDS, BulkOut, Skipped
 
@@ -115,6 +117,7 @@ async def bulk(
         decided_by_id=actor.user_id,
         note=note,
         within_teams=service.deciding_teams(actor),
+        kind=DecisionKind.BULK,
     )
     decided = {row.id: row for row in changed}
     raced = [row.id for row in candidates if row.id not in decided]
@@ -140,6 +143,9 @@ async def bulk(
             note=note,
             now=now,
         )
+        await outbox.requests_decided(
+            session, organization_id=org_id, request_ids=[row.id for row in changed], now=now
+        )
     events.emit_bulk(
         session,
         actor=actor,
@@ -151,6 +157,7 @@ async def bulk(
         changed=changed,
         balances=balances,
     )
+    counted_decisions(session, kind="bulk", status=to.value, count=len(changed))
     return BulkOut(
         decided=[i for i in ids if i in decided],
         skipped=[Skipped(id=i, reason=skipped[i]) for i in ids if i in skipped],

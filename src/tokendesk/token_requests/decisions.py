@@ -18,11 +18,12 @@ from tokendesk.audit import service as audit
 from tokendesk.db import utcnow
 from tokendesk.errors import Conflict, Forbidden, InvalidInput
 from tokendesk.ledger import service as ledger
-from tokendesk.ledger.models import EntryKind
-from tokendesk.token_requests import events, pool, service
+from tokendesk.notifications import outbox
+from tokendesk.token_requests import events, pool, rules, service
 from tokendesk.token_requests import repository as repo
 from tokendesk.token_requests import transitions_repository as transitions
-from tokendesk.token_requests.models import RequestStatus
+from tokendesk.token_requests.models import DecisionKind, RequestStatus
+from tokendesk.token_requests.recording import Decider, record_decision
 from tokendesk.token_requests.schemas import TokenRequestOut
 
 
@@ -32,16 +33,26 @@ async def submit(
     actor: Actor,
     amount: int,
     reason: str | None = None,
+    via: str | None = None,
     now: datetime | None = None,
 ) -> TokenRequestOut:
-    """Ask for more tokens; one pending request per user."""
+    """Ask for more tokens; one pending request per user. ``via`` names the channel
+    it came through when not the chat app or the API (``request_link``), for the audit."""
     reason = service.clean_text(reason, field="reason")
     org = await get_organization(session, actor.home_organization_id)
-    org_id = org.id
+    org_id, has_pool = org.id, org.pool is not None
     service.check_amount(amount, org=org)
     if (pending := await repo.pending_of_user(session, user_id=actor.user_id)) is not None:
         raise _already_pending(pending.id, pending.amount)
     now = now or utcnow()
+    found = await rules.candidates(
+        session,
+        organization_id=org_id,
+        has_pool=has_pool,
+        requester_id=actor.user_id,
+        team_id=actor.team_id,
+        amount=amount,
+    )
     balance = await ledger.get_balance(session, user_id=actor.user_id, now=now)
     try:
         request_id = await transitions.insert_request(
@@ -67,11 +78,38 @@ async def submit(
         action="token_request.created",
         target_type="token_request",
         target_id=request_id,
-        details={"amount": amount, "reason": reason},
+        details=_with_channel({"amount": amount, "reason": reason}, via),
+    )
+    # A rule's approval is the request's first news: approvers are not asked to
+    # look at a request nobody has to decide, and the queue sees it approved.
+    if found is not None:
+        decided = await rules.auto_decide(
+            session,
+            found=found,
+            organization_id=org_id,
+            request_id=request_id,
+            requester_id=actor.user_id,
+            amount=amount,
+            balance=balance,
+            now=now,
+        )
+        if decided is not None:
+            return decided
+    await outbox.request_created(
+        session,
+        organization_id=org_id,
+        request_id=request_id,
+        requester_id=actor.user_id,
+        team_id=actor.team_id,
+        now=now,
     )
     out = await service.reloaded(session, organization_id=org_id, request_id=request_id, now=now)
     events.emit_change(session, out, organization_id=org_id, change="created")
     return out
+
+
+def _with_channel(details: dict[str, Any], via: str | None) -> dict[str, Any]:
+    return details if via is None else {**details, "via": via}
 
 
 def _already_pending(request_id: int, amount: int) -> Conflict:
@@ -82,9 +120,14 @@ def _already_pending(request_id: int, amount: int) -> Conflict:
 
 
 async def cancel(
-    session: AsyncSession, *, actor: Actor, request_id: int, now: datetime | None = None
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    request_id: int,
+    via: str | None = None,
+    now: datetime | None = None,
 ) -> TokenRequestOut:
-    """The requester withdraws their own pending request."""
+    """The requester withdraws their own pending request (``via``: as for :func:`submit`)."""
     now = now or utcnow()
     org = await get_organization(session, actor.organization_id)
     org_id = org.id
@@ -108,7 +151,7 @@ async def cancel(
         action="token_request.cancelled",
         target_type="token_request",
         target_id=request_id,
-        details={"amount": row["amount"]},
+        details=_with_channel({"amount": row["amount"]}, via),
     )
     out = await service.reloaded(session, organization_id=org_id, request_id=request_id, now=now)
     events.emit_change(session, out, organization_id=org_id, change="cancelled")
@@ -176,43 +219,22 @@ async def _decide(
     if approving and has_pool:
         locked = await pool.lock_organization(session, organization_id=org_id)
         await pool.check_pool(session, org=locked, needed=grant, now=now)
-    changed = await transitions.transition(
+    out = await record_decision(
         session,
-        ids=[request_id],
+        organization_id=org_id,
+        request_id=request_id,
+        requester_id=row["user_id"],
+        requested=row["amount"],
         to=to,
-        now=now,
-        decided_by_id=actor.user_id,
+        grant=grant if approving else None,
+        decider=Decider(user_id=actor.user_id, kind=DecisionKind.MANUAL),
         note=note,
-        approved_amount=grant if approving else None,
         within_teams=service.deciding_teams(actor),
+        now=now,
     )
-    if not changed:
+    if out is None:
         # Another decider got there between our read and our update, or the
         # requester moved out of the caller's teams.
         current = await repo.statuses(session, ids=[request_id])
         raise service.not_pending(request_id, current.get(request_id))
-    details: dict[str, Any] = {"note": note}
-    if approving:
-        details.update(amount=grant, requested=row["amount"])
-        await ledger.credit(
-            session,
-            user_id=row["user_id"],
-            kind=EntryKind.GRANT,
-            amount=grant,
-            actor_id=actor.user_id,
-            reason=note or f"token request {request_id} approved",
-            token_request_id=request_id,
-            now=now,
-        )
-    await audit.record(
-        session,
-        organization_id=org_id,
-        actor_id=actor.user_id,
-        action=f"token_request.{to.value}",
-        target_type="token_request",
-        target_id=request_id,
-        details=details,
-    )
-    out = await service.reloaded(session, organization_id=org_id, request_id=request_id, now=now)
-    events.emit_change(session, out, organization_id=org_id, change=to.value)
     return out

@@ -97,6 +97,7 @@ def emit_bulk(
         "decided_by_id": actor.user_id,
         "decider_name": actor.name,
         "decision_note": note,
+        "decision_kind": "bulk",
     }
     credited = ledger.balance_snapshots(balances.values(), cause=GRANT)
     # Thousands of rows: unpack tuples and zip known keys rather than reading

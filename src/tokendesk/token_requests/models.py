@@ -3,7 +3,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tokendesk.db import Base, BigIntPK, UTCDateTime, utcnow
@@ -64,3 +64,48 @@ class TokenRequest(Base):
     # referential check per request; ``tokendesk doctor`` reports a missing decider.
     decided_by_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     decision_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # How it was decided (``DecisionKind``; NULL for decisions made before this was
+    # recorded, and for pending or cancelled requests). A rule's decision keeps the
+    # rule's id and its name at that moment: history, which outlives the rule.
+    decision_kind: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    decided_by_rule_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    decided_by_rule_name: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+
+class DecisionKind(enum.StrEnum):
+    """How a request was decided: by a person one at a time, by a person in bulk, or
+    by an auto-approve rule (``ApprovalRule``)."""
+
+    MANUAL = "manual"
+    BULK = "bulk"
+    RULE = "rule"
+
+
+class ApprovalRule(Base):
+    """An auto-approve rule of an organization (``team_id`` NULL) or of one team.
+
+    A request is approved by the first rule, team rules before the organization's and
+    then by ``position``, whose every limit it fits; a limit left NULL does not limit.
+    The per-user limits count that rule's own approvals in the requester's current
+    period (see ``token_requests.rules``).
+    """
+
+    __tablename__ = "approval_rules"
+    __table_args__ = (
+        Index("ix_approval_rules_org_team_position", "organization_id", "team_id", "position"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    team_id: Mapped[int | None] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), nullable=True
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    max_amount: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    max_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    pool_floor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tokendesk.accounts.schemas import Ref
-from tokendesk.bounds import PositiveTokens
+from tokendesk.bounds import PositiveTokens, Tokens
 from tokendesk.token_requests.models import RequestStatus
 
 MAX_TEXT = 1000
@@ -79,6 +79,13 @@ class TokenRequestOut(BaseModel):
     decided_at: datetime | None
     decided_by: Ref | None
     decision_note: str | None
+    decision_kind: Literal["manual", "bulk", "rule"] | None = Field(
+        default=None, description="How it was decided; null while undecided."
+    )
+    decided_by_rule: Ref | None = Field(
+        default=None,
+        description="The auto-approve rule that approved it (its name at that moment).",
+    )
 
 
 class TokenRequestPage(BaseModel):
@@ -130,6 +137,9 @@ def request_view(row: Mapping[str, Any]) -> dict[str, Any]:
     decided_by = None
     if row["decided_by_id"] is not None and row["decider_name"] is not None:
         decided_by = {"id": row["decided_by_id"], "name": row["decider_name"]}
+    rule = None
+    if row["decided_by_rule_id"] is not None:
+        rule = {"id": row["decided_by_rule_id"], "name": row["decided_by_rule_name"] or ""}
     return {
         "id": row["id"],
         "status": row["status"],
@@ -144,8 +154,90 @@ def request_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "decided_at": json_time(row["decided_at"]),
         "decided_by": decided_by,
         "decision_note": row["decision_note"],
+        "decision_kind": row["decision_kind"],
+        "decided_by_rule": rule,
     }
 
 
 def to_out(row: Mapping[str, Any]) -> TokenRequestOut:
     return TokenRequestOut.model_validate(request_view(row))
+
+
+# ---------------------------------------------------------------- auto-approve rules
+
+MAX_RULE_NAME = 100
+MAX_RULE_COUNT = 1_000
+# Rules in one list (the organization's, or one team's): each submission reads them all.
+MAX_RULES = 50
+
+RuleName = Annotated[str, Field(min_length=1, max_length=MAX_RULE_NAME)]
+RuleCountLimit = Annotated[int, Field(strict=True, ge=1, le=MAX_RULE_COUNT)]
+RuleTeamId = Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)]
+RuleId = Annotated[int, Field(strict=True)]
+StrictBool = Annotated[bool, Field(strict=True)]
+
+
+class RuleLimits(StrictModel):
+    max_amount: Amount | None = Field(
+        default=None, description="Approve requests of at most this many tokens."
+    )
+    max_count: RuleCountLimit | None = Field(
+        default=None, description="At most this many approvals per user per period."
+    )
+    max_tokens: Amount | None = Field(
+        default=None, description="At most this many auto-approved tokens per user per period."
+    )
+    pool_floor: Tokens | None = Field(
+        default=None,
+        description="Only while the pool keeps at least this many tokens after the grant.",
+    )
+
+
+class RuleIn(RuleLimits):
+    name: RuleName
+    team_id: RuleTeamId | None = Field(
+        default=None, description="The team whose requests it approves; null: the organization's."
+    )
+    enabled: StrictBool = True
+
+
+class RuleUpdate(StrictModel):
+    """Fields to change; a limit set to null stops limiting."""
+
+    name: RuleName | None = None
+    enabled: StrictBool | None = None
+    max_amount: Amount | None = None
+    max_count: RuleCountLimit | None = None
+    max_tokens: Amount | None = None
+    pool_floor: Tokens | None = None
+
+
+class RuleOrderIn(StrictModel):
+    team_id: RuleTeamId | None = None
+    ids: list[RuleId] = Field(min_length=1, max_length=MAX_RULES)
+
+
+class RuleOut(BaseModel):
+    id: int
+    name: str
+    team: Ref | None
+    position: int
+    enabled: bool
+    max_amount: int | None
+    max_count: int | None
+    max_tokens: int | None
+    pool_floor: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class RuleList(BaseModel):
+    items: list[RuleOut] = Field(description="In the order they are tried: team rules first.")
+
+
+class RulePreview(BaseModel):
+    period_start: datetime
+    period_end: datetime
+    requests: int = Field(description="Requests made in the last complete period, in scope.")
+    approved: int = Field(description="Of those, how many the rule would have auto-approved.")
+    tokens: int = Field(description="Tokens it would have granted.")

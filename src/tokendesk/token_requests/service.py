@@ -128,7 +128,12 @@ class PendingRef:
 
 async def own_pending(session: AsyncSession, *, actor: Actor) -> PendingRef | None:
     """The caller's own pending request, if any (the chat app shows it in its header)."""
-    row = await repo.pending_of_user(session, user_id=actor.user_id)
+    return await pending_of(session, user_id=actor.user_id)
+
+
+async def pending_of(session: AsyncSession, *, user_id: int) -> PendingRef | None:
+    """The user's pending request, if any, for whoever may already see their balance."""
+    row = await repo.pending_of_user(session, user_id=user_id)
     return None if row is None else PendingRef(row.id, row.amount)
 
 

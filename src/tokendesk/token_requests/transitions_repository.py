@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokendesk.accounts.models import User
 from tokendesk.audit.models import AuditEntry
 from tokendesk.db import UTCDateTime, dialect_of
-from tokendesk.token_requests.models import RequestStatus, TokenRequest
+from tokendesk.token_requests.models import DecisionKind, RequestStatus, TokenRequest
 from tokendesk.token_requests.repository import AnyRow, among
 
 
@@ -63,6 +63,8 @@ async def transition(
     approved_amount: int | None = None,
     requester_id: int | None = None,
     within_teams: frozenset[int] | None = None,
+    kind: DecisionKind | None = None,
+    rule: tuple[int, str | None] | None = None,
 ) -> list[AnyRow]:
     """Move pending requests to ``to``; only rows still pending change.
 
@@ -71,13 +73,17 @@ async def transition(
     ``within_teams`` (a team owner's decision) changes only requests whose
     requester is in one of those teams when the update runs, so a requester
     moved away since the caller's read is not decided by their old team.
-    A decision records the requester's team at that moment.
+    A decision records the requester's team at that moment, its ``kind`` and, for
+    a rule's, the rule's ``(id, name)``.
     An approval without ``approved_amount`` grants the requested amount.
     Returns ``(id, user_id, team_id, approved_amount)`` for each changed row.
     """
     values: dict[str, Any] = {"status": to.value, "team_id": _requester_team()}
     if to is not RequestStatus.CANCELLED:
         values.update(decided_at=now, decided_by_id=decided_by_id, decision_note=note)
+        values["decision_kind"] = None if kind is None else kind.value
+        if rule is not None:
+            values.update(decided_by_rule_id=rule[0], decided_by_rule_name=rule[1])
     if to is RequestStatus.APPROVED:
         values["approved_amount"] = (
             TokenRequest.amount if approved_amount is None else approved_amount

@@ -7,6 +7,7 @@ import hmac
 import math
 import secrets
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -25,6 +26,7 @@ from tokendesk.accounts.auth import (
     set_session_cookie,
     settings_of,
 )
+from tokendesk.accounts.emails import MAX_EMAIL, email_key
 from tokendesk.accounts.schemas import UserUpdate
 from tokendesk.config import Settings
 from tokendesk.deps import DbSession, client_address, database_of, prepared_password, runtime_of
@@ -35,7 +37,6 @@ router = APIRouter(include_in_schema=False)
 
 LOGIN_CSRF_COOKIE = "tokendesk_login"
 # The longest address the users table (and the email standard) allows.
-MAX_EMAIL = 320
 
 
 class LoginRequired(Exception):
@@ -74,7 +75,7 @@ def signed_in_redirect(request: Request, target: str, cookie: str) -> RedirectRe
     return response
 
 
-def _safe_next(next_url: str | None) -> str:
+def safe_next(next_url: str | None) -> str:
     # Only local paths: never bounce a fresh login to another site.
     if next_url and next_url.startswith("/") and not next_url.startswith("//"):
         return next_url
@@ -92,7 +93,7 @@ def _login_token(settings: Settings, nonce: str) -> str:
     return digest.hexdigest()
 
 
-def _login_page(
+def login_page(
     request: Request,
     *,
     next_url: str | None,
@@ -104,14 +105,20 @@ def _login_page(
     """The sign-in form with its pre-session CSRF token: a signed double submit, since no
     session exists yet for the token to be bound to."""
     nonce = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(16)
+    next_path = safe_next(next_url)
+    providers = runtime_of(request).sso.providers.values()
     response = render(
         request,
         "login.html",
         status_code=status_code,
-        next=_safe_next(next_url),
+        next=next_path,
         email=email,
         error=error,
         login_token=_login_token(settings_of(request), nonce),
+        providers=[
+            (provider.button, f"/auth/oidc/{provider.name}/login?{urlencode({'next': next_path})}")
+            for provider in providers
+        ],
     )
     response.set_cookie(
         LOGIN_CSRF_COOKIE,
@@ -134,7 +141,7 @@ def _wait_text(seconds: float) -> str:
 
 @router.get("/login", response_class=HTMLResponse)
 async def login_form(request: Request, next: str | None = None) -> HTMLResponse:
-    return _login_page(request, next_url=next)
+    return login_page(request, next_url=next)
 
 
 @router.post("/login", response_model=None)
@@ -145,10 +152,10 @@ async def login(
     next: Annotated[str, Form()] = "/",
     login_token: Annotated[str, Form()] = "",
 ) -> Response:
-    email = email.strip().lower()
+    email = email_key(email)
     nonce = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not nonce or not hmac.compare_digest(_login_token(settings_of(request), nonce), login_token):
-        return _login_page(
+        return login_page(
             request,
             next_url=next,
             email=email[:MAX_EMAIL],
@@ -156,7 +163,7 @@ async def login(
             error="This sign-in form has expired. Please sign in again.",
         )
     if len(email) > MAX_EMAIL:
-        return _login_page(
+        return login_page(
             request,
             next_url=next,
             status_code=422,
@@ -173,7 +180,7 @@ async def login(
             address=client_address(request),
         )
     except TooManyAttempts as exc:
-        return _login_page(
+        return login_page(
             request,
             next_url=next,
             email=email,
@@ -182,16 +189,27 @@ async def login(
             retry_after=exc.retry_after,
         )
     except Unauthorized:
-        return _login_page(
+        return login_page(
             request,
             next_url=next,
             email=email,
             status_code=401,
             error="Wrong email or password.",
         )
+    except signin.PasswordsOff:
+        return login_page(
+            request,
+            next_url=next,
+            email=email,
+            status_code=403,
+            error=(
+                "Your organization signs you in through its identity provider: "
+                "use the single sign-on button below."
+            ),
+        )
     if cookie is None:
-        raise LoginRequired(_safe_next(next))
-    response = signed_in_redirect(request, _safe_next(next), cookie)
+        raise LoginRequired(safe_next(next))
+    response = signed_in_redirect(request, safe_next(next), cookie)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return response
 
@@ -200,11 +218,29 @@ async def login(
 async def logout(
     request: Request, session: DbSession, csrf_token: Annotated[str, Form()] = ""
 ) -> Response:
-    """End this browser's session on the server, not only its cookie."""
-    response = RedirectResponse("/login", status_code=303)
-    if csrf_ok(request, csrf_token):
-        await signin.sign_out(session, request)
-        response.delete_cookie(SESSION_COOKIE, path="/")
+    """End this browser's session on the server, not only its cookie, and at the identity
+    provider that signed it in, where that provider offers it."""
+    if not csrf_ok(request, csrf_token):
+        return RedirectResponse("/login", status_code=303)
+    await signin.sign_out(session, request)
+    from tokendesk.web.sso import SSO_COOKIE, provider_logout
+
+    at_provider = await provider_logout(request)
+    response: Response
+    if at_provider is None:
+        response = RedirectResponse("/login", status_code=303)
+    else:
+        # A page that moves on to the provider rather than a redirect: the pages'
+        # Content-Security-Policy (form-action 'self') rightly stops a form's redirect
+        # to another origin, and widening it for every page to suit sign-out would not.
+        response = render(
+            request,
+            "signed_out.html",
+            provider=at_provider.provider,
+            provider_url=at_provider.url,
+        )
+        response.delete_cookie(SSO_COOKIE, path="/")
+    response.delete_cookie(SESSION_COOKIE, path="/")
     return response
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from tokendesk.bounds import DB_INT_MAX
@@ -28,10 +29,15 @@ class HoldRequest:
 
 @dataclass(frozen=True)
 class Hold:
-    """A hold taken: its reservation and the tokens it holds."""
+    """A hold taken: its reservation and the tokens it holds, and the balance as the
+    statement that held it left it, so a caller can tell the member where they stand
+    without asking the database again."""
 
     id: int
     amount: int
+    remaining: int  # what the balance has left once held
+    given: int  # what the period gives (ledger.models.given_of)
+    resets_at: datetime  # the end of the balance's period
 
 
 # A quick strategy's answer for one request: held, refused, or left for the general path.

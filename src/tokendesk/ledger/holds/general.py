@@ -21,8 +21,14 @@ from tokendesk.db import Database, bound_rows, dialect_of, rows_bound, run_core,
 from tokendesk.errors import AppError
 from tokendesk.ledger.holds.base import Hold, HoldRequest
 from tokendesk.ledger.locks import lock_in_user_order
-from tokendesk.ledger.models import BALANCES, REMAINING, RESERVATIONS, ReservationStatus
-from tokendesk.ledger.reservations import reserve
+from tokendesk.ledger.models import (
+    BALANCES,
+    GIVEN,
+    REMAINING,
+    RESERVATIONS,
+    ReservationStatus,
+)
+from tokendesk.ledger.reservations import reserve_left
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ def _hold_totals(dialect: str) -> Any:
             wanted.c.amount <= REMAINING,
         )
         .values(reserved=BALANCES.c.reserved + wanted.c.amount, updated_at=bindparam("now"))
-        .returning(BALANCES.c.user_id)
+        .returning(BALANCES.c.user_id, REMAINING, GIVEN, BALANCES.c.period_end)
     )
 
 
@@ -66,10 +72,13 @@ async def hold_many(
     dialect = dialect_of(session)
     await lock_in_user_order(session, totals)
     params = rows_bound(dialect, "wanted", WANTED, sorted(totals.items()))
-    held_users = set(
-        (await run_core(session, _hold_totals(dialect), {**params, "now": now})).scalars()
-    )
-    results: list[Hold | AppError] = [Hold(0, 0)] * len(requests)
+    held_users = {
+        user_id: (remaining, given, resets_at)
+        for user_id, remaining, given, resets_at in await run_core(
+            session, _hold_totals(dialect), {**params, "now": now}
+        )
+    }
+    results: list[Hold | AppError | None] = [None] * len(requests)
     fast = [i for i, r in enumerate(requests) if r.user_id in held_users]
     if fast:
         expires = now + timedelta(seconds=ttl_seconds)
@@ -89,13 +98,13 @@ async def hold_many(
             ],
         )
         for i, reservation_id in zip(fast, ids.all(), strict=True):
-            results[i] = Hold(reservation_id, requests[i].amount)
+            results[i] = Hold(reservation_id, requests[i].amount, *held_users[requests[i].user_id])
     rest = [i for i, r in enumerate(requests) if r.user_id not in held_users]
     if rest:
         exact = await reserve_each(session, [requests[i] for i in rest], ttl_seconds=ttl_seconds)
         for i, result in zip(rest, exact, strict=True):
             results[i] = result
-    return results
+    return [result for result in results if result is not None]
 
 
 async def reserve_each(
@@ -110,12 +119,12 @@ async def reserve_each(
     while a settlement held another and each wait for the other (PostgreSQL).
     """
     now = utcnow()
-    results: list[Hold | AppError] = [Hold(0, 0)] * len(requests)
+    results: list[Hold | AppError | None] = [None] * len(requests)
     for i in sorted(range(len(requests)), key=lambda i: requests[i].user_id):
         request = requests[i]
         try:
             async with session.begin_nested():
-                reservation = await reserve(
+                reservation, left = await reserve_left(
                     session,
                     user_id=request.user_id,
                     amount=request.amount,
@@ -123,10 +132,10 @@ async def reserve_each(
                     ttl_seconds=ttl_seconds,
                     now=now,
                 )
-            results[i] = Hold(reservation.id, reservation.amount)
+            results[i] = Hold(reservation.id, reservation.amount, *left)
         except AppError as exc:
             results[i] = exc
-    return results
+    return [result for result in results if result is not None]
 
 
 class GeneralHolds:

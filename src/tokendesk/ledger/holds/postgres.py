@@ -25,7 +25,13 @@ from sqlalchemy import (
 
 from tokendesk.db import FALLBACK, Database, UTCDateTime, bound_rows, rows_bound, utcnow
 from tokendesk.ledger.holds.base import Hold, HoldRequest, QuickResult, holdable
-from tokendesk.ledger.models import BALANCES, REMAINING, RESERVATIONS, ReservationStatus
+from tokendesk.ledger.models import (
+    BALANCES,
+    GIVEN,
+    REMAINING,
+    RESERVATIONS,
+    ReservationStatus,
+)
 from tokendesk.ledger.reservations import insufficient
 
 CALLS = ("org", "uid", "amount", "least")
@@ -40,8 +46,9 @@ def _hold_in_one_statement() -> Any:
     in the batch down to what remains where that is at least its ``least``; every
     call of a user whose remaining covers none of them is refused. The rest (a
     user's several calls that fit only in part, an ended period, no balance) is
-    left for the general path. Rows are ``(id, user, amount, None, None)`` per hold
-    and ``(None, user, None, remaining, reserved)`` per user refused.
+    left for the general path. Rows are ``(id, user, amount, remaining, None, given,
+    period end)`` per hold, with the balance as the batch leaves it, and ``(None, user,
+    None, remaining, reserved, None, None)`` per user refused.
     """
     now = bindparam("now", type_=UTCDateTime())
     calls = bound_rows("postgresql", "calls", *CALLS)
@@ -79,7 +86,14 @@ def _hold_in_one_statement() -> Any:
         update(BALANCES)
         .where(BALANCES.c.user_id == decided.c.uid, decided.c.amount <= REMAINING)
         .values(reserved=BALANCES.c.reserved + decided.c.amount, updated_at=now)
-        .returning(BALANCES.c.user_id, decided.c.amount)
+        # The balance as this hold leaves it, for the caller to tell the member.
+        .returning(
+            BALANCES.c.user_id,
+            decided.c.amount,
+            REMAINING.label("remaining"),
+            GIVEN.label("given"),
+            BALANCES.c.period_end,
+        )
         .cte("held")
     )
     refused = (
@@ -106,9 +120,26 @@ def _hold_in_one_statement() -> Any:
         .cte("inserted")
     )
     nothing = null().cast(BigInteger)
+    no_time = null().cast(UTCDateTime())
     return union_all(
-        select(inserted.c.id, inserted.c.user_id, inserted.c.amount, nothing, nothing),
-        select(nothing, refused.c.user_id, nothing, refused.c.remaining, refused.c.reserved),
+        select(
+            inserted.c.id,
+            inserted.c.user_id,
+            inserted.c.amount,
+            held.c.remaining,
+            nothing,
+            held.c.given,
+            held.c.period_end,
+        ).join_from(inserted, held, held.c.user_id == inserted.c.user_id),
+        select(
+            nothing,
+            refused.c.user_id,
+            nothing,
+            refused.c.remaining,
+            refused.c.reserved,
+            nothing,
+            no_time,
+        ),
     )
 
 
@@ -146,11 +177,11 @@ async def hold_in_one_round_trip(
         rows = (await connection.execute(_hold_in_one_statement(), params)).all()
     held: dict[int, list[Hold]] = defaultdict(list)
     refused: dict[int, tuple[int, int]] = {}
-    for reservation_id, user_id, amount, remaining, reserved in rows:
+    for reservation_id, user_id, amount, remaining, reserved, given, resets_at in rows:
         if reservation_id is None:
             refused[user_id] = (remaining, reserved)
         else:
-            held[user_id].append(Hold(reservation_id, amount))
+            held[user_id].append(Hold(reservation_id, amount, remaining, given, resets_at))
     results: list[QuickResult] = []
     for request in requests:
         holds = held.get(request.user_id)

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from tokendesk.db import FALLBACK, Database, Fallback, sqlite_timestamp, utcnow
 from tokendesk.errors import AppError
 from tokendesk.ledger.holds.base import Hold, HoldRequest, QuickResult, holdable
-from tokendesk.ledger.models import REMAINING_SQL, ReservationStatus
+from tokendesk.ledger.models import GIVEN_SQL, REMAINING_SQL, ReservationStatus
 from tokendesk.ledger.reservations import insufficient
 
 # The hold of ledger.reserve, spelled for SQLite's own driver: the same conditional
-# UPDATE, then the reservation row.
+# UPDATE, returning the balance it leaves, then the reservation row.
 _HOLD_SQL = (
     "UPDATE balances SET reserved = reserved + ?1, updated_at = ?2 "
-    f"WHERE user_id = ?3 AND period_end > ?2 AND ?1 <= {REMAINING_SQL}"
+    f"WHERE user_id = ?3 AND period_end > ?2 AND ?1 <= {REMAINING_SQL} "
+    f"RETURNING {REMAINING_SQL}, {GIVEN_SQL}, period_end"
 )
 _BALANCE_SQL = f"SELECT {REMAINING_SQL}, reserved, period_end > ?2 FROM balances WHERE user_id = ?1"
 _RESERVATION_SQL = (
@@ -56,22 +57,30 @@ def hold_each(
     results: list[QuickResult] = []
     for request in requests:
         result = _hold_one(connection, request, at) if holdable(request) else FALLBACK
-        if isinstance(result, int):
-            row = (request.organization_id, request.user_id, result, at, expires)
+        if isinstance(result, tuple):
+            amount, (remaining, given, period_end) = result
+            row = (request.organization_id, request.user_id, amount, at, expires)
             reservation_id = connection.execute(_RESERVATION_SQL, row).lastrowid
             assert reservation_id is not None
-            results.append(Hold(reservation_id, result))
+            resets_at = datetime.fromisoformat(period_end).replace(tzinfo=UTC)
+            results.append(Hold(reservation_id, amount, remaining, given, resets_at))
         else:
             results.append(result)
     return results
 
 
+# What the hold returns of the balance it leaves: remaining, given and the period's end.
+_Left = tuple[int, int, str]
+
+
 def _hold_one(
     connection: sqlite3.Connection, request: HoldRequest, at: str
-) -> int | AppError | Fallback:
-    """The tokens held on the request's balance, its refusal, or FALLBACK (see hold_each)."""
-    if connection.execute(_HOLD_SQL, (request.amount, at, request.user_id)).rowcount == 1:
-        return request.amount
+) -> tuple[int, _Left] | AppError | Fallback:
+    """The tokens held on the request's balance and the balance left, its refusal, or
+    FALLBACK (see hold_each)."""
+    left = connection.execute(_HOLD_SQL, (request.amount, at, request.user_id)).fetchall()
+    if left:
+        return request.amount, left[0]
     balance = connection.execute(_BALANCE_SQL, (request.user_id, at)).fetchone()
     if balance is None or not balance[2]:
         return FALLBACK
@@ -79,6 +88,7 @@ def _hold_one(
     if remaining < request.least:
         return insufficient(remaining=remaining, needed=request.least, held=reserved)
     # Less remains than the whole amount, but enough for the least that will do.
-    if connection.execute(_HOLD_SQL, (remaining, at, request.user_id)).rowcount != 1:
+    left = connection.execute(_HOLD_SQL, (remaining, at, request.user_id)).fetchall()
+    if not left:
         return FALLBACK
-    return int(remaining)
+    return int(remaining), left[0]

@@ -1,4 +1,5 @@
-"""The Analytics page: top consumers, usage over time, models, requests, run-out forecast.
+"""The Analytics page: top consumers, usage over time, models, endpoints, requests,
+run-out forecast.
 
 The page renders every table on the server; the filter form reloads the body
 through htmx, and analytics.js draws the chart from the JSON embedded with it.
@@ -47,9 +48,15 @@ def _day(value: str | None, field: str) -> date | None:
 
 
 def _filters(
-    period: Q = None, first: From = None, to: Q = None, team_id: Q = None, model: Q = None
+    period: Q = None,
+    first: From = None,
+    to: Q = None,
+    team_id: Q = None,
+    model: Q = None,
+    endpoint: Q = None,
 ) -> dict[str, Any]:
-    """The query as the page's links carry it: blanks dropped, unknown periods ignored."""
+    """The query as the page's links carry it: blanks dropped, unknown periods and
+    endpoints ignored."""
     chosen = period if period in PERIOD_LABELS else None
     if chosen != "custom":
         first = to = None
@@ -59,6 +66,7 @@ def _filters(
         "to": to or None,
         "team_id": optional_int(team_id),
         "model": (model or "").strip() or None,
+        "endpoint": endpoint if endpoint in service.ENDPOINTS else None,
     }
 
 
@@ -66,7 +74,7 @@ Filters = Annotated[dict[str, Any], Depends(_filters)]
 
 
 def _stack(stack: Q = None) -> Stack:
-    return "model" if stack == "model" else "team"
+    return "model" if stack == "model" else "endpoint" if stack == "endpoint" else "team"
 
 
 ChartStack = Annotated[Stack, Depends(_stack)]
@@ -79,6 +87,7 @@ def _query(filters: dict[str, Any]) -> service.Query:
         last_day=_day(filters["to"], "to"),
         team_id=filters["team_id"],
         model=filters["model"],
+        endpoint=filters["endpoint"],
     )
 
 
@@ -117,6 +126,7 @@ async def analytics_page(
         "periods": list(PERIOD_LABELS.items()),
         "teams": teams,
         "models": models,
+        "endpoints": service.endpoint_choices(),
         "error": None,
         "duration": duration,
         "percent": percent,
@@ -136,6 +146,7 @@ async def analytics_page(
             top_teams=await service.top_teams(session, selection=selection, limit=TOP_TEAMS),
             chart=chart.model_dump(mode="json"),
             models_usage=await service.by_model(session, selection=selection),
+            endpoints_usage=await service.by_endpoint(session, selection=selection),
             request_stats=await service.requests(
                 session, selection=selection, limit=TOP_REQUESTERS
             ),

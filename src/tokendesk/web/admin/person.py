@@ -14,6 +14,7 @@ from tokendesk.accounts import users as users_service
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.repository import UserRow
 from tokendesk.accounts.schemas import AdjustmentIn, UserUpdate
+from tokendesk.accounts.sign_in_ways import sign_in_ways
 from tokendesk.deps import DbSession, ReadSession, database_of, prepared_password
 from tokendesk.errors import AppError
 from tokendesk.web.admin.common import (
@@ -28,7 +29,13 @@ from tokendesk.web.admin.common import (
     with_events,
 )
 from tokendesk.web.admin.forms import FormError, build, errors_of, number
-from tokendesk.web.admin.users import ROLE_CHOICES, SOURCE_LABELS, Q, roles_for
+from tokendesk.web.admin.users import (
+    ROLE_CHOICES,
+    SOURCE_LABELS,
+    Q,
+    provider_labels,
+    roles_for,
+)
 from tokendesk.web.pages import render
 
 router = APIRouter(route_class=AdminRoute, include_in_schema=False)
@@ -49,9 +56,10 @@ def _editable(actor: Actor, row: UserRow) -> frozenset[str]:
 
 
 async def _detail_context(
-    session: AsyncSession, actor: Actor, user_id: int, *, ledger_page: int
+    request: Request, session: AsyncSession, actor: Actor, user_id: int, *, ledger_page: int
 ) -> dict[str, Any]:
     row = await users_service.get_user(session, actor=actor, user_id=user_id)
+    ways = await sign_in_ways(session, [row.user], provider_labels=provider_labels(request))
     entries, entries_total = await users_service.ledger_entries(
         session,
         actor=actor,
@@ -75,6 +83,7 @@ async def _detail_context(
         "teams": [(t.team.id, t.team.name) for t in org_teams],
         "movable_teams": {t.team.id for t in org_teams if actor.can_manage_team(t.team.id)},
         "source_labels": SOURCE_LABELS,
+        "ways": ways[row.user.id],
         "edit_errors": {},
         "adjust_errors": {},
         "adjust_values": {},
@@ -90,7 +99,7 @@ async def user_page(
     page: Q = None,
     created: Q = None,
 ) -> HTMLResponse:
-    context = await _detail_context(session, actor, user_id, ledger_page=parse_page(page))
+    context = await _detail_context(request, session, actor, user_id, ledger_page=parse_page(page))
     return await admin_render(
         request,
         session,
@@ -112,7 +121,7 @@ async def _detail_fragment(
     status_code: int = 200,
     **overrides: Any,
 ) -> HTMLResponse:
-    context = await _detail_context(session, actor, user_id, ledger_page=1)
+    context = await _detail_context(request, session, actor, user_id, ledger_page=1)
     context.update(overrides)
     return render(
         request,

@@ -13,6 +13,8 @@ from tokendesk.web.admin import (
     analytics,
     audit,
     bulk,
+    integrations,
+    notifications,
     organization,
     person,
     requests,
@@ -23,7 +25,19 @@ from tokendesk.web.admin import (
 from tokendesk.web.admin.common import submitted_csrf
 
 router = APIRouter(include_in_schema=False)
-for section in (requests, bulk, users, person, teams, analytics, settings, audit, organization):
+for section in (
+    requests,
+    bulk,
+    users,
+    person,
+    teams,
+    integrations,
+    analytics,
+    settings,
+    notifications,
+    audit,
+    organization,
+):
     # Ahead of every other dependency (a route's own session among them): the form is
     # read before any transaction begins.
     router.include_router(section.router, dependencies=[Depends(submitted_csrf)])

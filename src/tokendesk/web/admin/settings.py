@@ -11,10 +11,11 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts import organizations
+from tokendesk.accounts import teams as teams_service
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.schemas import OrganizationUpdate
 from tokendesk.db import utcnow
-from tokendesk.deps import DbSession, ReadSession
+from tokendesk.deps import DbSession, ReadSession, runtime_of
 from tokendesk.errors import AppError
 from tokendesk.ledger.periods import is_valid_timezone, next_reset
 from tokendesk.web.admin.common import (
@@ -26,6 +27,7 @@ from tokendesk.web.admin.common import (
     with_events,
 )
 from tokendesk.web.admin.forms import FormError, build, errors_of, number
+from tokendesk.web.admin.notifications import channels_context
 from tokendesk.web.pages import render
 
 router = APIRouter(route_class=AdminRoute, include_in_schema=False)
@@ -39,6 +41,10 @@ FIELDS = (
     "low_balance_percent",
     "pool",
     "carry_over_debt",
+    "password_sign_in",
+    "provision_users",
+    "provision_domains",
+    "provision_team_id",
 )
 
 
@@ -51,7 +57,14 @@ def timezone_names() -> list[str]:
 
 def _current_values(view: organizations.OrganizationView) -> dict[str, Any]:
     org = view.organization
-    return {name: getattr(org, name) for name in FIELDS}
+    values = {name: getattr(org, name) for name in FIELDS}
+    values["provision_domains"] = ", ".join(organizations.domains_of(org.provision_domains))
+    return values
+
+
+def _domain_list(raw: str) -> list[str]:
+    """The form's domains, separated by commas, spaces or lines."""
+    return [part for part in raw.replace(",", " ").split() if part]
 
 
 async def _context(session: AsyncSession, actor: Actor) -> dict[str, Any]:
@@ -62,6 +75,10 @@ async def _context(session: AsyncSession, actor: Actor) -> dict[str, Any]:
         "values": _current_values(view),
         "errors": {},
         "can_edit": actor.is_org_admin,
+        "teams": [
+            (row.team.id, row.team.name)
+            for row in await teams_service.list_teams(session, actor=actor)
+        ],
         "timezones": timezone_names(),
         "preview": _preview(view.organization.reset_day, view.organization.timezone),
     }
@@ -90,6 +107,7 @@ async def settings_page(
         section="settings",
         page_title="Settings",
         **await _context(session, actor),
+        **await channels_context(request, session, actor),
     )
 
 
@@ -117,8 +135,12 @@ async def save_settings(
     max_request: Annotated[str, Form()] = "",
     low_balance_percent: Annotated[str, Form()] = "",
     pool: Annotated[str, Form()] = "",
-    carry_shown: Annotated[str | None, Form()] = None,
+    checkboxes_shown: Annotated[str | None, Form()] = None,
     carry_over_debt: Annotated[str | None, Form()] = None,
+    password_sign_in: Annotated[str | None, Form()] = None,
+    provision_users: Annotated[str | None, Form()] = None,
+    provision_domains: Annotated[str, Form()] = "",
+    provision_team_id: Annotated[str, Form()] = "",
 ) -> Response:
     submitted: dict[str, Any] = {
         "name": name.strip(),
@@ -129,20 +151,27 @@ async def save_settings(
         "low_balance_percent": number(low_balance_percent),
         # An empty pool field means "no pool", which the schema spells as null.
         "pool": number(pool),
+        "provision_domains": _domain_list(provision_domains),
+        "provision_team_id": number(provision_team_id),
     }
-    # An unticked box sends nothing: the hidden marker tells it from a form without it.
-    if carry_shown is not None:
+    # An unticked box sends nothing: the hidden marker tells it from a form without them.
+    if checkboxes_shown is not None:
         submitted["carry_over_debt"] = carry_over_debt is not None
+        submitted["password_sign_in"] = password_sign_in is not None
+        submitted["provision_users"] = provision_users is not None
     current = await organizations.get_settings(session, actor=actor)
-    changes = {
-        key: value
-        for key, value in submitted.items()
-        if value != getattr(current.organization, key)
-    }
+    stored = {name: getattr(current.organization, name) for name in submitted}
+    stored["provision_domains"] = organizations.domains_of(current.organization.provision_domains)
+    changes = {key: value for key, value in submitted.items() if value != stored[key]}
     try:
         data = build(OrganizationUpdate, changes)
         async with session.begin_nested():
-            await organizations.update_settings(session, actor=actor, data=data)
+            await organizations.update_settings(
+                session,
+                actor=actor,
+                data=data,
+                sso_organizations=runtime_of(request).sso.organizations,
+            )
     except (AppError, FormError) as exc:
         context = await _context(session, actor)
         raw = {
@@ -156,6 +185,14 @@ async def save_settings(
             "carry_over_debt": submitted.get(
                 "carry_over_debt", current.organization.carry_over_debt
             ),
+            "password_sign_in": submitted.get(
+                "password_sign_in", current.organization.password_sign_in
+            ),
+            "provision_users": submitted.get(
+                "provision_users", current.organization.provision_users
+            ),
+            "provision_domains": provision_domains,
+            "provision_team_id": optional_int(provision_team_id),
         }
         context.update(
             values=raw,

@@ -15,10 +15,14 @@ SECTIONS = (
     ("requests", "/admin/requests", "Token Requests"),
     ("users", "/admin/users", "Users"),
     ("teams", "/admin/teams", "Teams"),
+    ("integrations", "/admin/integrations", "Integrations"),
     ("analytics", "/admin/analytics", "Analytics"),
     ("settings", "/admin/settings", "Settings"),
     ("audit", "/admin/audit", "Audit log"),
 )
+
+# Sections only org admins (and super admins) can use: team owners are not shown them.
+ORG_ADMIN_SECTIONS = frozenset({"integrations"})
 
 ROLE_LABELS = {
     "member": "Member",
@@ -38,7 +42,11 @@ async def sidebar_context(session: AsyncSession, actor: Actor) -> dict[str, Any]
         "organization": org,
         "tz": org.timezone,
         "pending_count": await token_requests.pending_count(session, actor=actor),
-        "sections": SECTIONS,
+        "sections": [
+            section
+            for section in SECTIONS
+            if actor.is_org_admin or section[0] not in ORG_ADMIN_SECTIONS
+        ],
         "switchable_organizations": switchable,
         "role_label": ROLE_LABELS.get(actor.role.value, actor.role.value),
     }

@@ -13,7 +13,8 @@ from tokendesk.accounts import users as users_service
 from tokendesk.accounts.actor import Actor
 from tokendesk.accounts.models import Role
 from tokendesk.accounts.schemas import UserIn
-from tokendesk.deps import DbSession, ReadSession
+from tokendesk.accounts.sign_in_ways import last_seen, sign_in_ways
+from tokendesk.deps import DbSession, ReadSession, runtime_of
 from tokendesk.errors import AppError
 from tokendesk.web.admin.common import (
     PAGE_SIZE,
@@ -49,6 +50,11 @@ def roles_for(actor: Actor) -> list[tuple[str, str]]:
     if actor.is_super_admin:
         return list(ROLE_CHOICES)
     return list(ROLE_CHOICES[:3])
+
+
+def provider_labels(request: Request) -> dict[str, str]:
+    """The configured identity providers' button labels, by their identities' source."""
+    return {p.source: p.button for p in runtime_of(request).sso.providers.values()}
 
 
 async def _teams_for(session: AsyncSession, actor: Actor) -> list[tuple[int, str]]:
@@ -91,6 +97,9 @@ async def users_page(
         limit=PAGE_SIZE,
         offset=(page_number - 1) * PAGE_SIZE,
     )
+    ways = await sign_in_ways(
+        session, [row.user for row in rows], provider_labels=provider_labels(request)
+    )
     return await admin_render(
         request,
         session,
@@ -107,6 +116,8 @@ async def users_page(
         teams=await _teams_for(session, actor),
         roles=ROLE_CHOICES,
         source_labels=SOURCE_LABELS,
+        ways=ways,
+        last_seen=last_seen,
     )
 
 

@@ -239,6 +239,22 @@
     window.addEventListener("pagehide", () => source.close());
   }
 
+  // ------------------------------------------------------------ copy
+
+  async function copyFrom(button) {
+    const input = $(button.dataset.copy);
+    if (!input) return;
+    try {
+      await navigator.clipboard.writeText(input.value);
+    } catch (_) {
+      // The Clipboard API needs a secure context; fall back to the selection.
+      input.select();
+      document.execCommand("copy");
+    }
+    const status = button.closest("section") && $("[role=status]", button.closest("section"));
+    if (status) status.textContent = "Copied to the clipboard.";
+  }
+
   // ------------------------------------------------------------ wiring
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -246,9 +262,10 @@
     if (d) d.addEventListener("close", onDialogClosed);
 
     document.body.addEventListener("click", (event) => {
-      const target = event.target.closest("[data-close-dialog], [data-bulk], #clear-selection, #select-matching");
+      const target = event.target.closest("[data-close-dialog], [data-bulk], [data-copy], #clear-selection, #select-matching");
       if (!target) return;
       if (target.matches("[data-close-dialog]")) closeDialog();
+      else if (target.matches("[data-copy]")) copyFrom(target);
       else if (target.matches("[data-bulk]")) openBulk(target.dataset.bulk);
       else if (target.id === "clear-selection") clearSelection();
       else if (target.id === "select-matching") {

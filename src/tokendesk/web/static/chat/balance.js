@@ -2,6 +2,7 @@
  * "Request more tokens" dialog, kept current by the /events stream.
  */
 import { $, api, fmt, showFieldError, toast } from "./common.js";
+import { afterReset, dateFormatIn, drawIndicator } from "./indicator.js";
 
 export function startBalance(boot) {
   const state = {
@@ -15,59 +16,13 @@ export function startBalance(boot) {
     carriedFrom: (boot.carried && boot.carried.from) || "",
   };
   const listeners = [];
-  function dateFormatIn(timeZone) {
-    try {
-      return new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeZone });
-    } catch (_) {
-      return new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
-    }
-  }
-  let dateFormat = dateFormatIn(boot.timezone);
-
-  // ---- token indicator (mirrors tokendesk.web.chat.indicator_for)
-
-  function levelOf(balance) {
-    const remaining = balance.remaining;
-    const total = Math.max(balance.allocation + balance.granted + balance.adjusted - state.carried, 0);
-    const percent = total <= 0 ? 0 : Math.max(0, Math.min(100, Math.floor((remaining * 100) / total)));
-    let level = "ok";
-    if (remaining <= 0) level = "empty";
-    else if (total <= 0 || remaining * 100 <= total * state.criticalPercent) level = "critical";
-    else if (remaining * 100 < total * state.lowPercent) level = "low";
-    return { remaining, total, percent, level };
-  }
+  // The indicator's look: the thresholds above, the carried debit and the date format.
+  state.dateFormat = dateFormatIn(boot.timezone);
 
   function renderBalance() {
     // Everything on the page that shows the balance is redrawn from state.balance.
-    const b = state.balance;
-    const view = levelOf(b);
-    const indicator = $("indicator");
-    indicator.classList.remove("level-ok", "level-low", "level-critical", "level-empty");
-    indicator.classList.add("level-" + view.level);
-    $("ind-remaining").textContent = fmt.format(view.remaining);
-    $("ind-total").textContent = fmt.format(view.total);
-    $("ind-used").textContent = fmt.format(b.used);
-    const extra = b.granted + b.adjusted - state.carried;
-    $("ind-carried").hidden = state.carried === 0;
-    $("ind-carried-text").textContent =
-      "−" + fmt.format(Math.abs(state.carried)) + " carried from " + state.carriedFrom;
-    $("ind-extra").hidden = extra === 0;
-    $("ind-extra-amount").textContent = (extra > 0 ? "+" : "−") + fmt.format(Math.abs(extra));
-    const bar = $("ind-bar");
-    bar.setAttribute("aria-valuenow", String(view.percent));
-    bar.setAttribute(
-      "aria-valuetext",
-      `${fmt.format(view.remaining)} of ${fmt.format(view.total)} tokens left`
-    );
-    bar.querySelector(".meter-fill").style.width = view.percent + "%";
-    const resetAt = new Date(b.next_reset_at);
-    document.querySelectorAll("#ind-reset, .reset-date").forEach((node) => {
-      node.setAttribute("datetime", b.next_reset_at);
-      node.textContent = dateFormat.format(resetAt);
-    });
-    document.querySelectorAll(".js-remaining, #banner-remaining").forEach((node) => {
-      node.textContent = fmt.format(Math.max(view.remaining, 0));
-    });
+    const view = drawIndicator(state.balance, state);
+    $("banner-remaining").textContent = fmt.format(Math.max(view.remaining, 0));
     $("low-banner").hidden = !(view.level === "low" || view.level === "critical");
     const empty = view.level === "empty";
     $("empty-notice").hidden = !empty;
@@ -79,20 +34,7 @@ export function startBalance(boot) {
   }
 
   function applyPeriodReset(data) {
-    // A new period: fresh allocation, grants and usage gone, open holds carried over,
-    // and the debit the last period ended with, if any, carried too.
-    const reserved = state.balance.reserved || 0;
-    state.carried = data.carried || 0;
-    state.carriedFrom = data.carried_from || "";
-    state.balance = Object.assign({}, state.balance, {
-      allocation: data.allocation,
-      granted: 0,
-      adjusted: state.carried,
-      used: 0,
-      remaining: data.allocation + state.carried - reserved,
-      period_start: data.period_start,
-      next_reset_at: data.next_reset_at,
-    });
+    state.balance = afterReset(state.balance, data, state);
     renderBalance();
   }
 
@@ -292,7 +234,7 @@ export function startBalance(boot) {
       const data = JSON.parse(event.data);
       if (data.user_id !== undefined && data.user_id !== boot.user_id) return;
       // A new reset day or time zone arrives with the organization's zone.
-      if (data.timezone) dateFormat = dateFormatIn(data.timezone);
+      if (data.timezone) state.dateFormat = dateFormatIn(data.timezone);
       state.balance = Object.assign({}, state.balance, data);
       renderBalance();
     });

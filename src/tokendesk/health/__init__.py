@@ -1,0 +1,1 @@
+"""Whether this instance lives (``/healthz``) and can serve (``/readyz``)."""
