@@ -43,8 +43,11 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +103,47 @@ async def seed(url: str, users: int) -> tuple[list[str], list[str]]:
     return keys, spent
 
 
+@contextmanager
+def upstream(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """The fake upstream (tests/fake_upstream.py) on ``port``, once it answers."""
+    with process([sys.executable, "tests/fake_upstream.py", "--port", str(port)]) as proc:
+        wait_ready(f"http://127.0.0.1:{port}/v1/models")
+        yield proc
+
+
+def gateway_env(db_url: str, up_port: int) -> dict[str, str]:
+    """A tokendesk server's settings: ``db_url``, the fake upstream on ``up_port`` as
+    model ``fast`` (chat and Responses) and ``claude`` (Messages), no scheduler."""
+    models = json.dumps(
+        [
+            {"name": "fast", "base_url": f"http://127.0.0.1:{up_port}/v1", "apis": STREAMED_APIS},
+            # Anthropic's Messages API: the upstream's base without /v1, its own key header.
+            {
+                "name": "claude",
+                "api": "anthropic",
+                "base_url": f"http://127.0.0.1:{up_port}",
+                "api_key": ANTHROPIC_KEY,
+            },
+        ]
+    )
+    return {
+        "TOKENDESK_DATABASE_URL": db_url,
+        "TOKENDESK_DEMO": "1",
+        "TOKENDESK_MODELS": models,
+        "TOKENDESK_SCHEDULER_ENABLED": "0",
+    }
+
+
+def calls(port: int, keys: list[str]) -> list[bytes]:
+    """One prepared chat call (``BODY``) to tokendesk on ``port`` per API key."""
+    return [
+        build_request(
+            "127.0.0.1", port, "/v1/chat/completions", BODY, {"Authorization": f"Bearer {key}"}
+        )
+        for key in keys
+    ]
+
+
 async def used_total(url: str) -> tuple[int, int, int]:
     from sqlalchemy import func, select
 
@@ -148,42 +192,11 @@ def added(run: str, direct: LoadResult, through: LoadResult) -> str:
 async def measure(label: str, db_url: str, args: argparse.Namespace) -> list[str]:
     keys, spent = await seed(db_url, args.users)
     up_port, td_port = free_port(), free_port()
-    upstream_cmd = [sys.executable, "tests/fake_upstream.py", "--port", str(up_port)]
-    models = json.dumps(
-        [
-            {"name": "fast", "base_url": f"http://127.0.0.1:{up_port}/v1", "apis": STREAMED_APIS},
-            # Anthropic's Messages API: the upstream's base without /v1, its own key header.
-            {
-                "name": "claude",
-                "api": "anthropic",
-                "base_url": f"http://127.0.0.1:{up_port}",
-                "api_key": ANTHROPIC_KEY,
-            },
-        ]
-    )
-    env = {
-        "TOKENDESK_DATABASE_URL": db_url,
-        "TOKENDESK_DEMO": "1",
-        "TOKENDESK_MODELS": models,
-        "TOKENDESK_SCHEDULER_ENABLED": "0",
-    }
-    with process(upstream_cmd), process(tokendesk_server(td_port, env), env) as server:
-        wait_ready(f"http://127.0.0.1:{up_port}/v1/models")
+    env = gateway_env(db_url, up_port)
+    with upstream(up_port), process(tokendesk_server(td_port, env), env) as server:
         wait_ready(f"http://127.0.0.1:{td_port}/healthz")
         direct_request = build_request("127.0.0.1", up_port, "/v1/chat/completions", BODY, {})
-        prepared, refusing = (
-            [
-                build_request(
-                    "127.0.0.1",
-                    td_port,
-                    "/v1/chat/completions",
-                    BODY,
-                    {"Authorization": f"Bearer {key}"},
-                )
-                for key in group
-            ]
-            for group in (keys, spent)
-        )
+        prepared, refusing = (calls(td_port, group) for group in (keys, spent))
 
         def direct(n: int) -> bytes:
             return direct_request

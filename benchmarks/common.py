@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import httpx
@@ -40,6 +40,26 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of a process (Linux), or None where /proc is missing."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux; none where /proc lacks the list)."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return sorted(int(child) for child in listed.split())
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -62,13 +82,14 @@ async def reset_postgres(url: str) -> None:
         await conn.close()
 
 
-async def analyze(url: str) -> None:
+async def analyze(url: str, *, vacuum: bool = False) -> None:
     """Give PostgreSQL's planner statistics of the loaded tables, as autovacuum would.
 
     This machine's PostgreSQL runs with autovacuum off, so tables filled by a
     benchmark would otherwise never be analyzed and the planner would guess from
     their sizes alone (scanning every usage event for a list of ids, say); a
-    production server has autovacuum on. SQLite: nothing to do.
+    production server has autovacuum on. ``vacuum`` also clears the dead rows the
+    loading left behind (VACUUM ANALYZE). SQLite: nothing to do.
     """
     if not url.startswith("postgresql"):
         return
@@ -76,7 +97,7 @@ async def analyze(url: str) -> None:
 
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        await conn.execute("ANALYZE")
+        await conn.execute("VACUUM ANALYZE" if vacuum else "ANALYZE")
     finally:
         await conn.close()
 
@@ -95,9 +116,17 @@ def wait_ready(url: str, timeout: float = 30.0) -> None:
 
 @contextmanager
 def process(
-    args: list[str], env: dict[str, str] | None = None
+    args: list[str], env: dict[str, str] | None = None, *, log: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, cwd=ROOT)
+    """``args`` running from the project's folder; its output goes to ``log`` if given."""
+    with open(log, "ab") if log else nullcontext() as out:
+        proc = subprocess.Popen(
+            args,
+            env={**os.environ, **(env or {})},
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+        )
     try:
         yield proc
     finally:
