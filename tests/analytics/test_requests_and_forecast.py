@@ -14,7 +14,7 @@ from tokendesk.accounts.models import User
 from tokendesk.analytics import service
 from tokendesk.analytics.service import project
 from tokendesk.db import Database
-from tokendesk.token_requests import decisions
+from tokendesk.token_requests import decisions, rule_admin
 from tokendesk.token_requests import service as token_requests
 
 
@@ -57,6 +57,23 @@ class TestRequests:
 
         # 30 min, 2 h, 6 h and amy's 24 h: the middle two average 4 hours.
         assert out.median_decision_seconds == pytest.approx(4 * 3600, abs=0.01)
+
+    async def test_median_leaves_out_what_rules_decided(
+        self, database: Database, world: World, usage: Usage
+    ) -> None:
+        admin = await actor_of(database, world.admin)
+        async with database.transaction() as s:
+            await rule_admin.add_rule(s, organization_id=world.org_id, name="small", max_amount=500)
+        nora = await actor_of(database, world.nora)
+        async with database.transaction() as s:
+            auto = await decisions.submit(s, actor=nora, amount=100, now=at(3, 10, 9))
+        assert auto.decision_kind == "rule"
+
+        out = await figure(database, admin, service.requests, now=usage.now)
+
+        # People's 30 minutes, 2 hours and 6 hours; the rule's 0 seconds would make it 1 h 15.
+        assert out.decided == 4
+        assert out.median_decision_seconds == pytest.approx(2 * 3600, abs=0.01)
 
     async def test_top_requesters_are_ranked_by_number_of_requests(
         self, database: Database, world: World, usage: Usage

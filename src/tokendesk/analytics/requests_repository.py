@@ -11,15 +11,31 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, Select, case, cast, func, literal_column, select
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Select,
+    case,
+    cast,
+    func,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.analytics.repository import Where, chunks, rows_of
 from tokendesk.db import dialect_of
 from tokendesk.metering.models import NO_TEAM
-from tokendesk.token_requests.models import RequestStatus, TokenRequest
+from tokendesk.token_requests.models import DecisionKind, RequestStatus, TokenRequest
 
 DECIDED = (RequestStatus.APPROVED.value, RequestStatus.REJECTED.value)
+# Decisions a person took: a rule's are taken as the request is made, and would pull
+# the median of how long people take towards zero. Decisions older than the kinds
+# record none, and were all people's.
+BY_PEOPLE = or_(
+    TokenRequest.decision_kind.is_(None), TokenRequest.decision_kind != DecisionKind.RULE.value
+)
 
 
 def _requests_in(
@@ -81,10 +97,11 @@ async def decision_kinds(
 async def median_decision_seconds(
     session: AsyncSession, *, where: Where, start: datetime, end: datetime, decided: int
 ) -> float | None:
-    """Median time from request to decision of the requests made in [start, end) and decided."""
+    """Median time from request to decision of the requests made in [start, end) and
+    decided by a person (``decided`` of them)."""
     if decided == 0:
         return None
-    clauses = [*_requests_in(where, start, end), TokenRequest.status.in_(DECIDED)]
+    clauses = [*_requests_in(where, start, end), TokenRequest.status.in_(DECIDED), BY_PEOPLE]
     if dialect_of(session) == "postgresql":
         seconds: Any = func.extract("epoch", TokenRequest.decided_at - TokenRequest.created_at)
         median = func.percentile_cont(0.5).within_group(seconds)

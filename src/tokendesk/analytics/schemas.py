@@ -179,7 +179,10 @@ class RequestsOut(Figure):
     requested: int
     granted: int
     decided: int
-    median_decision_seconds: float | None
+    median_decision_seconds: float | None = Field(
+        description="Median time from request to decision of the requests people decided "
+        "(a rule decides as the request is made)."
+    )
     by_status: list[StatusCount]
     by_kind: list[DecisionKindCount] = Field(
         default_factory=list, description="Decided requests by how they were decided."

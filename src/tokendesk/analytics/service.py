@@ -338,13 +338,14 @@ async def requests(
         for n, asked, granted in [counts.get(status.value, (0, 0, 0))]
     ]
     decided = sum(item.count for item in by_status if item.status in requests_repo.DECIDED)
+    by_kind, by_rule = await _decisions_by_kind(session, selection)
+    by_rules = sum(item.count for item in by_kind if item.kind == DecisionKind.RULE.value)
     median = await requests_repo.median_decision_seconds(
-        session, where=where, start=r.start, end=r.end, decided=decided
+        session, where=where, start=r.start, end=r.end, decided=decided - by_rules
     )
     tallies = await requests_repo.requests_by_user(
         session, where=where, start=r.start, end=r.end, limit=limit
     )
-    by_kind, by_rule = await _decisions_by_kind(session, selection)
     people = await repo.people(session, user_ids=list(tallies))
     top = [
         Requester(

@@ -70,6 +70,8 @@ export function startBalance(boot) {
     }
   }
 
+  const announced = new Set();
+
   function onRequestUpdated(data) {
     const request = data.request || data;
     if (!request || !request.user || request.user.id !== boot.user_id) return;
@@ -80,6 +82,12 @@ export function startBalance(boot) {
       state.pending = null;
     }
     renderPending();
+    // A rule decides as the request is made: the reply and the live event both say
+    // so, in either order, and the member hears it once.
+    if (change === "approved" || change === "rejected") {
+      if (announced.has(request.id)) return;
+      announced.add(request.id);
+    }
     if (change === "approved") {
       const granted = request.approved_amount ?? request.amount;
       toast(`Approved: +${fmt.format(granted)} tokens`, request.decision_note || "", "ok");
@@ -181,13 +189,20 @@ export function startBalance(boot) {
         amount,
         reason: reason || null,
       });
-      state.pending = { id: created.id, amount: created.amount };
-      renderPending();
       reasonInput.value = "";
       $("reason-count").textContent = `0 / ${fmt.format(1000)}`;
-      openedBy = $("pending-cancel");
-      dialog.close();
-      toast("Request sent", `${fmt.format(created.amount)} tokens. You will see the decision here.`, "");
+      if (created.status === "pending") {
+        state.pending = { id: created.id, amount: created.amount };
+        renderPending();
+        openedBy = $("pending-cancel");
+        dialog.close();
+        toast("Request sent", `${fmt.format(created.amount)} tokens. You will see the decision here.`, "");
+      } else {
+        // Approved by a rule already; the balance follows with its own live event.
+        openedBy = $("request-open");
+        dialog.close();
+        onRequestUpdated({ request: created, change: created.status });
+      }
     } catch (error) {
       const errors = (error.body && error.body.errors) || [];
       let placed = false;
