@@ -18,7 +18,7 @@ from tokendesk import __version__
 from tokendesk.bodies import BodyLimits, WholeBodies
 from tokendesk.config import Settings, get_settings
 from tokendesk.db import Database
-from tokendesk.errors import AppError, ErrorOut, TooManyAttempts
+from tokendesk.errors import AppError, ErrorOut
 from tokendesk.observability import logs
 from tokendesk.observability.requests import RequestLog
 from tokendesk.runtime import Runtime, stopping_on_signals
@@ -51,7 +51,7 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     if exc.field:
         content["errors"] = [{"field": exc.field, "message": exc.message}]
     response = JSONResponse(status_code=exc.status_code, content=content)
-    if isinstance(exc, TooManyAttempts):
+    if exc.retry_after is not None:
         response.headers["Retry-After"] = str(math.ceil(exc.retry_after))
     return response
 

@@ -7,6 +7,8 @@ from pydantic import BaseModel, Field
 
 class AppError(Exception):
     status_code = 400
+    # Seconds a client should wait before trying again (a Retry-After header), if any.
+    retry_after: float | None = None
 
     def __init__(self, message: str, status_code: int | None = None, *, field: str | None = None):
         super().__init__(message)
@@ -52,6 +54,7 @@ class TooManyAttempts(AppError):
     """Too many wrong guesses at a password: the caller waits ``retry_after`` seconds."""
 
     status_code = 429
+    retry_after: float
 
     def __init__(self, message: str, *, retry_after: float, field: str | None = None) -> None:
         super().__init__(message, field=field)

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.pool import StaticPool
 
 from tokendesk.db.fallback import FALLBACK, Fallback
+from tokendesk.db.refusals import refusal
 
 if TYPE_CHECKING:
     from tokendesk.events.bus import EventBus
@@ -96,11 +97,12 @@ class QuickPath:
             try:
                 result = work(connection)
                 connection.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 # Never leave this connection inside a transaction: it would keep
                 # SQLite's write lock from every process.
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
+                self._forget_refused(exc)
                 raise
         self._checkpoint_soon()
         return result
@@ -126,24 +128,28 @@ class QuickPath:
             engine = self._plain_engine("write")
             if engine is None:
                 return FALLBACK
-            with engine.connect() as connection:
-                try:
-                    connection.exec_driver_sql("BEGIN IMMEDIATE")
-                except OperationalError:
-                    return FALLBACK  # locked by another process: never wait on the loop
-                try:
-                    with self._quick_session(connection) as session:
-                        session.info["bus"] = bus
-                        result = await work(session)
-                        # ORM changes left unflushed would otherwise be lost: flushing
-                        # them needs a connection, so the work gives way instead.
-                        await session.flush()
-                    connection.commit()
-                except BaseException as exc:
-                    _roll_back(connection)
-                    if isinstance(exc, QuickPathUnavailable):
-                        return FALLBACK
-                    raise
+            try:
+                with engine.connect() as connection:
+                    try:
+                        connection.exec_driver_sql("BEGIN IMMEDIATE")
+                    except OperationalError:
+                        return FALLBACK  # locked by another process: never wait on the loop
+                    try:
+                        with self._quick_session(connection) as session:
+                            session.info["bus"] = bus
+                            result = await work(session)
+                            # ORM changes left unflushed would otherwise be lost: flushing
+                            # them needs a connection, so the work gives way instead.
+                            await session.flush()
+                        connection.commit()
+                    except BaseException as exc:
+                        _roll_back(connection)
+                        if isinstance(exc, QuickPathUnavailable):
+                            return FALLBACK
+                        raise
+            except BaseException as exc:
+                self._forget_refused(exc)  # once the connection is back in its pool
+                raise
         self._checkpoint_soon()
         for callback in session.info["after_commit"]:
             done = callback()
@@ -234,6 +240,19 @@ class QuickPath:
         async with self.read_engine.connect() as connection:
             result = await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
             return cast(tuple[int, int, int], tuple(result.one()))
+
+    def _forget_refused(self, exc: BaseException) -> None:
+        """After SQLite refused a write (see :mod:`tokendesk.db.refusals`), close the
+        write connection: one opened while the file was read-only stays read-only,
+        and the next quick write opens it anew."""
+        if refusal(exc) is None:
+            return
+        engine = self._plain_engines.pop("write", None)
+        if engine is not None:
+            engine.dispose()
+        connection = self._plain.pop("write", None)
+        if connection is not None:
+            connection.close()
 
     def _plain_engine(self, kind: str) -> Engine | None:
         """SQLAlchemy's synchronous engine over the plain connection of this ``kind``."""

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from tokendesk.db.fallback import FALLBACK, Fallback
+from tokendesk.db.refusals import refusal
 from tokendesk.db.sqlite_quick import QuickPath
 
 if TYPE_CHECKING:
@@ -39,9 +40,11 @@ class Database:
     ``transaction(write=True)`` is the one unit-of-work helper used by HTTP
     requests, the CLI and background jobs: it commits on success, rolls back on
     error, then runs the after-commit callbacks (real-time events) only once the
-    data is durable. The gateway's holds are the one exception, for speed on its
-    hot path: :meth:`quick_write` on SQLite, one autocommitted statement on
-    PostgreSQL; neither publishes events.
+    data is durable. SQLite refusing the transaction (a read-only file, a full disk)
+    leaves it as :class:`~tokendesk.db.refusals.StorageRefused`, a 503. The
+    gateway's holds are the one exception, for speed on its hot path:
+    :meth:`quick_write` on SQLite, one autocommitted statement on PostgreSQL;
+    neither publishes events.
 
     The unit of work also publishes: ``bus`` is where the events of its committed
     transactions go (the runtime's), and each transaction hands it to
@@ -126,9 +129,17 @@ class Database:
                 try:
                     yield session
                     await session.commit()
-                except BaseException:
+                except BaseException as exc:
                     await session.rollback()
-                    raise
+                    refused = refusal(exc) if self.is_sqlite else None
+                    if refused is None:
+                        raise
+                    # A connection opened while the file was read-only stays so once
+                    # the operator has fixed it: the pool's are closed, the next
+                    # transaction opens one anew. (Writers queue on the write lock, so
+                    # no other write transaction holds one of them now.)
+                    await (self.write_engine if write else self.read_engine).dispose()
+                    raise refused from exc
         finally:
             if lock is not None:
                 lock.release()

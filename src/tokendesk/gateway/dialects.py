@@ -9,6 +9,7 @@ for every API alike.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from tokendesk.accounts.auth import bearer_key
+from tokendesk.errors import AppError
 
 
 class ErrorShape(Protocol):
@@ -43,6 +45,16 @@ def openai_error(
         status_code=status,
         content={"error": {"message": message, "type": type_, "param": param, "code": code}},
     )
+
+
+def app_error(error: ErrorShape, exc: AppError) -> JSONResponse:
+    """A domain error in the endpoint's shape: the caller's fault below 500, else the
+    server's (the database refusing writes), with the wait it asks for."""
+    type_ = "server_error" if exc.status_code >= 500 else "invalid_request_error"
+    response = error(exc.status_code, exc.message, type_=type_)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(math.ceil(exc.retry_after))
+    return response
 
 
 # Anthropic's error types by status; another 4xx is an invalid request, another 5xx an

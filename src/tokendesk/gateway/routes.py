@@ -47,7 +47,14 @@ from tokendesk.gateway.callers import (
     names_someone,
 )
 from tokendesk.gateway.completion import Completion, Overruns, loads
-from tokendesk.gateway.dialects import OPENAI, Dialect, ErrorShape, anthropic_key, openai_error
+from tokendesk.gateway.dialects import (
+    OPENAI,
+    Dialect,
+    ErrorShape,
+    anthropic_key,
+    app_error,
+    openai_error,
+)
 from tokendesk.gateway.holds import Hold, HoldBatcher, Settler
 from tokendesk.gateway.model_config import ModelConfig, load_models
 from tokendesk.gateway.openapi import (
@@ -416,8 +423,9 @@ async def _metered(
         gateway.metrics.call(model, endpoint, "refused_quota")
         return _insufficient(exc, settings=gateway.settings, user_id=caller.user_id, error=error)
     except AppError as exc:
-        gateway.metrics.call(model, endpoint, "invalid")
-        return error(exc.status_code, exc.message, type_="invalid_request_error")
+        outcome = "unavailable" if exc.status_code >= 500 else "invalid"
+        gateway.metrics.call(model, endpoint, outcome)
+        return app_error(error, exc)
     if caller.key_id is not None:
         gateway.keys.note_used(caller.key_id)
     # Known before the upstream answers: nothing may come between its reply and the relay.
@@ -464,7 +472,7 @@ class Shortcut:
         try:
             response = await chat_completions(Request(scope, receive))
         except AppError as exc:
-            response = openai_error(exc.status_code, exc.message, type_="invalid_request_error")
+            response = app_error(openai_error, exc)
         await response(scope, receive, send)
 
 

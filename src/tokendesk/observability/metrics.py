@@ -40,6 +40,7 @@ from tokendesk.gateway.model_config import APIS
 # rate_limited   too many calls of the member at once (429 rate_limit_exceeded)
 # invalid        a body, model or parameter refused (400/404/422), nothing held
 # unauthorized   no valid credentials, or a caller the credentials cannot name (401/403)
+# unavailable    the database refused the hold (503: read-only, disk full), nothing held
 OUTCOMES = (
     "ok",
     "cut",
@@ -49,6 +50,7 @@ OUTCOMES = (
     "rate_limited",
     "invalid",
     "unauthorized",
+    "unavailable",
 )
 # Where a call's tokens went: ``held`` when taken, then each hold ``settled`` (its
 # tokens given back and the call ``charged``, weighted) or ``released`` untouched;

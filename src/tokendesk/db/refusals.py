@@ -1,0 +1,60 @@
+"""SQLite refusing to write: a read-only file, a full disk, a failing device, a lock held
+past the busy timeout. Each is the operator's to fix, not a bug, so the unit of work
+turns it into one error (:class:`StorageRefused`, 503) that every caller renders as it
+renders any other: the REST API's JSON, the gateway's dialect. The transaction was
+rolled back, so nothing of it is written; read transactions keep working."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tokendesk.errors import AppError
+
+# Primary result codes (the low byte of an extended code such as SQLITE_IOERR_WRITE).
+CAUSES = {
+    sqlite3.SQLITE_READONLY: "its file is read-only",
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_IOERR: "the disk reported an I/O error",
+    sqlite3.SQLITE_CANTOPEN: "its file cannot be opened",
+    sqlite3.SQLITE_BUSY: "another process holds its lock",
+}
+# What a client is told to wait before trying again: an operator has to act first.
+RETRY_AFTER_SECONDS = 30
+
+
+class StorageRefused(AppError):
+    """The database refused the transaction; nothing of it was written."""
+
+    status_code = 503
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(
+            f"the database cannot be written: {cause}. Nothing was changed; reading still "
+            "works. Try again once the operator has fixed it."
+        )
+        self.cause = cause
+        self.retry_after = RETRY_AFTER_SECONDS
+
+
+def _sqlite_error(exc: BaseException) -> sqlite3.Error | None:
+    """The sqlite3 error behind ``exc`` (SQLAlchemy keeps it as ``orig``, aiosqlite as a cause)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlite3.Error) and isinstance(
+            getattr(current, "sqlite_errorcode", None), int
+        ):
+            return current
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return None
+
+
+def refusal(exc: BaseException) -> StorageRefused | None:
+    """The refusal ``exc`` is, or None when it is anything else (a constraint, a bug)."""
+    error = _sqlite_error(exc)
+    if error is None:
+        return None
+    cause = CAUSES.get(error.sqlite_errorcode & 0xFF)
+    return None if cause is None else StorageRefused(cause)
