@@ -138,8 +138,10 @@ class TestRecordUsage:
             event.remove(engine, "before_cursor_execute", count)
 
         # balances, events, ledger, used (+ BEGIN); rollups: events read back, per user,
-        # team and model day, series (created on first use), running totals.
-        assert len(statements) <= 12, statements
+        # team and model day, series (created on first use), running totals; Nora crosses
+        # her thresholds: the alerts recorded, opt-outs read, the emails queued.
+        assert len(statements) <= 15, statements
+        assert sum("notification" in s and "JOIN" not in s for s in statements) == 3
         async with database.transaction(write=False) as s:
             assert await s.scalar(select(func.count()).select_from(UsageEvent)) == 300
         await assert_ledger_consistent(database)

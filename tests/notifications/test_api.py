@@ -224,6 +224,9 @@ class TestPreferences:
         assert {p["kind"]: p["enabled"] for p in r.json()} == {
             "request.created": False,
             "request.decided": True,
+            "requests.digest": True,
+            "balance.threshold": True,
+            "pool.threshold": True,
         }
         request = await submit(database, world.alice, amount=1_000)
         await worker.drain()

@@ -19,17 +19,21 @@ from tokendesk.accounts.models import Organization, User
 from tokendesk.db import dialect_of, in_list, listed, run_core
 from tokendesk.ledger.models import BALANCES, EntryKind, LedgerEntry, remaining_of
 from tokendesk.metering.models import UsageEvent
+from tokendesk.notifications.models import DEFAULT_THRESHOLDS, OrgNotificationSettings
 
 _balances = BALANCES
 _events = cast(Table, UsageEvent.__table__)
 _users = cast(Table, User.__table__)
 _organizations = cast(Table, Organization.__table__)
 _entries = cast(Table, LedgerEntry.__table__)
+_alert_settings = cast(Table, OrgNotificationSettings.__table__)
 
 
 @dataclass
 class MemberBalance:
-    """A user's balance row with the user's current team and the organization's time zone."""
+    """A user's balance row with the user's current team and the organization's time zone,
+    and the organization's usage alerts: read with the row, so that telling whether a
+    debit crossed one (``notifications.alerts``) costs no query of its own."""
 
     user_id: int
     organization_id: int
@@ -42,6 +46,8 @@ class MemberBalance:
     reserved: int
     team_id: int | None
     timezone: str
+    usage_thresholds: str = DEFAULT_THRESHOLDS
+    email_enabled: bool = True
 
     @property
     def remaining(self) -> int:
@@ -64,9 +70,12 @@ def _member_balances(dialect: str) -> Any:
             b.c.reserved,
             _users.c.team_id,
             func.coalesce(_organizations.c.timezone, "UTC"),
+            func.coalesce(_alert_settings.c.usage_thresholds, DEFAULT_THRESHOLDS),
+            func.coalesce(_alert_settings.c.email_enabled, True),
         )
         .join(_users, _users.c.id == b.c.user_id)
         .join(_organizations, _organizations.c.id == b.c.organization_id)
+        .outerjoin(_alert_settings, _alert_settings.c.organization_id == b.c.organization_id)
         .where(in_list(dialect, b.c.user_id))
         .order_by(b.c.user_id)
         .with_for_update(of=b)

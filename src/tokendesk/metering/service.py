@@ -27,6 +27,7 @@ from tokendesk.ledger.periods import zone
 from tokendesk.ledger.usage import MemberBalance
 from tokendesk.metering import repository as repo
 from tokendesk.metering import rollups
+from tokendesk.notifications import alerts
 
 MAX_ID_LENGTH = 200
 MAX_SOURCE_LENGTH = 50
@@ -260,10 +261,14 @@ async def _write_effects(
     days: set[date],
     now: datetime,
 ) -> None:
-    """Ledger entries, balance cache, daily rollups and real-time events of the new events."""
+    """Ledger entries, balance cache, daily rollups, the alerts of thresholds crossed and
+    real-time events of the new events."""
     stored_now = list(inserted.values())
+    # Before ``balances`` take the batch's usage below: they are the debit's "before".
+    crossed = alerts.crossings(balances, plan.used, now=now)
     await ledger.debit_usage(session, usage_event_ids=stored_now, now=now)
     await rollups.add(session, usage_event_ids=stored_now, days=days)
+    await alerts.queue_balance_alerts(session, crossed, now=now)
     for user_id, delta in plan.used.items():
         # The rows are locked (or SQLite's write lock is held), so this mirrors the UPDATE.
         balance = balances[user_id]

@@ -83,6 +83,16 @@ def tokens(amount: int | None) -> str:
     return "—" if amount is None else f"{amount:,} tokens"
 
 
+def when(iso: Any) -> str:
+    """A timestamp kept in a notification's details (ISO 8601), as a reader wants it."""
+    if not isinstance(iso, str):
+        return "—"
+    try:
+        return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return iso
+
+
 def admin_link(settings: Settings, request: RequestFacts) -> str:
     status = "pending" if request.status == "pending" else "all"
     return f"{settings.site_url}/admin/requests?status={status}&q={quote(request.requester_email)}"
@@ -171,13 +181,31 @@ def compose(delivery: Delivery, settings: Settings, *, now: datetime) -> Message
             subject=f"You have used {percent}% of your tokens",
             lines=[
                 f"You have used {percent}% of this period's tokens in {org}: "
-                f"{tokens(details.get('remaining'))} left until {details.get('resets_at', '—')}.",
+                f"{tokens(details.get('remaining'))} left until {when(details.get('resets_at'))}.",
                 "You can ask for more tokens from the chat app.",
             ],
             facts=[("Used", tokens(details.get("used"))), ("Of", tokens(details.get("given")))],
             link=f"{settings.site_url}/chat",
             link_label="Open the chat app",
             data={"threshold": details},
+        )
+    if delivery.kind == Kind.BALANCE_RUNOUT:
+        return Message(
+            event=delivery.kind,
+            subject="At your pace you will run out of tokens before the reset",
+            lines=[
+                f"At this period's pace ({tokens(details.get('per_day'))} a day) your tokens "
+                f"in {org} run out around {when(details.get('runs_out_at'))}, before they "
+                f"reset on {when(details.get('resets_at'))}.",
+                "You can ask for more tokens from the chat app.",
+            ],
+            facts=[
+                ("Used", tokens(details.get("used"))),
+                ("Left", tokens(details.get("remaining"))),
+            ],
+            link=f"{settings.site_url}/chat",
+            link_label="Open the chat app",
+            data={"forecast": details},
         )
     if delivery.kind == Kind.POOL_THRESHOLD:
         percent = int(details.get("percent", 0))

@@ -29,12 +29,19 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from tokendesk.db import Base, BigIntPK, UTCDateTime, utcnow
 
+# Shares of a member's allowance used at which an organization without a settings row
+# tells them (comma-separated, as ``OrgNotificationSettings.usage_thresholds`` keeps them).
+DEFAULT_THRESHOLDS = "80,100"
+
 
 class Kind(enum.StrEnum):
     REQUEST_CREATED = "request.created"
     REQUEST_DECIDED = "request.decided"
     BALANCE_THRESHOLD = "balance.threshold"
+    # The run-out forecast says the balance empties before the reset.
+    BALANCE_RUNOUT = "balance.runout"
     POOL_THRESHOLD = "pool.threshold"
+    DIGEST = "requests.digest"
     TEST = "test"
 
 

@@ -36,6 +36,7 @@ from tokendesk.accounts.models import Role, TeamOwner, User
 from tokendesk.db import UTCDateTime, dialect_of, in_list
 from tokendesk.events.bus import Event, emit
 from tokendesk.notifications.models import (
+    DEFAULT_THRESHOLDS,
     Channel,
     EmailOptOut,
     Kind,
@@ -49,7 +50,6 @@ from tokendesk.token_requests.models import TokenRequest
 # A system event: the transaction that queued notifications committed, so a worker
 # (on any instance, through the bus) looks for due ones now rather than at its next poll.
 QUEUED = "notifications.queued"
-DEFAULT_THRESHOLDS = (80, 100)
 DEFAULT_POOL_THRESHOLD = 90
 COLUMNS = [
     "organization_id",
@@ -73,12 +73,12 @@ async def org_settings(session: AsyncSession, organization_id: int) -> OrgNotifi
     return OrgNotificationSettings(
         organization_id=organization_id,
         email_enabled=True,
-        usage_thresholds=",".join(str(p) for p in DEFAULT_THRESHOLDS),
+        usage_thresholds=DEFAULT_THRESHOLDS,
         pool_threshold=DEFAULT_POOL_THRESHOLD,
     )
 
 
-def _wake(session: AsyncSession) -> None:
+def wake(session: AsyncSession) -> None:
     emit(session, Event(type=QUEUED, data={}, audience="system"))
 
 
@@ -174,7 +174,7 @@ async def request_created(
     ]
     if rows:
         await session.execute(insert(Notification), rows)
-        _wake(session)
+        wake(session)
 
 
 async def requests_decided(
@@ -232,7 +232,7 @@ async def requests_decided(
         await session.execute(insert(Notification).from_select(COLUMNS, posts.where(decided)))
         queued = True
     if queued:
-        _wake(session)
+        wake(session)
 
 
 async def queue_test(
@@ -257,5 +257,5 @@ async def queue_test(
     )
     session.add(row)
     await session.flush()
-    _wake(session)
+    wake(session)
     return row.id

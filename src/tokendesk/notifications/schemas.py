@@ -140,3 +140,7 @@ class PreferencesIn(StrictModel):
     """Which emails the caller gets; absent kinds stay as they are."""
 
     new_requests: bool | None = None
+    daily_digest: bool | None = None
+    # Thresholds crossed and the run-out forecast's warning, both about one's own balance.
+    balance_alerts: bool | None = None
+    pool_alerts: bool | None = None
