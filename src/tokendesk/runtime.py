@@ -30,6 +30,7 @@ from tokendesk.ledger import scheduler
 from tokendesk.limits import PerUserLimit
 from tokendesk.metering.ingest import UsageRecorder
 from tokendesk.migrations.runner import head_revision
+from tokendesk.notifications.repository import outbox_depth
 from tokendesk.notifications.worker import NotificationWorker
 from tokendesk.observability.scrape import Probes, RuntimeCollector
 from tokendesk.web.ratelimit import LoginLimiter
@@ -84,6 +85,7 @@ class Runtime:
         self.stopping = asyncio.Event()
         self.scheduler: asyncio.Task[None] | None = None
         self.notifications = NotificationWorker(settings, database)
+        self.probes.add(outbox_depth)
         self.notifier: asyncio.Task[None] | None = None
         # Read from the scripts once: readiness compares the database with it on every probe.
         self.schema_head = head_revision()

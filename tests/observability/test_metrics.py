@@ -32,7 +32,7 @@ TOKENS = "tokendesk_gateway_tokens_total"
 TOKEN = "s3cret-metrics-token-0123456789"
 # Every label any family may carry: none names a person or a key.
 LABELS = {"model", "endpoint", "outcome", "kind", "status", "route", "method", "engine", "state"}
-LABELS |= {"organization_id", "version", "le"}
+LABELS |= {"organization_id", "version", "le", "channel"}
 
 
 def chat(model: str, **extra: Any) -> dict[str, Any]:

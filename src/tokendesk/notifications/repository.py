@@ -4,10 +4,11 @@ a message travels."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import (
     String,
     bindparam,
@@ -27,7 +28,7 @@ from sqlalchemy.orm import aliased
 from tokendesk.accounts.models import INTEGRATION_SOURCE, ExternalIdentity, Organization, Team, User
 from tokendesk.db import dialect_of, in_list
 from tokendesk.notifications.messages import Delivery, RequestFacts
-from tokendesk.notifications.models import Attempt, Notification, Status, Webhook
+from tokendesk.notifications.models import Attempt, Channel, Notification, Status, Webhook
 from tokendesk.token_requests.models import TokenRequest
 
 NOTIFICATIONS = Notification.metadata.tables["notifications"]
@@ -247,3 +248,34 @@ def backoff(settings_retry: float, attempts: int) -> timedelta:
     """Seconds before attempt ``attempts + 1``: the first retry's delay, doubled for each
     attempt since, at most an hour."""
     return timedelta(seconds=min(settings_retry * 2 ** max(attempts - 1, 0), 3600.0))
+
+
+async def outbox_depth(session: AsyncSession) -> Iterable[Metric]:
+    """The outbox for ``/metrics``, read at scrape time (a probe of the runtime's):
+    notifications waiting to be delivered and those given up, kept for the delivery
+    view, each by channel. Every instance reports the same figures: the database's."""
+    counted = (
+        select(Notification.channel, Notification.status, func.count())
+        .where(
+            or_(
+                Notification.status == Status.PENDING.value,
+                Notification.status == Status.FAILED.value,
+            )
+        )
+        .group_by(Notification.channel, Notification.status)
+    )
+    pending = GaugeMetricFamily(
+        "tokendesk_notifications_pending",
+        "Notifications in the outbox waiting to be delivered (or retried), by channel.",
+        labels=["channel"],
+    )
+    given_up = GaugeMetricFamily(
+        "tokendesk_notifications_failed",
+        "Notifications given up after retrying, kept 30 days for the delivery view, by channel.",
+        labels=["channel"],
+    )
+    found = {(channel, status): n for channel, status, n in await session.execute(counted)}
+    for channel in Channel:
+        pending.add_metric([channel.value], found.get((channel.value, Status.PENDING.value), 0))
+        given_up.add_metric([channel.value], found.get((channel.value, Status.FAILED.value), 0))
+    return [pending, given_up]

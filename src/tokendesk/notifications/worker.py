@@ -116,6 +116,7 @@ class NotificationWorker:
             )
         result.sent, result.retried = len(sent), len(retries)
         result.failed, result.skipped = len(failed), len(skipped)
+        self._count(batch, sent=sent, retries=retries, failed=failed, skipped=skipped)
         if retries or failed:
             log.warning(
                 "notifications: %d to retry, %d given up (last error: %s)",
@@ -124,6 +125,25 @@ class NotificationWorker:
                 (retries or failed)[-1][-1],
             )
         return result
+
+    def _count(
+        self,
+        batch: list[Delivery],
+        *,
+        sent: list[int],
+        retries: list[tuple[int, datetime, str]],
+        failed: list[tuple[int, str]],
+        skipped: list[tuple[int, str]],
+    ) -> None:
+        """Count each outcome by channel in the server's metrics (the CLI has none)."""
+        metrics = self.database.metrics
+        if metrics is None:
+            return
+        channel = {delivery.id: delivery.channel for delivery in batch}
+        outcomes = [(i, "sent") for i in sent] + [(r[0], "retry") for r in retries]
+        outcomes += [(f[0], "failed") for f in failed] + [(k[0], "skipped") for k in skipped]
+        for notification_id, outcome in outcomes:
+            metrics.delivered(channel[notification_id], outcome)
 
     async def deliver(
         self, batch: list[Delivery], *, now: datetime

@@ -82,6 +82,11 @@ ENDPOINT_PATHS = {
 ENDPOINTS = (*APIS, "other")
 UNKNOWN_MODEL = "unknown"
 USAGE_OUTCOMES = ("recorded", "replayed", "failed")
+# What became of one notification delivery attempt: sent; retry (failed, tried again
+# later); failed (given up); skipped (nothing will deliver it: no SMTP host, a removed
+# webhook, a deactivated recipient).
+NOTIFICATION_CHANNELS = ("email", "webhook")
+NOTIFICATION_OUTCOMES = ("sent", "retry", "failed", "skipped")
 
 # Seconds tokendesk adds before an upstream sees a call: sub-millisecond when healthy.
 ADDED_LATENCY_BUCKETS = (
@@ -246,6 +251,12 @@ class Metrics:
             "tokendesk_scheduler_holds_expired",
             "Holds the scheduler released because they outlived their time to live.",
         )
+        self.notification_deliveries = Counters(
+            "tokendesk_notification_deliveries",
+            "Notification delivery attempts on this instance, by channel and outcome: sent, "
+            "retry (tried again later), failed (given up) or skipped (nothing will send it).",
+            ("channel", "outcome"),
+        )
         self.http_requests = Counters(
             "tokendesk_http_requests",
             "HTTP requests by route template, method and status.",
@@ -265,6 +276,9 @@ class Metrics:
                 self.decisions.inc((kind, status), 0)
         for outcome in ("ok", "failed"):
             self.scheduler_runs.inc((outcome,), 0)
+        for channel in NOTIFICATION_CHANNELS:
+            for outcome in NOTIFICATION_OUTCOMES:
+                self.notification_deliveries.inc((channel, outcome), 0)
         for name in ("settlement_failures", "scheduler_resets", "scheduler_expired"):
             getattr(self, name).inc((), 0)
         for family in vars(self).values():
@@ -319,6 +333,10 @@ class Metrics:
     def usage(self, outcome: str, count: int = 1) -> None:
         if count > 0:
             self.usage_events.inc((outcome,), count)
+
+    def delivered(self, channel: str, outcome: str, count: int = 1) -> None:
+        if count > 0:
+            self.notification_deliveries.inc((channel, outcome), count)
 
     def scheduler_tick(self, *, ok: bool, reset: int = 0, expired: int = 0) -> None:
         self.scheduler_runs.inc(("ok" if ok else "failed",))
