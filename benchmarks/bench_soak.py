@@ -11,6 +11,9 @@ end and the holds open in the database halfway through it.
 
 The verdict at the end:
 
+- the rate: every window answered at least 95% of the offered calls per second
+  (each window starts its schedule afresh, so a server that cannot keep up shows
+  here rather than as a backlog carried from window to window);
 - memory: the RSS of the last window is less than 10% above the first window's
   (taken after a warm-up of 1,000 calls, so start-up allocations and the first
   settlements' caches are in the baseline, not counted as growth);
@@ -25,7 +28,9 @@ The verdict at the end:
   in a file at the default level, a line a call, as in production) and
   ``tokendesk doctor`` clean.
 
-It exits 1 if any of them fails. SQLite by default (a fresh file); ``--database-url``
+The first four are targets, reported met or not (on a shared machine a p99 may
+drift for its neighbours' reasons); the rest are checks of correctness, and the
+script exits 1 if one fails. SQLite by default (a fresh file); ``--database-url``
 runs it on PostgreSQL (its public schema is wiped: never point it at real data).
 Run: make bench, or
     .venv/bin/python benchmarks/bench_soak.py [--rate 500] [--minutes 10] [--database-url URL]
@@ -72,6 +77,7 @@ from benchmarks.common import (
 from benchmarks.loadgen import LoadResult, run_load
 
 WARMUP_CALLS = 1000
+KEPT_UP = 0.95
 RSS_GROWTH = 0.10
 HOLDS_SLACK = 10
 P99_FACTOR, P99_SLACK_MS = 1.5, 2.0
@@ -189,7 +195,13 @@ async def soak(db_url: str, args: argparse.Namespace) -> bool:
     early_p99, late_p99 = thirds([w.load.pct(99) for w in windows])
     holds_limit = statistics.mean(early_holds) + HOLDS_SLACK
     p99_limit = statistics.median(early_p99) * P99_FACTOR + P99_SLACK_MS
-    checks = [
+    slowest = min(w.load.rps for w in windows)
+    targets = [
+        (
+            slowest >= args.rate * KEPT_UP,
+            f"kept up: the slowest window did {slowest:,.0f} calls/s of the {args.rate:,.0f} "
+            f"offered (limit {KEPT_UP:.0%})",
+        ),
         (
             growth < RSS_GROWTH,
             f"server RSS {mb(first_rss)} MB after the first window, {mb(last_rss)} MB after "
@@ -205,6 +217,8 @@ async def soak(db_url: str, args: argparse.Namespace) -> bool:
             f"p99: median {statistics.median(early_p99):.2f} ms in the first third of the "
             f"windows, {statistics.median(late_p99):.2f} ms in the last (limit {p99_limit:.2f})",
         ),
+    ]
+    checks = [
         (
             used == ok * TOKENS_PER_CALL,
             f"debited {used:,} tokens for {ok:,} successful calls "
@@ -240,6 +254,7 @@ async def soak(db_url: str, args: argparse.Namespace) -> bool:
         "",
         f"Statuses: {dict(sorted(statuses.items()))}",
         "",
+        *(f"- {'met' if met else 'NOT MET'}: {what}" for met, what in targets),
         *(f"- {'PASS' if passed else 'FAIL'}: {what}" for passed, what in checks),
         sep="\n",
     )
