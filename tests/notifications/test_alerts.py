@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
 from tests.factories import Person, World
-from tests.notifications.receivers import Mailbox
-from tests.notifications.support import outbox
-from tests.token_requests.support import actor_for, counting_statements
+from tests.notifications.receivers import Mailbox, Receiver
+from tests.notifications.support import add_webhook, outbox
+from tests.token_requests.support import actor_for, counting_statements, decide, submit
+from tokendesk.accounts.models import Organization
 from tokendesk.db import Database, utcnow
 from tokendesk.ledger.models import Balance
 from tokendesk.metering.service import UsageInput, record_usage
@@ -217,3 +219,60 @@ class TestConcurrentDebits:
         won, lost = await asyncio.gather(claim(True), second())
         assert won == {(alerts.USER, world.alice.id, 80)}
         assert lost == set()
+
+
+class TestPoolAlert:
+    @pytest.fixture
+    async def pooled(self, database: Database, world: World) -> World:
+        """Acme's allocations take 355,000 of a 400,000 pool; it alerts at 90% (360,000)."""
+        async with database.transaction() as s:
+            org = await s.get(Organization, world.org_id)
+            assert org is not None
+            org.pool = 400_000
+            s.add(OrgNotificationSettings(organization_id=world.org_id, pool_threshold=90))
+        return world
+
+    async def test_the_grant_that_crosses_tells_the_org_admins_once(
+        self,
+        database: Database,
+        pooled: World,
+        worker: NotificationWorker,
+        mailbox: Mailbox,
+        receiver: Receiver,
+    ) -> None:
+        world = pooled
+        await add_webhook(database, world.admin, receiver, "/org")
+        await add_webhook(database, world.admin, receiver, "/alpha", team_id=world.team_a)
+        first = await submit(database, world.bob, amount=3_000)
+        await decide(database, world.admin, first.id, "approve")
+        assert await outbox(database, kind="pool.threshold") == []
+        second = await submit(database, world.alice, amount=4_000)
+        await decide(database, world.owner, second.id, "approve")
+        third = await submit(database, world.amy, amount=1_000)
+        await decide(database, world.owner, third.id, "approve")
+        rows = await outbox(database, kind="pool.threshold")
+        assert [(r.channel, r.user_id) for r in rows] == [
+            ("email", world.admin.id),
+            ("webhook", None),
+        ]
+        assert (rows[0].details or {})["used"] == 362_000
+        await worker.drain()
+        [mail] = [m for m in mailbox.mails if "pool" in m["Subject"]]
+        assert mail["To"].endswith("<admin@example.com>")
+        assert mail["Subject"] == "Acme has handed out 90% of its token pool"
+        [post] = [
+            p for p in receiver.at("/org") if p.headers["Tokendesk-Event"] == "pool.threshold"
+        ]
+        assert post.signed and json.loads(post.body)["pool"]["left"] == 38_000
+        assert all(p.headers["Tokendesk-Event"] != "pool.threshold" for p in receiver.at("/alpha"))
+
+    async def test_an_organization_without_a_threshold_is_never_told(
+        self, database: Database, pooled: World
+    ) -> None:
+        async with database.transaction() as s:
+            row = await s.get(OrgNotificationSettings, pooled.org_id)
+            assert row is not None
+            row.pool_threshold = None
+        request = await submit(database, pooled.alice, amount=20_000)
+        await decide(database, pooled.owner, request.id, "approve")
+        assert await outbox(database, kind="pool.threshold") == []

@@ -13,8 +13,10 @@ cheap as they were. What does cross is recorded in ``notification_threshold_aler
 NOTHING, and only the rows that insert queue an email, in the debit's transaction:
 two transactions that both see a crossing cannot both send it.
 
-Alerts are a member's own: they go by email only, never to the organization's or a
-team's webhooks, which carry the approval desk's traffic.
+A member's alerts are their own: they go by email only, never to the organization's
+or a team's webhooks, which carry the approval desk's traffic. The pool nearing its
+end (:func:`queue_pool_alert`) is the desk's business: the organization's admins by
+email and its organization-wide webhooks hear it, once per period.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ from typing import Any, cast
 from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokendesk.accounts.models import Organization, Role, User
 from tokendesk.analytics.forecast import project
 from tokendesk.db import dialect_of, in_list, run_core
+from tokendesk.ledger.periods import period_bounds
+from tokendesk.ledger.pool import pool_usage
 from tokendesk.ledger.usage import MemberBalance
 from tokendesk.metering.repository import dialect_insert
 from tokendesk.notifications.models import (
@@ -37,10 +42,12 @@ from tokendesk.notifications.models import (
     EmailOptOut,
     Kind,
     Notification,
+    OrgNotificationSettings,
     Status,
     ThresholdAlert,
+    Webhook,
 )
-from tokendesk.notifications.outbox import wake
+from tokendesk.notifications.wakeup import wake
 
 ALERTS = cast(Table, ThresholdAlert.__table__)
 NOTIFICATIONS = cast(Table, Notification.__table__)
@@ -173,12 +180,27 @@ async def insert_notifications(session: AsyncSession, rows: list[dict[str, Any]]
 def email_row(
     *, organization_id: int, kind: Kind, user_id: int, details: dict[str, Any], now: datetime
 ) -> dict[str, Any]:
+    return outbox_row(
+        organization_id=organization_id, kind=kind, user_id=user_id, details=details, now=now
+    )
+
+
+def outbox_row(
+    *,
+    organization_id: int,
+    kind: Kind,
+    details: dict[str, Any],
+    now: datetime,
+    user_id: int | None = None,
+    webhook_id: int | None = None,
+) -> dict[str, Any]:
+    """One notification's row: an email to ``user_id`` or a post to ``webhook_id``."""
     return {
         "organization_id": organization_id,
         "kind": kind.value,
-        "channel": Channel.EMAIL.value,
+        "channel": Channel.EMAIL.value if webhook_id is None else Channel.WEBHOOK.value,
         "user_id": user_id,
-        "webhook_id": None,
+        "webhook_id": webhook_id,
         "token_request_id": None,
         "details": details,
         "status": Status.PENDING.value,
@@ -226,6 +248,77 @@ async def queue_balance_alerts(
         )
         for c, kind, d in news
         if c.user_id not in refused
+    ]
+    await insert_notifications(session, rows)
+    return len(rows)
+
+
+async def queue_pool_alert(
+    session: AsyncSession,
+    *,
+    organization_id: int,
+    settings: OrgNotificationSettings,
+    now: datetime,
+) -> int:
+    """Tell the organization's admins (by email, and its organization-wide webhooks) that
+    this period's pool is handed out past ``settings.pool_threshold``, once per period;
+    returns how many notifications were queued. Called after decisions are written, in
+    their transaction: grants are what use a pool up between resets."""
+    threshold = settings.pool_threshold
+    org = await session.get(Organization, organization_id)
+    if threshold is None or org is None or org.pool is None or org.pool <= 0:
+        return 0
+    usage = await pool_usage(session, org=org, now=now)
+    if usage is None:
+        return 0
+    handed_out = usage.pool - usage.left
+    if handed_out * 100 < threshold * usage.pool:
+        return 0
+    start, _ = period_bounds(now, reset_day=org.reset_day, timezone=org.timezone)
+    if not await claim_alerts(session, [(org.id, POOL, org.id, start, threshold)], now=now):
+        return 0
+    details = {
+        "percent": handed_out * 100 // usage.pool,
+        "threshold": threshold,
+        "used": handed_out,
+        "pool": usage.pool,
+        "left": usage.left,
+    }
+    rows: list[dict[str, Any]] = []
+    if settings.email_enabled:
+        admins = list(
+            await session.scalars(
+                select(User.id)
+                .where(
+                    User.organization_id == org.id,
+                    User.role == Role.ORG_ADMIN.value,
+                    User.is_active.is_(True),
+                )
+                .order_by(User.id)
+            )
+        )
+        refused = await opted_out(session, admins, Kind.POOL_THRESHOLD)
+        rows += [
+            outbox_row(
+                organization_id=org.id,
+                kind=Kind.POOL_THRESHOLD,
+                user_id=admin,
+                details=details,
+                now=now,
+            )
+            for admin in admins
+            if admin not in refused
+        ]
+    hooks = await session.scalars(
+        select(Webhook.id)
+        .where(Webhook.organization_id == org.id, Webhook.team_id.is_(None))
+        .order_by(Webhook.id)
+    )
+    rows += [
+        outbox_row(
+            organization_id=org.id, kind=Kind.POOL_THRESHOLD, webhook_id=h, details=details, now=now
+        )
+        for h in hooks
     ]
     await insert_notifications(session, rows)
     return len(rows)

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Role, TeamOwner, User
 from tokendesk.db import UTCDateTime, dialect_of, in_list
-from tokendesk.events.bus import Event, emit
+from tokendesk.notifications import alerts
 from tokendesk.notifications.models import (
     DEFAULT_THRESHOLDS,
     Channel,
@@ -45,11 +45,9 @@ from tokendesk.notifications.models import (
     Status,
     Webhook,
 )
+from tokendesk.notifications.wakeup import wake
 from tokendesk.token_requests.models import TokenRequest
 
-# A system event: the transaction that queued notifications committed, so a worker
-# (on any instance, through the bus) looks for due ones now rather than at its next poll.
-QUEUED = "notifications.queued"
 DEFAULT_POOL_THRESHOLD = 90
 COLUMNS = [
     "organization_id",
@@ -76,10 +74,6 @@ async def org_settings(session: AsyncSession, organization_id: int) -> OrgNotifi
         usage_thresholds=DEFAULT_THRESHOLDS,
         pool_threshold=DEFAULT_POOL_THRESHOLD,
     )
-
-
-def wake(session: AsyncSession) -> None:
-    emit(session, Event(type=QUEUED, data={}, audience="system"))
 
 
 def _opted_out(user_id: Any, kind: Kind) -> Any:
@@ -233,6 +227,9 @@ async def requests_decided(
         queued = True
     if queued:
         wake(session)
+    await alerts.queue_pool_alert(
+        session, organization_id=organization_id, settings=settings, now=now
+    )
 
 
 async def queue_test(

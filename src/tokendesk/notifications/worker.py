@@ -33,7 +33,7 @@ from tokendesk.notifications import email, webhooks
 from tokendesk.notifications import repository as repo
 from tokendesk.notifications.messages import Delivery, compose, idempotency_key
 from tokendesk.notifications.models import Channel
-from tokendesk.notifications.outbox import QUEUED
+from tokendesk.notifications.wakeup import QUEUED
 
 log = logging.getLogger(__name__)
 # Posts in flight at once from one worker.
