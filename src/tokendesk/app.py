@@ -9,7 +9,7 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -45,12 +45,21 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": summary, "errors": errors})
 
 
-async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+async def _app_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AppError)
-    content: dict[str, Any] = {"detail": exc.message}
-    if exc.field:
-        content["errors"] = [{"field": exc.field, "message": exc.message}]
-    response = JSONResponse(status_code=exc.status_code, content=content)
+    page: Response | None = None
+    if exc.status_code >= 500:
+        from tokendesk.web.unavailable import page_error
+
+        # A page's form or htmx call answered in kind; 4xx errors of pages are their own.
+        page = page_error(request, exc)
+    if page is not None:
+        response = page
+    else:
+        content: dict[str, Any] = {"detail": exc.message}
+        if exc.field:
+            content["errors"] = [{"field": exc.field, "message": exc.message}]
+        response = JSONResponse(status_code=exc.status_code, content=content)
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(math.ceil(exc.retry_after))
     return response

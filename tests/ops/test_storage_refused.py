@@ -7,11 +7,7 @@ refused transaction is written, and once the fault is gone the same write succee
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sqlite3
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +15,7 @@ import pytest
 from sqlalchemy import event, func, select, text
 
 from tests.factories import World
+from tests.ops.faults import database_file, immutable
 from tests.ops.pending import AMOUNT, add_pending
 from tests.ops.served import tokendesk
 from tokendesk.db import Database
@@ -26,30 +23,6 @@ from tokendesk.ledger.models import Balance, LedgerEntry, Reservation
 from tokendesk.token_requests.models import TokenRequest
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hello"}]}
-
-
-def _database_file(db_url: str) -> Path:
-    return Path(db_url.split(":///", 1)[1])
-
-
-@contextlib.contextmanager
-def _immutable(db_url: str) -> Iterator[None]:
-    """The database file and its write-ahead log made immutable for the block.
-
-    The shared-memory index (``-shm``) stays writable: SQLite maps it, and a write to
-    an immutable mapping kills the process with SIGBUS, which is no test of tokendesk.
-    """
-    path = _database_file(db_url)
-    files = [str(p) for p in (path, Path(f"{path}-wal")) if p.exists()]
-    if shutil.which("chattr") is None:
-        pytest.skip("chattr is not installed: no way to make the file read-only to root")
-    done = subprocess.run(["chattr", "+i", *files], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot make the database file immutable here: {done.stderr.strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", *files], check=True)
 
 
 @contextlib.asynccontextmanager
@@ -65,7 +38,7 @@ async def _disk_full(database: Database, db_url: str) -> Any:
         cursor.execute(f"PRAGMA max_page_count={pages}")
         cursor.close()
 
-    vacuum = sqlite3.connect(_database_file(db_url), isolation_level=None)
+    vacuum = sqlite3.connect(database_file(db_url), isolation_level=None)
     try:
         vacuum.execute("VACUUM")
     finally:
@@ -117,7 +90,7 @@ async def test_a_read_only_database_refuses_writes_with_a_503_and_keeps_serving_
     ask = {"amount": 1_000, "reason": "a read-only disk"}
     assert (await client.get("/api/v1/me", headers=alice.headers)).status_code == 200
     before = await _counts(database)
-    with _immutable(db_url):
+    with immutable(db_url):
         # The server's open connection meets the change as a failed write, and the
         # one opened instead as a read-only database.
         r = await client.post("/api/v1/token-requests", json=ask, headers=alice.headers)
