@@ -105,6 +105,10 @@ async def test_a_read_only_database_refuses_writes_with_a_503_and_keeps_serving_
         assert me.json()["balance"]["remaining"] == 50_000
         mine = await client.get("/api/v1/token-requests", headers=alice.headers)
         assert mine.status_code == 200
+    # The operator's log says so in a line per refusal, without a traceback.
+    warnings = [record for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings and all(record.exc_info is None for record in warnings)
+    assert "the database refused a transaction: its file is read-only" in caplog.text
     assert await _counts(database) == before
     # Fixed, writes work again without a restart: the connections opened read-only
     # are gone, the quick path's too (its hold no longer fails over to the slow one).

@@ -27,12 +27,14 @@ class StorageRefused(AppError):
 
     status_code = 503
 
-    def __init__(self, cause: str) -> None:
+    def __init__(self, cause: str, *, detail: str = "") -> None:
         super().__init__(
             f"the database cannot be written: {cause}. Nothing was changed; reading still "
             "works. Try again once the operator has fixed it."
         )
         self.cause = cause
+        # SQLite's own words, for the operator's log (never the statement: it may be huge).
+        self.detail = detail
         self.retry_after = RETRY_AFTER_SECONDS
 
 
@@ -57,4 +59,4 @@ def refusal(exc: BaseException) -> StorageRefused | None:
     if error is None:
         return None
     cause = CAUSES.get(error.sqlite_errorcode & 0xFF)
-    return None if cause is None else StorageRefused(cause)
+    return None if cause is None else StorageRefused(cause, detail=str(error))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,6 +30,8 @@ from tokendesk.db.sqlite_quick import QuickPath
 if TYPE_CHECKING:
     from tokendesk.events.bus import EventBus
     from tokendesk.observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 AfterCommit = Callable[[], Any]
 T = TypeVar("T")
@@ -139,6 +142,9 @@ class Database:
                     # transaction opens one anew. (Writers queue on the write lock, so
                     # no other write transaction holds one of them now.)
                     await (self.write_engine if write else self.read_engine).dispose()
+                    log.warning(
+                        "the database refused a transaction: %s (%s)", refused.cause, refused.detail
+                    )
                     raise refused from exc
         finally:
             if lock is not None:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 
 from tokendesk.db import FALLBACK, Database, Fallback
+from tokendesk.db.refusals import refusal
 from tokendesk.ledger.holds.base import Hold, HoldRequest, QuickHolds, QuickResult
 from tokendesk.ledger.holds.general import GeneralHolds
 from tokendesk.ledger.holds.postgres import OneStatementHolds
@@ -48,10 +49,13 @@ class Holds:
         if self.quick is not None:
             try:
                 quick = await self.quick.hold(requests)
-            except Exception:
+            except Exception as exc:
                 # Nothing was committed (one transaction, or one statement): all go the
                 # general way, which waits for locks and reports each call's own error.
-                log.warning("quick hold of %d calls failed", len(requests), exc_info=True)
+                # SQLite refusing writes is no fault of this code: the general path's
+                # transaction logs it in one line, not a traceback per batch.
+                if refusal(exc) is None:
+                    log.warning("quick hold of %d calls failed", len(requests), exc_info=True)
         if isinstance(quick, Fallback):
             return await self.general.hold(requests)
         results: list[Hold | Exception | Fallback] = list(quick)
