@@ -272,3 +272,63 @@ class TestPreview:
         await admin.htmx_get("/admin/rules/preview?max_amount=100")
         async with database.transaction() as s:
             assert await s.scalar(select(func.count()).select_from(AuditEntry)) == before
+
+
+def top_up_form(**values: str) -> dict[str, str]:
+    fields = {
+        "enabled": "1",
+        "trigger_percent": "80",
+        "top_up_amount": "10,000",
+        "cooldown_minutes": "60",
+        "max_count": "3",
+        "max_tokens": "",
+        "pool_floor": "",
+    }
+    fields.update(values)
+    return fields
+
+
+async def top_up_rules(database: Database) -> list[tuple[bool, int | None]]:
+    async with database.transaction() as s:
+        rows = await s.execute(
+            select(ApprovalRule.enabled, ApprovalRule.top_up_amount).where(
+                ApprovalRule.kind == "top_up"
+            )
+        )
+        return [tuple(row) for row in rows.all()]  # type: ignore[misc]
+
+
+class TestTopUp:
+    async def test_it_is_off_until_an_admin_turns_it_on(
+        self, database: Database, world: World, login: LoginFactory
+    ) -> None:
+        admin = await login(world.admin)
+        page = (await admin.get("/admin/settings")).text
+        assert 'id="top-up-state">off<' in page
+        r = await admin.post("/admin/top-up", top_up_form())
+        assert r.status_code == 200, r.text
+        assert 'id="top-up-state">on<' in r.text and 'value="10,000"' in r.text
+        assert triggers(r)["admin:toast"] == {"message": "Auto top-up saved: on.", "kind": "ok"}
+        assert await top_up_rules(database) == [(True, 10_000)]
+        # It is no rule of the lists above it.
+        assert order((await admin.get("/admin/settings")).text) == []
+
+    async def test_a_bad_figure_is_named_next_to_it_and_nothing_saved(
+        self, database: Database, world: World, login: LoginFactory
+    ) -> None:
+        admin = await login(world.admin)
+        r = await admin.post("/admin/top-up", top_up_form(trigger_percent="150"))
+        assert r.status_code == 422
+        assert 'id="top-trigger_percent-error"' in r.text and 'value="150"' in r.text
+        r = await admin.post("/admin/top-up", top_up_form(max_count=""))
+        assert r.status_code == 422 and 'id="top-max_count-error"' in r.text
+        assert await top_up_rules(database) == []
+
+    async def test_a_team_owner_sees_it_and_may_not_change_it(
+        self, database: Database, world: World, login: LoginFactory
+    ) -> None:
+        owner = await login(world.owner)
+        page = (await owner.get("/admin/settings")).text
+        assert "Only org admins change the auto top-up." in page
+        assert (await owner.post("/admin/top-up", top_up_form())).status_code == 403
+        assert await top_up_rules(database) == []

@@ -12,7 +12,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, literal, select, update
+from sqlalchemy import Table, and_, bindparam, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import Organization, User
@@ -20,6 +20,7 @@ from tokendesk.db import dialect_of, in_list, listed, run_core
 from tokendesk.ledger.models import BALANCES, EntryKind, LedgerEntry, remaining_of
 from tokendesk.metering.models import UsageEvent
 from tokendesk.notifications.models import DEFAULT_THRESHOLDS, OrgNotificationSettings
+from tokendesk.token_requests.models import ApprovalRule, RuleKind
 
 _balances = BALANCES
 _events = cast(Table, UsageEvent.__table__)
@@ -27,6 +28,7 @@ _users = cast(Table, User.__table__)
 _organizations = cast(Table, Organization.__table__)
 _entries = cast(Table, LedgerEntry.__table__)
 _alert_settings = cast(Table, OrgNotificationSettings.__table__)
+_rules = cast(Table, ApprovalRule.__table__)
 
 
 @dataclass
@@ -48,6 +50,10 @@ class MemberBalance:
     timezone: str
     usage_thresholds: str = DEFAULT_THRESHOLDS
     email_enabled: bool = True
+    # The organization's auto top-up, when on (``token_requests.top_ups``): read with
+    # the row, so a debit that crosses nothing costs no query to tell so.
+    top_up_rule_id: int | None = None
+    top_up_trigger: int | None = None
 
     @property
     def remaining(self) -> int:
@@ -72,10 +78,20 @@ def _member_balances(dialect: str) -> Any:
             func.coalesce(_organizations.c.timezone, "UTC"),
             func.coalesce(_alert_settings.c.usage_thresholds, DEFAULT_THRESHOLDS),
             func.coalesce(_alert_settings.c.email_enabled, True),
+            _rules.c.id,
+            _rules.c.trigger_percent,
         )
         .join(_users, _users.c.id == b.c.user_id)
         .join(_organizations, _organizations.c.id == b.c.organization_id)
         .outerjoin(_alert_settings, _alert_settings.c.organization_id == b.c.organization_id)
+        .outerjoin(
+            _rules,
+            and_(
+                _rules.c.organization_id == b.c.organization_id,
+                _rules.c.kind == RuleKind.TOP_UP.value,
+                _rules.c.enabled.is_(True),
+            ),
+        )
         .where(in_list(dialect, b.c.user_id))
         .order_by(b.c.user_id)
         .with_for_update(of=b)

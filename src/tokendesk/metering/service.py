@@ -28,6 +28,7 @@ from tokendesk.ledger.usage import MemberBalance
 from tokendesk.metering import repository as repo
 from tokendesk.metering import rollups
 from tokendesk.notifications import alerts
+from tokendesk.token_requests import top_ups
 
 MAX_ID_LENGTH = 200
 MAX_SOURCE_LENGTH = 50
@@ -274,6 +275,8 @@ async def _write_effects(
         balance = balances[user_id]
         balance.used += delta
         emit(session, ledger.balance_event(balance, cause="usage"))
+    # After the usage's balance events, so the top-up's is the one a chat app keeps.
+    await top_ups.after_usage(session, balances, plan.used, now=now)
 
 
 def _results(

@@ -81,6 +81,13 @@ class DecisionKind(enum.StrEnum):
     RULE = "rule"
 
 
+class RuleKind(enum.StrEnum):
+    """What a rule decides: submitted requests, or the organization's auto top-up."""
+
+    REQUEST = "request"
+    TOP_UP = "top_up"
+
+
 class ApprovalRule(Base):
     """An auto-approve rule of an organization (``team_id`` NULL) or of one team.
 
@@ -93,6 +100,14 @@ class ApprovalRule(Base):
     __tablename__ = "approval_rules"
     __table_args__ = (
         Index("ix_approval_rules_org_team_position", "organization_id", "team_id", "position"),
+        # One top-up rule per organization: the debit path reads it with the balance row.
+        Index(
+            "uq_approval_rules_one_top_up",
+            "organization_id",
+            unique=True,
+            sqlite_where=text("kind = 'top_up'"),
+            postgresql_where=text("kind = 'top_up'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -107,5 +122,15 @@ class ApprovalRule(Base):
     max_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     pool_floor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # ``request`` approves submitted requests; ``top_up`` is the organization's auto
+    # top-up (``token_requests.top_ups``), whose ceiling is ``max_count`` and
+    # ``max_tokens`` and which grants ``top_up_amount`` when a member's usage crosses
+    # ``trigger_percent`` of what they have, at most once per ``cooldown_minutes``.
+    kind: Mapped[str] = mapped_column(
+        String(10), default=RuleKind.REQUEST.value, server_default=RuleKind.REQUEST.value
+    )
+    trigger_percent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    top_up_amount: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cooldown_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

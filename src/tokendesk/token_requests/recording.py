@@ -55,7 +55,6 @@ async def record_decision(
     events and the decision metric. The caller has checked scope and, for an
     approval, the pool under the organization's lock. None when the request was no
     longer pending (or no longer in ``within_teams``): nothing is written then."""
-    approving = to is RequestStatus.APPROVED
     changed = await transitions.transition(
         session,
         ids=[request_id],
@@ -63,13 +62,85 @@ async def record_decision(
         now=now,
         decided_by_id=decider.user_id,
         note=note,
-        approved_amount=grant if approving else None,
+        approved_amount=grant if to is RequestStatus.APPROVED else None,
         within_teams=within_teams,
         kind=decider.kind,
         rule=(decider.rule_id, decider.rule_name) if decider.rule_id is not None else None,
     )
     if not changed:
         return None
+    return await _recorded(
+        session,
+        organization_id=organization_id,
+        request_id=request_id,
+        requester_id=requester_id,
+        requested=requested,
+        to=to,
+        grant=grant,
+        decider=decider,
+        note=note,
+        now=now,
+    )
+
+
+async def record_granted(
+    session: AsyncSession,
+    *,
+    organization_id: int,
+    requester_id: int,
+    team_id: int | None,
+    amount: int,
+    reason: str,
+    balance_at_request: int,
+    decider: Decider,
+    note: str,
+    now: datetime,
+) -> TokenRequestOut:
+    """A rule's grant nobody asked for (the auto top-up), recorded as a request the
+    rule approved as it was made: the row is written approved, then everything a
+    decision does follows, as in ``record_decision``."""
+    assert decider.rule_id is not None and decider.rule_name is not None
+    request_id = await transitions.insert_granted(
+        session,
+        organization_id=organization_id,
+        user_id=requester_id,
+        team_id=team_id,
+        amount=amount,
+        reason=reason,
+        balance_at_request=balance_at_request,
+        rule=(decider.rule_id, decider.rule_name),
+        note=note,
+        now=now,
+    )
+    return await _recorded(
+        session,
+        organization_id=organization_id,
+        request_id=request_id,
+        requester_id=requester_id,
+        requested=amount,
+        to=RequestStatus.APPROVED,
+        grant=amount,
+        decider=decider,
+        note=note,
+        now=now,
+    )
+
+
+async def _recorded(
+    session: AsyncSession,
+    *,
+    organization_id: int,
+    request_id: int,
+    requester_id: int,
+    requested: int,
+    to: RequestStatus,
+    grant: int | None,
+    decider: Decider,
+    note: str | None,
+    now: datetime,
+) -> TokenRequestOut:
+    """What follows a decision's transition: grant, audit, notification, events, metric."""
+    approving = to is RequestStatus.APPROVED
     details: dict[str, Any] = {"note": note, **decider.audit_details()}
     if approving:
         assert grant is not None

@@ -24,7 +24,7 @@ from tokendesk.db import utcnow
 from tokendesk.errors import Conflict, Forbidden, InvalidInput, NotFound
 from tokendesk.ledger.periods import period_bounds
 from tokendesk.token_requests import rules
-from tokendesk.token_requests.models import ApprovalRule, RequestStatus, TokenRequest
+from tokendesk.token_requests.models import ApprovalRule, RequestStatus, RuleKind, TokenRequest
 from tokendesk.token_requests.schemas import (
     MAX_RULE_COUNT,
     MAX_RULE_NAME,
@@ -44,6 +44,8 @@ LIMIT_BOUNDS = {
     "pool_floor": (0, MAX_TOKENS),
 }
 EDITABLE = ("name", "enabled", *LIMITS)
+# The lists of rules that approve submissions; the auto top-up is ``top_ups``'.
+REQUEST_RULES = ApprovalRule.kind == RuleKind.REQUEST.value
 
 
 # ---------------------------------------------------------------- checks
@@ -107,12 +109,16 @@ def _require_admin(actor: Actor) -> None:
 
 def _in_list(organization_id: int, team_id: int | None) -> list[Any]:
     team = ApprovalRule.team_id.is_(None) if team_id is None else ApprovalRule.team_id == team_id
-    return [ApprovalRule.organization_id == organization_id, team]
+    return [ApprovalRule.organization_id == organization_id, team, REQUEST_RULES]
 
 
 async def _load(session: AsyncSession, actor: Actor, rule_id: int) -> ApprovalRule:
     rule = await session.get(ApprovalRule, rule_id) if is_id(rule_id) else None
-    visible = rule is not None and rule.organization_id == actor.organization_id
+    visible = (
+        rule is not None
+        and rule.organization_id == actor.organization_id
+        and rule.kind == RuleKind.REQUEST.value
+    )
     if visible and rule is not None and rule.team_id is not None and not actor.is_org_admin:
         visible = rule.team_id in actor.owned_team_ids
     if rule is None or not visible or not actor.is_admin:
@@ -157,7 +163,9 @@ async def list_rules(
     (by team), then the organization's. ``team_id``: only what that team's requests
     are offered to (its rules, then the organization's)."""
     _require_admin(actor)
-    query = select(ApprovalRule).where(ApprovalRule.organization_id == actor.organization_id)
+    query = select(ApprovalRule).where(
+        ApprovalRule.organization_id == actor.organization_id, REQUEST_RULES
+    )
     if team_id is not None:
         if not actor.can_manage_team(team_id):
             raise NotFound(f"team {team_id} not found")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response, status
 
 from tokendesk.bounds import QueryId, path_id
 from tokendesk.deps import CurrentActor, CurrentReader, DbSession, ReadSession
-from tokendesk.token_requests import rule_admin
+from tokendesk.token_requests import rule_admin, top_ups
 from tokendesk.token_requests.schemas import (
     RuleIn,
     RuleList,
@@ -16,6 +16,8 @@ from tokendesk.token_requests.schemas import (
     RuleOut,
     RulePreview,
     RuleUpdate,
+    TopUpIn,
+    TopUpOut,
 )
 
 router = APIRouter(prefix="/approval-rules", tags=["approval rules"])
@@ -45,6 +47,16 @@ async def preview_rule(body: RuleIn, session: ReadSession, actor: CurrentReader)
 @router.put("/order", summary="Reorder one list of rules")
 async def reorder_rules(body: RuleOrderIn, session: DbSession, actor: CurrentActor) -> RuleList:
     return await rule_admin.reorder(session, actor=actor, team_id=body.team_id, ids=body.ids)
+
+
+@router.get("/top-up", summary="The organization's auto top-up (off by default)")
+async def get_top_up(session: ReadSession, actor: CurrentReader) -> TopUpOut:
+    return await top_ups.get_top_up(session, actor=actor)
+
+
+@router.put("/top-up", summary="Set the organization's auto top-up (org admins)")
+async def set_top_up(body: TopUpIn, session: DbSession, actor: CurrentActor) -> TopUpOut:
+    return await top_ups.set_top_up(session, actor=actor, values=body.model_dump())
 
 
 @router.get("/{rule_id}", summary="One rule")

@@ -46,6 +46,7 @@ from tokendesk.token_requests.models import (
     ApprovalRule,
     DecisionKind,
     RequestStatus,
+    RuleKind,
     TokenRequest,
 )
 from tokendesk.token_requests.recording import Decider, record_decision
@@ -67,6 +68,7 @@ async def rules_for(
         .where(
             ApprovalRule.organization_id == organization_id,
             ApprovalRule.enabled.is_(True),
+            ApprovalRule.kind == RuleKind.REQUEST.value,
             (ApprovalRule.team_id.is_(None) | ApprovalRule.team_id.in_(teams)),
         )
         .order_by(

@@ -241,3 +241,39 @@ class RulePreview(BaseModel):
     requests: int = Field(description="Requests made in the last complete period, in scope.")
     approved: int = Field(description="Of those, how many the rule would have auto-approved.")
     tokens: int = Field(description="Tokens it would have granted.")
+
+
+class TopUpIn(StrictModel):
+    """The organization's auto top-up. Off, nothing is granted; every figure is kept."""
+
+    enabled: StrictBool = False
+    trigger_percent: Annotated[int, Field(strict=True, ge=1, le=100)] = Field(
+        description="Top up when usage crosses this share of what the member has this "
+        "period (allocation, grants and adjustments)."
+    )
+    top_up_amount: Amount = Field(description="Tokens granted each time.")
+    cooldown_minutes: Annotated[int, Field(strict=True, ge=0, le=7 * 24 * 60)] | None = Field(
+        default=None, description="After a top-up, none for the member for this long."
+    )
+    max_count: RuleCountLimit | None = Field(
+        default=None, description="At most this many top-ups per member per period."
+    )
+    max_tokens: Amount | None = Field(
+        default=None, description="At most this many topped-up tokens per member per period."
+    )
+    pool_floor: Tokens | None = Field(
+        default=None,
+        description="Only while the pool keeps at least this many tokens after the grant.",
+    )
+
+
+class TopUpOut(BaseModel):
+    id: int | None = Field(description="The rule's id; null until it is first saved.")
+    name: str
+    enabled: bool
+    trigger_percent: int | None
+    top_up_amount: int | None
+    cooldown_minutes: int | None
+    max_count: int | None
+    max_tokens: int | None
+    pool_floor: int | None

@@ -47,6 +47,43 @@ async def insert_request(
     return request.id
 
 
+async def insert_granted(
+    session: AsyncSession,
+    *,
+    organization_id: int,
+    user_id: int,
+    team_id: int | None,
+    amount: int,
+    reason: str,
+    balance_at_request: int,
+    rule: tuple[int, str],
+    note: str,
+    now: datetime,
+) -> int:
+    """Insert a request its rule approved as it was made (the auto top-up): written
+    approved, so it never meets the one-pending index and a pending request of the
+    member's own stays as it was."""
+    request = TokenRequest(
+        organization_id=organization_id,
+        user_id=user_id,
+        team_id=team_id,
+        amount=amount,
+        approved_amount=amount,
+        reason=reason,
+        status=RequestStatus.APPROVED.value,
+        balance_at_request=balance_at_request,
+        created_at=now,
+        decided_at=now,
+        decision_note=note,
+        decision_kind=DecisionKind.RULE.value,
+        decided_by_rule_id=rule[0],
+        decided_by_rule_name=rule[1],
+    )
+    session.add(request)
+    await session.flush()
+    return request.id
+
+
 def _requester_team() -> ColumnElement[int | None]:
     """The requester's current team, for statements without the ``Requester`` join."""
     return select(User.team_id).where(User.id == TokenRequest.user_id).scalar_subquery()

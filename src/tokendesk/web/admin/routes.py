@@ -21,6 +21,7 @@ from tokendesk.web.admin import (
     rules,
     settings,
     teams,
+    top_up,
     users,
 )
 from tokendesk.web.admin.common import submitted_csrf
@@ -36,6 +37,7 @@ for section in (
     analytics,
     settings,
     rules,
+    top_up,
     notifications,
     audit,
     organization,

@@ -29,6 +29,7 @@ from tokendesk.web.admin.common import (
 from tokendesk.web.admin.forms import FormError, build, errors_of, number
 from tokendesk.web.admin.notifications import channels_context
 from tokendesk.web.admin.rules import rules_context
+from tokendesk.web.admin.top_up import top_up_context
 from tokendesk.web.pages import render
 
 router = APIRouter(route_class=AdminRoute, include_in_schema=False)
@@ -109,6 +110,7 @@ async def settings_page(
         page_title="Settings",
         **await _context(session, actor),
         **await rules_context(session, actor),
+        **await top_up_context(session, actor),
         **await channels_context(request, session, actor),
     )
 
