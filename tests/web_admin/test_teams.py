@@ -5,8 +5,10 @@ from __future__ import annotations
 import httpx
 
 from tests.factories import World, snapshot
+from tests.token_requests.support import actor_for
 from tests.web_admin.conftest import LoginFactory, remaining
 from tokendesk.db import Database
+from tokendesk.notifications import team_approvers
 
 
 class TestList:
@@ -150,3 +152,41 @@ class TestDelete:
         response = await owner.post(f"/admin/teams/{world.team_a}/delete")
         assert response.status_code == 403
         assert await snapshot(database) == before
+
+
+class TestApprovers:
+    async def test_an_admin_names_who_hears_of_the_teams_requests(
+        self, database: Database, world: World, login: LoginFactory
+    ) -> None:
+        admin = await login(world.admin)
+        page = (await admin.get(f"/admin/teams/{world.team_a}")).text
+        assert 'id="team-approvers-now">Now: Owner (the default' in page
+        response = await admin.post(
+            f"/admin/teams/{world.team_a}/approvers", {"approver_ids": str(world.admin.id)}
+        )
+        assert response.status_code == 200, response.text
+        assert 'id="team-approvers-now">Now: Admin.<' in response.text
+        actor = await actor_for(database, world.admin)
+        async with database.transaction(write=False) as s:
+            hearing = await team_approvers.read(s, actor=actor, team_id=world.team_a)
+        assert hearing.user_ids == [world.admin.id]
+
+    async def test_someone_who_may_not_decide_is_refused_beside_the_list(
+        self, database: Database, world: World, login: LoginFactory
+    ) -> None:
+        admin = await login(world.admin)
+        before = await snapshot(database)
+        response = await admin.post(
+            f"/admin/teams/{world.team_a}/approvers", {"approver_ids": str(world.alice.id)}
+        )
+        assert response.status_code == 422
+        error = f'id="tappr-user_ids-error">user {world.alice.id} cannot decide team'
+        assert error in response.text
+        assert await snapshot(database) == before
+
+    async def test_a_team_owner_does_not_see_the_choice(
+        self, world: World, login: LoginFactory
+    ) -> None:
+        owner = await login(world.owner)
+        page = (await owner.get(f"/admin/teams/{world.team_a}")).text
+        assert "team-approvers-title" not in page

@@ -9,19 +9,21 @@ never does; the worker (``worker.py``) claims, delivers and records them.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
     true,
 )
@@ -158,6 +160,10 @@ class OrgNotificationSettings(Base):
     # No column default: a None written on insert must stay None (never), and the
     # defaults of an organization without a row are outbox.org_settings's.
     pool_threshold: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # A daily digest of pending requests to each approver, at ``digest_hour`` o'clock in
+    # the organization's time zone.
+    digest_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    digest_hour: Mapped[int] = mapped_column(Integer, default=8, server_default=text("8"))
 
 
 class EmailOptOut(Base):
@@ -188,3 +194,31 @@ class ThresholdAlert(Base):
     period_start: Mapped[datetime] = mapped_column(UTCDateTime)
     percent: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DigestSent(Base):
+    """A digest queued for one approver on one local day: the key makes it once a day,
+    however many instances' schedulers reach that hour."""
+
+    __tablename__ = "notification_digests"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TeamApprover(Base):
+    """Who is told of a team's new requests, when the team names them; a team with none
+    tells its owners, else the organization's admins."""
+
+    __tablename__ = "notification_team_approvers"
+
+    team_id: Mapped[int] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )

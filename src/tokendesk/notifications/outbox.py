@@ -2,9 +2,9 @@
 notification exists exactly when what it announces was committed.
 
 Who is told, decided once here:
-- a new request: the approvers in its scope, the owners of the requester's team
-  (other than the requester), else the organization's admins; and the webhooks of
-  the organization and of that team;
+- a new request: the approvers in its scope, those the requester's team names, else
+  its owners (other than the requester), else the organization's admins; and the
+  webhooks of the organization and of that team;
 - a decision: the requester (whatever their preferences: it answers their own
   request), and the same webhooks.
 
@@ -43,12 +43,14 @@ from tokendesk.notifications.models import (
     Notification,
     OrgNotificationSettings,
     Status,
+    TeamApprover,
     Webhook,
 )
 from tokendesk.notifications.wakeup import wake
 from tokendesk.token_requests.models import TokenRequest
 
 DEFAULT_POOL_THRESHOLD = 90
+DEFAULT_DIGEST_HOUR = 8
 COLUMNS = [
     "organization_id",
     "kind",
@@ -73,6 +75,8 @@ async def org_settings(session: AsyncSession, organization_id: int) -> OrgNotifi
         email_enabled=True,
         usage_thresholds=DEFAULT_THRESHOLDS,
         pool_threshold=DEFAULT_POOL_THRESHOLD,
+        digest_enabled=False,
+        digest_hour=DEFAULT_DIGEST_HOUR,
     )
 
 
@@ -80,35 +84,45 @@ def _opted_out(user_id: Any, kind: Kind) -> Any:
     return exists().where(EmailOptOut.user_id == user_id, EmailOptOut.kind == kind.value)
 
 
+def may_decide_for(team_id: int) -> Any:
+    """A person who may decide the requests of ``team_id``'s members: one of its owners
+    or an org admin."""
+    owns = exists().where(TeamOwner.team_id == team_id, TeamOwner.user_id == User.id)
+    return or_(User.role == Role.ORG_ADMIN.value, owns)
+
+
 async def approvers(
     session: AsyncSession, *, organization_id: int, team_id: int | None, requester_id: int
 ) -> list[int]:
-    """Who decides a request of ``team_id``'s member: its owners, else the org admins.
-    Never the requester (nobody decides their own request); active people only."""
+    """Who hears of a request of ``team_id``'s member: the approvers the team names
+    (those of them who may still decide its requests), else its owners, else the org
+    admins. Never the requester (nobody decides their own request); active people only."""
+    people = (
+        User.organization_id == organization_id,
+        User.is_active.is_(True),
+        User.id != requester_id,
+    )
     if team_id is not None:
+        named = await session.scalars(
+            select(User.id)
+            .join(TeamApprover, TeamApprover.user_id == User.id)
+            .where(TeamApprover.team_id == team_id, may_decide_for(team_id), *people)
+            .order_by(User.id)
+        )
+        found = list(named)
+        if found:
+            return found
         owners = await session.scalars(
             select(User.id)
             .join(TeamOwner, TeamOwner.user_id == User.id)
-            .where(
-                TeamOwner.team_id == team_id,
-                User.is_active.is_(True),
-                User.id != requester_id,
-                User.organization_id == organization_id,
-            )
+            .where(TeamOwner.team_id == team_id, *people)
             .order_by(User.id)
         )
         found = list(owners)
         if found:
             return found
     admins = await session.scalars(
-        select(User.id)
-        .where(
-            User.organization_id == organization_id,
-            User.role == Role.ORG_ADMIN.value,
-            User.is_active.is_(True),
-            User.id != requester_id,
-        )
-        .order_by(User.id)
+        select(User.id).where(User.role == Role.ORG_ADMIN.value, *people).order_by(User.id)
     )
     return list(admins)
 

@@ -17,13 +17,15 @@ from tokendesk.deps import (
     OrgAdminReader,
     ReadSession,
 )
-from tokendesk.notifications import channels, preferences
+from tokendesk.notifications import channels, preferences, team_approvers
 from tokendesk.notifications.schemas import (
     DeliveryPage,
     EmailPreference,
     NotificationSettingsIn,
     NotificationSettingsOut,
     PreferencesIn,
+    TeamApproversIn,
+    TeamApproversOut,
     TestIn,
     TestQueued,
     WebhookCreated,
@@ -34,6 +36,7 @@ from tokendesk.notifications.schemas import (
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 
 WebhookId = Annotated[int, path_id("webhook")]
+TeamId = Annotated[int, path_id("team")]
 
 
 @router.get("/settings", response_model=NotificationSettingsOut)
@@ -113,3 +116,20 @@ async def update_preferences(
 ) -> list[EmailPreference]:
     """Turn the caller's optional emails on or off."""
     return await preferences.update(session, actor=actor, data=data)
+
+
+@router.get("/teams/{team_id}/approvers", response_model=TeamApproversOut)
+async def read_team_approvers(
+    team_id: TeamId, session: ReadSession, actor: OrgAdminReader
+) -> TeamApproversOut:
+    """Who hears of the team's new requests, whom it names, and who may be named."""
+    return await team_approvers.read(session, actor=actor, team_id=team_id)
+
+
+@router.put("/teams/{team_id}/approvers", response_model=TeamApproversOut)
+async def update_team_approvers(
+    team_id: TeamId, data: TeamApproversIn, session: DbSession, actor: OrgAdminActor
+) -> TeamApproversOut:
+    """Name the team's approvers (its owners or org admins); ``[]`` restores the default:
+    its owners, else the organization's admins. Audited."""
+    return await team_approvers.update(session, actor=actor, team_id=team_id, data=data)

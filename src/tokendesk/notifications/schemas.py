@@ -144,3 +144,39 @@ class PreferencesIn(StrictModel):
     # Thresholds crossed and the run-out forecast's warning, both about one's own balance.
     balance_alerts: bool | None = None
     pool_alerts: bool | None = None
+
+
+MAX_TEAM_APPROVERS = 20
+
+
+def _distinct_ids(value: list[int]) -> list[int]:
+    if len(set(value)) != len(value):
+        raise ValueError("must not repeat a person")
+    if not all(is_id(v) for v in value):
+        raise ValueError("must be ids of people of the organization")
+    return value
+
+
+class TeamApproversIn(StrictModel):
+    """Who hears of the team's new requests; an empty list: its owners, else the admins."""
+
+    user_ids: Annotated[
+        list[int], Field(max_length=MAX_TEAM_APPROVERS), AfterValidator(_distinct_ids)
+    ]
+
+
+class Person(BaseModel):
+    id: int
+    name: str
+    email: str
+
+
+class TeamApproversOut(BaseModel):
+    team_id: int
+    # The approvers the team names; empty: the default rule.
+    user_ids: list[int]
+    # Who hears of a member's new request now (the named approvers, else the owners,
+    # else the org admins).
+    notified: list[Person]
+    # Who may be named: the team's owners and the organization's admins.
+    eligible: list[Person]

@@ -1,4 +1,5 @@
-"""Teams: list, create, rename, default allocation, owners, members, delete."""
+"""Teams: list, create, rename, default allocation, owners, who hears of new requests,
+members, delete."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from tokendesk.accounts.schemas import TeamIn, TeamUpdate, UserUpdate
 from tokendesk.bounds import parse_id
 from tokendesk.deps import DbSession, ReadSession
 from tokendesk.errors import AppError
+from tokendesk.notifications import team_approvers
+from tokendesk.notifications.schemas import TeamApproversIn
 from tokendesk.web.admin.common import (
     AdminPageActor,
     AdminPageReader,
@@ -109,9 +112,16 @@ async def _detail_context(session: AsyncSession, actor: Actor, team_id: int) -> 
     candidates: list[tuple[int, str, str]] = []
     if actor.is_org_admin:
         candidates = [(r.user.id, r.user.name, r.user.email) for r in everyone if r.user.is_active]
+    hearing = (
+        await team_approvers.read(session, actor=actor, team_id=team_id)
+        if actor.is_org_admin
+        else None
+    )
     return {
         "row": row,
         "team": row.team,
+        "approvers": hearing,
+        "approver_errors": {},
         "owner_ids": {user_id for user_id, _ in row.owners},
         "members": members,
         "others": [r for r in everyone if r.user.team_id != team_id],
@@ -203,6 +213,29 @@ async def update_team(
     return with_events(
         await _fragment(request, session, actor, team_id),
         toast=(f"Saved team {row.team.name}.", "ok"),
+    )
+
+
+@router.post("/admin/teams/{team_id}/approvers", response_model=None)
+async def update_approvers(
+    request: Request,
+    session: DbSession,
+    actor: AdminPageActor,
+    team_id: TeamPathId,
+    approver_ids: Annotated[list[str] | None, Form()] = None,
+) -> Response:
+    chosen = [n for n in map(parse_id, approver_ids or []) if n is not None]
+    try:
+        data = build(TeamApproversIn, {"user_ids": chosen})
+        async with session.begin_nested():
+            await team_approvers.update(session, actor=actor, team_id=team_id, data=data)
+    except (AppError, FormError) as exc:
+        # Each person's error names their place in the list; the form shows one message.
+        errors = {"user_ids": "; ".join(errors_of(exc).values())}
+        return await _refused(request, session, actor, team_id, exc, approver_errors=errors)
+    return with_events(
+        await _fragment(request, session, actor, team_id),
+        toast=("Saved who hears of the team's new requests.", "ok"),
     )
 
 
