@@ -175,6 +175,8 @@ class TestSettings:
             "email_available": True,
             "usage_thresholds": [80, 100],
             "pool_threshold": 90,
+            "digest_enabled": False,
+            "digest_hour": 8,
         }
         r = await client.patch(
             f"{URL}/settings",
@@ -197,6 +199,8 @@ class TestSettings:
             ({"usage_thresholds": [80, 80]}, "usage_thresholds"),
             ({"usage_thresholds": [10, 20, 30, 40, 50, 60]}, "usage_thresholds"),
             ({"pool_threshold": 101}, "pool_threshold"),
+            ({"digest_hour": 24}, "digest_hour"),
+            ({"digest_hour": -1}, "digest_hour"),
             ({"email_enabled": "maybe"}, "email_enabled"),
         ],
     )

@@ -107,6 +107,25 @@ class TestChannels:
         assert r.status_code == 422
         assert 'id="ntf-usage_thresholds-error"' in r.text
 
+    async def test_the_daily_digest_is_turned_on_at_an_hour_and_a_bad_hour_named(
+        self, world: World, login: LoginFactory
+    ) -> None:
+        admin = await login(world.admin)
+        page = (await admin.get("/admin/settings")).text
+        assert re.search(r'id="ntf-digest_enabled"[^>]*value="1" >', page), "off by default"
+        form = {"email_enabled": "1", "usage_thresholds": "80, 100", "pool_threshold": "90"}
+        r = await admin.post(
+            "/admin/notifications/settings", {**form, "digest_enabled": "1", "digest_hour": "7"}
+        )
+        assert r.status_code == 200, r.text
+        assert re.search(r'id="ntf-digest_enabled"[^>]*checked', r.text)
+        assert re.search(r'id="ntf-digest_hour"[^>]*value="7"', r.text)
+        r = await admin.post(
+            "/admin/notifications/settings", {**form, "digest_enabled": "1", "digest_hour": "25"}
+        )
+        assert r.status_code == 422
+        assert 'id="ntf-digest_hour-error"' in r.text
+
 
 class TestDeliveries:
     async def test_a_given_up_delivery_shows_its_last_error(

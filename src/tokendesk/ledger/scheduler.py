@@ -1,4 +1,5 @@
-"""The in-server scheduler: resets ended periods and releases forgotten holds.
+"""The in-server scheduler: resets ended periods, releases forgotten holds and queues
+the daily digests of pending requests whose local hour it is.
 
 Several server processes may run it at once; the conditional updates in the
 ledger service make each reset and each expiry happen exactly once.
@@ -17,6 +18,7 @@ from sqlalchemy import func, select
 from tokendesk.db import Database, utcnow
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance
+from tokendesk.notifications import digest
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ class TickCounter(Protocol):
 class TickResult:
     reset: int
     expired: int
+    digests: int = 0
 
 
 async def run_once(database: Database, *, now: datetime | None = None) -> TickResult:
@@ -39,9 +42,16 @@ async def run_once(database: Database, *, now: datetime | None = None) -> TickRe
         reset = await ledger.rollover_due(session, now=now)
     async with database.transaction() as session:
         expired = await ledger.expire_holds(session, now=now)
-    if reset or expired:
-        log.info("scheduler: %d balances reset, %d holds expired", reset, expired)
-    return TickResult(reset=reset, expired=expired)
+    async with database.transaction() as session:
+        digests = await digest.queue_due(session, now=now)
+    if reset or expired or digests:
+        log.info(
+            "scheduler: %d balances reset, %d holds expired, %d digests queued",
+            reset,
+            expired,
+            digests,
+        )
+    return TickResult(reset=reset, expired=expired, digests=digests)
 
 
 async def _seconds_until_next_boundary(database: Database, interval: float) -> float:

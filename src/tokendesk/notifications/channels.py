@@ -53,6 +53,8 @@ def settings_out(row: OrgNotificationSettings, settings: Settings) -> Notificati
         email_available=settings.smtp_host is not None,
         usage_thresholds=_thresholds(row.usage_thresholds),
         pool_threshold=row.pool_threshold,
+        digest_enabled=row.digest_enabled,
+        digest_hour=row.digest_hour,
     )
 
 
@@ -75,6 +77,10 @@ async def update_settings(
     changes: dict[str, object] = {}
     if data.email_enabled is not None and data.email_enabled != row.email_enabled:
         row.email_enabled = changes["email_enabled"] = data.email_enabled
+    if data.digest_enabled is not None and data.digest_enabled != row.digest_enabled:
+        row.digest_enabled = changes["digest_enabled"] = data.digest_enabled
+    if data.digest_hour is not None and data.digest_hour != row.digest_hour:
+        row.digest_hour = changes["digest_hour"] = data.digest_hour
     if data.usage_thresholds is not None:
         text = ",".join(str(p) for p in data.usage_thresholds)
         if text != row.usage_thresholds:

@@ -207,6 +207,28 @@ def compose(delivery: Delivery, settings: Settings, *, now: datetime) -> Message
             link_label="Open the chat app",
             data={"forecast": details},
         )
+    if delivery.kind == Kind.DIGEST:
+        count = int(details.get("count", 0))
+        listed = details.get("requests") or []
+        more = count - len(listed)
+        lines = [f"{count} token request{'' if count == 1 else 's'} in {org} wait for you."]
+        if more > 0:
+            lines.append(f"The oldest {len(listed)} are listed; {more} more are in the queue.")
+        return Message(
+            event=delivery.kind,
+            subject=f"{count} token request{'' if count == 1 else 's'} waiting for you",
+            lines=lines,
+            facts=[
+                (
+                    str(r.get("requester", "—")),
+                    f"{tokens(r.get('amount'))}, asked {when(r.get('created_at'))}",
+                )
+                for r in listed
+            ],
+            link=f"{settings.site_url}/admin/requests?status=pending",
+            link_label="Open the queue",
+            data={"digest": details},
+        )
     if delivery.kind == Kind.POOL_THRESHOLD:
         percent = int(details.get("percent", 0))
         return Message(

@@ -82,6 +82,10 @@ class NotificationSettingsIn(StrictModel):
     # Share of the pool handed out at which org admins are told; null: never.
     pool_threshold: Percent | None = None
     clear_pool_threshold: bool = False
+    # A daily digest of pending requests to each approver, at this hour (0-23) in the
+    # organization's time zone.
+    digest_enabled: bool | None = None
+    digest_hour: Annotated[int | None, Field(ge=0, le=23)] = None
 
 
 class NotificationSettingsOut(BaseModel):
@@ -90,6 +94,8 @@ class NotificationSettingsOut(BaseModel):
     email_available: bool
     usage_thresholds: list[int]
     pool_threshold: int | None
+    digest_enabled: bool
+    digest_hour: int
 
 
 class TestIn(StrictModel):

@@ -99,13 +99,22 @@ async def save_settings(
     email_enabled: Annotated[str | None, Form()] = None,
     usage_thresholds: Annotated[str, Form(max_length=200)] = "",
     pool_threshold: Annotated[str, Form(max_length=20)] = "",
+    digest_enabled: Annotated[str | None, Form()] = None,
+    digest_hour: Annotated[str, Form(max_length=20)] = "",
 ) -> Response:
     require_org_admin(actor)
-    values = {"usage_thresholds": usage_thresholds, "pool_threshold": pool_threshold}
+    values = {
+        "usage_thresholds": usage_thresholds,
+        "pool_threshold": pool_threshold,
+        "digest_hour": digest_hour,
+    }
     submitted: dict[str, Any] = {
         "email_enabled": email_enabled is not None,
         "usage_thresholds": _thresholds(usage_thresholds),
+        "digest_enabled": digest_enabled is not None,
     }
+    if digest_hour.strip():
+        submitted["digest_hour"] = number(digest_hour)
     if pool_threshold.strip():
         submitted["pool_threshold"] = number(pool_threshold)
     else:
