@@ -9,10 +9,12 @@ import httpx
 from sqlalchemy import func, select, update
 
 from tests.factories import World
+from tests.token_requests.support import actor_for
 from tests.web_admin.conftest import LoginFactory, submit, triggers
 from tokendesk.audit.models import AuditEntry
 from tokendesk.db import Database, utcnow
-from tokendesk.token_requests import rule_admin
+from tokendesk.token_requests import rule_admin, top_ups
+from tokendesk.token_requests import transitions_repository as transitions
 from tokendesk.token_requests.models import ApprovalRule, TokenRequest
 
 RULE_ROW = re.compile(r'data-rule-id="(\d+)"')
@@ -246,6 +248,31 @@ class TestPreview:
         # A team's rule sees that team's requests only.
         html = (await admin.htmx_get(f"/admin/rules/preview?team_id={world.team_a}")).text
         assert dict(re.findall(r'id="preview-(\w+)">([\d,]+)<', html))["requests"] == "2"
+
+    async def test_the_auto_top_ups_grants_are_no_requests_to_preview(
+        self, database: Database, world: World, login: LoginFactory
+    ) -> None:
+        admin_actor = await actor_for(database, world.admin)
+        start, _ = rule_admin.last_period(utcnow(), reset_day=1, timezone="UTC")
+        figures = {"enabled": True, "trigger_percent": 80, "top_up_amount": 10, "max_count": 1}
+        async with database.transaction() as s:
+            rule = await top_ups.set_top_up(s, actor=admin_actor, values=figures)
+            assert rule.id is not None
+            await transitions.insert_granted(
+                s,
+                organization_id=world.org_id,
+                user_id=world.alice.id,
+                team_id=world.team_a,
+                amount=10,
+                reason="Auto top-up",
+                balance_at_request=0,
+                rule=(rule.id, rule.name),
+                note="auto-approved by rule Auto top-up",
+                now=start + timedelta(days=2),
+            )
+        admin = await login(world.admin)
+        html = (await admin.htmx_get("/admin/rules/preview")).text
+        assert "had no requests to try it on" in html
 
     async def test_a_bad_limit_in_the_preview_is_named_and_nothing_is_counted(
         self, database: Database, world: World, login: LoginFactory

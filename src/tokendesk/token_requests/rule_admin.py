@@ -374,7 +374,8 @@ async def preview(
     now: datetime | None = None,
 ) -> RulePreview:
     """What a rule with these limits would have done with last period's requests in
-    its scope (every request made then, whatever became of it), taken in the order
+    its scope (every request made then, whatever became of it; the auto top-up's
+    grants are no requests made), taken in the order
     they were made, with each person's count and tokens as the rule would have kept
     them. The pool floor is left out: last period's pool is not kept as it stood."""
     _require_admin(actor)
@@ -389,6 +390,14 @@ async def preview(
             TokenRequest.created_at >= start,
             TokenRequest.created_at < end,
             TokenRequest.status != RequestStatus.CANCELLED.value,
+            # The auto top-up's grants were never submitted: no rule is offered them.
+            ~TokenRequest.decided_by_rule_id.in_(
+                select(ApprovalRule.id).where(
+                    ApprovalRule.organization_id == org.id,
+                    ApprovalRule.kind == RuleKind.TOP_UP.value,
+                )
+            )
+            | TokenRequest.decided_by_rule_id.is_(None),
         )
         .order_by(TokenRequest.created_at, TokenRequest.id)
     )
