@@ -136,7 +136,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     from tokendesk.events.routes import is_stream
     from tokendesk.events.stream import HandOff
-    from tokendesk.gateway.routes import Shortcut
+    from tokendesk.gateway.shortcut import Shortcut
     from tokendesk.routers import include_routers
 
     include_routers(app)

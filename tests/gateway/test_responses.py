@@ -3,6 +3,7 @@ held, relayed and settled under the chat rules, nothing left held."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import openai
@@ -13,6 +14,7 @@ from tests.fake_upstream import REPLY
 from tests.gateway.conftest import Live, charged, events
 from tests.gateway.test_budget import leave
 from tokendesk.db import Database
+from tokendesk.gateway import completion
 from tokendesk.gateway.tokens import text_tokens
 
 
@@ -171,6 +173,66 @@ class TestUpstreamFaults:
         await live.client(world.alice).responses.create(model="fast", input="and then?")
         await live.settled()
         assert await charged(database, world.alice.id) < 1_000
+
+
+def raw_stream(instructions: str) -> bytes:
+    """A Responses stream whose first and last events repeat long ``instructions``, as
+    the API's events repeat the request's: each a line longer than a read of the
+    connection."""
+    response: dict[str, Any] = {"id": "resp_long", "object": "response", "model": "fast"}
+    started = {**response, "status": "in_progress", "instructions": instructions}
+    usage = {"input_tokens": 10, "output_tokens": 2}
+    done = {**started, "status": "completed", "usage": usage}
+    events = [
+        ("response.created", {"response": started}),
+        ("response.output_text.delta", {"item_id": "m", "output_index": 0, "delta": "Hello"}),
+        ("response.completed", {"response": done}),
+    ]
+    lines = []
+    for number, (kind, fields) in enumerate(events):
+        data = json.dumps({"type": kind, "sequence_number": number, **fields})
+        lines.append(f"event: {kind}\ndata: {data}\n\n")
+    return "".join(lines).encode()
+
+
+class TestLongEvents:
+    async def test_events_longer_than_a_read_are_relayed_whole_and_settled(
+        self, live: Live, world: World, database: Database
+    ) -> None:
+        instructions = "Answer in the house style. " * 12_000
+        live.upstream.raw = raw_stream(instructions)
+        stream = await live.client(world.alice).responses.create(
+            model="fast", input="hi", stream=True
+        )
+        received = [event async for event in stream]
+        assert [event.type for event in received] == [
+            "response.created",
+            "response.output_text.delta",
+            "response.completed",
+        ]
+        final = received[-1]
+        assert final.type == "response.completed"
+        assert final.response.instructions == instructions
+        await live.settled()
+        assert await charged(database, world.alice.id) == 12
+
+    async def test_a_line_past_the_bound_cuts_the_stream_charging_what_was_delivered(
+        self, live: Live, world: World, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(completion, "MAX_EVENT_LINE", 10_000)
+        live.upstream.raw = raw_stream("x") + b"data: " + b"y" * 20_000
+        async with (
+            live.http(world.alice) as http,
+            http.stream(
+                "POST", "/v1/responses", json={"model": "fast", "input": "hi", "stream": True}
+            ) as r,
+        ):
+            text = "".join([chunk async for chunk in r.aiter_text()])
+        assert "upstream failed mid-stream: an event line longer than 10,000 bytes" in text
+        await live.settled()
+        [(_, prompt, delivered, _, _)] = await events(database)
+        # The usage came before the long line: the reported figures settle it.
+        assert (prompt, delivered) == (10, 2)
 
 
 class TestHostileBodies:

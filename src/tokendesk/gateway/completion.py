@@ -323,20 +323,31 @@ class MeteredCall:
     async def relay(
         self, response: aiohttp.ClientResponse, reader: StreamReader
     ) -> AsyncIterator[str]:
-        """An upstream's event stream relayed line by line as ``reader`` rewrites it,
-        settled once it ends, however it ends, with the usage and text it gathered."""
+        """An upstream's event stream relayed as ``reader`` rewrites its lines, settled
+        once it ends, however it ends, with the usage and text it gathered.
+
+        What arrived together is sent together: an API that sends several events at
+        once (the Responses API's opening and closing ones) costs one write, not one
+        per line, and nothing waits for more than the upstream has sent."""
         ended = False  # the upstream's stream ended and was relayed whole
+        lines = Lines(MAX_EVENT_LINE)
         try:
-            async for raw in response.content:
-                out = reader.line(raw.decode("utf-8", "replace").strip())
+            async for data in response.content.iter_any():
+                out = reader.lines(lines.feed(data))
                 if reader.delivered:
                     self.first_output()
-                if out is not None:
+                if out:
                     yield out
                 if reader.finished:
                     break
+                if lines.too_long:
+                    raise LineTooLong(lines.most)
+            else:
+                out = reader.lines(lines.rest())
+                if out:
+                    yield out
             ended = True
-        except UPSTREAM_ERRORS as exc:
+        except (*UPSTREAM_ERRORS, LineTooLong) as exc:
             yield reader.error(f"upstream failed mid-stream: {_describe(exc)}")
         finally:
             if not ended:
@@ -515,6 +526,55 @@ class Completion(MeteredCall):
         return Response(content=content, media_type="application/json")
 
 
+# The longest line of an upstream's event stream: a Responses stream's last event
+# repeats the whole reply, so a line is as long as the longest answer. Past this, the
+# upstream is at fault and the stream is cut.
+MAX_EVENT_LINE = 16 * 1024 * 1024
+
+
+class LineTooLong(Exception):
+    def __init__(self, most: int) -> None:
+        super().__init__(f"an event line longer than {most:,} bytes")
+
+
+class Lines:
+    """The whole lines of a byte stream, however its chunks split them; the part of a
+    line still to come is kept, and :attr:`too_long` once it is past ``most`` bytes."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    @property
+    def too_long(self) -> bool:
+        return self.size > self.most
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if b"\n" not in data:
+            self._keep(data)
+            return []
+        if self.parts:
+            data = b"".join((*self.parts, data))
+            self.parts.clear()
+            self.size = 0
+        *lines, rest = data.split(b"\n")
+        if rest:
+            self._keep(rest)
+        return lines
+
+    def rest(self) -> list[bytes]:
+        """The last line, which no newline ended."""
+        rest = b"".join(self.parts)
+        self.parts.clear()
+        self.size = 0
+        return [rest] if rest else []
+
+    def _keep(self, part: bytes) -> None:
+        self.size += len(part)
+        self.parts.append(part)
+
+
 class StreamReader:
     """How one API's event stream is read while relayed: each line rewritten (None
     drops it), the usage it reported and the text delivered so far."""
@@ -527,6 +587,17 @@ class StreamReader:
 
     def line(self, line: str) -> str | None:
         raise NotImplementedError
+
+    def lines(self, lines: list[bytes]) -> str:
+        """Whole lines as relayed, up to the stream's last word."""
+        out = []
+        for raw in lines:
+            if self.finished:
+                break
+            relayed = self.line(raw.decode("utf-8", "replace").strip())
+            if relayed is not None:
+                out.append(relayed)
+        return "".join(out)
 
     def error(self, message: str) -> str:
         return sse({"error": {"message": message, "type": "upstream_error"}})
@@ -632,6 +703,8 @@ def _listed(value: Any) -> list[Any]:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, LineTooLong):
+        return str(exc)
     return "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
 
 

@@ -1,12 +1,12 @@
 """The OpenAI-compatible gateway (``/v1``): every completion is held, metered and settled.
 
-Hot path: :class:`Shortcut` serves ``POST /v1/chat/completions`` ahead of the
-framework's routing, the caller is found in a key cache kept warm in the
-background, one transaction (shared with concurrent calls) holds the estimate,
-the upstream call goes out on a pooled connection, and the settlement is
-queued for the background settler once the reply is on its way. The other APIs
-(``/v1/embeddings``, gateway/embeddings.py) go through the normal router and
-:func:`serve_metered`, the same steps with their own body and reply.
+Hot path: ``gateway/shortcut.py`` serves every metered API ahead of the
+framework's routing; :func:`serve_metered` finds the caller in a key cache kept
+warm in the background, one transaction (shared with concurrent calls) holds the
+estimate, the upstream call goes out on a pooled connection, and the settlement
+is queued for the background settler once the reply is on its way. Each API
+(chat here, the others in their own modules) brings its body's checks and its
+reply.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 import aiohttp
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 from yarl import URL
 
 from tokendesk.accounts.integrations import is_integration_key
@@ -66,7 +65,7 @@ from tokendesk.gateway.openapi import (
 from tokendesk.gateway.schemas import ChatAppBalance
 from tokendesk.gateway.standing import Thresholds, balance_for, standing_headers
 from tokendesk.limits import PerUserLimit
-from tokendesk.observability.context import note_caller, note_route
+from tokendesk.observability.context import note_caller
 from tokendesk.observability.metrics import Metrics, endpoint_of
 from tokendesk.token_requests.links import request_link
 
@@ -313,8 +312,8 @@ def _insufficient(
     return response
 
 
-# Declared for the OpenAPI schema (and served here if the shortcut is not installed);
-# :class:`Shortcut` answers these calls before routing.
+# Routed for the OpenAPI schema (and served here if the shortcut is not installed);
+# gateway/shortcut.py answers these calls before routing.
 @router.post(
     "/chat/completions",
     openapi_extra={"requestBody": CHAT_COMPLETIONS_BODY},
@@ -444,41 +443,3 @@ async def _metered(
             )
         )
     return response
-
-
-COMPLETIONS_PATH = "/v1/chat/completions"
-
-
-class Shortcut:
-    """Serves ``POST /v1/chat/completions`` before the framework's routing and middleware.
-
-    The gateway is the product's hot path and needs none of what the routing
-    stack does per request (matching against every page's route, dependency
-    solving, exception middleware), which costs more than the gateway's own
-    request handling (see benchmarks/RESULTS.md). Everything else passes
-    straight through.
-    Installed inside the application's outermost layers, so unhandled errors
-    still become a 500 and the request body size limit still applies.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not _is_completions(scope):
-            await self.app(scope, receive, send)
-            return
-        note_route(scope, COMPLETIONS_PATH)
-        try:
-            response = await chat_completions(Request(scope, receive))
-        except AppError as exc:
-            response = app_error(openai_error, exc)
-        await response(scope, receive, send)
-
-
-def _is_completions(scope: Scope) -> bool:
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :]
-    return path == COMPLETIONS_PATH
