@@ -10,9 +10,12 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from tests.accounts.support import actor_of
 from tests.factories import World
 from tests.ledger.helpers import assert_ledger_consistent
 from tests.ledger_support import balance_of
+from tokendesk.accounts.organizations import update_settings
+from tokendesk.accounts.schemas import OrganizationUpdate
 from tokendesk.db import Database
 from tokendesk.errors import InsufficientTokens
 from tokendesk.ledger import service as ledger
@@ -107,3 +110,66 @@ class TestConcurrentWritersOnSQLite:
         assert held == 5_000
         assert (await balance_of(database, world.nora.id)).remaining == 0
         await assert_ledger_consistent(database)
+
+
+class TestOrganizationLocksBesideSettlements:
+    """A settlement holds its member's balance row and then inserts usage, whose key
+    refers to the organization; a pool-checked change holds the organization and then
+    waits for balances. Neither may wait for the other."""
+
+    @pytest.fixture
+    async def sessions(
+        self, database: Database, backend: str
+    ) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+        if backend != "postgres":
+            pytest.skip("needs PostgreSQL's concurrent connections")
+        engine = create_async_engine(database.url, poolclass=NullPool)
+        yield async_sessionmaker(engine, expire_on_commit=False)
+        await engine.dispose()
+
+    async def test_a_settings_change_waits_for_a_settlement_that_inserts_usage(
+        self, database: Database, world: World, sessions: async_sessionmaker[AsyncSession]
+    ) -> None:
+        actor = await actor_of(database, world.admin)
+
+        async with sessions() as settling, settling.begin():
+            await settling.execute(
+                text("SELECT user_id FROM balances WHERE user_id = :u FOR UPDATE"),
+                {"u": world.alice.id},
+            )
+
+            async def change() -> None:
+                async with sessions() as s, s.begin():
+                    await update_settings(
+                        s, actor=actor, data=OrganizationUpdate(low_balance_percent=50)
+                    )
+
+            changing = asyncio.create_task(change())
+            await _waiting_for_a_lock(settling)
+            # The settlement's usage row: its key takes a share of the organization's.
+            await settling.execute(
+                text(
+                    "INSERT INTO usage_events (organization_id, event_id, user_id, model,"
+                    " prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens,"
+                    " total_tokens, source, occurred_at, day, recorded_at, balance_after)"
+                    " VALUES (:o, 'settled-1', :u, 'fast', 1, 1, 0, 0, 2, 'gateway', now(),"
+                    " current_date, now(), 0)"
+                ),
+                {"o": world.org_id, "u": world.alice.id},
+            )
+        await asyncio.wait_for(changing, timeout=30)
+
+
+async def _waiting_for_a_lock(session: AsyncSession) -> None:
+    """Until another connection waits for a row lock (at most 10 seconds)."""
+    for _ in range(200):
+        waiting = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            )
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the settings change never waited for the balance")

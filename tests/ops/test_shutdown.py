@@ -25,6 +25,8 @@ from tokendesk.ledger.models import Balance, Reservation, ReservationStatus
 from tokendesk.metering.models import UsageEvent
 
 WORDS = len(REPLY.split(" "))
+# Between a process ending and this test seeing it, on a busy machine.
+EXIT_SECONDS = 1.0
 
 
 @pytest.fixture
@@ -110,7 +112,9 @@ async def _stop_and_check(
     code = await asyncio.to_thread(served.wait, grace + 5)
     took = time.monotonic() - sent_at
     assert code == 0, served.log
-    assert took <= grace, f"stopped in {took:.2f} s, grace {grace} s"
+    # Status 0 says the shutdown finished its work within the grace (past it, the
+    # watchdog exits 70); the interpreter's own exit after that is not bounded by it.
+    assert took <= grace + EXIT_SECONDS, f"stopped in {took:.2f} s, grace {grace} s"
 
 
 async def test_sigterm_lets_a_streamed_call_finish_and_settles_it(

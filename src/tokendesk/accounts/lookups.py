@@ -20,10 +20,17 @@ async def get_organization(
 ) -> Organization:
     """The organization, or NotFound. ``lock`` takes its row lock until commit and reads
     it afresh (PostgreSQL): every pool-checked change in the organization waits there
-    for the one before it. SQLite's write transactions are serialized already."""
+    for the one before it. SQLite's write transactions are serialized already.
+
+    The lock is ``FOR NO KEY UPDATE``: it leaves alone the key-share lock that every
+    insert referring to the organization takes, so a settlement that has its balance
+    row and inserts usage never waits for it (while this waits for that balance row)."""
     if lock:
         org = await session.get(
-            Organization, organization_id, with_for_update=True, populate_existing=True
+            Organization,
+            organization_id,
+            with_for_update={"key_share": True},
+            populate_existing=True,
         )
     else:
         org = await session.get(Organization, organization_id)

@@ -215,9 +215,13 @@ async def update_settings(
     if data.timezone is not None:
         _check_timezone(data.timezone)
     # The organization, then its balances in user order, as bulk approvals take them;
-    # the reset and the updates below would take balances in other orders.
+    # the reset and the updates below would take balances in other orders. No key
+    # update, as lookups.get_organization locks it: a settlement inserting usage takes a
+    # key-share lock on the organization while it has a balance this waits for.
     await session.execute(
-        select(Organization.id).where(Organization.id == actor.organization_id).with_for_update()
+        select(Organization.id)
+        .where(Organization.id == actor.organization_id)
+        .with_for_update(key_share=True)
     )
     await ledger.lock_in_user_order(session, ledger.users_of(actor.organization_id))
     # Periods that ended under the old settings close under them, before anything moves.
