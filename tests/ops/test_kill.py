@@ -47,6 +47,7 @@ APPROVAL_WAITING = (
     "AND l.granted AND l.relation = 'token_requests'::regclass AND l.mode = 'RowExclusiveLock'"
 )
 BACKEND_GONE = "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = :pid"
+NO_HOLD_LEFT = "SELECT count(*) = 0 FROM reservations WHERE status = 'held'"
 HOLDS = "SELECT count(*) FROM reservations WHERE status = :status AND user_id IN :users"
 
 
@@ -77,11 +78,15 @@ async def _until(database: Database, what: str, sql: str, **params: object) -> i
     return found
 
 
-async def _carry_on(http: httpx.AsyncClient, person: Person, stop: asyncio.Event) -> list[float]:
-    """Gateway calls to the surviving instance until ``stop``; when each was answered."""
+async def _load(http: httpx.AsyncClient, person: Person, stop: asyncio.Event) -> list[float]:
+    """Gateway calls one after the other until ``stop`` or the instance is gone; when
+    each was answered (every one a 200)."""
     answered = []
     while not stop.is_set():
-        r = await http.post("/v1/chat/completions", json=_chat("fast"), headers=person.headers)
+        try:
+            r = await http.post("/v1/chat/completions", json=_chat("fast"), headers=person.headers)
+        except httpx.TransportError:
+            break
         assert r.status_code == 200, r.text
         answered.append(time.monotonic())
     return answered
@@ -126,7 +131,8 @@ async def test_a_killed_instance_leaves_nothing_half_done_and_the_other_serves_o
             httpx.AsyncClient(base_url=other.url, timeout=60) as to_other,
         ):
             stop = asyncio.Event()
-            load = asyncio.create_task(_carry_on(to_other, world.owner, stop))
+            load = asyncio.create_task(_load(to_other, world.owner, stop))
+            doomed_load = asyncio.create_task(_load(to_doomed, world.oscar, stop))
             # The test locks one requester's balance, so the approval, having decided
             # every request, waits inside its transaction when it locks the balances.
             async with database.transaction() as blocker:
@@ -153,6 +159,7 @@ async def test_a_killed_instance_leaves_nothing_half_done_and_the_other_serves_o
                     await asyncio.sleep(0.05)
                 doomed.kill()
                 killed_at = time.monotonic()
+                assert await doomed_load, "the killed instance was under no load"
                 # Neither the approval nor a call was answered: they were in flight.
                 for task in [approval, *calls]:
                     with pytest.raises(httpx.TransportError):
@@ -168,17 +175,20 @@ async def test_a_killed_instance_leaves_nothing_half_done_and_the_other_serves_o
                 await asyncio.sleep(0.1)
             stop.set()
             answered = await load
+            # The survivor answered throughout: every call a 200, and calls after the kill.
             assert [at for at in answered if at > killed_at], "no call answered after the kill"
             r = await to_other.post("/api/v1/token-requests/bulk", json=bulk, headers=admin)
             assert r.status_code == 200, r.text
             assert len(r.json()["decided"]) == PENDING
         assert await _granted(database) == (PENDING, PENDING * AMOUNT, {"approved": PENDING})
+        # The dead instance's last fast call's hold (settled or not) is done with too.
+        await _until(database, "no hold left", NO_HOLD_LEFT)
         other.terminate()
         assert await asyncio.to_thread(other.wait, 15) == 0, other.log
     finally:
         doomed.kill()
         other.kill()
-    assert await _scalar(database, "SELECT count(*) FROM reservations WHERE status = 'held'") == 0
+    assert await _scalar(database, NO_HOLD_LEFT)
     assert await _scalar(database, "SELECT coalesce(sum(reserved), 0) FROM balances") == 0
     doctor = tokendesk("doctor", database_url=db_url)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
