@@ -87,3 +87,40 @@ class TestAutoApproval:
         ).to_be_visible()
         admin.context.close()
         assert errors == []
+
+
+class TestAutoTopUp:
+    def test_turned_on_on_the_settings_page_it_tops_a_member_up_live(
+        self, browser: Browser, page: Page, site: ChatSite
+    ) -> None:
+        admin = admin_page(browser, site)
+        section = admin.locator("#top-up")
+        expect(section.locator("#top-up-state")).to_have_text("off")
+        section.get_by_label("Top members up automatically").check()
+        section.get_by_label("When usage crosses (% of what they have)").fill("80")
+        section.get_by_label("Grant (tokens)").fill("10,000")
+        section.get_by_role("button", name="Save auto top-up").click()
+        expect(admin.locator("#top-up-state")).to_have_text("on")
+        admin.context.close()
+
+        sign_in(page, site, "keyboard")
+        before = remaining(page)
+        page.evaluate("window.__samePage = true")
+        # Another chat app reports usage that crosses 80% of the member's 50,000.
+        with site.admin() as api:
+            event = {
+                "event_id": "top-up-e2e",
+                "user_email": MEMBERS["keyboard"][0],
+                "model": "demo",
+                "prompt_tokens": 40_500,
+                "completion_tokens": 0,
+            }
+            response = api.post("/api/v1/usage", json={"events": [event]})
+            assert response.status_code in (200, 201), response.text
+
+        expect(page.locator("#ind-remaining")).to_have_text(
+            f"{before - 40_500 + 10_000:,}", timeout=3000
+        )
+        toast = page.locator(".toast", has_text="Approved: +10,000 tokens")
+        expect(toast).to_contain_text("auto-approved by rule Auto top-up", timeout=3000)
+        assert page.evaluate("window.__samePage") is True

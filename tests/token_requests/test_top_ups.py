@@ -248,6 +248,10 @@ class TestSettings:
         hidden = await client.get(f"/api/v1/approval-rules/{rule_id}", headers=world.admin.headers)
         assert hidden.status_code == 404
 
+    async def test_a_member_may_not_see_it(self, client: httpx.AsyncClient, world: World) -> None:
+        r = await client.get("/api/v1/approval-rules/top-up", headers=world.alice.headers)
+        assert r.status_code == 403
+
     async def test_a_team_owner_may_not_change_it(
         self, client: httpx.AsyncClient, world: World
     ) -> None:

@@ -40,7 +40,7 @@ from tokendesk.accounts.service import require_org_admin
 from tokendesk.audit import service as audit
 from tokendesk.bounds import BALANCE_CEILING, MAX_TOKENS, is_count
 from tokendesk.db import dialect_of, utcnow
-from tokendesk.errors import InvalidInput
+from tokendesk.errors import Forbidden, InvalidInput
 from tokendesk.ledger import pool as ledger_pool
 from tokendesk.ledger.usage import MemberBalance
 from tokendesk.token_requests import rules
@@ -205,7 +205,7 @@ async def get_top_up(session: AsyncSession, *, actor: Actor) -> TopUpOut:
     """The organization's auto top-up; off, with suggested figures, until one is saved.
     Admins see it (a team owner's members are topped up by it too)."""
     if not actor.is_admin:
-        require_org_admin(actor)
+        raise Forbidden("only team owners and admins see the auto top-up")
     return _out(await _rule_of(session, actor.organization_id))
 
 
