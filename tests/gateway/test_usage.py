@@ -21,6 +21,7 @@ from tokendesk.db import Database
 from tokendesk.gateway.budget import parse_chat
 from tokendesk.gateway.completion import Completion
 from tokendesk.gateway.tokens import prompt_tokens, text_tokens
+from tokendesk.notifications.models import Notification, OrgNotificationSettings
 
 PROMPT = prompt_tokens(MESSAGES)
 
@@ -246,3 +247,25 @@ class TestCutStream:
         await harness.settled()
         after = await balance_of(database, world.alice.id)
         assert after.used == PROMPT + text_tokens('lookup_weather{"city": "Berlin"')
+
+
+class TestBalanceAlerts:
+    async def test_a_call_whose_settlement_crosses_a_threshold_queues_the_members_email(
+        self, harness: Harness, database: Database, world: World
+    ) -> None:
+        # Nora has 5,000 tokens; each call costs 24: the third takes her past 1% (50).
+        async with database.transaction() as s:
+            s.add(OrgNotificationSettings(organization_id=world.org_id, usage_thresholds="1"))
+        for _ in range(3):
+            r = await harness.http.post(
+                "/v1/chat/completions",
+                json={"model": "fast", "messages": [{"role": "user", "content": "hi"}]},
+                headers=world.nora.headers,
+            )
+            assert r.status_code == 200, r.text
+            await harness.settled()
+        async with database.transaction(write=False) as s:
+            rows = list(await s.scalars(select(Notification)))
+        assert [(n.kind, n.user_id, (n.details or {})["used"]) for n in rows] == [
+            ("balance.threshold", world.nora.id, 72)
+        ]
