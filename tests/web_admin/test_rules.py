@@ -107,6 +107,16 @@ class TestLists:
 
 
 class TestEditor:
+    async def test_a_form_without_the_sessions_csrf_token_is_refused(
+        self, database: Database, world: World, login: LoginFactory
+    ) -> None:
+        admin = await login(world.admin)
+        r = await admin.post("/admin/rules", form(name="Sneaky"), csrf=False)
+        assert r.status_code == 403
+        r = await admin.post("/admin/top-up", top_up_form(), csrf=False)
+        assert r.status_code == 403
+        assert await rules_in(database) == []
+
     async def test_an_admin_adds_a_rule_and_it_is_audited(
         self, database: Database, world: World, login: LoginFactory
     ) -> None:
