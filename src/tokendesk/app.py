@@ -12,7 +12,6 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from tokendesk import __version__
 from tokendesk.bodies import BodyLimits, WholeBodies
@@ -22,6 +21,7 @@ from tokendesk.errors import AppError, ErrorOut
 from tokendesk.observability import logs
 from tokendesk.observability.requests import RequestLog
 from tokendesk.runtime import Runtime, stopping_on_signals
+from tokendesk.unavailable import DatabaseUnavailable
 from tokendesk.web.headers import SecurityHeaders
 
 log = logging.getLogger(__name__)
@@ -129,13 +129,14 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
-        runtime: Runtime = app.state.runtime
-        async with runtime.database.transaction(write=False) as session:
-            await session.execute(text("SELECT 1"))
+        # The process lives, and nothing more: not the database, which /readyz checks.
+        # A liveness probe that failed while the database restarts would have every
+        # instance restarted for an outage none of them can cure.
         return {"status": "ok", "version": __version__}
 
     from tokendesk.events.routes import is_stream
     from tokendesk.events.stream import HandOff
+    from tokendesk.gateway.dialects import outage_reply
     from tokendesk.gateway.shortcut import Shortcut
     from tokendesk.routers import include_routers
 
@@ -143,6 +144,9 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.add_middleware(Shortcut)
     # Event streams are sent from here, once routing and dependencies are done with them.
     app.add_middleware(HandOff, is_stream=is_stream)
+    # Around every route, the gateway's shortcut and the streams' openings: a database
+    # that cannot be reached answers 503 with Retry-After, never a 500.
+    app.add_middleware(DatabaseUnavailable, shape=outage_reply)
     # Every body is whole before the gateway's shortcut or any route runs.
     app.add_middleware(WholeBodies, limits=BodyLimits.of(settings))
     # Around even that, so a refused body's 413 carries the security headers too.

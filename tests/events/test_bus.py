@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
-from tokendesk.events.bus import Event, InProcessBus
+from tokendesk.events.bus import RESYNC, Event, InProcessBus
 from tokendesk.events.pg_bus import MAX_PAYLOAD, PostgresBus, pack
 
 
@@ -50,6 +52,19 @@ class TestInProcessRouting:
             await bus.publish([user_event(1)])
             assert reader.qsize() == 1 and stuck.empty()
 
+    async def test_a_resync_reaches_every_subscriber_whatever_it_asked_for(self) -> None:
+        bus = InProcessBus()
+        async with (
+            bus.subscribe(user_id=1) as member,
+            bus.subscribe(user_id=2, admin_organization_id=7) as admin,
+            bus.subscribe(system=True) as system,
+            bus.subscribe() as everything,
+        ):
+            bus.resync()
+            for queue in (member, admin, system, everything):
+                assert queue.get_nowait().type == RESYNC
+                assert queue.empty()
+
 
 class TestPacking:
     def test_many_events_are_packed_under_the_notify_limit(self) -> None:
@@ -60,22 +75,47 @@ class TestPacking:
         assert sum(p.count('"t":') for p in payloads) == 2000
 
 
+@pytest.fixture
+async def two_buses(
+    postgres_only: None, db_url: str
+) -> AsyncIterator[tuple[PostgresBus, PostgresBus]]:
+    """A sender's and a receiver's bus, as two processes have them."""
+    sender, receiver = PostgresBus(db_url), PostgresBus(db_url)
+    await sender.start()
+    await receiver.start()
+    try:
+        yield sender, receiver
+    finally:
+        await sender.stop()
+        await receiver.stop()
+
+
 class TestPostgresBus:
     async def test_an_event_published_by_one_process_reaches_another(
-        self, backend: str, db_url: str
+        self, two_buses: tuple[PostgresBus, PostgresBus]
     ) -> None:
-        if backend != "postgres":
-            pytest.skip("LISTEN/NOTIFY needs PostgreSQL")
-        sender, receiver = PostgresBus(db_url), PostgresBus(db_url)
-        await sender.start()
-        await receiver.start()
-        try:
-            async with receiver.subscribe(user_id=42) as queue:
-                await sender.publish([user_event(42), user_event(43)])
-                event = await asyncio.wait_for(queue.get(), 5)
-                assert (event.type, event.user_id) == ("balance.changed", 42)
-                await sender.publish([user_event(42)])
-                assert (await asyncio.wait_for(queue.get(), 5)).user_id == 42
-        finally:
-            await sender.stop()
-            await receiver.stop()
+        sender, receiver = two_buses
+        async with receiver.subscribe(user_id=42) as queue:
+            await sender.publish([user_event(42), user_event(43)])
+            event = await asyncio.wait_for(queue.get(), 5)
+            assert (event.type, event.user_id) == ("balance.changed", 42)
+            await sender.publish([user_event(42)])
+            assert (await asyncio.wait_for(queue.get(), 5)).user_id == 42
+
+    async def test_a_dropped_listener_listens_again_and_resyncs_its_subscribers(
+        self, two_buses: tuple[PostgresBus, PostgresBus], db_url: str
+    ) -> None:
+        sender, receiver = two_buses
+        async with receiver.subscribe(user_id=42) as queue:
+            listener = receiver._listener
+            assert listener is not None
+            # What a database restart does to the listening session.
+            admin = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
+            try:
+                await admin.execute("SELECT pg_terminate_backend($1)", listener.get_server_pid())
+            finally:
+                await admin.close()
+            assert (await asyncio.wait_for(queue.get(), 10)).type == RESYNC
+            assert receiver.listening
+            await sender.publish([user_event(42)])
+            assert (await asyncio.wait_for(queue.get(), 5)).user_id == 42

@@ -35,7 +35,7 @@ from tokendesk.accounts.identities import NamedUser, Person
 from tokendesk.accounts.integrations import IntegrationRef, integrations_by_hash
 from tokendesk.accounts.models import ApiKey, Role, User
 from tokendesk.accounts.security import hash_api_key, usable_key
-from tokendesk.db import Database, run_core
+from tokendesk.db import Database, log_failure, run_core
 from tokendesk.errors import Conflict
 
 log = logging.getLogger(__name__)
@@ -295,9 +295,9 @@ class KeyCache:
                 owners, members = await self.database.run(
                     partial(_confirm, key_hashes=hashes, emails=emails), write=False
                 )
-            except Exception:
+            except Exception as error:
                 # The entries simply expire; the next call looks its key up itself.
-                log.exception("confirming %d cached credentials failed", len(due))
+                log_failure(log, error, "confirming %d cached credentials failed", len(due))
                 continue
             if generation != self._generation:
                 continue

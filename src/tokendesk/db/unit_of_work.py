@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 AfterCommit = Callable[[], Any]
 T = TypeVar("T")
+# The longest a new PostgreSQL connection may take to open.
+CONNECT_SECONDS = 5.0
 
 
 class Database:
@@ -75,8 +77,16 @@ class Database:
             self.write_engine = self._sqlite_engine(url, immediate=True, echo=echo)
             self.read_engine = self._sqlite_engine(url, immediate=False, echo=echo)
         else:
+            # A connection the server dropped (a restart) is found by the ping as it is
+            # taken from the pool, and replaced; connecting is bounded, so a database
+            # that does not answer fails a request in seconds, as 503, not in a minute.
             self.write_engine = create_async_engine(
-                url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True
+                url,
+                echo=echo,
+                pool_size=10,
+                max_overflow=20,
+                pool_pre_ping=True,
+                connect_args={"timeout": CONNECT_SECONDS},
             )
             self.read_engine = self.write_engine
         self._write_sessions = async_sessionmaker(self.write_engine, expire_on_commit=False)

@@ -198,6 +198,18 @@ class InProcessBus:
         for event in events:
             self.deliver(event)
 
+    def resync(self) -> None:
+        """Tell every subscriber that events may have been missed (the bus lost touch
+        with the database and is back): each open stream sends a fresh snapshot, each
+        cache forgets what it kept. The event reaches everyone, whatever they asked for."""
+        event = Event(type=RESYNC, data={}, audience="system")
+        for queue in list(self._keys):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                self._discard(queue)
+                queue.drop()
+
     @contextlib.asynccontextmanager
     async def subscribe(
         self,
@@ -244,6 +256,8 @@ def emit(session: AsyncSession, *events: Event) -> None:
 
 
 ACCESS_CHANGED = "access.changed"
+# Events may have been missed (see InProcessBus.resync); never sent to a client as is.
+RESYNC = "events.resync"
 
 
 def access_changed(session: AsyncSession, *user_ids: int) -> None:

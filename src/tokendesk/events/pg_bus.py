@@ -10,11 +10,17 @@ from typing import Any
 
 import asyncpg
 
+from tokendesk.db import is_outage
 from tokendesk.events.bus import Event, InProcessBus
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "tokendesk_events"
+# How often the watchdog looks at the LISTEN connection, and the longest it waits
+# between attempts to connect again while the database is down.
+LISTEN_CHECK_SECONDS = 0.5
+LISTEN_RETRY_MOST_SECONDS = 2.0
+CONNECT_SECONDS = 5.0
 # NOTIFY payloads are capped at 8,000 bytes; leave room for the envelope.
 MAX_PAYLOAD = 7_500
 
@@ -63,7 +69,13 @@ def pack(events: list[Event]) -> list[str]:
 
 class PostgresBus(InProcessBus):
     """Publishes with NOTIFY; one LISTEN connection per process fans events out locally,
-    to subscribers kept and routed as the in-process bus keeps them."""
+    to subscribers kept and routed as the in-process bus keeps them.
+
+    When the database drops the LISTEN connection (a restart), a watchdog connects
+    again, every :data:`LISTEN_RETRY_MOST_SECONDS` at most while it is down, and once
+    it listens tells every subscriber to resync (:meth:`InProcessBus.resync`): what was
+    published meanwhile was never heard here, so open streams send a fresh snapshot.
+    """
 
     def __init__(self, dsn: str) -> None:
         super().__init__()
@@ -74,7 +86,11 @@ class PostgresBus(InProcessBus):
         self._connected = asyncio.Event()
 
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4)
+        # One connection kept open (and opened again by the pool once a restarted
+        # database answers), so a NOTIFY never waits for a connection to be made.
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=1, max_size=4, timeout=CONNECT_SECONDS
+        )
         await self._listen()
         self._watchdog = asyncio.create_task(self._keep_listening())
 
@@ -84,27 +100,32 @@ class PostgresBus(InProcessBus):
         return self._listener is not None and not self._listener.is_closed()
 
     async def _listen(self) -> None:
-        conn = await asyncpg.connect(self._dsn)
-        await conn.add_listener(CHANNEL, self._on_notify)
+        conn = await asyncpg.connect(self._dsn, timeout=CONNECT_SECONDS)
+        try:
+            await conn.add_listener(CHANNEL, self._on_notify)
+        except BaseException:
+            conn.terminate()
+            raise
         self._listener = conn
         self._connected.set()
 
     async def _keep_listening(self) -> None:
-        # Reconnect the LISTEN connection if the server drops it; clients resync on reconnect.
-        delay = 0.5
+        delay = LISTEN_CHECK_SECONDS
         while True:
             await asyncio.sleep(delay)
             conn = self._listener
             if conn is not None and not conn.is_closed():
-                delay = 0.5
                 continue
             self._connected.clear()
             try:
                 await self._listen()
-                log.info("event listener reconnected")
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("event listener reconnect failed: %s", exc)
-                delay = min(delay * 2, 10)
+            except Exception as exc:
+                log.warning("event listener reconnect failed: %s: %s", type(exc).__name__, exc)
+                delay = min(delay * 2, LISTEN_RETRY_MOST_SECONDS)
+                continue
+            delay = LISTEN_CHECK_SECONDS
+            log.info("event listener reconnected; open streams resync")
+            self.resync()
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         try:
@@ -120,10 +141,20 @@ class PostgresBus(InProcessBus):
             return
         assert self._pool is not None, "PostgresBus.start() was not awaited"
         payloads = pack(events)
-        async with self._pool.acquire() as conn:
-            await conn.execute(
-                "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", CHANNEL, payloads
-            )
+        try:
+            async with self._pool.acquire(timeout=CONNECT_SECONDS) as conn:
+                await conn.execute(
+                    "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", CHANNEL, payloads
+                )
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            # Committed, but the database went before it was told: this process's
+            # subscribers hear of it here, and every other instance, whose listener
+            # lost the same database, resyncs once it listens again.
+            log.warning("NOTIFY of %d events failed (%s); delivered here", len(events), exc)
+            for event in events:
+                self.deliver(event)
 
     async def stop(self) -> None:
         # Once stopped, stopping again does nothing.

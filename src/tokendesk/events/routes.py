@@ -14,9 +14,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tokendesk.accounts.actor import Actor
 from tokendesk.deps import CurrentReader, ReadSession, reauthenticate, runtime_of
-from tokendesk.events.bus import ACCESS_CHANGED, Event, Inbox
+from tokendesk.events.bus import ACCESS_CHANGED, RESYNC, Event, Inbox
 from tokendesk.events.service import snapshot, visible_to
-from tokendesk.events.stream import END, RECONNECT_SECONDS, EventStream, handed_off
+from tokendesk.events.stream import (
+    END,
+    RECONNECT_SECONDS,
+    EventStream,
+    SnapshotOf,
+    handed_off,
+)
 
 router = APIRouter(tags=["events"])
 
@@ -45,7 +51,8 @@ async def events(request: Request, actor: CurrentReader, session: ReadSession) -
     refusal = too_many_streams(request, actor.user_id)
     if refusal is not None:
         return refusal
-    first = await snapshot(session, actor=actor)
+    snapshot_of = functools.partial(snapshot, actor=actor)
+    first = await snapshot_of(session)
     # The scope, not the request: an open stream keeps what this holds for hours,
     # and the request's parsed headers, query and cookies would be kept with it.
     scope = request.scope
@@ -53,7 +60,9 @@ async def events(request: Request, actor: CurrentReader, session: ReadSession) -
     async def same_caller() -> bool:
         return await reauthenticate(Request(scope)) == actor
 
-    return live_stream(request, actor=actor, first=first, still_allowed=same_caller)
+    return live_stream(
+        request, actor=actor, first=first, snapshot_of=snapshot_of, still_allowed=same_caller
+    )
 
 
 @functools.cache
@@ -83,6 +92,7 @@ def live_stream(
     *,
     actor: Actor,
     first: dict[str, Any],
+    snapshot_of: SnapshotOf,
     still_allowed: Callable[[], Awaitable[bool]],
     ends_at: datetime | None = None,
     headers: dict[str, str] | None = None,
@@ -92,13 +102,16 @@ def live_stream(
     On a change of the actor's access it asks ``still_allowed`` and ends unless the
     answer is yes; it also ends at ``ends_at`` (a credential's expiry), after which
     the client's reconnection is refused, and when the process ends every stream
-    (``runtime.live_streams.end_all()``). The actor's place among their open streams
-    is taken as it is sent.
+    (``runtime.live_streams.end_all()``). When the bus says events may have been
+    missed (it lost the database and is back) it sends a fresh ``snapshot``, read
+    with ``snapshot_of`` in a read transaction of its own. The actor's place among
+    their open streams is taken as it is sent.
     """
     runtime = runtime_of(request)
     streams = runtime.event_streams
     bus, ids = runtime.bus, runtime.event_ids
     admin_org = actor.organization_id if actor.is_admin else None
+    database, live = runtime.database, runtime.live_streams
 
     def subscribe() -> contextlib.AbstractAsyncContextManager[Inbox]:
         return bus.subscribe(user_id=actor.user_id, admin_organization_id=admin_org)
@@ -107,6 +120,9 @@ def live_stream(
         if event.type == ACCESS_CHANGED:
             # Only the caller's own access events reach this inbox.
             return None if await still_allowed() else END
+        if event.type == RESYNC:
+            fresh = await live.refreshed(database, snapshot_of)
+            return None if fresh is None else _frame(next(ids), "snapshot", fresh)
         if visible_to(actor, event):
             return _frame(next(ids), event.type, event.data)
         return None

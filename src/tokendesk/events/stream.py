@@ -24,12 +24,14 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokendesk.db import utcnow
+from tokendesk.db import Database, utcnow
 from tokendesk.events.bus import Event, Inbox
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,11 @@ SLOTS = 150
 END = object()
 Render = Callable[[Event], Awaitable[str | object | None]]
 Subscribe = Callable[[], contextlib.AbstractAsyncContextManager[Inbox]]
+# A stream's snapshot, read in the session given.
+SnapshotOf = Callable[[AsyncSession], Awaitable[dict[str, Any]]]
+# Streams reading a fresh snapshot at once after the bus resyncs; the rest wait their
+# turn, so 10,000 streams do not all ask the pool for a connection in one instant.
+REFRESHING_AT_ONCE = 8
 
 
 class _Live:
@@ -121,6 +128,19 @@ class LiveStreams:
         self._open: set[_Live] = set()
         self._slots: list[set[_Live]] = [set() for _ in range(SLOTS)]
         self._ticker: asyncio.Task[None] | None = None
+        self._refreshing = asyncio.Semaphore(REFRESHING_AT_ONCE)
+
+    async def refreshed(self, database: Database, snapshot_of: SnapshotOf) -> dict[str, Any] | None:
+        """A stream's fresh snapshot, :data:`REFRESHING_AT_ONCE` streams at a time; None
+        when it cannot be read (the database is gone again): the stream stays open, as
+        the client's reconnection would be refused just the same."""
+        async with self._refreshing:
+            try:
+                async with database.transaction(write=False) as session:
+                    return await snapshot_of(session)
+            except Exception as exc:
+                log.warning("a stream's fresh snapshot failed: %s: %s", type(exc).__name__, exc)
+                return None
 
     def __len__(self) -> int:
         return len(self._open)

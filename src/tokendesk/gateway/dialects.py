@@ -109,3 +109,14 @@ class Dialect:
 
 OPENAI = Dialect(error=openai_error, key=bearer_key)
 ANTHROPIC = Dialect(error=anthropic_error, key=anthropic_key)
+
+
+def outage_reply(path: str, message: str) -> JSONResponse | None:
+    """The 503 a gateway path answers while the database is unreachable, in its API's
+    shape (Anthropic's ``overloaded_error``, OpenAI's ``server_error``); None off the
+    gateway. Both APIs' clients retry a 503 after its ``Retry-After``."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return anthropic_error(503, message)
+    if path.startswith("/v1/"):
+        return openai_error(503, message, type_="server_error", code="database_unavailable")
+    return None

@@ -22,13 +22,18 @@ from sqlalchemy import Table, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.accounts.models import ApiKey, Integration
-from tokendesk.db import Database, run_core
+from tokendesk.db import Database, is_outage, run_core
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.holds import Hold, HoldRequest, holds_for
 from tokendesk.metering.settlements import Settlement, settle_many
 from tokendesk.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# While the database is out of reach, settlements wait in memory and are tried again
+# after a pause that doubles from the first figure up to the second.
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MOST_SECONDS = 5.0
 
 API_KEYS = cast(Table, ApiKey.__table__)
 INTEGRATIONS = cast(Table, Integration.__table__)
@@ -101,6 +106,9 @@ class Settler:
     Either way a member's balance shows a call's usage a moment later, far
     below anything a person notices. The measurements behind both figures are
     in benchmarks/RESULTS.md (the gateway section).
+
+    While the database is out of reach nothing is given up: the settlements wait
+    and are tried again until it answers (see ``_keep_for_later``).
     """
 
     def __init__(
@@ -127,6 +135,7 @@ class Settler:
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._retry_seconds = RETRY_FIRST_SECONDS
 
     def start(self) -> None:
         if self._task is None:
@@ -167,7 +176,14 @@ class Settler:
             oldest_at = self._first_at
             if self._waiting:
                 self._wake.set()  # a full batch left some behind: they go next, at once
-            await self._commit(batch)
+            try:
+                await self._commit(batch)
+            except Exception as error:
+                if not is_outage(error):
+                    raise
+                await self._keep_for_later(batch, oldest_at, error)
+                continue
+            self._retry_seconds = RETRY_FIRST_SECONDS
             self.metrics.settled_batch(len(batch), oldest_at=oldest_at)
             if not self._waiting:
                 self._idle.set()
@@ -176,12 +192,33 @@ class Settler:
                 # that arrived meanwhile in before the next batch takes the writer.
                 await asyncio.sleep(0)
 
+    async def _keep_for_later(
+        self, batch: list[Settlement], oldest_at: float, error: Exception
+    ) -> None:
+        """The database is out of reach: the batch goes back to the front of the queue,
+        and is tried again after a pause that grows while the outage lasts. Settling
+        twice is harmless (a closed hold is left as it is, a usage event id replays),
+        so a batch that committed just as its connection dropped costs nothing again."""
+        self._waiting[:0] = batch
+        self._first_at = oldest_at
+        log.warning(
+            "database unavailable: %d settlements kept, retrying in %.1f s (%s)",
+            len(self._waiting),
+            self._retry_seconds,
+            type(error).__name__,
+        )
+        await asyncio.sleep(self._retry_seconds)
+        self._retry_seconds = min(self._retry_seconds * 2, RETRY_MOST_SECONDS)
+        self._wake.set()
+
     async def _commit(self, batch: list[Settlement]) -> None:
         try:
             # On SQLite every statement in one turn of the loop: the writer is then
             # held for the SQL alone, not also for the requests served in between.
             await self.database.run(partial(self._settle, batch=batch))
-        except Exception:
+        except Exception as error:
+            if is_outage(error):
+                raise  # kept whole for later by _run: no settlement is given up
             if len(batch) == 1:
                 log.exception("settling hold %s failed", batch[0].reservation_id)
                 self.metrics.settlement_failures.inc()

@@ -29,7 +29,7 @@ from tokendesk.accounts.keycache import CREDENTIALS_CHANGED, KeyCache, KeyOwner
 from tokendesk.config import Settings
 from tokendesk.db import Database
 from tokendesk.errors import AppError, InsufficientTokens
-from tokendesk.events.bus import EventBus
+from tokendesk.events.bus import RESYNC, EventBus
 from tokendesk.gateway.budget import (
     BadParameter,
     ChatRequest,
@@ -139,7 +139,8 @@ class Gateway:
         async with self.bus.subscribe(system=True) as queue:
             while True:
                 event = await queue.get()
-                if event.type == CREDENTIALS_CHANGED:
+                # After a resync a change may have gone unheard: forget them all.
+                if event.type in (CREDENTIALS_CHANGED, RESYNC):
                     self.keys.clear()
 
     @property

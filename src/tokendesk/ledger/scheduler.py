@@ -15,7 +15,7 @@ from typing import Protocol
 
 from sqlalchemy import func, select
 
-from tokendesk.db import Database, utcnow
+from tokendesk.db import Database, log_failure, utcnow
 from tokendesk.ledger import service as ledger
 from tokendesk.ledger.models import Balance
 from tokendesk.notifications import digest
@@ -73,8 +73,8 @@ async def run_forever(
             delay = await _seconds_until_next_boundary(database, interval)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("scheduler tick failed; retrying")
+        except Exception as error:
+            log_failure(log, error, "scheduler tick failed; retrying")
             delay = interval
             if on_tick is not None:
                 on_tick(ok=False)

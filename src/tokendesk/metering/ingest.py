@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tokendesk.db import Database
+from tokendesk.db import Database, is_outage
 from tokendesk.ledger import service as ledger
 from tokendesk.metering.service import UsageInput, UsageResult, record_usage
 from tokendesk.observability.metrics import Metrics
@@ -75,8 +75,11 @@ class UsageRecorder:
             try:
                 answers = await self._record(group)
             except Exception as exc:
-                if len(group) == 1:
-                    self._fail(group[0], exc)
+                if len(group) == 1 or is_outage(exc):
+                    # Alone, or the database is out of reach for every batch alike (each
+                    # reporter hears 503 and sends its batch again, the same event ids).
+                    for batch in group:
+                        self._fail(batch, exc)
                     continue
                 # Each alone: the failing batch gets its own error, the rest are recorded.
                 for batch in group:

@@ -27,7 +27,7 @@ from email.message import EmailMessage
 import httpx
 
 from tokendesk.config import Settings
-from tokendesk.db import Database, utcnow
+from tokendesk.db import Database, log_failure, utcnow
 from tokendesk.events.bus import Inbox
 from tokendesk.notifications import email, webhooks
 from tokendesk.notifications import repository as repo
@@ -250,8 +250,8 @@ class NotificationWorker:
                     delay = await self._delay()
                 except asyncio.CancelledError:
                     raise
-                except Exception:
-                    log.exception("notification worker tick failed; retrying")
+                except Exception as error:
+                    log_failure(log, error, "notification worker tick failed; retrying")
                     delay = self.settings.notify_poll_seconds
                 await _woken(queue, delay)
 

@@ -263,9 +263,14 @@ async def ask_events(request: Request, session: ReadSession, token: str) -> Resp
     refusal = too_many_streams(request, actor.user_id)
     if refusal is not None:
         return _private(refusal)
-    first: dict[str, Any] = await snapshot(session, actor=actor)
-    own = await token_requests.own_pending(session, actor=actor)
-    first["pending"] = None if own is None else {"id": own.id, "amount": own.amount}
+
+    async def snapshot_of(reading: AsyncSession) -> dict[str, Any]:
+        data = await snapshot(reading, actor=actor)
+        own = await token_requests.own_pending(reading, actor=actor)
+        data["pending"] = None if own is None else {"id": own.id, "amount": own.amount}
+        return data
+
+    first = await snapshot_of(session)
     database = database_of(request)
 
     async def still_allowed() -> bool:
@@ -279,6 +284,7 @@ async def ask_events(request: Request, session: ReadSession, token: str) -> Resp
         request,
         actor=actor,
         first=first,
+        snapshot_of=snapshot_of,
         still_allowed=still_allowed,
         ends_at=claim.expires_at,
         headers=PRIVATE_HEADERS,

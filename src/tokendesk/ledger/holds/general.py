@@ -17,7 +17,15 @@ from sqlalchemy import bindparam, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokendesk.bounds import DB_INT_MAX
-from tokendesk.db import Database, bound_rows, dialect_of, rows_bound, run_core, utcnow
+from tokendesk.db import (
+    Database,
+    bound_rows,
+    dialect_of,
+    is_outage,
+    rows_bound,
+    run_core,
+    utcnow,
+)
 from tokendesk.errors import AppError
 from tokendesk.ledger.holds.base import Hold, HoldRequest
 from tokendesk.ledger.locks import lock_in_user_order
@@ -162,8 +170,9 @@ class GeneralHolds:
             async with self.database.transaction() as session:
                 return list(await hold(session, requests, ttl_seconds=self.ttl_seconds))
         except Exception as exc:
-            if len(requests) == 1:
-                return [exc]
+            if len(requests) == 1 or is_outage(exc):
+                # Alone, or the database is out of reach for all of them alike.
+                return [exc] * len(requests)
             # One call's failure must not reach the others: each again on its own, as
             # the settler does, so only the call that caused it gets the error.
             log.warning("hold of %d calls failed; holding one by one", len(requests))

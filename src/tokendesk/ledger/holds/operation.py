@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from tokendesk.db import FALLBACK, Database, Fallback
+from tokendesk.db import FALLBACK, Database, Fallback, is_outage
 from tokendesk.db.refusals import refusal
 from tokendesk.ledger.holds.base import Hold, HoldRequest, QuickHolds, QuickResult
 from tokendesk.ledger.holds.general import GeneralHolds
@@ -50,6 +50,11 @@ class Holds:
             try:
                 quick = await self.quick.hold(requests)
             except Exception as exc:
+                if is_outage(exc):
+                    # The general way cannot reach the database either: every call hears
+                    # of the outage now (a 503). A hold committed just as the connection
+                    # dropped is nobody's and expires on schedule.
+                    return [exc] * len(requests)
                 # Nothing was committed (one transaction, or one statement): all go the
                 # general way, which waits for locks and reports each call's own error.
                 # SQLite refusing writes is no fault of this code: the general path's
