@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from tests.ops.faults import database_file, immutable
 from tests.ops.pending import AMOUNT, add_pending
 from tests.ops.served import tokendesk
 from tokendesk.db import Database
+from tokendesk.db.refusals import refusal
 from tokendesk.ledger.models import Balance, LedgerEntry, Reservation
 from tokendesk.token_requests.models import TokenRequest
 
@@ -149,3 +151,21 @@ async def test_a_full_disk_refuses_a_bulk_approval_whole_and_keeps_serving_reads
     assert granted == AMOUNT * len(ids)
     assert journal == "ok"
     _doctor_clean(db_url)
+
+
+def test_a_lock_held_too_long_is_refused_for_a_moment_not_until_fixed(tmp_path: Path) -> None:
+    path = str(tmp_path / "locked.db")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    waiter = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            waiter.execute("INSERT INTO t VALUES (1)")
+        refused = refusal(caught.value)
+        assert refused is not None
+        assert refused.retry_after == 5
+        assert "held its lock" in refused.message and "Try again in a moment" in refused.message
+    finally:
+        waiter.close()
+        holder.close()

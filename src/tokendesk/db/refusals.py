@@ -16,10 +16,12 @@ CAUSES = {
     sqlite3.SQLITE_FULL: "the disk is full",
     sqlite3.SQLITE_IOERR: "the disk reported an I/O error",
     sqlite3.SQLITE_CANTOPEN: "its file cannot be opened",
-    sqlite3.SQLITE_BUSY: "another process holds its lock",
+    sqlite3.SQLITE_BUSY: "another process held its lock past the busy timeout",
 }
-# What a client is told to wait before trying again: an operator has to act first.
+# What a client is told to wait before trying again: an operator has to act first,
+# except for a lock, which its holder (a backup, a migration) lets go by itself.
 RETRY_AFTER_SECONDS = 30
+BUSY_RETRY_AFTER_SECONDS = 5
 
 
 class StorageRefused(AppError):
@@ -27,15 +29,16 @@ class StorageRefused(AppError):
 
     status_code = 503
 
-    def __init__(self, cause: str, *, detail: str = "") -> None:
+    def __init__(self, cause: str, *, detail: str = "", busy: bool = False) -> None:
+        then = "in a moment" if busy else "once the operator has fixed it"
         super().__init__(
             f"the database cannot be written: {cause}. Nothing was changed; reading still "
-            "works. Try again once the operator has fixed it."
+            f"works. Try again {then}."
         )
         self.cause = cause
         # SQLite's own words, for the operator's log (never the statement: it may be huge).
         self.detail = detail
-        self.retry_after = RETRY_AFTER_SECONDS
+        self.retry_after = BUSY_RETRY_AFTER_SECONDS if busy else RETRY_AFTER_SECONDS
 
 
 def _sqlite_error(exc: BaseException) -> sqlite3.Error | None:
@@ -58,5 +61,8 @@ def refusal(exc: BaseException) -> StorageRefused | None:
     error = _sqlite_error(exc)
     if error is None:
         return None
-    cause = CAUSES.get(error.sqlite_errorcode & 0xFF)
-    return None if cause is None else StorageRefused(cause, detail=str(error))
+    code = error.sqlite_errorcode & 0xFF
+    cause = CAUSES.get(code)
+    if cause is None:
+        return None
+    return StorageRefused(cause, detail=str(error), busy=code == sqlite3.SQLITE_BUSY)
