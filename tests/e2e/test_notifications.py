@@ -34,8 +34,8 @@ def test_an_admin_adds_a_webhook_and_tests_it(page: Page, site: ChatSite) -> Non
     # The server's worker tries at once; the failure shows in the delivery view.
     for _ in range(40):
         page.goto(f"{site.url}/admin/settings/deliveries")
-        if page.locator("#deliveries td", has_text="ConnectError").count():
+        if page.locator("#deliveries td", has_text="ClientConnectorError").count():
             break
         page.wait_for_timeout(250)
-    expect(page.locator("#deliveries")).to_contain_text("ConnectError")
+    expect(page.locator("#deliveries")).to_contain_text("ClientConnectorError")
     shoot(page, "notifications-deliveries")

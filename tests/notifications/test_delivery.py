@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import json
 from datetime import timedelta
 
@@ -16,8 +18,8 @@ from tests.token_requests.support import actor_for, decide, submit
 from tokendesk.accounts.models import User
 from tokendesk.config import Settings
 from tokendesk.db import Database, utcnow
-from tokendesk.notifications.email import message_id
-from tokendesk.notifications.messages import idempotency_key
+from tokendesk.notifications.email import build, message_id
+from tokendesk.notifications.messages import Message, idempotency_key
 from tokendesk.notifications.models import Notification
 from tokendesk.notifications.worker import NotificationWorker
 from tokendesk.token_requests import bulk, decisions
@@ -382,3 +384,30 @@ class TestNoSmtp:
         assert row.status == "skipped"
         assert "TOKENDESK_SMTP_HOST" in (row.last_error or "")
         await worker.close()
+
+
+class TestEmailShape:
+    def test_names_and_subjects_beyond_ascii_arrive_as_written(self) -> None:
+        settings = Settings(database_url="sqlite+aiosqlite://", smtp_from="desk@example.com")
+        message = Message(
+            event="request.decided",
+            subject="Your request was approved — 5 000 tokens for Zoë",
+            lines=["Ångström approved it."],
+            facts=[("Team", "Équipe Nord")],
+            link="http://desk.example.com/",
+        )
+        mail = build(
+            settings,
+            notification_id=7,
+            to_email="zoe@example.com",
+            to_name="Zoë Ω",
+            message=message,
+        )
+        received = email.message_from_bytes(mail.as_bytes(), policy=email.policy.default)
+        assert received["Subject"] == message.subject
+        assert received["To"].addresses[0].display_name == "Zoë Ω"
+        assert received["Message-ID"] == message_id(settings, 7)
+        text = received.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        html = received.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        assert "Ångström approved it." in text and "Team: Équipe Nord" in text
+        assert "<td>Équipe Nord</td>" in html

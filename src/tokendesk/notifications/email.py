@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from email.message import EmailMessage
+from email.header import Header
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from email.utils import formataddr, formatdate
 from html import escape
 
@@ -56,18 +58,25 @@ def _text(message: Message) -> str:
 
 def build(
     settings: Settings, *, notification_id: int, to_email: str, to_name: str, message: Message
-) -> EmailMessage:
-    mail = EmailMessage()
+) -> MIMEMultipart:
+    """The mail, built with the email package's compat32 classes: the modern
+    ``EmailMessage`` parses every header it is given again, which is most of what a
+    notification costs to send, and these headers are tokendesk's own."""
+    mail = MIMEMultipart("alternative")
     mail["From"] = settings.smtp_from
     mail["To"] = formataddr((to_name, to_email))
-    mail["Subject"] = message.subject
+    # A Header, which compat32 folds (into encoded words beyond ASCII); a str it would
+    # fold whole onto a line of its own.
+    charset = "us-ascii" if message.subject.isascii() else "utf-8"
+    subject = Header(message.subject, charset, header_name="Subject")
+    mail["Subject"] = subject  # type: ignore[assignment]
     mail["Date"] = formatdate(localtime=False, usegmt=True)
     mail["Message-ID"] = message_id(settings, notification_id)
     # Automated mail: out-of-office replies are not wanted back.
     mail["Auto-Submitted"] = "auto-generated"
     mail["X-Tokendesk-Event"] = message.event
-    mail.set_content(_text(message))
-    mail.add_alternative(_html(message), subtype="html")
+    mail.attach(MIMEText(_text(message), "plain", "utf-8"))
+    mail.attach(MIMEText(_html(message), "html", "utf-8"))
     return mail
 
 
@@ -89,7 +98,7 @@ def _error(exc: BaseException) -> str:
 
 
 async def _send_share(
-    settings: Settings, mails: Sequence[tuple[int, EmailMessage]], outcome: dict[int, str | None]
+    settings: Settings, mails: Sequence[tuple[int, MIMEMultipart]], outcome: dict[int, str | None]
 ) -> None:
     """Send ``mails`` one after the other over one connection, reconnecting after a
     failure; each mail's outcome is None (accepted) or why not."""
@@ -115,7 +124,7 @@ async def _send_share(
 
 
 async def send_all(
-    settings: Settings, mails: Sequence[tuple[int, EmailMessage]]
+    settings: Settings, mails: Sequence[tuple[int, MIMEMultipart]]
 ) -> dict[int, str | None]:
     """Deliver ``mails`` over up to ``TOKENDESK_SMTP_CONNECTIONS`` connections at once."""
     outcome: dict[int, str | None] = {}

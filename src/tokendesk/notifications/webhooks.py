@@ -20,7 +20,7 @@ import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 
 from tokendesk.notifications.messages import Message
 from tokendesk.notifications.models import WebhookFormat
@@ -167,14 +167,17 @@ def headers_for(
 
 
 async def post(
-    client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]
+    client: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
 ) -> str | None:
-    """None when the receiver took it (any 2xx), else why not."""
+    """None when the receiver took it (any 2xx), else why not. A redirect is not
+    followed: the address an admin entered is the only one posted to."""
     try:
-        response = await client.post(url, content=body, headers=headers)
-    except httpx.HTTPError as exc:
-        return f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
-    if 200 <= response.status_code < 300:
-        return None
-    text = response.text[:MAX_ERROR_BODY].strip()
-    return f"HTTP {response.status_code}" + (f": {text}" if text else "")
+        async with client.post(url, data=body, headers=headers, allow_redirects=False) as response:
+            if 200 <= response.status < 300:
+                return None
+            text = (await response.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        said = str(exc)
+        return (f"{type(exc).__name__}: {said}" if said else type(exc).__name__)[:500]
+    text = text.strip()
+    return f"HTTP {response.status}" + (f": {text}" if text else "")

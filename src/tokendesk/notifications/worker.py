@@ -22,9 +22,9 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import EmailMessage
+from email.mime.multipart import MIMEMultipart
 
-import httpx
+import aiohttp
 
 from tokendesk.config import Settings
 from tokendesk.db import Database, log_failure, utcnow
@@ -58,25 +58,24 @@ class NotificationWorker:
     def __init__(self, settings: Settings, database: Database) -> None:
         self.settings = settings
         self.database = database
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._last_housekeeping: datetime | None = None
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> aiohttp.ClientSession:
         # Created lazily: the client belongs to the running event loop.
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self.settings.webhook_timeout_seconds,
-                # A receiver's redirect is not followed: the address an admin entered
-                # is the only one posted to.
-                follow_redirects=False,
-                limits=httpx.Limits(max_connections=WEBHOOK_CONCURRENCY * 2),
+            self._client = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.settings.webhook_timeout_seconds),
+                connector=aiohttp.TCPConnector(limit=WEBHOOK_CONCURRENCY * 2),
+                # A receiver's cookies mean nothing here.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._client
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     async def run_once(self, *, now: datetime | None = None) -> TickResult:
@@ -151,7 +150,7 @@ class NotificationWorker:
         """Send every delivery of ``batch``; each one's outcome: None (delivered), an
         error to retry on, or a :class:`Skip` (nothing will ever deliver it)."""
         outcome: dict[int, str | Skip | None] = {}
-        mails: list[tuple[int, EmailMessage]] = []
+        mails: list[tuple[int, MIMEMultipart]] = []
         posts: list[tuple[int, str, bytes, dict[str, str]]] = []
         timestamp = int(utcnow().timestamp())
         for delivery in batch:
