@@ -276,3 +276,16 @@ class TestPoolAlert:
         request = await submit(database, pooled.alice, amount=20_000)
         await decide(database, pooled.owner, request.id, "approve")
         assert await outbox(database, kind="pool.threshold") == []
+
+
+class TestHousekeeping:
+    async def test_records_that_can_no_longer_stop_a_repeat_are_forgotten(
+        self, database: Database, world: World, worker: NotificationWorker, late: datetime
+    ) -> None:
+        await use(database, world.alice, world, 45_000, now=late)
+        await worker.housekeeping(now=late + timedelta(days=60))
+        async with database.transaction(write=False) as s:
+            assert len(list(await s.scalars(select(ThresholdAlert)))) == 1
+        await worker.housekeeping(now=late + timedelta(days=200))
+        async with database.transaction(write=False) as s:
+            assert list(await s.scalars(select(ThresholdAlert))) == []

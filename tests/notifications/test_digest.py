@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
 from tests.factories import Person, World, add_beta_owner
 from tests.notifications.receivers import Mailbox
@@ -16,7 +17,8 @@ from tokendesk.accounts.models import Organization
 from tokendesk.db import Database
 from tokendesk.ledger import scheduler
 from tokendesk.notifications import digest, preferences
-from tokendesk.notifications.models import OrgNotificationSettings
+from tokendesk.notifications import repository as repo
+from tokendesk.notifications.models import DigestSent, OrgNotificationSettings
 from tokendesk.notifications.schemas import PreferencesIn
 from tokendesk.notifications.worker import NotificationWorker
 
@@ -130,3 +132,16 @@ class TestDigest:
         await submit(database, berlin.nora, amount=1_000)
         assert await queue(database, AT_NINE) == 1
         assert await digests(database) == {berlin.admin.id: 1}
+
+    async def test_past_days_records_are_forgotten_and_today_stays_sent(
+        self, database: Database, berlin: World
+    ) -> None:
+        await submit(database, berlin.alice, amount=1_000)
+        assert await queue(database, AT_NINE) == 1
+        async with database.transaction() as s:
+            await repo.prune(s, before=AT_NINE)
+        assert await queue(database, AT_NINE + timedelta(minutes=10)) == 0
+        async with database.transaction() as s:
+            await repo.prune(s, before=AT_NINE + timedelta(days=2))
+        async with database.transaction(write=False) as s:
+            assert list(await s.scalars(select(DigestSent))) == []

@@ -28,10 +28,21 @@ from sqlalchemy.orm import aliased
 from tokendesk.accounts.models import INTEGRATION_SOURCE, ExternalIdentity, Organization, Team, User
 from tokendesk.db import dialect_of, in_list
 from tokendesk.notifications.messages import Delivery, RequestFacts
-from tokendesk.notifications.models import Attempt, Channel, Notification, Status, Webhook
+from tokendesk.notifications.models import (
+    Attempt,
+    Channel,
+    DigestSent,
+    Notification,
+    Status,
+    ThresholdAlert,
+    Webhook,
+)
 from tokendesk.token_requests.models import TokenRequest
 
 NOTIFICATIONS = Notification.metadata.tables["notifications"]
+# Past the notifications' keeping (30 days), how much older a threshold's period start
+# must be before its record goes: two months more, so its period has surely ended.
+ALERTS_KEPT = timedelta(days=62)
 Recipient = aliased(User, name="recipient")
 Requester = aliased(User, name="requester")
 Decider = aliased(User, name="decider")
@@ -235,12 +246,18 @@ async def next_due(session: AsyncSession) -> datetime | None:
 
 
 async def prune(session: AsyncSession, *, before: datetime) -> int:
-    """Forget notifications delivered (or given up) before ``before``."""
+    """Forget notifications delivered (or given up) before ``before``, and the records
+    of alerts and digests sent that can no longer stop a repeat: a threshold's period
+    began more than two periods ago (a period is a month), a digest's day is past."""
     result = await session.execute(
         delete(NOTIFICATIONS).where(
             NOTIFICATIONS.c.status != Status.PENDING.value, NOTIFICATIONS.c.created_at < before
         )
     )
+    await session.execute(
+        delete(ThresholdAlert).where(ThresholdAlert.period_start < before - ALERTS_KEPT)
+    )
+    await session.execute(delete(DigestSent).where(DigestSent.day < before.date()))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 

@@ -41,7 +41,8 @@ WEBHOOK_CONCURRENCY = 32
 NO_SMTP = "email is off on this server: TOKENDESK_SMTP_HOST is not set"
 # Delivered and given-up notifications are kept this long for the delivery view.
 KEEP_DAYS = 30
-# How often a worker forgets what is past keeping (and, later, sweeps thresholds).
+# How often a worker forgets what is past keeping (and the alerts and digests recorded
+# that can no longer stop a repeat).
 HOUSEKEEPING = timedelta(hours=1)
 
 
