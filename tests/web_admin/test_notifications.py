@@ -149,4 +149,4 @@ class TestDeliveries:
         deliveries = (await admin.get("/admin/settings/deliveries")).text
         assert f'data-notification-id="{queued.id}"' in deliveries
         assert 'pill-rejected">failed' in deliveries
-        assert "ConnectError" in deliveries
+        assert "ClientConnectorError" in deliveries
