@@ -44,6 +44,9 @@ class TestIsOutage:
             asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
             asyncpg.InterfaceError("cannot call Connection.fetch(): connection is closed"),
             sa_exc.TimeoutError("QueuePool limit of size 10 overflow 20 reached"),
+            asyncpg.InternalClientError(
+                "cannot switch to state 15; another operation (2) is in progress"
+            ),
         ],
     )
     def test_a_database_out_of_reach_is_an_outage_raw_or_wrapped(

@@ -119,3 +119,14 @@ class TestPostgresBus:
             assert receiver.listening
             await sender.publish([user_event(42)])
             assert (await asyncio.wait_for(queue.get(), 5)).user_id == 42
+
+    async def test_a_notify_that_fails_after_commit_is_delivered_here_and_raises_nothing(
+        self, two_buses: tuple[PostgresBus, PostgresBus]
+    ) -> None:
+        sender, _ = two_buses
+        async with sender.subscribe(user_id=42) as queue:
+            # Its connections gone, as a restart leaves them.
+            assert sender._pool is not None
+            await sender._pool.close()
+            await sender.publish([user_event(42)])
+            assert queue.get_nowait().user_id == 42

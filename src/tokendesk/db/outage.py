@@ -39,6 +39,10 @@ _SERVER_GOING = (
     asyncpg.AdminShutdownError,  # 57P01: the server is shutting down (a restart)
     asyncpg.CrashShutdownError,  # 57P02: another backend crashed, every session ends
     asyncpg.CannotConnectNowError,  # 57P03: starting up, or in recovery
+    # The driver's protocol lost its place ("cannot switch to state ...; another
+    # operation is in progress"): what a connection cut mid-statement leaves behind.
+    # The connection is done for; the pool's ping replaces it, and a retry succeeds.
+    asyncpg.InternalClientError,
 )
 # The drivers whose own timeouts (connecting, the pool's wait) mean an outage; a
 # TimeoutError raised anywhere else (an upstream, a client) is not the database's.

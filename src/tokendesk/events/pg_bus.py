@@ -147,12 +147,18 @@ class PostgresBus(InProcessBus):
                     "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", CHANNEL, payloads
                 )
         except Exception as exc:
-            if not is_outage(exc):
-                raise
-            # Committed, but the database went before it was told: this process's
-            # subscribers hear of it here, and every other instance, whose listener
-            # lost the same database, resyncs once it listens again.
-            log.warning("NOTIFY of %d events failed (%s); delivered here", len(events), exc)
+            # What was published is committed already: failing its request now would
+            # have the client retry a change that was made. This process's subscribers
+            # hear of it here; when the database went (a restart cuts a connection
+            # mid-NOTIFY, or as the pool resets it, in several ways), every other
+            # instance lost it too and resyncs once it listens again.
+            log.warning(
+                "NOTIFY of %d events failed (%s: %s); delivered here",
+                len(events),
+                type(exc).__name__,
+                exc,
+                exc_info=not is_outage(exc),
+            )
             for event in events:
                 self.deliver(event)
 
