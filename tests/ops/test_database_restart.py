@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -23,9 +20,10 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import SUMMARY
-from tests.factories import Person, World, make_world
+from tests.factories import World, make_world
 from tests.fake_upstream import FakeUpstream, RunningServer
 from tests.ops.pg_cluster import Cluster, unavailable
+from tests.ops.restart_load import CALL_SECONDS, RECOVERY_SECONDS, Load, Outcome, Stream, read
 from tests.ops.served import Served, tokendesk
 from tokendesk.db import Database
 from tokendesk.ledger.models import Balance, LedgerEntry, Reservation, ReservationStatus
@@ -34,194 +32,13 @@ from tokendesk.token_requests.models import TokenRequest
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
 
-# Every client call is bounded: a call that outlasts it is a hang, and fails the test.
-CALL_SECONDS = 10.0
 # What a call during the outage may take to be refused.
 REFUSAL_SECONDS = 5.0
 OUTAGE_SECONDS = 2.0
 # The instances' holds: short, so a hold the outage made its caller forget expires
 # within the test (with the scheduler ticking every second).
 HOLD_TTL_SECONDS = 8
-RECOVERY_SECONDS = 30.0
 SNAPSHOT = "snapshot"
-
-
-@dataclass
-class Outcome:
-    kind: str
-    instance: str
-    status: int | None
-    started: float
-    took: float
-    retry_after: str | None = None
-    problem: str = ""
-
-
-@dataclass
-class Stream:
-    """An open event stream's frames as (event, data, time received)."""
-
-    name: str
-    frames: list[tuple[str, dict[str, Any], float]] = field(default_factory=list)
-    ended: str = ""
-
-    def __repr__(self) -> str:
-        kinds = [f"{event}@{at:.1f}" for event, _, at in self.frames[-20:]]
-        return f"<{self.name}: {len(self.frames)} frames, last {kinds}, ended {self.ended!r}>"
-
-    def seen(self, event: str, since: float, match: Callable[[dict[str, Any]], bool]) -> bool:
-        return any(e == event and at >= since and match(d) for e, d, at in self.frames)
-
-    async def until(
-        self,
-        event: str,
-        *,
-        since: float,
-        match: Callable[[dict[str, Any]], bool] = lambda _: True,
-        within: float = 15.0,
-    ) -> None:
-        deadline = time.monotonic() + within
-        while not self.seen(event, since, match):
-            assert time.monotonic() < deadline, f"no {event} since {since:.1f}: {self!r}"
-            await asyncio.sleep(0.05)
-
-
-async def _read(http: httpx.AsyncClient, url: str, key: str, stream: Stream) -> None:
-    try:
-        async with http.stream(
-            "GET",
-            f"{url}/events",
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=httpx.Timeout(CALL_SECONDS, read=40.0),
-        ) as response:
-            assert response.status_code == 200, response.status_code
-            event = ""
-            async for line in response.aiter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    stream.frames.append((event, json.loads(line[6:]), time.monotonic()))
-        stream.ended = "closed by the server"
-    except (httpx.HTTPError, AssertionError) as exc:
-        stream.ended = f"{type(exc).__name__}: {exc}"
-
-
-class Load:
-    """Gateway calls, usage reports and requests approved, on both instances, until
-    stopped; every answer kept."""
-
-    def __init__(self, http: httpx.AsyncClient, a: Served, b: Served, world: World) -> None:
-        self.http = http
-        self.a, self.b = a, b
-        self.world = world
-        self.outcomes: list[Outcome] = []
-        self.stopping = asyncio.Event()
-        # Usage events reported: id -> tokens; those not yet acknowledged are sent again.
-        self.reported: dict[str, int] = {}
-        self.unacknowledged: list[list[dict[str, Any]]] = []
-        self.ids = itertools.count()
-        self.recovered = 0.0
-
-    async def call(
-        self, kind: str, served: Served, method: str, path: str, who: Person, body: Any = None
-    ) -> httpx.Response | None:
-        name = "a" if served is self.a else "b"
-        started = time.monotonic()
-        try:
-            response = await self.http.request(
-                method, f"{served.url}{path}", json=body, headers=who.headers
-            )
-        except httpx.HTTPError as exc:
-            self.outcomes.append(
-                Outcome(kind, name, None, started, time.monotonic() - started, None, repr(exc))
-            )
-            return None
-        self.outcomes.append(
-            Outcome(
-                kind,
-                name,
-                response.status_code,
-                started,
-                time.monotonic() - started,
-                response.headers.get("Retry-After"),
-                response.text[:300] if response.status_code >= 400 else "",
-            )
-        )
-        return response
-
-    async def chats(self, served: Served) -> None:
-        body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
-        while not self.stopping.is_set():
-            r = await self.call(
-                "chat", served, "POST", "/v1/chat/completions", self.world.alice, body
-            )
-            await asyncio.sleep(0.02 if r is not None and r.status_code == 200 else 0.2)
-
-    async def report(self, served: Served, events: list[dict[str, Any]]) -> bool:
-        r = await self.call(
-            "usage", served, "POST", "/api/v1/usage", self.world.admin, {"events": events}
-        )
-        return r is not None and r.status_code == 200
-
-    async def usage(self, served: Served) -> None:
-        bob = self.world.bob.id
-        while not self.stopping.is_set():
-            events = []
-            for _ in range(3):
-                n = next(self.ids)
-                event = {
-                    "event_id": f"restart-{n}",
-                    "user_id": bob,
-                    "model": "other-app",
-                    "prompt_tokens": 10 + n % 7,
-                    "completion_tokens": 5,
-                }
-                self.reported[event["event_id"]] = event["prompt_tokens"] + 5
-                events.append(event)
-            if not await self.report(served, events):
-                # As a reporter does: keep the batch and send it again, same ids.
-                self.unacknowledged.append(events)
-                await asyncio.sleep(0.2)
-            await asyncio.sleep(0.05)
-
-    async def resend(self) -> None:
-        """Every unacknowledged batch again, until each is taken (bounded)."""
-        deadline = time.monotonic() + RECOVERY_SECONDS
-        while self.unacknowledged:
-            assert time.monotonic() < deadline, "usage reports still refused after the restart"
-            events = self.unacknowledged[0]
-            if await self.report(self.a, events):
-                self.unacknowledged.pop(0)
-            else:
-                await asyncio.sleep(0.2)
-
-    async def approvals(self) -> None:
-        """Amy asks on one instance, the admin approves on the other."""
-        amy, admin = self.world.amy, self.world.admin
-        while not self.stopping.is_set():
-            r = await self.call(
-                "submit", self.a, "POST", "/api/v1/token-requests", amy, {"amount": 100}
-            )
-            if r is None or r.status_code != 201:
-                # A refused submission may still have committed (its answer lost):
-                # whatever is pending is approved below all the same.
-                await asyncio.sleep(0.2)
-            pending = await self.call(
-                "list", self.b, "GET", "/api/v1/token-requests?status=pending", admin
-            )
-            if pending is None or pending.status_code != 200:
-                await asyncio.sleep(0.2)
-                continue
-            for item in pending.json()["items"]:
-                await self.call(
-                    "approve",
-                    self.b,
-                    "POST",
-                    f"/api/v1/token-requests/{item['id']}/approve",
-                    admin,
-                    {},
-                )
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -345,8 +162,8 @@ async def _ride_out(
     async with httpx.AsyncClient(timeout=CALL_SECONDS, limits=limits) as http:
         amy_on_a, admin_on_b = Stream("amy on a"), Stream("admin on b")
         tasks = [
-            asyncio.create_task(_read(http, a.url, world.amy.key, amy_on_a)),
-            asyncio.create_task(_read(http, b.url, world.admin.key, admin_on_b)),
+            asyncio.create_task(read(http, a.url, world.amy.key, amy_on_a)),
+            asyncio.create_task(read(http, b.url, world.admin.key, admin_on_b)),
         ]
         load = Load(http, a, b, world)
         try:
