@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import make_url, select, text, update
 
 from tests.factories import World
+from tests.fake_upstream import free_port
 from tests.ledger.helpers import end_period
 from tokendesk.accounts.users import create_user
 from tokendesk.db import FALLBACK, Database
@@ -760,6 +761,31 @@ class TestSettler:
         # oscar belongs to the other organization: recording his usage here is refused.
         settler.submit(Settlement(good + 1000, world.org_id, usage("bad", world.oscar.id, 30)))
         await settler.stop()
+        async with database.transaction(write=False) as s:
+            balance = await ledger.get_balance(s, user_id=world.alice.id)
+            assert (balance.used, balance.reserved) == (30, 0)
+            assert await check_balances(s) == []
+
+    async def test_settlements_that_meet_an_outage_are_kept_until_the_database_answers(
+        self, postgres_only: None, database: Database, world: World, db_url: str
+    ) -> None:
+        hold_id = await hold(database, world, world.alice.id, 100)
+        # The same database behind a port nothing listens on: every connection is refused.
+        gone = Database(str(make_url(db_url).set(port=free_port())))
+        settler = Settler(gone, linger_seconds=0)
+        try:
+            settler.submit(Settlement(hold_id, world.org_id, usage("kept", world.alice.id, 30)))
+            deadline = time.monotonic() + 10
+            while settler._retry_seconds == holds.RETRY_FIRST_SECONDS:
+                assert time.monotonic() < deadline, "the settlement was never tried"
+                await asyncio.sleep(0.05)
+            assert settler.waiting == 1
+            # The database answers again.
+            settler.database = database
+            await asyncio.wait_for(settler.drain(), 15)
+        finally:
+            await settler.stop()
+            await gone.dispose()
         async with database.transaction(write=False) as s:
             balance = await ledger.get_balance(s, user_id=world.alice.id)
             assert (balance.used, balance.reserved) == (30, 0)
