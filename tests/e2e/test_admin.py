@@ -355,7 +355,7 @@ class TestSettings:
         sign_in(page, site.url, site.email("admin"), "/admin/settings")
         expected = next_reset(datetime.now(UTC), reset_day=17, timezone="Asia/Tokyo")
         shown = local_datetime(expected, "Asia/Tokyo")
-        page.get_by_label("Time zone").fill("Asia/Tokyo")
+        page.get_by_label("Time zone", exact=True).fill("Asia/Tokyo")
         page.get_by_label("Reset day of the month").select_option("17")
         expect(page.locator("#next-reset-date")).to_have_text(shown)
         expect(page.locator("#current-next-reset")).not_to_have_text(shown)

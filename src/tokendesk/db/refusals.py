@@ -56,12 +56,18 @@ def _sqlite_error(exc: BaseException) -> sqlite3.Error | None:
     return None
 
 
-def refusal(exc: BaseException) -> StorageRefused | None:
-    """The refusal ``exc`` is, or None when it is anything else (a constraint, a bug)."""
+def refusal(exc: BaseException, *, writing: bool = True) -> StorageRefused | None:
+    """The refusal ``exc`` is, or None when it is anything else (a constraint, a bug).
+
+    Outside a write transaction a read-only refusal is a bug, not the file: read
+    connections run ``PRAGMA query_only``, so a write there fails the same way, and
+    must fail loudly as what it is."""
     error = _sqlite_error(exc)
     if error is None:
         return None
     code = error.sqlite_errorcode & 0xFF
+    if code == sqlite3.SQLITE_READONLY and not writing:
+        return None
     cause = CAUSES.get(code)
     if cause is None:
         return None

@@ -144,7 +144,7 @@ class Database:
                     await session.commit()
                 except BaseException as exc:
                     await session.rollback()
-                    refused = refusal(exc) if self.is_sqlite else None
+                    refused = refusal(exc, writing=write) if self.is_sqlite else None
                     if refused is None:
                         raise
                     # A connection opened while the file was read-only stays so once
