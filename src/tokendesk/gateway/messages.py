@@ -38,7 +38,10 @@ from tokendesk.gateway.budget import (
 from tokendesk.gateway.callers import GatewayError
 from tokendesk.gateway.completion import (
     DEMO_DELAY_SECONDS,
+    MAX_EVENT_LINE,
     UPSTREAM_ERRORS,
+    Lines,
+    LineTooLong,
     MeteredCall,
     _describe,
     _listed,
@@ -300,51 +303,31 @@ class Message(MeteredCall):
         return Response(content=content, media_type="application/json")
 
     async def _relay(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        """The upstream's events, each passed on whole as it ends, reading the usage of
-        message_start and message_delta and counting the deltas delivered."""
-        delivered: list[str] = []
-        usage: dict[str, Any] = {}
-        final = failed = ended = False
-        event: list[bytes] = []
+        """The upstream's events, each passed on whole as it ends (those one read
+        brought, in one write), reading the usage of message_start and message_delta
+        and counting the deltas delivered."""
+        events = MessageEvents()
+        lines = Lines(MAX_EVENT_LINE)
+        released = ended = False
         try:
-            async for raw in response.content:
-                line = raw.rstrip(b"\r\n")
-                if not line:
-                    if failed and not delivered:
-                        # Refused before a word: nothing to pay for. Released before the
-                        # client hears of it (it hangs up then), and shielded from that.
-                        await asyncio.shield(self.release("upstream_refused"))
-                    if event:
-                        yield b"\n".join(event) + b"\n\n"
-                        event = []
-                    continue
-                event.append(line)
-                if not line.startswith(b"data:"):
-                    continue
-                try:
-                    data = loads(line[5:])
-                except ValueError:
-                    continue
-                if not isinstance(data, dict):
-                    continue
-                kind = data.get("type")
-                if kind == "content_block_delta":
-                    delivered.extend(_delta_texts(data.get("delta")))
-                    if delivered:
-                        self.first_output()
-                elif kind == "message_start":
-                    usage.update(_mapping(_mapping(data.get("message")).get("usage")))
-                elif kind == "message_delta":
-                    # Its usage is cumulative; newer versions repeat the input's there too.
-                    reported = _mapping(data.get("usage"))
-                    usage.update({k: v for k, v in reported.items() if v is not None})
-                    final = True
-                elif kind == "error":
-                    failed = True
-            if event:
-                yield b"\n".join(event) + b"\n\n"
-            ended = not failed
-        except UPSTREAM_ERRORS as exc:
+            async for data in response.content.iter_any():
+                out = events.lines(lines.feed(data))
+                if events.failed and not events.delivered and not released:
+                    # Refused before a word: nothing to pay for. Released before the
+                    # client hears of it (it hangs up then), and shielded from that.
+                    released = True
+                    await asyncio.shield(self.release("upstream_refused"))
+                if events.delivered:
+                    self.first_output()
+                if out:
+                    yield out
+                if lines.too_long:
+                    raise LineTooLong(lines.most)
+            out = events.lines([*lines.rest(), b""])
+            if out:
+                yield out
+            ended = not events.failed
+        except (*UPSTREAM_ERRORS, LineTooLong) as exc:
             error = {
                 "type": "error",
                 "error": {
@@ -356,8 +339,56 @@ class Message(MeteredCall):
         finally:
             if not ended:
                 self.outcome = "cut"
-            self.settle_reported(usage or None, "".join(delivered), final=final)
+            usage = events.usage or None
+            self.settle_reported(usage, "".join(events.delivered), final=events.final)
             response.release()
+
+
+class MessageEvents:
+    """The Messages API's stream as it is relayed: each event passed on whole once its
+    blank line ends it, the usage of message_start and message_delta read, the deltas
+    counted."""
+
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+        self.usage: dict[str, Any] = {}
+        self.final = self.failed = False
+        self.event: list[bytes] = []
+
+    def lines(self, lines: list[bytes]) -> bytes:
+        """The events these lines end, as relayed."""
+        out = []
+        for raw in lines:
+            line = raw.rstrip(b"\r")
+            if not line:
+                if self.event:
+                    out.append(b"\n".join(self.event) + b"\n\n")
+                    self.event = []
+                continue
+            self.event.append(line)
+            if line.startswith(b"data:"):
+                self._read(line[5:])
+        return b"".join(out)
+
+    def _read(self, payload: bytes) -> None:
+        try:
+            data = loads(payload)
+        except ValueError:
+            return
+        if not isinstance(data, dict):
+            return
+        kind = data.get("type")
+        if kind == "content_block_delta":
+            self.delivered.extend(_delta_texts(data.get("delta")))
+        elif kind == "message_start":
+            self.usage.update(_mapping(_mapping(data.get("message")).get("usage")))
+        elif kind == "message_delta":
+            # Its usage is cumulative; newer versions repeat the input's there too.
+            reported = _mapping(data.get("usage"))
+            self.usage.update({k: v for k, v in reported.items() if v is not None})
+            self.final = True
+        elif kind == "error":
+            self.failed = True
 
 
 def _block_texts(block: Any) -> Iterator[str]:
