@@ -779,12 +779,17 @@ class TestSettler:
             while settler._retry_seconds == holds.RETRY_FIRST_SECONDS:
                 assert time.monotonic() < deadline, "the settlement was never tried"
                 await asyncio.sleep(0.05)
-            assert settler.waiting == 1
+            # Tried and kept (queued again, or already in its next try): still held.
+            async with database.transaction(write=False) as s:
+                balance = await ledger.get_balance(s, user_id=world.alice.id)
+                assert (balance.used, balance.reserved) == (0, 100)
             # The database answers again.
             settler.database = database
             await asyncio.wait_for(settler.drain(), 15)
         finally:
-            await settler.stop()
+            # Whatever failed above, the settler can finish: it stops once it is drained.
+            settler.database = database
+            await asyncio.wait_for(settler.stop(), 15)
             await gone.dispose()
         async with database.transaction(write=False) as s:
             balance = await ledger.get_balance(s, user_id=world.alice.id)

@@ -163,6 +163,8 @@ class TestOrganizationLocksBesideSettlements:
 async def _waiting_for_a_lock(session: AsyncSession) -> None:
     """Until another connection waits for a row lock (at most 10 seconds)."""
     for _ in range(200):
+        # Within a transaction, PostgreSQL shows the activity as of its first look.
+        await session.execute(text("SELECT pg_stat_clear_snapshot()"))
         waiting = await session.scalar(
             text(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"

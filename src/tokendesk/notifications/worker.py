@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # Posts in flight at once from one worker.
 WEBHOOK_CONCURRENCY = 32
 NO_SMTP = "email is off on this server: TOKENDESK_SMTP_HOST is not set"
+# How long a server stopping waits for the worker's tick in progress.
+TICK_GRACE_SECONDS = 10.0
 # Delivered and given-up notifications are kept this long for the delivery view.
 KEEP_DAYS = 30
 # How often a worker forgets what is past keeping (and the alerts and digests recorded
@@ -61,6 +63,7 @@ class NotificationWorker:
         self.database = database
         self._client: aiohttp.ClientSession | None = None
         self._last_housekeeping: datetime | None = None
+        self._ticking: asyncio.Future[TickResult] | None = None
 
     @property
     def client(self) -> aiohttp.ClientSession:
@@ -74,7 +77,20 @@ class NotificationWorker:
             )
         return self._client
 
+    async def _tick(self) -> TickResult:
+        await self.housekeeping()
+        return await self.run_once()
+
     async def close(self) -> None:
+        """After :meth:`run_forever` was cancelled: the tick it was in finishes first
+        (within ``TICK_GRACE_SECONDS``, then it is cancelled after all)."""
+        ticking, self._ticking = self._ticking, None
+        if ticking is not None and not ticking.done():
+            await asyncio.wait({ticking}, timeout=TICK_GRACE_SECONDS)
+            if not ticking.done():
+                ticking.cancel()
+            with contextlib.suppress(BaseException):
+                await ticking
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -243,8 +259,11 @@ class NotificationWorker:
                 queue = await stack.enter_async_context(bus.subscribe(system=True))
             while True:
                 try:
-                    await self.housekeeping()
-                    tick = await self.run_once()
+                    # Shielded: the server stopping cancels the loop, never a tick in the
+                    # middle of its transactions (close() waits for it). A SQLite write
+                    # cancelled mid-statement can leave its connection holding the lock.
+                    self._ticking = asyncio.ensure_future(self._tick())
+                    tick = await asyncio.shield(self._ticking)
                     if tick.claimed >= self.settings.notify_batch_size:
                         continue
                     delay = await self._delay()
