@@ -555,9 +555,7 @@ class Lines:
             self._keep(data)
             return []
         if self.parts:
-            data = b"".join((*self.parts, data))
-            self.parts.clear()
-            self.size = 0
+            data = self._taken() + data
         *lines, rest = data.split(b"\n")
         if rest:
             self._keep(rest)
@@ -565,10 +563,15 @@ class Lines:
 
     def rest(self) -> list[bytes]:
         """The last line, which no newline ended."""
-        rest = b"".join(self.parts)
+        rest = self._taken()
+        return [rest] if rest else []
+
+    def _taken(self) -> bytes:
+        """The part of a line kept so far, no longer kept."""
+        kept = b"".join(self.parts)
         self.parts.clear()
         self.size = 0
-        return [rest] if rest else []
+        return kept
 
     def _keep(self, part: bytes) -> None:
         self.size += len(part)
